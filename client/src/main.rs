@@ -1,0 +1,482 @@
+//! `quiver`: the command-line client. Talks only gRPC. Errors are one line naming the
+//! file, line and field; the exit code is non-zero on any failure.
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use quiver_client::{Client, ClientError, code_name, id_from_json, id_to_json, pb};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+/// Quiver command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about)]
+struct Cli {
+    /// Server address.
+    #[arg(long, global = true, env = "QUIVER_ADDR", default_value = quiver_client::DEFAULT_ADDR)]
+    addr: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MetricArg {
+    Cosine,
+    L2,
+    Dot,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Manage collections.
+    #[command(subcommand)]
+    Collection(CollectionCmd),
+    /// Upsert points from a JSONL file: {"id": 7 | "key", "vector": [..], "payload": {..}} per line.
+    Upsert {
+        /// Target collection.
+        #[arg(long)]
+        collection: String,
+        /// JSONL file (`-` for stdin).
+        file: PathBuf,
+        /// Points per streamed batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch points by id (integers are numeric ids; quote a number as JSON, '"7"', for a string id).
+    Get {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Include vectors.
+        #[arg(long)]
+        with_vectors: bool,
+    },
+    /// Delete points by id.
+    Delete {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Count live points.
+    Count {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+    },
+    /// Nearest-neighbour search.
+    Search {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Query vector as a JSON array.
+        #[arg(long, conflicts_with_all = ["queries", "like"])]
+        vector: Option<String>,
+        /// JSONL file of queries, one {"vector": [..]} per line; one result line per query, in order.
+        #[arg(long, conflicts_with = "like")]
+        queries: Option<PathBuf>,
+        /// Use the stored vector of this point id as the query.
+        #[arg(long)]
+        like: Option<String>,
+        /// Number of results.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Force the exact scan.
+        #[arg(long)]
+        exact: bool,
+        /// Include stored vectors.
+        #[arg(long)]
+        with_vectors: bool,
+        /// One JSON line per query: {"hits": [{"id", "score", "payload"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every point as JSONL (paged with Scroll).
+    Scroll {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Include vectors.
+        #[arg(long)]
+        with_vectors: bool,
+        /// Points per page.
+        #[arg(long, default_value_t = 1000)]
+        page: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollectionCmd {
+    /// Create a collection.
+    Create {
+        /// Name: letters, digits, '_' and '-'.
+        name: String,
+        /// Vector dimension.
+        #[arg(long)]
+        dim: u32,
+        /// Distance metric.
+        #[arg(long, value_enum, default_value = "cosine")]
+        metric: MetricArg,
+        /// Rows kept in memory before a segment is sealed to disk (server default if unset).
+        #[arg(long)]
+        segment_max_rows: Option<u32>,
+    },
+    /// List collections.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a collection's configuration and statistics.
+    Info {
+        /// Name.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a collection and all its points.
+    Drop {
+        /// Name.
+        name: String,
+    },
+    /// Seal the in-memory segment to disk.
+    Flush {
+        /// Name.
+        name: String,
+    },
+}
+
+fn status_line(e: &ClientError) -> String {
+    e.to_string()
+}
+
+fn parse_id(s: &str) -> pb::PointId {
+    match serde_json::from_str::<Value>(s).ok().as_ref().and_then(id_from_json) {
+        Some(id) => id,
+        None => quiver_client::str_id(s),
+    }
+}
+
+fn metric_name(m: i32) -> &'static str {
+    match pb::Metric::try_from(m) {
+        Ok(pb::Metric::Cosine) => "cosine",
+        Ok(pb::Metric::L2) => "l2",
+        Ok(pb::Metric::Dot) => "dot",
+        _ => "unspecified",
+    }
+}
+
+fn info_json(i: &pb::CollectionInfo) -> Value {
+    let c = i.config.clone().unwrap_or_default();
+    let s = i.stats.clone().unwrap_or_default();
+    json!({
+        "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
+        "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points,
+        "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index": s.index_state,
+        "last_lsn": s.last_lsn, "checkpoint_lsn": s.checkpoint_lsn,
+    })
+}
+
+fn payload_value(p: &Option<String>) -> Value {
+    p.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null)
+}
+
+fn parse_vector(v: &Value, what: &str) -> Result<Vec<f32>> {
+    let arr = v.as_array().ok_or_else(|| anyhow!("{what}: expected a JSON array of numbers"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, x)| x.as_f64().map(|f| f as f32).ok_or_else(|| anyhow!("{what}[{i}]: {x} is not a number")))
+        .collect()
+}
+
+fn open_lines(path: &Path) -> Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::new(std::io::stdin())));
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
+}
+
+/// Parses one JSONL point; errors name the field.
+fn parse_point(line: &str) -> Result<pb::Point> {
+    let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("invalid JSON at column {}: {e}", e.column()))?;
+    let obj = v.as_object().ok_or_else(|| anyhow!("expected a JSON object"))?;
+    let id = obj.get("id").ok_or_else(|| anyhow!("field 'id' is missing"))?;
+    let id = id_from_json(id).ok_or_else(|| anyhow!("field 'id': {id} is not a non-negative integer or a non-empty string"))?;
+    let vector = parse_vector(obj.get("vector").ok_or_else(|| anyhow!("field 'vector' is missing"))?, "field 'vector'")?;
+    let payload_json = match obj.get("payload") {
+        None | Some(Value::Null) => None,
+        Some(p @ Value::Object(_)) => Some(p.to_string()),
+        Some(other) => bail!("field 'payload': expected a JSON object, got {other}"),
+    };
+    Ok(pb::Point { id: Some(id), vector, payload_json })
+}
+
+/// Finds `points[N]` in a server message, to name the file line of a rejected row.
+fn point_index(msg: &str) -> Option<usize> {
+    let at = msg.find("points[")? + "points[".len();
+    msg[at..].split(']').next()?.parse().ok()
+}
+
+async fn upsert(client: &mut Client, collection: &str, file: &Path, batch_size: usize, as_json: bool) -> Result<()> {
+    let name = file.display().to_string();
+    let started = std::time::Instant::now();
+    // Two batches in flight: the reader runs ahead by at most that much, so memory stays bounded.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UpsertRequest>(2);
+    let lines: Arc<Mutex<HashMap<u64, Vec<usize>>>> = Arc::default();
+    let mut reader = open_lines(file)?;
+    let producer = tokio::task::spawn_blocking({
+        let (name, collection, lines) = (name.clone(), collection.to_owned(), Arc::clone(&lines));
+        move || -> Result<()> {
+            let mut batch = Vec::with_capacity(batch_size);
+            let mut batch_lines = Vec::with_capacity(batch_size);
+            let mut batch_id = 0u64;
+            let mut line = String::new();
+            let mut lineno = 0usize;
+            loop {
+                line.clear();
+                let eof = reader.read_line(&mut line).with_context(|| format!("{name}:{}: read failed", lineno + 1))? == 0;
+                if !eof {
+                    lineno += 1;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    batch.push(parse_point(line.trim()).map_err(|e| anyhow!("{name}:{lineno}: {e}"))?);
+                    batch_lines.push(lineno);
+                }
+                if !batch.is_empty() && (eof || batch.len() >= batch_size) {
+                    batch_id += 1;
+                    lines.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, std::mem::take(&mut batch_lines));
+                    let req = pb::UpsertRequest { collection: collection.clone(), points: std::mem::take(&mut batch), batch_id };
+                    if tx.blocking_send(req).is_err() {
+                        return Ok(()); // the stream failed; the error comes with the acks
+                    }
+                }
+                if eof {
+                    return Ok(());
+                }
+            }
+        }
+    });
+    let mut acks = client.points.upsert_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(ClientError::from)?.into_inner();
+    let mut acked = 0u64;
+    while let Some(a) = acks.next().await {
+        match a {
+            Ok(a) => {
+                acked = a.total_upserted;
+                lines.lock().unwrap_or_else(|p| p.into_inner()).remove(&a.batch_id);
+            }
+            Err(s) => return Err(batch_error(&name, &lines.lock().unwrap_or_else(|p| p.into_inner()), s, acked)),
+        }
+    }
+    producer.await?.map_err(|e| anyhow!("{e} (stopped; {acked} points were written before it)"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if as_json {
+        println!("{}", json!({"file": name, "upserted": acked, "seconds": secs}));
+    } else {
+        eprintln!("upserted {acked} points from {name} in {secs:.2}s ({:.0} points/s)", acked as f64 / secs.max(1e-9));
+    }
+    Ok(())
+}
+
+fn batch_error(name: &str, lines: &HashMap<u64, Vec<usize>>, s: tonic::Status, acked: u64) -> anyhow::Error {
+    let msg = s.message();
+    let batch = msg.strip_prefix("batch ").and_then(|r| r.split_whitespace().next()).and_then(|b| b.parse::<u64>().ok());
+    let line = batch.and_then(|b| lines.get(&b)).and_then(|ls| point_index(msg).and_then(|i| ls.get(i)));
+    match line {
+        Some(l) => anyhow!("{name}:{l}: {}: {msg} ({acked} points acknowledged before it are written)", code_name(s.code())),
+        None => anyhow!("{name}: {}: {msg} ({acked} points acknowledged)", code_name(s.code())),
+    }
+}
+
+fn print_hits(hits: &[pb::ScoredPoint], as_json: bool, with_vectors: bool) {
+    if as_json {
+        let hits: Vec<Value> = hits
+            .iter()
+            .map(|h| {
+                let mut o = json!({"id": id_to_json(&h.id), "score": h.score, "payload": payload_value(&h.payload_json)});
+                if with_vectors {
+                    o["vector"] = json!(h.vector);
+                }
+                o
+            })
+            .collect();
+        println!("{}", json!({ "hits": hits }));
+    } else {
+        println!("{:>4}  {:<24} {:>10}  payload", "rank", "id", "score");
+        for (i, h) in hits.iter().enumerate() {
+            let id = id_to_json(&h.id);
+            let id = id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string());
+            println!("{:>4}  {:<24} {:>10.6}  {}", i + 1, id, h.score, h.payload_json.as_deref().unwrap_or(""));
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut client = Client::connect(&cli.addr).await?;
+    match cli.cmd {
+        Cmd::Collection(c) => match c {
+            CollectionCmd::Create { name, dim, metric, segment_max_rows } => {
+                let metric = match metric {
+                    MetricArg::Cosine => pb::Metric::Cosine,
+                    MetricArg::L2 => pb::Metric::L2,
+                    MetricArg::Dot => pb::Metric::Dot,
+                };
+                let req = pb::CreateCollectionRequest { name: name.clone(), dim, metric: metric as i32, index: None, segment_max_rows };
+                client.collections.create(req).await.map_err(ClientError::from)?;
+                eprintln!("created collection {name} (dim {dim}, {})", metric_name(metric as i32));
+            }
+            CollectionCmd::List { json } => {
+                let list = client.collections.list(pb::ListCollectionsRequest {}).await.map_err(ClientError::from)?.into_inner();
+                for i in &list.collections {
+                    let v = info_json(i);
+                    if json {
+                        println!("{v}");
+                    } else {
+                        println!("{}\tdim={}\tmetric={}\tpoints={}", v["name"].as_str().unwrap_or(""), v["dim"], v["metric"].as_str().unwrap_or(""), v["points"]);
+                    }
+                }
+            }
+            CollectionCmd::Info { name, json } => {
+                let i = client.collections.get(pb::GetCollectionRequest { name }).await.map_err(ClientError::from)?.into_inner();
+                let v = info_json(&i);
+                if json {
+                    println!("{v}");
+                } else if let Some(o) = v.as_object() {
+                    for (k, val) in o {
+                        println!("{k:<18} {}", val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string()));
+                    }
+                }
+            }
+            CollectionCmd::Drop { name } => {
+                client.collections.delete(pb::DeleteCollectionRequest { name: name.clone() }).await.map_err(ClientError::from)?;
+                eprintln!("dropped collection {name}");
+            }
+            CollectionCmd::Flush { name } => {
+                let r = client.collections.flush(pb::FlushCollectionRequest { name }).await.map_err(ClientError::from)?.into_inner();
+                eprintln!("flushed; checkpoint at LSN {}", r.checkpoint_lsn);
+            }
+        },
+        Cmd::Upsert { collection, file, batch_size, json } => upsert(&mut client, &collection, &file, batch_size.max(1), json).await?,
+        Cmd::Get { collection, ids, with_vectors } => {
+            let ids = ids.iter().map(|s| parse_id(s)).collect();
+            let r = client.points.get(pb::GetPointsRequest { collection, ids, with_vectors, with_payload: true }).await.map_err(ClientError::from)?.into_inner();
+            for p in r.points {
+                let mut o = json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
+                if with_vectors {
+                    o["vector"] = json!(p.vector);
+                }
+                println!("{o}");
+            }
+        }
+        Cmd::Delete { collection, ids } => {
+            let ids = ids.iter().map(|s| parse_id(s)).collect();
+            let r = client.points.delete(pb::DeletePointsRequest { collection, ids }).await.map_err(ClientError::from)?.into_inner();
+            eprintln!("deleted {} points", r.deleted);
+        }
+        Cmd::Count { collection } => println!("{}", client.count(&collection).await?),
+        Cmd::Search { collection, vector, queries, like, k, exact, with_vectors, json } => {
+            let base = pb::SearchRequest { collection: collection.clone(), k, exact, with_payload: true, with_vectors, vector: Vec::new() };
+            if let Some(path) = queries {
+                let name = path.display().to_string();
+                let mut batch: Vec<pb::SearchRequest> = Vec::new();
+                let mut reader = open_lines(&path)?;
+                let mut line = String::new();
+                let mut lineno = 0;
+                let mut first_line = 1;
+                loop {
+                    line.clear();
+                    let eof = reader.read_line(&mut line)? == 0;
+                    if !eof {
+                        lineno += 1;
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let v: Value = serde_json::from_str(line.trim()).map_err(|e| anyhow!("{name}:{lineno}: invalid JSON at column {}: {e}", e.column()))?;
+                        let vector = parse_vector(v.get("vector").ok_or_else(|| anyhow!("{name}:{lineno}: field 'vector' is missing"))?, "field 'vector'")
+                            .map_err(|e| anyhow!("{name}:{lineno}: {e}"))?;
+                        if batch.is_empty() {
+                            first_line = lineno;
+                        }
+                        batch.push(pb::SearchRequest { vector, ..base.clone() });
+                    }
+                    if (eof && !batch.is_empty()) || batch.len() >= 64 {
+                        let res = client
+                            .search
+                            .search_batch(pb::SearchBatchRequest { searches: std::mem::take(&mut batch) })
+                            .await
+                            .map_err(|s| anyhow!("{name}: queries from line {first_line}: {}", status_line(&ClientError::from(s))))?
+                            .into_inner();
+                        for r in res.results {
+                            print_hits(&r.hits, json, with_vectors);
+                        }
+                    }
+                    if eof {
+                        break;
+                    }
+                }
+            } else {
+                let vector = match (vector, like) {
+                    (Some(v), _) => parse_vector(&serde_json::from_str(&v).map_err(|e| anyhow!("--vector: invalid JSON: {e}"))?, "--vector")?,
+                    (None, Some(id)) => {
+                        let r = client
+                            .points
+                            .get(pb::GetPointsRequest { collection: collection.clone(), ids: vec![parse_id(&id)], with_vectors: true, with_payload: false })
+                            .await
+                            .map_err(ClientError::from)?
+                            .into_inner();
+                        r.points.into_iter().next().ok_or_else(|| anyhow!("--like {id}: no such point in {collection}"))?.vector
+                    }
+                    (None, None) => bail!("give a query: --vector '[..]', --queries FILE or --like ID"),
+                };
+                let r = client.search.search(pb::SearchRequest { vector, ..base }).await.map_err(ClientError::from)?.into_inner();
+                print_hits(&r.hits, json, with_vectors);
+            }
+        }
+        Cmd::Scroll { collection, with_vectors, page } => {
+            let mut cursor = String::new();
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            loop {
+                let req = pb::ScrollRequest { collection: collection.clone(), cursor, limit: page, with_vectors, with_payload: true };
+                let r = client.points.scroll(req).await.map_err(ClientError::from)?.into_inner();
+                for p in r.points {
+                    let mut o = json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
+                    if with_vectors {
+                        o["vector"] = json!(p.vector);
+                    }
+                    writeln!(out, "{o}")?;
+                }
+                if r.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = r.next_cursor;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs Quiver's whole test suite: unit tests, property tests, and the end-to-end tests that
+# start real quiverd processes on 127.0.0.1 (including the kill -9 crash test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+# The end-to-end tests run the real binaries: build them first.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked

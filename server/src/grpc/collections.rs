@@ -1,0 +1,107 @@
+//! `quiver.v1.Collections`.
+use std::sync::Arc;
+
+use quiver_proto::v1 as pb;
+use quiver_proto::v1::collections_server::Collections;
+use quiver_storage::{Collection, CollectionConfig, IndexConfig, IndexKind};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::grpc::{AppState, blocking};
+
+/// The Collections service.
+#[derive(Debug, Clone)]
+pub struct CollectionsService {
+    state: Arc<AppState>,
+}
+
+impl CollectionsService {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        CollectionsService { state }
+    }
+}
+
+/// A collection's config and live stats in proto form.
+pub fn info(c: &Collection) -> pb::CollectionInfo {
+    let cfg = c.config();
+    let s = c.stats();
+    pb::CollectionInfo {
+        config: Some(pb::CollectionConfig {
+            name: cfg.name.clone(),
+            dim: cfg.dim as u32,
+            metric: convert::to_pb_metric(cfg.metric) as i32,
+            index: Some(pb::IndexParams {
+                kind: match cfg.index.kind {
+                    IndexKind::Flat => pb::IndexKind::Flat as i32,
+                },
+                ..Default::default()
+            }),
+            segment_max_rows: cfg.segment_max_rows,
+        }),
+        stats: Some(pb::CollectionStats {
+            points: s.points,
+            sealed_segments: s.sealed_segments,
+            mutable_points: s.mutable_points,
+            bytes_on_disk: s.bytes_on_disk,
+            wal_bytes: s.wal_bytes,
+            index_state: s.index_state,
+            last_lsn: s.last_lsn,
+            checkpoint_lsn: s.checkpoint_lsn,
+        }),
+    }
+}
+
+fn index_config(p: Option<pb::IndexParams>) -> ApiResult<IndexConfig> {
+    let Some(p) = p else { return Ok(IndexConfig::default()) };
+    match pb::IndexKind::try_from(p.kind) {
+        Ok(pb::IndexKind::Unspecified | pb::IndexKind::Flat) => Ok(IndexConfig { kind: IndexKind::Flat }),
+        Ok(pb::IndexKind::IvfPq) => Err(ApiError::bad("index.kind", "INDEX_KIND_IVF_PQ is not available in this version; use INDEX_KIND_FLAT")),
+        Err(_) => Err(ApiError::bad("index.kind", format!("unknown index kind {}", p.kind))),
+    }
+}
+
+#[tonic::async_trait]
+impl Collections for CollectionsService {
+    async fn create(&self, req: Request<pb::CreateCollectionRequest>) -> Result<Response<pb::CollectionInfo>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine()?;
+        let config = CollectionConfig {
+            name: r.name,
+            dim: r.dim as usize,
+            metric: convert::metric(r.metric)?,
+            index: index_config(r.index)?,
+            segment_max_rows: r.segment_max_rows.unwrap_or(self.state.settings.segment_max_rows),
+        };
+        let out = blocking(move || Ok(info(&engine.create_collection(config)?))).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get(&self, req: Request<pb::GetCollectionRequest>) -> Result<Response<pb::CollectionInfo>, Status> {
+        let engine = self.state.engine()?;
+        let name = req.into_inner().name;
+        let out = blocking(move || Ok(info(&engine.collection(&name)?))).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list(&self, _req: Request<pb::ListCollectionsRequest>) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        let engine = self.state.engine()?;
+        let collections = blocking(move || Ok(engine.list().iter().map(|c| info(c)).collect())).await?;
+        Ok(Response::new(pb::ListCollectionsResponse { collections }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteCollectionRequest>) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        let engine = self.state.engine()?;
+        let name = req.into_inner().name;
+        blocking(move || Ok(engine.drop_collection(&name)?)).await?;
+        Ok(Response::new(pb::DeleteCollectionResponse {}))
+    }
+
+    async fn flush(&self, req: Request<pb::FlushCollectionRequest>) -> Result<Response<pb::FlushCollectionResponse>, Status> {
+        let engine = self.state.engine()?;
+        let name = req.into_inner().name;
+        let checkpoint_lsn = blocking(move || Ok(engine.collection(&name)?.flush()?)).await?;
+        Ok(Response::new(pb::FlushCollectionResponse { checkpoint_lsn }))
+    }
+}

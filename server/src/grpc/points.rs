@@ -1,0 +1,135 @@
+//! `quiver.v1.Points`.
+use std::sync::Arc;
+
+use quiver_proto::v1 as pb;
+use quiver_proto::v1::points_server::Points;
+use quiver_storage::ReadOptions;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::error::ApiResult;
+use crate::grpc::{AppState, blocking};
+
+/// The Points service.
+#[derive(Debug, Clone)]
+pub struct PointsService {
+    state: Arc<AppState>,
+}
+
+impl PointsService {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        PointsService { state }
+    }
+
+    async fn upsert_batch(&self, r: pb::UpsertRequest) -> ApiResult<(u64, u64)> {
+        let engine = self.state.engine()?;
+        let n = r.points.len() as u64;
+        let writes = convert::points(r.points, self.state.settings.max_payload_bytes)?;
+        let lsn = blocking(move || Ok(engine.collection(&r.collection)?.upsert(writes)?)).await?;
+        Ok((n, lsn))
+    }
+}
+
+/// The decoder reports an oversized message as OUT_OF_RANGE; the API promises RESOURCE_EXHAUSTED.
+pub fn oversized_to_resource_exhausted(s: Status) -> Status {
+    if s.code() == Code::OutOfRange && s.message().contains("message length too large") {
+        Status::resource_exhausted(s.message().to_owned())
+    } else {
+        s
+    }
+}
+
+type AckStream = ReceiverStream<Result<pb::UpsertAck, Status>>;
+
+#[tonic::async_trait]
+impl Points for PointsService {
+    async fn upsert(&self, req: Request<pb::UpsertRequest>) -> Result<Response<pb::UpsertResponse>, Status> {
+        let (upserted, lsn) = self.upsert_batch(req.into_inner()).await?;
+        Ok(Response::new(pb::UpsertResponse { upserted, lsn }))
+    }
+
+    type UpsertStreamStream = AckStream;
+
+    async fn upsert_stream(&self, req: Request<Streaming<pb::UpsertRequest>>) -> Result<Response<AckStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut total = 0u64;
+            let mut message = 0u64;
+            // One batch at a time: the next message is read only after this one is durable, so
+            // a fast client is slowed by HTTP/2 flow control instead of filling server memory.
+            while let Some(item) = inbound.next().await {
+                message += 1;
+                let r = match item {
+                    Ok(r) => r,
+                    Err(s) => {
+                        let _ = tx.send(Err(oversized_to_resource_exhausted(s))).await;
+                        return;
+                    }
+                };
+                let batch_id = r.batch_id;
+                match this.upsert_batch(r).await {
+                    Ok((n, lsn)) => {
+                        total += n;
+                        let ack = pb::UpsertAck { batch_id, upserted: n, total_upserted: total, lsn };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return; // client went away
+                        }
+                    }
+                    Err(e) => {
+                        let s = Status::from(e);
+                        let msg = format!("batch {batch_id} (message {message} on this stream; {total} points acknowledged before it): {}", s.message());
+                        let _ = tx.send(Err(Status::new(s.code(), msg))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get(&self, req: Request<pb::GetPointsRequest>) -> Result<Response<pb::GetPointsResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine()?;
+        let ids = convert::point_ids(&r.ids, "ids")?;
+        let opts = ReadOptions { with_vectors: r.with_vectors, with_payload: r.with_payload };
+        let records = blocking(move || Ok(engine.collection(&r.collection)?.get(&ids, opts)?)).await?;
+        Ok(Response::new(pb::GetPointsResponse { points: records.into_iter().map(convert::retrieved).collect() }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeletePointsRequest>) -> Result<Response<pb::DeletePointsResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine()?;
+        let ids = convert::point_ids(&r.ids, "ids")?;
+        let (deleted, lsn) = blocking(move || Ok(engine.collection(&r.collection)?.delete(ids)?)).await?;
+        Ok(Response::new(pb::DeletePointsResponse { deleted, lsn }))
+    }
+
+    async fn count(&self, req: Request<pb::CountRequest>) -> Result<Response<pb::CountResponse>, Status> {
+        let engine = self.state.engine()?;
+        let name = req.into_inner().collection;
+        let count = blocking(move || Ok(engine.collection(&name)?.count())).await?;
+        Ok(Response::new(pb::CountResponse { count }))
+    }
+
+    async fn scroll(&self, req: Request<pb::ScrollRequest>) -> Result<Response<pb::ScrollResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine()?;
+        let cursor = convert::cursor(&r.cursor)?;
+        let limit = match r.limit {
+            0 => 100,
+            l if l > 10_000 => return Err(crate::error::ApiError::bad("limit", format!("limit = {l} exceeds 10000")).into()),
+            l => l as usize,
+        };
+        let opts = ReadOptions { with_vectors: r.with_vectors, with_payload: r.with_payload };
+        let (page, next) = blocking(move || Ok(engine.collection(&r.collection)?.scroll(cursor, limit, opts)?)).await?;
+        Ok(Response::new(pb::ScrollResponse {
+            points: page.into_iter().map(convert::retrieved).collect(),
+            next_cursor: convert::to_cursor(next),
+        }))
+    }
+}

@@ -1,0 +1,86 @@
+//! `quiver.v1.Search`.
+use std::sync::Arc;
+use std::time::Instant;
+
+use quiver_proto::v1 as pb;
+use quiver_proto::v1::search_server::Search;
+use quiver_storage::{Engine, ReadOptions};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::grpc::{AppState, blocking};
+
+/// The Search service.
+#[derive(Debug, Clone)]
+pub struct SearchService {
+    state: Arc<AppState>,
+}
+
+impl SearchService {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        SearchService { state }
+    }
+}
+
+/// A validated search, ready to run on a blocking thread.
+struct Query {
+    collection: String,
+    vector: Vec<f32>,
+    k: usize,
+    opts: ReadOptions,
+}
+
+fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
+    Ok(Query {
+        k: convert::k(r.k, max_k)?,
+        collection: r.collection,
+        vector: r.vector,
+        opts: ReadOptions { with_vectors: r.with_vectors, with_payload: r.with_payload },
+    })
+}
+
+fn run(engine: &Engine, q: Query) -> ApiResult<pb::SearchResponse> {
+    let started = Instant::now();
+    let hits = engine.collection(&q.collection)?.search(&q.vector, q.k, q.opts)?;
+    Ok(pb::SearchResponse {
+        hits: hits.into_iter().map(convert::scored).collect(),
+        took_us: started.elapsed().as_micros() as u64,
+    })
+}
+
+#[tonic::async_trait]
+impl Search for SearchService {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let engine = self.state.engine()?;
+        let q = query(req.into_inner(), self.state.settings.max_k)?;
+        let out = blocking(move || run(&engine, q)).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn search_batch(&self, req: Request<pb::SearchBatchRequest>) -> Result<Response<pb::SearchBatchResponse>, Status> {
+        let engine = self.state.engine()?;
+        let max_k = self.state.settings.max_k;
+        let queries = req
+            .into_inner()
+            .searches
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| query(r, max_k).map_err(|e| with_index(i, e)))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let results = blocking(move || {
+            use rayon::prelude::*;
+            Ok(queries.into_par_iter().map(|q| run(&engine, q)).collect::<Vec<_>>())
+        })
+        .await?;
+        let results = results.into_iter().enumerate().map(|(i, r)| r.map_err(|e| with_index(i, e))).collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::SearchBatchResponse { results }))
+    }
+}
+
+/// Names the failing search of a batch in the error, keeping its status code.
+fn with_index(i: usize, e: ApiError) -> Status {
+    let s = Status::from(e);
+    Status::new(s.code(), format!("searches[{i}]: {}", s.message()))
+}

@@ -1,0 +1,148 @@
+//! quiverd: the gRPC front of the storage engine. Thin handlers, one error mapping, config,
+//! telemetry and an orderly shutdown: health NOT_SERVING → stop accepting → drain → fsync the
+//! WAL → close the metadata store.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use quiver_proto::v1::collections_server::CollectionsServer;
+use quiver_proto::v1::points_server::PointsServer;
+use quiver_proto::v1::search_server::SearchServer;
+use quiver_storage::{Engine, EngineOptions, FsyncPolicy};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::Settings;
+use crate::grpc::AppState;
+use crate::grpc::collections::CollectionsService;
+use crate::grpc::points::PointsService;
+use crate::grpc::search::SearchService;
+
+/// Names reported by the health service (plus `""` for the whole server).
+const SERVICES: [&str; 3] = ["quiver.v1.Collections", "quiver.v1.Points", "quiver.v1.Search"];
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Storage failed to open or close.
+    #[error("storage: {0}")]
+    Storage(#[from] quiver_storage::Error),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection setup failed.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// A task panicked.
+    #[error("task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// tonic's decoder reports an oversized request as OUT_OF_RANGE; the API (and gRPC's own
+/// convention) says RESOURCE_EXHAUSTED. Rewrites the trailers-only status of unary calls.
+fn oversized_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers_mut();
+    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if too_large {
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+    resp
+}
+
+async fn set_all(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for s in SERVICES {
+        reporter.set_service_status(s, status).await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then shuts down in order.
+pub async fn serve(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+    let state = AppState::new(settings.clone());
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_all(&reporter, ServingStatus::NotServing).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max = settings.max_message_bytes;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(oversized_status))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(CollectionsServer::new(CollectionsService::new(Arc::clone(&state))).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(PointsServer::new(PointsService::new(Arc::clone(&state))).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(SearchServer::new(SearchService::new(Arc::clone(&state))).max_decoding_message_size(max).max_encoding_message_size(max));
+    let incoming = TcpListenerStream::new(listener);
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_rx.await;
+    }));
+
+    // Open storage while health says NOT_SERVING (WAL replay can take a while).
+    let dir = settings.data_dir.clone();
+    let opts = EngineOptions { fsync: settings.fsync };
+    let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(&dir, opts)).await??);
+    state.set_engine(Arc::clone(&engine));
+    set_all(&reporter, ServingStatus::Serving).await;
+    tracing::info!(data_dir = %settings.data_dir.display(), collections = engine.list().len(), "storage open, serving");
+
+    let ticker = if let FsyncPolicy::Interval(every) = settings.fsync {
+        let e = Arc::clone(&engine);
+        Some(tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            loop {
+                t.tick().await;
+                let e = Arc::clone(&e);
+                if let Ok(Err(err)) = tokio::task::spawn_blocking(move || e.sync_all()).await {
+                    tracing::error!(error = %err, "periodic WAL fsync failed");
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
+    let early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut server => Some(r),
+    };
+    tracing::info!("shutting down: health NOT_SERVING, draining requests");
+    set_all(&reporter, ServingStatus::NotServing).await;
+    let _ = stop_tx.send(());
+    let served = match early {
+        Some(r) => r,
+        None => match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(grace = ?settings.shutdown_grace, "requests still running after the grace period; closing anyway");
+                server.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    tokio::task::spawn_blocking(move || engine.close()).await??;
+    tracing::info!("storage closed");
+    served??;
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `quiverd`: parse flags, load and validate configuration, serve until SIGTERM/SIGINT.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use quiver_server::config::{Config, Overrides};
+
+/// The Quiver vector database server.
+#[derive(Debug, Parser)]
+#[command(name = "quiverd", version, about)]
+struct Args {
+    /// Data directory (overrides server.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address, HOST:PORT (overrides server.listen); port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// TOML configuration file; environment variables QUIVER__SECTION__KEY override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML-compatible JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let overrides = Overrides { data_dir: args.data_dir, listen: args.listen };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    let settings = config.validate()?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    quiver_server::telemetry::init(&settings);
+    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read the bound address (useful with port 0) from this first line.
+    println!("quiverd listening on {addr}");
+    std::io::stdout().flush()?;
+    quiver_server::serve(listener, settings, shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,706 @@
+//! A collection: WAL + one mutable segment (+ one being sealed) + sealed segments + the id
+//! map and payloads in the metadata store.
+//!
+//! Write path: validate → append to the WAL (fsync per policy) → apply to the mutable segment
+//! → acknowledge. Applying an upsert tombstones the id's previous row wherever it lives, so an
+//! id has at most one live row.
+//!
+//! Checkpoint (seal): under the writer lock the mutable segment is frozen at LSN `C` and the
+//! WAL rotated; then, without blocking reads or writes, the frozen rows are written as a sealed
+//! segment, changed tombstones of older segments as new tombstone files, and one synced
+//! metadata batch records the new segment list, `C`, and the id map and payloads of the frozen
+//! rows. Only then is the frozen segment swapped for the sealed one and the WAL behind `C`
+//! deleted. The metadata store therefore always holds exactly the state as of `C`, and replay
+//! of the WAL after `C` rebuilds everything newer, deterministically.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use fs_err as fs;
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use crate::distance::TopK;
+use crate::error::{Error, Result};
+use crate::meta::{MetaOp, MetaStore, Space};
+use crate::segment::mutable::MutableSegment;
+use crate::segment::sealed::{SealedSegment, tombstone_file_name, write_segment, write_tombstones};
+use crate::segment::{RowKey, SegmentId};
+use crate::types::{CollectionConfig, Hit, Metric, PointId, PointRecord, PointWrite, ReadOptions, normalize, validate_vector};
+use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
+
+/// The catalog record of a collection (JSON in the metadata store).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CollectionRecord {
+    /// Internal id; names the directory and prefixes metadata keys.
+    pub uid: u64,
+    /// Configuration.
+    pub config: CollectionConfig,
+    /// Every write up to here is in sealed segments and the metadata store.
+    pub checkpoint_lsn: Lsn,
+    /// Id of the mutable segment that follows the checkpoint.
+    pub next_segment_id: SegmentId,
+    /// Sealed segments, ascending id.
+    pub segments: Vec<SegmentRecord>,
+}
+
+/// A sealed segment in the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SegmentRecord {
+    /// Segment id.
+    pub id: SegmentId,
+    /// Rows.
+    pub rows: u32,
+    /// Checkpoint of the current tombstone file (`None`: the one written at seal).
+    pub tombstones: Option<Lsn>,
+}
+
+/// Live statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectionStats {
+    /// Live points.
+    pub points: u64,
+    /// Sealed segments.
+    pub sealed_segments: u32,
+    /// Live points in memory (mutable + sealing).
+    pub mutable_points: u64,
+    /// Segment files + WAL.
+    pub bytes_on_disk: u64,
+    /// WAL files.
+    pub wal_bytes: u64,
+    /// Index state, human-readable.
+    pub index_state: String,
+    /// Last applied LSN.
+    pub last_lsn: Lsn,
+    /// Checkpoint LSN.
+    pub checkpoint_lsn: Lsn,
+}
+
+type Shared<T> = Arc<RwLock<T>>;
+
+#[derive(Debug)]
+struct State {
+    mutable: Shared<MutableSegment>,
+    frozen: Option<Shared<MutableSegment>>,
+    sealed: Vec<Arc<SealedSegment>>,
+    /// Sealed segments whose tombstones changed since the last checkpoint.
+    dirty: Vec<SegmentId>,
+    record: CollectionRecord,
+}
+
+#[derive(Debug)]
+struct Writer {
+    wal: Wal,
+    dropped: bool,
+}
+
+/// A checkpoint that has been frozen but not yet committed (kept to retry after a failure).
+#[derive(Debug)]
+struct PendingSeal {
+    frozen: Shared<MutableSegment>,
+    frozen_dead: RoaringBitmap,
+    checkpoint: Lsn,
+    tombstones: Vec<(SegmentId, RoaringBitmap)>,
+}
+
+/// A point-in-time view of the segments, for reads.
+struct Snapshot {
+    mutable: Shared<MutableSegment>,
+    frozen: Option<Shared<MutableSegment>>,
+    sealed: Vec<Arc<SealedSegment>>,
+}
+
+/// One collection. Cheap to share (`Arc`); all methods take `&self`.
+#[derive(Debug)]
+pub struct Collection {
+    uid: u64,
+    config: CollectionConfig,
+    dir: PathBuf,
+    meta: Arc<dyn MetaStore>,
+    writer: Mutex<Writer>,
+    state: RwLock<State>,
+    seal: Mutex<Option<PendingSeal>>,
+    last_lsn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Metadata key of `id` in collection `uid`.
+pub(crate) fn point_key(uid: u64, id: &PointId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&uid.to_be_bytes());
+    id.encode_into(&mut k);
+    k
+}
+
+fn decode_location(v: &[u8]) -> Option<(SegmentId, u32)> {
+    let seg = u64::from_le_bytes(v.get(0..8)?.try_into().ok()?);
+    let row = u32::from_le_bytes(v.get(8..12)?.try_into().ok()?);
+    Some((seg, row))
+}
+
+fn encode_location(seg: SegmentId, row: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&seg.to_le_bytes());
+    v.extend_from_slice(&row.to_le_bytes());
+    v
+}
+
+impl State {
+    fn sealed(&self, id: SegmentId) -> Option<&Arc<SealedSegment>> {
+        self.sealed.binary_search_by_key(&id, |s| s.id).ok().map(|i| &self.sealed[i])
+    }
+
+    fn mark_dirty(&mut self, id: SegmentId) {
+        if !self.dirty.contains(&id) {
+            self.dirty.push(id);
+        }
+    }
+}
+
+/// Applies one logged record to the in-memory state (live writes and WAL replay alike).
+/// Returns how many ids existed (for deletes) or were written (for upserts).
+fn apply(state: &mut State, meta: &dyn MetaStore, uid: u64, rec: WalRecord) -> Result<u64> {
+    // The sealed location of each id, as of the checkpoint, fetched in one batch.
+    let ids: Vec<&PointId> = match &rec {
+        WalRecord::Upsert(points) => points.iter().map(|p| &p.id).collect(),
+        WalRecord::Delete(ids) => ids.iter().collect(),
+    };
+    let keys: Vec<Vec<u8>> = ids.iter().map(|id| point_key(uid, id)).collect();
+    let locations = if state.sealed.is_empty() { vec![None; keys.len()] } else { meta.multi_get(Space::Ids, &keys)? };
+    let located: HashMap<PointId, (SegmentId, u32)> =
+        ids.iter().zip(&locations).filter_map(|(id, l)| Some(((*id).clone(), decode_location(l.as_deref()?)?))).collect();
+    drop(ids);
+
+    let mutable = Arc::clone(&state.mutable);
+    let mut m = write(&mutable);
+    let remove = |state: &mut State, m: &mut MutableSegment, id: &PointId| -> bool {
+        if m.delete(id) {
+            return true;
+        }
+        if let Some(f) = &state.frozen
+            && write(f).delete(id)
+        {
+            m.removed_from_older.insert(id.clone());
+            return true;
+        }
+        if let Some(&(seg, row)) = located.get(id)
+            && let Some(s) = state.sealed(seg)
+            && s.delete(row)
+        {
+            state.mark_dirty(seg);
+            m.removed_from_older.insert(id.clone());
+            return true;
+        }
+        false
+    };
+    let mut n = 0;
+    match rec {
+        WalRecord::Upsert(points) => {
+            for p in points {
+                remove(state, &mut m, &p.id);
+                m.push(p.id, &p.vector, p.payload);
+                n += 1;
+            }
+        }
+        WalRecord::Delete(ids) => {
+            for id in &ids {
+                // An id deleted twice in one batch counts once.
+                if remove(state, &mut m, id) {
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+impl Collection {
+    /// Opens a collection from its catalog record: maps the sealed segments, removes leftovers
+    /// of interrupted seals, and replays the WAL after the checkpoint.
+    pub(crate) fn open(record: CollectionRecord, dir: PathBuf, meta: Arc<dyn MetaStore>, fsync: FsyncPolicy) -> Result<Collection> {
+        let seg_dir = dir.join("segments");
+        fs::create_dir_all(&seg_dir)?;
+        let dim = record.config.dim;
+        let mut sealed = Vec::with_capacity(record.segments.len());
+        for s in &record.segments {
+            sealed.push(Arc::new(SealedSegment::open(&seg_dir, s.id, dim, s.tombstones)?));
+        }
+        cleanup_segments_dir(&seg_dir, &record)?;
+        let mut state = State {
+            mutable: Arc::new(RwLock::new(MutableSegment::new(record.next_segment_id, dim))),
+            frozen: None,
+            sealed,
+            dirty: Vec::new(),
+            record: record.clone(),
+        };
+        let uid = record.uid;
+        let mut last = record.checkpoint_lsn;
+        let wal = Wal::open(&dir.join("wal"), fsync, record.checkpoint_lsn, |lsn, rec| {
+            last = lsn;
+            apply(&mut state, meta.as_ref(), uid, rec).map(|_| ())
+        })?;
+        tracing::info!(collection = %record.config.name, checkpoint = record.checkpoint_lsn, replayed = last - record.checkpoint_lsn, segments = state.sealed.len(), "collection opened");
+        Ok(Collection {
+            uid,
+            config: record.config.clone(),
+            dir,
+            meta,
+            writer: Mutex::new(Writer { wal, dropped: false }),
+            state: RwLock::new(state),
+            seal: Mutex::new(None),
+            last_lsn: AtomicU64::new(last),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CollectionConfig {
+        &self.config
+    }
+
+    /// The collection's internal id.
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
+    /// The directory holding the WAL and segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_query(&self, vector: &[f32], field: &str) -> Result<Vec<f32>> {
+        validate_vector(vector, self.config.dim, field)?;
+        let mut v = vector.to_vec();
+        if self.config.metric == Metric::Cosine {
+            normalize(&mut v, field)?;
+        }
+        Ok(v)
+    }
+
+    fn log_and_apply(&self, rec: WalRecord) -> Result<(u64, Lsn)> {
+        let mut w = lock(&self.writer);
+        if w.dropped {
+            return Err(Error::CollectionNotFound { name: self.config.name.clone() });
+        }
+        let lsn = w.wal.append(&rec)?;
+        let n = apply(&mut write(&self.state), self.meta.as_ref(), self.uid, rec)?;
+        self.last_lsn.store(lsn, Ordering::Release);
+        drop(w);
+        self.maybe_seal()?;
+        Ok((n, lsn))
+    }
+
+    /// Inserts or overwrites points. Vectors are validated (dimension, finite) and normalised
+    /// for cosine collections; within one batch the last occurrence of an id wins. Returns the
+    /// batch's LSN once it is durable per the fsync policy.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, points = points.len()))]
+    pub fn upsert(&self, mut points: Vec<PointWrite>) -> Result<Lsn> {
+        if points.is_empty() {
+            return Ok(self.last_lsn.load(Ordering::Acquire));
+        }
+        for (i, p) in points.iter_mut().enumerate() {
+            p.id.validate(&format!("points[{i}].id"))?;
+            let field = format!("points[{i}].vector");
+            validate_vector(&p.vector, self.config.dim, &field)?;
+            if self.config.metric == Metric::Cosine {
+                normalize(&mut p.vector, &field)?;
+            }
+        }
+        self.log_and_apply(WalRecord::Upsert(points)).map(|(_, lsn)| lsn)
+    }
+
+    /// Deletes points by id; returns how many existed and the LSN.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, ids = ids.len()))]
+    pub fn delete(&self, ids: Vec<PointId>) -> Result<(u64, Lsn)> {
+        for (i, id) in ids.iter().enumerate() {
+            id.validate(&format!("ids[{i}]"))?;
+        }
+        if ids.is_empty() {
+            return Ok((0, self.last_lsn.load(Ordering::Acquire)));
+        }
+        self.log_and_apply(WalRecord::Delete(ids))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let st = read(&self.state);
+        Snapshot {
+            mutable: Arc::clone(&st.mutable),
+            frozen: st.frozen.clone(),
+            sealed: st.sealed.clone(),
+        }
+    }
+
+    /// Exact k-nearest-neighbour search over every segment.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, k))]
+    pub fn search(&self, query: &[f32], k: usize, opts: ReadOptions) -> Result<Vec<Hit>> {
+        let q = self.check_query(query, "vector")?;
+        let snap = self.snapshot();
+        let metric = self.config.metric;
+        let mut top = snap
+            .sealed
+            .par_iter()
+            .map(|s| {
+                let mut t = TopK::new(k);
+                s.scan(metric, &q, &mut t);
+                t
+            })
+            .reduce(
+                || TopK::new(k),
+                |mut a, b| {
+                    a.merge(b);
+                    a
+                },
+            );
+        if let Some(f) = &snap.frozen {
+            read(f).scan(metric, &q, &mut top);
+        }
+        read(&snap.mutable).scan(metric, &q, &mut top);
+        let cands = top.into_sorted();
+        let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
+        let records = self.resolve(&snap, &keys, opts)?;
+        Ok(cands
+            .into_iter()
+            .zip(records)
+            .map(|(c, r)| Hit {
+                id: r.id,
+                score: metric.score(c.distance),
+                vector: r.vector,
+                payload: r.payload,
+            })
+            .collect())
+    }
+
+    /// Reads ids, vectors and payloads of rows.
+    fn resolve(&self, snap: &Snapshot, keys: &[RowKey], opts: ReadOptions) -> Result<Vec<PointRecord>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut sealed_payloads = Vec::new(); // (index in out, key)
+        for &(seg, row) in keys {
+            let in_memory = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().find(|m| read(m).id == seg);
+            if let Some(m) = in_memory {
+                let m = read(m);
+                out.push(PointRecord {
+                    id: m.id(row).clone(),
+                    vector: opts.with_vectors.then(|| m.vector(row).to_vec()),
+                    payload: if opts.with_payload { m.payload(row).map(<[u8]>::to_vec) } else { None },
+                });
+            } else {
+                let s = snap
+                    .sealed
+                    .iter()
+                    .find(|s| s.id == seg)
+                    .ok_or_else(|| Error::Meta(format!("segment {seg} vanished during a read")))?;
+                let id = s.id(row);
+                if opts.with_payload {
+                    sealed_payloads.push((out.len(), point_key(self.uid, &id)));
+                }
+                out.push(PointRecord {
+                    id,
+                    vector: opts.with_vectors.then(|| s.vector(row).to_vec()),
+                    payload: None,
+                });
+            }
+        }
+        if !sealed_payloads.is_empty() {
+            let keys: Vec<Vec<u8>> = sealed_payloads.iter().map(|(_, k)| k.clone()).collect();
+            let values = self.meta.multi_get(Space::Payloads, &keys)?;
+            for ((i, _), v) in sealed_payloads.into_iter().zip(values) {
+                out[i].payload = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Points by id; missing ids are left out, order follows the request.
+    pub fn get(&self, ids: &[PointId], opts: ReadOptions) -> Result<Vec<PointRecord>> {
+        for (i, id) in ids.iter().enumerate() {
+            id.validate(&format!("ids[{i}]"))?;
+        }
+        let snap = self.snapshot();
+        let mut keys: Vec<Option<RowKey>> = Vec::with_capacity(ids.len());
+        let mut need_meta = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let found = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().find_map(|m| {
+                let m = read(m);
+                m.lookup(id).map(|row| (m.id, row))
+            });
+            if found.is_none() && !snap.sealed.is_empty() {
+                need_meta.push(i);
+            }
+            keys.push(found);
+        }
+        if !need_meta.is_empty() {
+            let mk: Vec<Vec<u8>> = need_meta.iter().map(|&i| point_key(self.uid, &ids[i])).collect();
+            for (i, v) in need_meta.into_iter().zip(self.meta.multi_get(Space::Ids, &mk)?) {
+                if let Some((seg, row)) = v.as_deref().and_then(decode_location)
+                    && snap.sealed.iter().any(|s| s.id == seg && s.is_live(row))
+                {
+                    keys[i] = Some((seg, row));
+                }
+            }
+        }
+        let found: Vec<RowKey> = keys.into_iter().flatten().collect();
+        self.resolve(&snap, &found, opts)
+    }
+
+    /// Live points.
+    pub fn count(&self) -> u64 {
+        let snap = self.snapshot();
+        let mem: u64 = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().map(|m| read(m).live_count() as u64).sum();
+        mem + snap.sealed.iter().map(|s| s.live_count()).sum::<u64>()
+    }
+
+    /// One page of live points in storage order, starting at `cursor` (segment, row); returns
+    /// the page and the cursor of the next page (`None` when done).
+    pub fn scroll(&self, cursor: Option<RowKey>, limit: usize, opts: ReadOptions) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
+        let snap = self.snapshot();
+        let (start_seg, start_row) = cursor.unwrap_or((0, 0));
+        let mut keys = Vec::with_capacity(limit);
+        let mut next = None;
+        'outer: {
+            for s in snap.sealed.iter().filter(|s| s.id >= start_seg) {
+                let from = if s.id == start_seg { start_row } else { 0 };
+                for row in from..s.rows() {
+                    if s.is_live(row) {
+                        if keys.len() == limit {
+                            next = Some((s.id, row));
+                            break 'outer;
+                        }
+                        keys.push((s.id, row));
+                    }
+                }
+            }
+            for m in [snap.frozen.as_ref(), Some(&snap.mutable)].into_iter().flatten() {
+                let m = read(m);
+                if m.id < start_seg {
+                    continue;
+                }
+                let from = if m.id == start_seg { start_row } else { 0 };
+                for row in from..m.rows() as u32 {
+                    if m.is_live(row) {
+                        if keys.len() == limit {
+                            next = Some((m.id, row));
+                            break 'outer;
+                        }
+                        keys.push((m.id, row));
+                    }
+                }
+            }
+        }
+        Ok((self.resolve(&snap, &keys, opts)?, next))
+    }
+
+    /// Live statistics.
+    pub fn stats(&self) -> CollectionStats {
+        let wal_bytes = lock(&self.writer).wal.bytes_on_disk();
+        let snap = self.snapshot();
+        let mutable_points: u64 = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().map(|m| read(m).live_count() as u64).sum();
+        let checkpoint_lsn = read(&self.state).record.checkpoint_lsn;
+        CollectionStats {
+            points: self.count(),
+            sealed_segments: snap.sealed.len() as u32,
+            mutable_points,
+            bytes_on_disk: wal_bytes + snap.sealed.iter().map(|s| s.bytes_on_disk()).sum::<u64>(),
+            wal_bytes,
+            index_state: "flat (exact scan)".to_owned(),
+            last_lsn: self.last_lsn.load(Ordering::Acquire),
+            checkpoint_lsn,
+        }
+    }
+
+    fn maybe_seal(&self) -> Result<()> {
+        let full = read(&read(&self.state).mutable).rows() >= self.config.segment_max_rows as usize;
+        if !full {
+            return Ok(());
+        }
+        // Another thread sealing already: it will pick this up on the next write.
+        let Ok(guard) = self.seal.try_lock() else { return Ok(()) };
+        self.seal_with(guard, false)
+    }
+
+    /// Seals the mutable segment to disk now (even if not full) and truncates the WAL behind
+    /// it. Returns the checkpoint LSN.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name))]
+    pub fn flush(&self) -> Result<Lsn> {
+        self.seal_with(lock(&self.seal), true)?;
+        Ok(read(&self.state).record.checkpoint_lsn)
+    }
+
+    fn seal_with(&self, mut pending: MutexGuard<'_, Option<PendingSeal>>, force: bool) -> Result<()> {
+        if pending.is_none() {
+            match self.freeze(force)? {
+                Some(p) => *pending = Some(p),
+                None => return Ok(()),
+            }
+        }
+        let p = pending.as_ref().expect("invariant: set above");
+        self.commit(p)?;
+        *pending = None;
+        Ok(())
+    }
+
+    /// Cuts the history at the last applied LSN: the mutable segment becomes the frozen one.
+    fn freeze(&self, force: bool) -> Result<Option<PendingSeal>> {
+        let mut w = lock(&self.writer);
+        if w.dropped {
+            return Ok(None);
+        }
+        let mut st = write(&self.state);
+        let rows = read(&st.mutable).rows();
+        if rows == 0 && st.dirty.is_empty() {
+            return Ok(None);
+        }
+        if !force && rows < self.config.segment_max_rows as usize {
+            return Ok(None);
+        }
+        let checkpoint = w.wal.next_lsn() - 1;
+        w.wal.rotate()?;
+        let tombstones = std::mem::take(&mut st.dirty)
+            .into_iter()
+            .filter_map(|id| st.sealed(id).map(|s| (id, s.tombstones())))
+            .collect();
+        let next = MutableSegment::new(read(&st.mutable).id + 1, self.config.dim);
+        let frozen = std::mem::replace(&mut st.mutable, Arc::new(RwLock::new(next)));
+        let frozen_dead = read(&frozen).dead_rows().collect();
+        st.frozen = Some(Arc::clone(&frozen));
+        Ok(Some(PendingSeal {
+            frozen,
+            frozen_dead,
+            checkpoint,
+            tombstones,
+        }))
+    }
+
+    /// Writes the frozen segment and tombstones, commits the checkpoint, swaps it in.
+    fn commit(&self, p: &PendingSeal) -> Result<()> {
+        let seg_dir = self.dir.join("segments");
+        let started = std::time::Instant::now();
+        let (frozen_id, rows, mut ops) = {
+            let f = read(&p.frozen);
+            let rows = f.rows() as u32;
+            if rows > 0 {
+                write_segment(&seg_dir, f.id, self.config.dim, f.vectors(), f.ids(), &p.frozen_dead)?;
+            }
+            let mut ops = Vec::new();
+            let mut live = std::collections::HashSet::new();
+            for (row, id) in f.ids().iter().enumerate() {
+                if p.frozen_dead.contains(row as u32) {
+                    continue;
+                }
+                let key = point_key(self.uid, id);
+                ops.push(MetaOp::Put(Space::Ids, key.clone(), encode_location(f.id, row as u32)));
+                match f.payload(row as u32) {
+                    Some(pl) => ops.push(MetaOp::Put(Space::Payloads, key, pl.to_vec())),
+                    None => ops.push(MetaOp::Delete(Space::Payloads, key)),
+                }
+                live.insert(id);
+            }
+            for id in f.removed_from_older.iter().filter(|id| !live.contains(id)) {
+                let key = point_key(self.uid, id);
+                ops.push(MetaOp::Delete(Space::Ids, key.clone()));
+                ops.push(MetaOp::Delete(Space::Payloads, key));
+            }
+            (f.id, rows, ops)
+        };
+        for (id, bitmap) in &p.tombstones {
+            write_tombstones(&seg_dir.join(id.to_string()), &tombstone_file_name(Some(p.checkpoint)), bitmap)?;
+        }
+        let mut record = read(&self.state).record.clone();
+        let mut stale_files = Vec::new();
+        for s in record.segments.iter_mut() {
+            if p.tombstones.iter().any(|(id, _)| *id == s.id) {
+                if let Some(old) = s.tombstones {
+                    stale_files.push(seg_dir.join(s.id.to_string()).join(tombstone_file_name(Some(old))));
+                }
+                s.tombstones = Some(p.checkpoint);
+            }
+        }
+        if rows > 0 {
+            record.segments.push(SegmentRecord { id: frozen_id, rows, tombstones: None });
+        }
+        record.checkpoint_lsn = p.checkpoint;
+        record.next_segment_id = frozen_id + 1;
+        ops.push(MetaOp::Put(Space::Catalog, catalog_key(&self.config.name), encode_record(&record)?));
+        self.meta.write(ops)?;
+
+        // Committed: swap the frozen segment for the sealed one.
+        let sealed = if rows > 0 { Some(Arc::new(SealedSegment::open(&seg_dir, frozen_id, self.config.dim, None)?)) } else { None };
+        {
+            let mut st = write(&self.state);
+            if let Some(s) = sealed {
+                // Rows tombstoned after the freeze: carry them over, persist at the next checkpoint.
+                let late: Vec<u32> = read(&p.frozen).dead_rows().filter(|r| !p.frozen_dead.contains(*r)).collect();
+                for r in &late {
+                    s.delete(*r);
+                }
+                if !late.is_empty() {
+                    st.mark_dirty(s.id);
+                }
+                st.sealed.push(s);
+            }
+            st.frozen = None;
+            st.record = record;
+        }
+        for f in stale_files {
+            let _ = fs::remove_file(f);
+        }
+        lock(&self.writer).wal.truncate_through(p.checkpoint)?;
+        tracing::info!(collection = %self.config.name, segment = frozen_id, rows, checkpoint = p.checkpoint, ms = started.elapsed().as_millis() as u64, "segment sealed");
+        Ok(())
+    }
+
+    /// fsyncs the WAL (for the interval fsync policy and shutdown).
+    pub fn sync(&self) -> Result<()> {
+        lock(&self.writer).wal.sync()
+    }
+
+    /// Marks the collection dropped: later writes fail with `CollectionNotFound`.
+    pub(crate) fn mark_dropped(&self) {
+        lock(&self.writer).dropped = true;
+    }
+}
+
+/// Catalog key of a collection.
+pub(crate) fn catalog_key(name: &str) -> Vec<u8> {
+    format!("c/{name}").into_bytes()
+}
+
+pub(crate) fn encode_record(r: &CollectionRecord) -> Result<Vec<u8>> {
+    serde_json::to_vec(r).map_err(|e| Error::Meta(format!("encode catalog record: {e}")))
+}
+
+/// Removes segment directories and tombstone files that the catalog does not reference
+/// (left by a seal or checkpoint that crashed before its commit).
+fn cleanup_segments_dir(seg_dir: &Path, record: &CollectionRecord) -> Result<()> {
+    for entry in fs::read_dir(seg_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let listed = record.segments.iter().find(|s| s.id.to_string() == name);
+        match listed {
+            None => {
+                tracing::warn!(dir = %entry.path().display(), "removing segment directory not in the catalog (interrupted seal)");
+                fs::remove_dir_all(entry.path())?;
+            }
+            Some(s) => {
+                let keep = tombstone_file_name(s.tombstones);
+                for f in fs::read_dir(entry.path())? {
+                    let f = f?;
+                    let fname = f.file_name().to_string_lossy().into_owned();
+                    if fname.starts_with("deleted-") && fname != keep {
+                        fs::remove_file(f.path())?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The engine: opens the data directory, owns the metadata store and every collection.
+//!
+//! Data directory layout:
+//!
+//! | path | what |
+//! |---|---|
+//! | `meta/` | RocksDB: catalog, id map, payloads (see [`crate::meta`]) |
+//! | `collections/{uid}/wal/` | the collection's WAL files |
+//! | `collections/{uid}/segments/{id}/` | sealed segments |
+//!
+//! Directories are named by numeric uid, never by the user's collection name, so no name can
+//! reach outside the data directory, and a dropped-then-recreated name never sees old files.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fs_err as fs;
+
+use crate::collection::{Collection, CollectionRecord, catalog_key, encode_record};
+use crate::error::{Error, Result};
+use crate::meta::{self, MetaOp, MetaStore, Space};
+use crate::types::{CollectionConfig, validate_collection_name};
+use crate::wal::FsyncPolicy;
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// When WAL appends are fsynced.
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { fsync: FsyncPolicy::PerBatch }
+    }
+}
+
+/// The storage engine.
+#[derive(Debug)]
+pub struct Engine {
+    root: PathBuf,
+    meta: Arc<dyn MetaStore>,
+    options: EngineOptions,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Serialises catalog changes (create, drop).
+    catalog: Mutex<()>,
+}
+
+const NEXT_UID: &[u8] = b"next_uid";
+
+impl Engine {
+    /// Opens (or initialises) the data directory and every collection in it, replaying WALs.
+    pub fn open(root: &Path, options: EngineOptions) -> Result<Engine> {
+        fs::create_dir_all(root.join("collections"))?;
+        let meta = meta::open_default(&root.join("meta"))?;
+        let mut collections = BTreeMap::new();
+        let mut known = std::collections::HashSet::new();
+        for (key, value) in meta.scan_prefix(Space::Catalog, b"c/")? {
+            let record: CollectionRecord = serde_json::from_slice(&value).map_err(|e| {
+                Error::corrupt(root.join("meta"), 0, format!("catalog entry {}: {e}", String::from_utf8_lossy(&key)))
+            })?;
+            known.insert(record.uid.to_string());
+            let name = record.config.name.clone();
+            let dir = root.join("collections").join(record.uid.to_string());
+            let c = Collection::open(record, dir, Arc::clone(&meta), options.fsync)?;
+            collections.insert(name, Arc::new(c));
+        }
+        for entry in fs::read_dir(root.join("collections"))? {
+            let entry = entry?;
+            if !known.contains(&*entry.file_name().to_string_lossy()) {
+                tracing::warn!(dir = %entry.path().display(), "removing collection directory not in the catalog (interrupted create or drop)");
+                fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(Engine {
+            root: root.to_path_buf(),
+            meta,
+            options,
+            collections: RwLock::new(collections),
+            catalog: Mutex::new(()),
+        })
+    }
+
+    /// Creates a collection.
+    #[tracing::instrument(skip_all, fields(collection = %config.name))]
+    pub fn create_collection(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
+        config.validate()?;
+        let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read().contains_key(&config.name) {
+            return Err(Error::CollectionExists { name: config.name });
+        }
+        let uid = match self.meta.get(Space::Catalog, NEXT_UID)? {
+            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::corrupt(self.root.join("meta"), 0, "next_uid is malformed"))?),
+            None => 1,
+        };
+        let dir = self.root.join("collections").join(uid.to_string());
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir_all(&dir)?;
+        let record = CollectionRecord {
+            uid,
+            config: config.clone(),
+            checkpoint_lsn: 0,
+            next_segment_id: 1,
+            segments: Vec::new(),
+        };
+        self.meta.write(vec![
+            MetaOp::Put(Space::Catalog, NEXT_UID.to_vec(), (uid + 1).to_le_bytes().to_vec()),
+            MetaOp::Put(Space::Catalog, catalog_key(&config.name), encode_record(&record)?),
+        ])?;
+        let c = Arc::new(Collection::open(record, dir, Arc::clone(&self.meta), self.options.fsync)?);
+        self.write().insert(config.name, Arc::clone(&c));
+        Ok(c)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Collection>>> {
+        self.collections.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Collection>>> {
+        self.collections.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The collection called `name`.
+    pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        self.read().get(name).cloned().ok_or_else(|| Error::CollectionNotFound { name: name.to_owned() })
+    }
+
+    /// Every collection, by name.
+    pub fn list(&self) -> Vec<Arc<Collection>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Drops a collection and all its data.
+    #[tracing::instrument(skip_all, fields(collection = %name))]
+    pub fn drop_collection(&self, name: &str) -> Result<()> {
+        validate_collection_name(name)?;
+        let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.collection(name)?;
+        let from = c.uid().to_be_bytes().to_vec();
+        let to = (c.uid() + 1).to_be_bytes().to_vec();
+        c.mark_dropped();
+        self.meta.write(vec![
+            MetaOp::Delete(Space::Catalog, catalog_key(name)),
+            MetaOp::DeleteRange(Space::Ids, from.clone(), to.clone()),
+            MetaOp::DeleteRange(Space::Payloads, from, to),
+        ])?;
+        self.write().remove(name);
+        fs::remove_dir_all(c.dir())?;
+        Ok(())
+    }
+
+    /// fsyncs every collection's WAL.
+    pub fn sync_all(&self) -> Result<()> {
+        for c in self.list() {
+            c.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs WALs and flushes the metadata store; call on shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.sync_all()?;
+        self.meta.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! Engine tests: exact search against a naive reference, and random operation sequences
+//! (upsert, delete, seal, reopen) against an in-memory model.
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::types::{Metric, PointId, PointWrite, ReadOptions};
+
+fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig {
+    CollectionConfig {
+        name: name.into(),
+        dim,
+        metric,
+        index: Default::default(),
+        segment_max_rows: seg,
+    }
+}
+
+fn naive_distance(metric: Metric, q: &[f32], v: &[f32]) -> f64 {
+    let dot: f64 = q.iter().zip(v).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    match metric {
+        Metric::Cosine => {
+            let nq = q.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let nv = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            1.0 - dot / (nq * nv)
+        }
+        Metric::Dot => -dot,
+        Metric::L2 => q.iter().zip(v).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum(),
+    }
+}
+
+#[test]
+fn exact_search_matches_naive_reference_for_every_metric() {
+    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let dim = 13;
+        let c = engine.create_collection(config("c", dim, metric, 128)).unwrap();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut model: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+        for batch in 0..10 {
+            let points: Vec<PointWrite> = (0..60)
+                .map(|i| {
+                    // Overwrites: ids repeat across batches.
+                    let id = rng.random_range(0..450u64);
+                    let v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let _ = (batch, i);
+                    PointWrite { id: PointId::Num(id), vector: v, payload: Some(format!("{{\"id\":{id}}}").into_bytes()) }
+                })
+                .collect();
+            for p in &points {
+                let PointId::Num(n) = p.id else { unreachable!() };
+                model.insert(n, p.vector.clone());
+            }
+            c.upsert(points).unwrap();
+            let dels: Vec<u64> = (0..5).map(|_| rng.random_range(0..450u64)).collect();
+            c.delete(dels.iter().map(|d| PointId::Num(*d)).collect()).unwrap();
+            for d in dels {
+                model.remove(&d);
+            }
+        }
+        assert!(c.stats().sealed_segments >= 3, "test must cover sealed segments");
+        assert_eq!(c.count(), model.len() as u64);
+        for _ in 0..20 {
+            let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let hits = c.search(&q, 10, ReadOptions { with_payload: true, with_vectors: false }).unwrap();
+            let mut expect: Vec<(f64, u64)> = model.iter().map(|(id, v)| (naive_distance(metric, &q, v), *id)).collect();
+            expect.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let want: Vec<PointId> = expect[..10].iter().map(|e| PointId::Num(e.1)).collect();
+            let got: Vec<PointId> = hits.iter().map(|h| h.id.clone()).collect();
+            assert_eq!(got, want, "{metric:?}");
+            for (h, e) in hits.iter().zip(&expect) {
+                let score = f64::from(h.score);
+                let want_score = match metric {
+                    Metric::Cosine => 1.0 - e.0,
+                    Metric::Dot => -e.0,
+                    Metric::L2 => e.0.sqrt(),
+                };
+                assert!((score - want_score).abs() < 1e-4, "{metric:?}: {score} vs {want_score}");
+                let PointId::Num(n) = h.id else { unreachable!() };
+                assert_eq!(h.payload.as_deref(), Some(format!("{{\"id\":{n}}}").as_bytes()));
+            }
+        }
+    }
+}
+
+#[test]
+fn validation_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.create_collection(config("v", 3, Metric::Cosine, 100)).unwrap();
+    let p = |v: Vec<f32>| PointWrite { id: PointId::Num(1), vector: v, payload: None };
+    assert!(matches!(c.upsert(vec![p(vec![1.0; 3]), p(vec![1.0; 4])]), Err(Error::DimensionMismatch { field, expected: 3, got: 4 }) if field == "points[1].vector"));
+    assert!(matches!(c.upsert(vec![p(vec![1.0, f32::INFINITY, 0.0])]), Err(Error::NonFinite { field, .. }) if field == "points[0].vector[1]"));
+    assert!(matches!(c.upsert(vec![p(vec![])]), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(c.upsert(vec![p(vec![0.0; 3])]), Err(Error::InvalidArgument { .. })), "zero vector under cosine");
+    assert!(matches!(c.search(&[1.0, 2.0], 3, ReadOptions::default()), Err(Error::DimensionMismatch { .. })));
+    assert_eq!(c.count(), 0, "rejected batches write nothing");
+    assert!(matches!(engine.create_collection(config("v", 3, Metric::L2, 100)), Err(Error::CollectionExists { .. })));
+    assert!(matches!(engine.create_collection(config("../x", 3, Metric::L2, 100)), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(engine.create_collection(config("x", 0, Metric::L2, 100)), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(engine.collection("nope"), Err(Error::CollectionNotFound { .. })));
+    // Duplicate ids in one batch: the last one wins.
+    c.upsert(vec![
+        PointWrite { id: PointId::Num(9), vector: vec![1.0, 0.0, 0.0], payload: Some(b"{\"v\":1}".to_vec()) },
+        PointWrite { id: PointId::Num(9), vector: vec![0.0, 1.0, 0.0], payload: Some(b"{\"v\":2}".to_vec()) },
+    ])
+    .unwrap();
+    let got = c.get(&[PointId::Num(9)], ReadOptions { with_payload: true, with_vectors: true }).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].vector.as_deref(), Some(&[0.0, 1.0, 0.0][..]));
+    assert_eq!(got[0].payload.as_deref(), Some(&b"{\"v\":2}"[..]));
+    assert_eq!(c.count(), 1);
+}
+
+#[test]
+fn drop_and_recreate_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.create_collection(config("d", 2, Metric::L2, 16)).unwrap();
+    c.upsert((0..40).map(|i| PointWrite { id: PointId::Num(i), vector: vec![i as f32, 0.0], payload: None }).collect()).unwrap();
+    engine.drop_collection("d").unwrap();
+    assert!(matches!(c.upsert(vec![PointWrite { id: PointId::Num(1), vector: vec![1.0, 0.0], payload: None }]), Err(Error::CollectionNotFound { .. })));
+    let c2 = engine.create_collection(config("d", 2, Metric::L2, 16)).unwrap();
+    assert_eq!(c2.count(), 0);
+    assert!(c2.get(&[PointId::Num(3)], ReadOptions::default()).unwrap().is_empty());
+    drop((c, c2, engine));
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    assert_eq!(engine.list().len(), 1);
+    assert_eq!(engine.collection("d").unwrap().count(), 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert(Vec<(u64, f32, bool)>),
+    Delete(Vec<u64>),
+    Flush,
+    Reopen,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => proptest::collection::vec((0..40u64, -100.0f32..100.0, any::<bool>()), 1..12).prop_map(Op::Upsert),
+        2 => proptest::collection::vec(0..40u64, 1..6).prop_map(Op::Delete),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn id_of(n: u64) -> PointId {
+    // Mix numeric and string ids.
+    if n % 3 == 0 { PointId::Str(format!("key-{n}")) } else { PointId::Num(n) }
+}
+
+fn check(c: &Collection, model: &BTreeMap<u64, (f32, bool)>) -> Result<(), TestCaseError> {
+    prop_assert_eq!(c.count(), model.len() as u64);
+    let all: Vec<PointId> = (0..40).map(id_of).collect();
+    let got = c.get(&all, ReadOptions { with_payload: true, with_vectors: true }).unwrap();
+    let want: Vec<PointId> = model.keys().map(|n| id_of(*n)).collect();
+    let mut got_ids: Vec<PointId> = got.iter().map(|r| r.id.clone()).collect();
+    got_ids.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    prop_assert_eq!(&got_ids, &want_sorted);
+    for r in &got {
+        let n = match &r.id {
+            PointId::Num(n) => *n,
+            PointId::Str(s) => s.trim_start_matches("key-").parse().unwrap(),
+        };
+        let (x, has_payload) = model[&n];
+        prop_assert_eq!(r.vector.as_deref(), Some(&[x, 1.0][..]));
+        let want_payload = has_payload.then(|| format!("{{\"x\":{x}}}").into_bytes());
+        prop_assert_eq!(&r.payload, &want_payload);
+    }
+    // Scrolling in pages returns every live point exactly once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = c.scroll(cursor, 7, ReadOptions::default()).unwrap();
+        seen.extend(page.into_iter().map(|r| r.id));
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    prop_assert_eq!(seen, want_sorted);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn random_operations_match_a_model(ops in proptest::collection::vec(arb_op(), 1..30)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        engine.create_collection(config("m", 2, Metric::L2, 16)).unwrap();
+        let mut model: BTreeMap<u64, (f32, bool)> = BTreeMap::new();
+        for op in ops {
+            let c = engine.collection("m").unwrap();
+            match op {
+                Op::Upsert(points) => {
+                    let writes = points.iter().map(|(n, x, p)| PointWrite {
+                        id: id_of(*n),
+                        vector: vec![*x, 1.0],
+                        payload: p.then(|| format!("{{\"x\":{x}}}").into_bytes()),
+                    }).collect();
+                    c.upsert(writes).unwrap();
+                    for (n, x, p) in points {
+                        model.insert(n, (x, p));
+                    }
+                }
+                Op::Delete(ids) => {
+                    let existing = ids.iter().collect::<std::collections::BTreeSet<_>>().iter().filter(|n| model.contains_key(n)).count() as u64;
+                    let (deleted, _) = c.delete(ids.iter().map(|n| id_of(*n)).collect()).unwrap();
+                    prop_assert_eq!(deleted, existing);
+                    for n in ids {
+                        model.remove(&n);
+                    }
+                }
+                Op::Flush => {
+                    c.flush().unwrap();
+                    prop_assert_eq!(c.stats().wal_bytes, 16, "WAL truncated to one empty file after a flush");
+                }
+                Op::Reopen => {
+                    drop(c);
+                    drop(engine);
+                    engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+                }
+            }
+            check(&engine.collection("m").unwrap(), &model)?;
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The engine's one error type. Every variant carries the context a user needs to act on it;
+//! the server maps each variant to exactly one gRPC status.
+use std::path::PathBuf;
+
+/// Result alias used across the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong inside the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A vector's length differs from the collection's dimension.
+    #[error("{field}: expected dimension {expected}, got {got}")]
+    DimensionMismatch {
+        /// Which value was wrong, e.g. `points[3].vector`.
+        field: String,
+        /// The collection's dimension.
+        expected: usize,
+        /// The length that was sent.
+        got: usize,
+    },
+    /// A NaN or infinite component.
+    #[error("{field}: value {value} is not finite")]
+    NonFinite {
+        /// e.g. `points[3].vector[17]`.
+        field: String,
+        /// The offending value, printed.
+        value: String,
+    },
+    /// Any other invalid argument (empty vector, bad name, bad id, bad config).
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No collection with this name.
+    #[error("collection '{name}' not found")]
+    CollectionNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A collection with this name already exists.
+    #[error("collection '{name}' already exists")]
+    CollectionExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// On-disk data failed a checksum or structural check.
+    #[error("corrupt data in {}: at offset {offset}: {detail}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the problem.
+        offset: u64,
+        /// What was wrong.
+        detail: String,
+    },
+    /// An I/O error, with the path it happened on.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The metadata store (RocksDB) failed.
+    #[error("metadata store: {0}")]
+    Meta(String),
+    /// The engine is shutting down or was closed.
+    #[error("engine is closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            offset,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Quiver's storage engine: synchronous, no async runtime, no protobuf, no network.
+//!
+//! [`Engine`] owns the data directory; a [`Collection`] owns a WAL, a mutable in-memory
+//! segment, sealed memory-mapped segments and its entries in the metadata store (RocksDB).
+//! Every search here is exact: it is the reference later indexes are tested against.
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+pub mod collection;
+pub mod distance;
+pub mod engine;
+pub mod error;
+pub mod meta;
+pub mod mmap;
+pub mod segment;
+pub mod types;
+pub mod wal;
+
+pub use collection::{Collection, CollectionStats};
+pub use engine::{Engine, EngineOptions};
+pub use error::{Error, Result};
+pub use segment::RowKey;
+pub use types::{CollectionConfig, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind, Metric, PointId, PointRecord, PointWrite, ReadOptions};
+pub use wal::{FsyncPolicy, Lsn};

@@ -1,0 +1,60 @@
+//! The metadata store: catalog, id map and payloads, behind a small trait so that only
+//! `meta/rocks.rs` names RocksDB.
+//!
+//! The engine writes it only at checkpoints (and catalog changes), in one atomic, synced batch,
+//! so its content is always exactly the state as of a collection's checkpoint LSN; the WAL
+//! holds everything after. Key layout:
+//!
+//! | space | key | value |
+//! |---|---|---|
+//! | catalog | `c/{name}` | collection record (JSON) |
+//! | catalog | `next_uid` | u64 LE |
+//! | ids | collection uid (u64 BE) + [`crate::PointId::encode_into`] | segment id u64 LE + row u32 LE |
+//! | payloads | same as ids | payload JSON text |
+pub mod rocks;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+
+/// A keyspace (a RocksDB column family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// Collections and counters.
+    Catalog,
+    /// External id → (segment, row) of sealed rows.
+    Ids,
+    /// External id → payload of sealed rows.
+    Payloads,
+}
+
+/// One write in an atomic batch.
+#[derive(Debug, Clone)]
+pub enum MetaOp {
+    /// Set a key.
+    Put(Space, Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Space, Vec<u8>),
+    /// Remove every key in `[from, to)`.
+    DeleteRange(Space, Vec<u8>, Vec<u8>),
+}
+
+/// A durable, atomic key-value store.
+pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    /// Reads one key.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Reads many keys of one space at once.
+    fn multi_get(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// Applies every op atomically and durably (synced) before returning.
+    fn write(&self, ops: Vec<MetaOp>) -> Result<()>;
+    /// Every key/value whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Flushes memtables (on shutdown).
+    fn flush(&self) -> Result<()>;
+}
+
+/// Opens the default store (RocksDB) in `dir`.
+pub fn open_default(dir: &Path) -> Result<Arc<dyn MetaStore>> {
+    Ok(Arc::new(rocks::RocksStore::open(dir)?))
+}

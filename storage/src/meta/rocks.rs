@@ -1,0 +1,107 @@
+//! The RocksDB implementation of [`MetaStore`]: one column family per [`Space`]. The only file
+//! that names `rocksdb`.
+use std::path::Path;
+
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Options, WriteBatch, WriteOptions};
+
+use crate::error::{Error, Result};
+use crate::meta::{MetaOp, MetaStore, Space};
+
+/// RocksDB-backed metadata.
+#[derive(Debug)]
+pub struct RocksStore {
+    db: DB,
+}
+
+fn cf_name(space: Space) -> &'static str {
+    match space {
+        Space::Catalog => "catalog",
+        Space::Ids => "ids",
+        Space::Payloads => "payloads",
+    }
+}
+
+fn meta_err(e: rocksdb::Error) -> Error {
+    Error::Meta(e.into_string())
+}
+
+impl RocksStore {
+    /// Opens or creates the database in `dir`.
+    pub fn open(dir: &Path) -> Result<RocksStore> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cf = |name: &str, compression: DBCompressionType| {
+            let mut o = Options::default();
+            o.set_compression_type(compression);
+            let mut table = BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(name, o)
+        };
+        let cfs = vec![
+            cf("catalog", DBCompressionType::None),
+            cf("ids", DBCompressionType::Lz4),
+            cf("payloads", DBCompressionType::Zstd),
+        ];
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(meta_err)?;
+        Ok(RocksStore { db })
+    }
+
+    fn cf(&self, space: Space) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(cf_name(space))
+            .ok_or_else(|| Error::Meta(format!("column family {} missing", cf_name(space))))
+    }
+}
+
+impl MetaStore for RocksStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(space)?, key).map_err(meta_err)
+    }
+
+    fn multi_get(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(space)?;
+        self.db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|s| s.to_vec())).map_err(meta_err))
+            .collect()
+    }
+
+    fn write(&self, ops: Vec<MetaOp>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                MetaOp::Put(s, k, v) => batch.put_cf(self.cf(s)?, k, v),
+                MetaOp::Delete(s, k) => batch.delete_cf(self.cf(s)?, k),
+                MetaOp::DeleteRange(s, from, to) => batch.delete_range_cf(self.cf(s)?, from, to),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(meta_err)
+    }
+
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(space)?, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(meta_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<()> {
+        for s in [Space::Catalog, Space::Ids, Space::Payloads] {
+            self.db.flush_cf(self.cf(s)?).map_err(meta_err)?;
+        }
+        Ok(())
+    }
+}

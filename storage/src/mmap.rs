@@ -1,0 +1,47 @@
+//! The only place that memory-maps files.
+//!
+//! Contract (write-once, read-many): a file is mapped only after it was completely written,
+//! fsynced and renamed into place, and Quiver never truncates, rewrites or appends to a mapped
+//! file afterwards; files are removed only after every mapping of them is dropped (readers hold
+//! an `Arc` to the segment that owns the map). Another process modifying the data directory
+//! underneath a running server is outside this contract.
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A read-only memory map of a write-once file.
+#[derive(Debug)]
+pub struct MappedFile {
+    map: memmap2::Mmap,
+    path: PathBuf,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> Result<MappedFile> {
+        let file = fs_err::File::open(path)?;
+        // SAFETY: the file is one of Quiver's write-once segment files (see the module
+        // contract): it is complete and is never modified or truncated while this map lives,
+        // so the mapped bytes cannot change under the `&[u8]` this type hands out.
+        let map = unsafe { memmap2::Mmap::map(file.file()) }.map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("mmap {}: {e}", path.display()))))?;
+        Ok(MappedFile {
+            map,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Advises the kernel that the whole file will be read soon (sequential scans).
+    pub fn advise_sequential(&self) {
+        let _ = self.map.advise(memmap2::Advice::Sequential);
+    }
+}

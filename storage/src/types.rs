@@ -1,0 +1,295 @@
+//! Domain types shared by the engine: point ids, metrics, collection configuration, and the
+//! validation rules that make them valid by construction.
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest string id accepted, in bytes.
+pub const MAX_STR_ID_BYTES: usize = 1024;
+/// Largest supported dimension.
+pub const MAX_DIM: usize = 65_536;
+/// Longest collection name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// An external point id: an unsigned integer or a string. `7` and `"7"` are different ids.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PointId {
+    /// An unsigned 64-bit id.
+    Num(u64),
+    /// A string id (UUID or any key of at most [`MAX_STR_ID_BYTES`] bytes).
+    Str(String),
+}
+
+impl PointId {
+    /// Checks a string id's length; numbers are always valid.
+    pub fn validate(&self, field: &str) -> Result<()> {
+        match self {
+            PointId::Num(_) => Ok(()),
+            PointId::Str(s) if s.is_empty() => Err(Error::invalid(field, "string id is empty")),
+            PointId::Str(s) if s.len() > MAX_STR_ID_BYTES => Err(Error::invalid(
+                field,
+                format!("string id is {} bytes, the limit is {MAX_STR_ID_BYTES}", s.len()),
+            )),
+            PointId::Str(_) => Ok(()),
+        }
+    }
+
+    /// Binary key form: tag byte (0 = number, 1 = string), then big-endian u64 or UTF-8 bytes.
+    /// Used in the WAL, the `ids` file and RocksDB keys.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            PointId::Num(n) => {
+                out.push(0);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            PointId::Str(s) => {
+                out.push(1);
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+
+    /// Inverse of [`PointId::encode_into`] over exactly one encoded id.
+    pub fn decode(bytes: &[u8]) -> Option<PointId> {
+        match bytes.split_first()? {
+            (0, rest) => Some(PointId::Num(u64::from_be_bytes(rest.try_into().ok()?))),
+            (1, rest) => std::str::from_utf8(rest).ok().map(|s| PointId::Str(s.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PointId::Num(n) => write!(f, "{n}"),
+            PointId::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// How vectors are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity; vectors are normalised at write time, so search is an inner product.
+    Cosine,
+    /// Euclidean distance.
+    L2,
+    /// Inner product.
+    Dot,
+}
+
+impl Metric {
+    /// Turns an internal distance (lower is closer) into the score users see:
+    /// similarity for cosine and dot, Euclidean distance for l2.
+    pub fn score(self, distance: f32) -> f32 {
+        match self {
+            Metric::Cosine => 1.0 - distance,
+            Metric::Dot => -distance,
+            Metric::L2 => distance.max(0.0).sqrt(),
+        }
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cosine" => Ok(Metric::Cosine),
+            "l2" | "euclid" | "euclidean" => Ok(Metric::L2),
+            "dot" | "ip" => Ok(Metric::Dot),
+            other => Err(Error::invalid("metric", format!("unknown metric '{other}' (cosine, l2, dot)"))),
+        }
+    }
+}
+
+/// The vector index a collection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKind {
+    /// Exact SIMD scan.
+    #[default]
+    Flat,
+}
+
+/// Index parameters as configured on the collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct IndexConfig {
+    /// Which index.
+    pub kind: IndexKind,
+}
+
+/// Default number of rows in the mutable segment before it is sealed.
+pub const DEFAULT_SEGMENT_MAX_ROWS: u32 = 100_000;
+
+/// A collection's immutable configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionConfig {
+    /// Name (see [`validate_collection_name`]).
+    pub name: String,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Distance metric.
+    pub metric: Metric,
+    /// Index parameters.
+    #[serde(default)]
+    pub index: IndexConfig,
+    /// Rows in the mutable segment before it is sealed.
+    pub segment_max_rows: u32,
+}
+
+impl CollectionConfig {
+    /// Validates every field.
+    pub fn validate(&self) -> Result<()> {
+        validate_collection_name(&self.name)?;
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(Error::invalid("dim", format!("must be between 1 and {MAX_DIM}, got {}", self.dim)));
+        }
+        if !(16..=10_000_000).contains(&self.segment_max_rows) {
+            return Err(Error::invalid(
+                "segment_max_rows",
+                format!("must be between 16 and 10000000, got {}", self.segment_max_rows),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Collection names: 1–64 ASCII letters, digits, `_` and `-`, starting with a letter or digit.
+/// This keeps names out of path syntax altogether (no `/`, `\`, `.`, `..`), although the engine
+/// never builds a path from a name anyway (directories are named by a numeric uid).
+pub fn validate_collection_name(name: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() {
+        return Err(Error::invalid("name", "collection name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            "name",
+            format!("collection name is {} chars, the limit is {MAX_NAME_LEN}", name.len()),
+        ));
+    }
+    if let Some(bad) = name.chars().find(|c| !ok_char(*c)) {
+        return Err(Error::invalid(
+            "name",
+            format!("collection name contains {bad:?}: only ASCII letters, digits, '_' and '-' are allowed"),
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(Error::invalid("name", "collection name must start with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// One point to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointWrite {
+    /// External id.
+    pub id: PointId,
+    /// The vector (normalised by the engine for cosine collections).
+    pub vector: Vec<f32>,
+    /// Payload as JSON object text, already validated by the caller to be an object.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A point read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointRecord {
+    /// External id.
+    pub id: PointId,
+    /// The stored vector, when asked for.
+    pub vector: Option<Vec<f32>>,
+    /// Payload JSON text, when asked for and present.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// One search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// External id.
+    pub id: PointId,
+    /// The user-facing score (see [`Metric::score`]).
+    pub score: f32,
+    /// The stored vector, when asked for.
+    pub vector: Option<Vec<f32>>,
+    /// Payload JSON text, when asked for and present.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What a search returns besides the hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Return stored vectors.
+    pub with_vectors: bool,
+    /// Return payloads.
+    pub with_payload: bool,
+}
+
+/// Checks a vector against the collection's dimension and for non-finite values.
+pub fn validate_vector(v: &[f32], dim: usize, field: &str) -> Result<()> {
+    if v.is_empty() {
+        return Err(Error::invalid(field, "vector is empty"));
+    }
+    if v.len() != dim {
+        return Err(Error::DimensionMismatch {
+            field: field.to_owned(),
+            expected: dim,
+            got: v.len(),
+        });
+    }
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(Error::NonFinite {
+            field: format!("{field}[{i}]"),
+            value: x.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Scales `v` to unit length in place. A zero vector is rejected: it has no direction.
+pub fn normalize(v: &mut [f32], field: &str) -> Result<()> {
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return Err(Error::invalid(field, "a zero vector has no direction under the cosine metric"));
+    }
+    let inv = (1.0 / norm) as f32;
+    v.iter_mut().for_each(|x| *x *= inv);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "glove-50", "A_1", &"x".repeat(64)] {
+            validate_collection_name(ok).unwrap();
+        }
+        for bad in ["", "../etc", "a/b", "a\\b", ".", "..", "-a", "_a", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_collection_name(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn id_roundtrip() {
+        for id in [PointId::Num(0), PointId::Num(u64::MAX), PointId::Str("héllo".into())] {
+            let mut b = Vec::new();
+            id.encode_into(&mut b);
+            assert_eq!(PointId::decode(&b), Some(id));
+        }
+        assert_eq!(PointId::decode(&[7]), None);
+    }
+
+    #[test]
+    fn vector_checks() {
+        assert!(matches!(validate_vector(&[1.0, 2.0], 3, "v"), Err(Error::DimensionMismatch { .. })));
+        assert!(matches!(validate_vector(&[1.0, f32::NAN], 2, "v"), Err(Error::NonFinite { field, .. }) if field == "v[1]"));
+        assert!(matches!(validate_vector(&[], 2, "v"), Err(Error::InvalidArgument { .. })));
+        let mut v = vec![3.0, 4.0];
+        normalize(&mut v, "v").unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6);
+    }
+}

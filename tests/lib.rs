@@ -1,0 +1,157 @@
+//! Helpers for the end-to-end tests: start a real `quiverd` process on a free 127.0.0.1 port,
+//! run the real `quiver` CLI against it, stop it gracefully or with `kill -9`.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use quiver_client::Client;
+
+/// Directory holding the `quiverd` and `quiver` binaries: `QUIVER_BIN_DIR`, or the cargo
+/// target directory this test binary runs from (`target/debug/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("QUIVER_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("target profile dir").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} not found: build the binaries first (cargo build --bins) or set QUIVER_BIN_DIR", p.display());
+    p
+}
+
+/// A running `quiverd` child process.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts `quiverd` on `data_dir` with extra environment variables (e.g.
+    /// `QUIVER__SERVER__MAX_MESSAGE_BYTES`), and waits until health says SERVING.
+    pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut cmd = Command::new(bin("quiverd"));
+        cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg("127.0.0.1:0");
+        cmd.env("RUST_LOG", "warn");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn quiverd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).expect("read quiverd stdout");
+        let addr = first.trim().strip_prefix("quiverd listening on ").unwrap_or_else(|| panic!("unexpected first line: {first:?}"));
+        let server = Server {
+            child: Some(child),
+            addr: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            env,
+        };
+        server.wait_serving(Duration::from_secs(60)).await;
+        server
+    }
+
+    /// Starts with default settings.
+    pub async fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[]).await
+    }
+
+    /// Polls grpc.health.v1 until SERVING.
+    pub async fn wait_serving(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.addr.clone()).expect("uri").connect().await {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+                if let Ok(r) = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await
+                    && r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < limit, "quiverd at {} not SERVING after {limit:?}", self.addr);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr).await.expect("connect")
+    }
+
+    /// Runs the `quiver` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("quiver")).arg("--addr").arg(&self.addr).args(args).output().expect("run quiver")
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts a new process on the same data directory and environment.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.reopen().await;
+    }
+
+    /// Starts a new process on the same data directory (after a kill).
+    pub async fn reopen(&mut self) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let s = Server::start_with(&self.data_dir.clone(), &env).await;
+        *self = s;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Deterministic pseudo-random vector for point `i` (splitmix64-based).
+pub fn vector(i: u64, dim: usize) -> Vec<f32> {
+    let mut s = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..dim)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}

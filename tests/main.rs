@@ -1,0 +1,5 @@
+//! End-to-end tests: one binary, a module per area. Every test starts its own `quiverd` on a
+//! free 127.0.0.1 port with a temporary data directory.
+mod bad_input;
+mod basic;
+mod crash;
