@@ -46,8 +46,14 @@ async fn main() -> Result<()> {
     let nq = a.queries.min(queries.len());
     if !a.skip_load {
         let base = read_fvecs(&a.data.join("base.fvecs"))?;
-        let _ = c.collections.delete(pb::DeleteCollectionRequest { name: a.collection.clone() }).await;
-        c.create_collection(&a.collection, base[0].len() as u32, pb::Metric::Cosine).await?;
+        let _ = c
+            .collections
+            .delete(pb::DeleteCollectionRequest {
+                name: a.collection.clone(),
+            })
+            .await;
+        c.create_collection(&a.collection, base[0].len() as u32, pb::Metric::Cosine)
+            .await?;
         let t = Instant::now();
         let batches: Vec<pb::UpsertRequest> = base
             .chunks(2000)
@@ -55,16 +61,36 @@ async fn main() -> Result<()> {
             .map(|(b, chunk)| pb::UpsertRequest {
                 collection: a.collection.clone(),
                 batch_id: b as u64,
-                points: chunk.iter().enumerate().map(|(i, v)| pb::Point { id: Some(num_id((b * 2000 + i) as u64)), vector: v.clone(), payload_json: None }).collect(),
+                points: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| pb::Point {
+                        id: Some(num_id((b * 2000 + i) as u64)),
+                        vector: v.clone(),
+                        payload_json: None,
+                    })
+                    .collect(),
             })
             .collect();
-        let mut acks = c.points.upsert_stream(tokio_stream::iter(batches)).await?.into_inner();
+        let mut acks = c
+            .points
+            .upsert_stream(tokio_stream::iter(batches))
+            .await?
+            .into_inner();
         let mut total = 0;
         while let Some(ack) = acks.message().await? {
             total = ack.total_upserted;
         }
-        c.collections.flush(pb::FlushCollectionRequest { name: a.collection.clone() }).await?;
-        println!("load: {total} vectors in {:.1}s ({:.0}/s, incl. flush)", t.elapsed().as_secs_f64(), total as f64 / t.elapsed().as_secs_f64());
+        c.collections
+            .flush(pb::FlushCollectionRequest {
+                name: a.collection.clone(),
+            })
+            .await?;
+        println!(
+            "load: {total} vectors in {:.1}s ({:.0}/s, incl. flush)",
+            t.elapsed().as_secs_f64(),
+            total as f64 / t.elapsed().as_secs_f64()
+        );
     }
     let mut single = Vec::new();
     let mut batched = Vec::new();
@@ -74,23 +100,46 @@ async fn main() -> Result<()> {
         let mut r = 0.0;
         for (q, truth) in queries.iter().zip(&gt).take(nq) {
             let hits = c.search(&a.collection, q.clone(), 10, false).await?;
-            let ids: Vec<u64> = hits.iter().filter_map(|h| match h.id.as_ref()?.kind.as_ref()? {
-                pb::point_id::Kind::Num(n) => Some(*n),
-                pb::point_id::Kind::Str(_) => None,
-            }).collect();
+            let ids: Vec<u64> = hits
+                .iter()
+                .filter_map(|h| match h.id.as_ref()?.kind.as_ref()? {
+                    pb::point_id::Kind::Num(n) => Some(*n),
+                    pb::point_id::Kind::Str(_) => None,
+                })
+                .collect();
             r += recall_at(10, &ids, truth);
         }
         single.push(nq as f64 / t.elapsed().as_secs_f64());
         recall = r / nq as f64;
         let t = Instant::now();
         for chunk in queries[..nq].chunks(100) {
-            let searches = chunk.iter().map(|q| pb::SearchRequest { collection: a.collection.clone(), vector: q.clone(), k: 10, ..Default::default() }).collect();
-            let res = c.search.search_batch(pb::SearchBatchRequest { searches }).await.context("search batch")?;
+            let searches = chunk
+                .iter()
+                .map(|q| pb::SearchRequest {
+                    collection: a.collection.clone(),
+                    vector: q.clone(),
+                    k: 10,
+                    ..Default::default()
+                })
+                .collect();
+            let res = c
+                .search
+                .search_batch(pb::SearchBatchRequest { searches })
+                .await
+                .context("search batch")?;
             anyhow::ensure!(res.into_inner().results.len() == chunk.len());
         }
         batched.push(nq as f64 / t.elapsed().as_secs_f64());
     }
-    println!("quiver exact over gRPC: {nq} queries, recall@10 {recall:.4}, single-request QPS {:.1}, SearchBatch(100) QPS {:.1} (median of {} rounds)", median(single.clone()), median(batched.clone()), a.rounds);
-    println!("{}", serde_json::json!({"system": "quiver-exact-grpc", "queries": nq, "recall10": recall, "qps_single": median(single), "qps_batch": median(batched)}));
+    println!(
+        "quiver exact over gRPC: {nq} queries, recall@10 {recall:.4}, single-request QPS {:.1}, SearchBatch(100) QPS {:.1} (median of {} rounds)",
+        median(single.clone()),
+        median(batched.clone()),
+        a.rounds
+    );
+    println!(
+        "{}",
+        serde_json::json!({"system": "quiver-exact-grpc", "queries": nq, "recall10": recall, "qps_single": median(single), "qps_batch": median(batched)})
+    );
     Ok(())
 }

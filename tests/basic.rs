@@ -9,8 +9,15 @@ use serde_json::Value;
 const DIM: usize = 32;
 
 fn lines(out: &std::process::Output) -> Vec<Value> {
-    assert!(out.status.success(), "quiver failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
+    assert!(
+        out.status.success(),
+        "quiver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
 }
 
 fn naive_top(query: &[f32], n: u64, k: usize) -> Vec<u64> {
@@ -31,34 +38,79 @@ fn naive_top(query: &[f32], n: u64, k: usize) -> Vec<u64> {
 async fn create_upsert_search_restart_same_results() {
     let dir = tempfile::tempdir().unwrap();
     // Small segments so the 10k points span several sealed segments plus the mutable one.
-    let mut server = Server::start_with(dir.path(), &[("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "3000")]).await;
-    let out = server.cli(&["collection", "create", "docs", "--dim", &DIM.to_string(), "--metric", "cosine"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut server =
+        Server::start_with(dir.path(), &[("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "3000")]).await;
+    let out = server.cli(&[
+        "collection",
+        "create",
+        "docs",
+        "--dim",
+        &DIM.to_string(),
+        "--metric",
+        "cosine",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let n = 10_000u64;
     let file = dir.path().join("points.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
     for i in 0..n {
-        let id = if i % 2 == 0 { Value::from(i) } else { Value::from(format!("doc-{i}")) };
+        let id = if i % 2 == 0 {
+            Value::from(i)
+        } else {
+            Value::from(format!("doc-{i}"))
+        };
         let line = serde_json::json!({"id": id, "vector": vector(i, DIM), "payload": {"i": i, "even": i % 2 == 0}});
         writeln!(f, "{line}").unwrap();
     }
     f.flush().unwrap();
     drop(f);
-    let out = server.cli(&["upsert", "--collection", "docs", file.to_str().unwrap(), "--json", "--batch-size", "700"]);
+    let out = server.cli(&[
+        "upsert",
+        "--collection",
+        "docs",
+        file.to_str().unwrap(),
+        "--json",
+        "--batch-size",
+        "700",
+    ]);
     let summary = lines(&out);
     assert_eq!(summary[0]["upserted"], n);
     assert_eq!(lines(&server.cli(&["count", "--collection", "docs"]))[0], n);
 
     let info = lines(&server.cli(&["collection", "info", "docs", "--json"]));
     assert_eq!(info[0]["points"], n);
-    assert!(info[0]["sealed_segments"].as_u64().unwrap() >= 2, "{:?}", info[0]);
+    assert!(
+        info[0]["sealed_segments"].as_u64().unwrap() >= 2,
+        "{:?}",
+        info[0]
+    );
 
     // Queries file: 20 queries; results must equal a brute-force reference.
     let qfile = dir.path().join("queries.jsonl");
     let queries: Vec<Vec<f32>> = (0..20).map(|i| vector(1_000_000 + i, DIM)).collect();
-    std::fs::write(&qfile, queries.iter().map(|q| serde_json::json!({"vector": q}).to_string() + "\n").collect::<String>()).unwrap();
-    let before = lines(&server.cli(&["search", "--collection", "docs", "--queries", qfile.to_str().unwrap(), "--k", "10", "--json"]));
+    std::fs::write(
+        &qfile,
+        queries
+            .iter()
+            .map(|q| serde_json::json!({"vector": q}).to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let before = lines(&server.cli(&[
+        "search",
+        "--collection",
+        "docs",
+        "--queries",
+        qfile.to_str().unwrap(),
+        "--k",
+        "10",
+        "--json",
+    ]));
     assert_eq!(before.len(), 20);
     for (q, res) in queries.iter().zip(&before) {
         let want = naive_top(q, n, 10);
@@ -66,10 +118,9 @@ async fn create_upsert_search_restart_same_results() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| match &h["id"] {
-                Value::Number(x) => x.as_u64().unwrap(),
-                Value::String(s) => s.trim_start_matches("doc-").parse().unwrap(),
-                other => panic!("bad id {other}"),
+            .map(|h| match h["id"].as_str() {
+                Some(s) => s.trim_start_matches("doc-").parse().unwrap(),
+                None => h["id"].as_u64().expect("numeric id"),
             })
             .collect();
         assert_eq!(got, want);
@@ -78,24 +129,71 @@ async fn create_upsert_search_restart_same_results() {
 
     // A stored vector finds itself first, with score ~1.
     let mut client = server.client().await;
-    let hits = client.search("docs", vector(4242, DIM), 3, true).await.unwrap();
+    let hits = client
+        .search("docs", vector(4242, DIM), 3, true)
+        .await
+        .unwrap();
     assert_eq!(hits[0].id, Some(num_id(4242)));
     assert!((hits[0].score - 1.0).abs() < 1e-5);
 
     // Deletes and overwrites before the restart.
-    let r = client.points.delete(pb::DeletePointsRequest { collection: "docs".into(), ids: vec![num_id(4242), str_id("doc-7"), num_id(999_999)] }).await.unwrap().into_inner();
+    let r = client
+        .points
+        .delete(pb::DeletePointsRequest {
+            collection: "docs".into(),
+            ids: vec![num_id(4242), str_id("doc-7"), num_id(999_999)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.deleted, 2);
     client
-        .upsert("docs", vec![pb::Point { id: Some(num_id(10)), vector: vector(11, DIM), payload_json: Some("{\"i\":\"moved\"}".into()) }])
+        .upsert(
+            "docs",
+            vec![pb::Point {
+                id: Some(num_id(10)),
+                vector: vector(11, DIM),
+                payload_json: Some("{\"i\":\"moved\"}".into()),
+            }],
+        )
         .await
         .unwrap();
-    let after_writes = lines(&server.cli(&["search", "--collection", "docs", "--queries", qfile.to_str().unwrap(), "--k", "10", "--json"]));
+    let after_writes = lines(&server.cli(&[
+        "search",
+        "--collection",
+        "docs",
+        "--queries",
+        qfile.to_str().unwrap(),
+        "--k",
+        "10",
+        "--json",
+    ]));
 
     server.restart().await;
-    let after_restart = lines(&server.cli(&["search", "--collection", "docs", "--queries", qfile.to_str().unwrap(), "--k", "10", "--json"]));
+    let after_restart = lines(&server.cli(&[
+        "search",
+        "--collection",
+        "docs",
+        "--queries",
+        qfile.to_str().unwrap(),
+        "--k",
+        "10",
+        "--json",
+    ]));
     assert_eq!(after_writes, after_restart, "results differ after restart");
-    assert_eq!(lines(&server.cli(&["count", "--collection", "docs"]))[0], n - 2);
-    let got = lines(&server.cli(&["get", "--collection", "docs", "4242", "doc-7", "10", "doc-9"]));
+    assert_eq!(
+        lines(&server.cli(&["count", "--collection", "docs"]))[0],
+        n - 2
+    );
+    let got = lines(&server.cli(&[
+        "get",
+        "--collection",
+        "docs",
+        "4242",
+        "doc-7",
+        "10",
+        "doc-9",
+    ]));
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0]["payload"]["i"], "moved");
     assert_eq!(got[1]["id"], "doc-9");
@@ -103,15 +201,30 @@ async fn create_upsert_search_restart_same_results() {
     // Scroll returns every live point once.
     let all = lines(&server.cli(&["scroll", "--collection", "docs", "--page", "777"]));
     assert_eq!(all.len() as u64, n - 2);
-    let unique: std::collections::HashSet<String> = all.iter().map(|p| p["id"].to_string()).collect();
+    let unique: std::collections::HashSet<String> =
+        all.iter().map(|p| p["id"].to_string()).collect();
     assert_eq!(unique.len() as u64, n - 2);
 
     // Flush seals the rest; the WAL shrinks to an empty file; results unchanged.
-    assert!(server.cli(&["collection", "flush", "docs"]).status.success());
+    assert!(
+        server
+            .cli(&["collection", "flush", "docs"])
+            .status
+            .success()
+    );
     let info = lines(&server.cli(&["collection", "info", "docs", "--json"]));
     assert_eq!(info[0]["mutable_points"], 0);
     assert_eq!(info[0]["wal_bytes"], 16);
-    let after_flush = lines(&server.cli(&["search", "--collection", "docs", "--queries", qfile.to_str().unwrap(), "--k", "10", "--json"]));
+    let after_flush = lines(&server.cli(&[
+        "search",
+        "--collection",
+        "docs",
+        "--queries",
+        qfile.to_str().unwrap(),
+        "--k",
+        "10",
+        "--json",
+    ]));
     assert_eq!(after_writes, after_flush);
 
     // Drop.
@@ -128,24 +241,59 @@ async fn search_batch_and_metrics() {
     for (name, metric) in [("l2", pb::Metric::L2), ("dot", pb::Metric::Dot)] {
         c.create_collection(name, 2, metric).await.unwrap();
         let pts = vec![
-            pb::Point { id: Some(num_id(1)), vector: vec![1.0, 0.0], payload_json: None },
-            pb::Point { id: Some(num_id(2)), vector: vec![3.0, 0.0], payload_json: None },
-            pb::Point { id: Some(num_id(3)), vector: vec![0.0, 1.0], payload_json: None },
+            pb::Point {
+                id: Some(num_id(1)),
+                vector: vec![1.0, 0.0],
+                payload_json: None,
+            },
+            pb::Point {
+                id: Some(num_id(2)),
+                vector: vec![3.0, 0.0],
+                payload_json: None,
+            },
+            pb::Point {
+                id: Some(num_id(3)),
+                vector: vec![0.0, 1.0],
+                payload_json: None,
+            },
         ];
         c.upsert(name, pts).await.unwrap();
     }
-    let req = |coll: &str| pb::SearchRequest { collection: coll.into(), vector: vec![1.1, 0.0], k: 2, ..Default::default() };
-    let r = c.search.search_batch(pb::SearchBatchRequest { searches: vec![req("l2"), req("dot")] }).await.unwrap().into_inner();
-    let ids = |res: &pb::SearchResponse| res.hits.iter().map(|h| h.id.clone().unwrap()).collect::<Vec<_>>();
-    // l2: nearest is (1,0) at distance 0.1; dot: largest product is (3,0).
-    assert_eq!(ids(&r.results[0]), vec![num_id(1), num_id(2)]);
+    let req = |coll: &str| pb::SearchRequest {
+        collection: coll.into(),
+        vector: vec![1.1, 0.0],
+        k: 2,
+        ..Default::default()
+    };
+    let r = c
+        .search
+        .search_batch(pb::SearchBatchRequest {
+            searches: vec![req("l2"), req("dot")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids = |res: &pb::SearchResponse| {
+        res.hits
+            .iter()
+            .map(|h| h.id.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // l2: (1,0) at 0.1, then (0,1) at 1.487 before (3,0) at 1.9; dot: (3,0) gives 3.3, then (1,0).
+    assert_eq!(ids(&r.results[0]), vec![num_id(1), num_id(3)]);
     assert!((r.results[0].hits[0].score - 0.1).abs() < 1e-5);
     assert_eq!(ids(&r.results[1]), vec![num_id(2), num_id(1)]);
     assert!((r.results[1].hits[0].score - 3.3).abs() < 1e-5);
     // One bad search in a batch names its index.
     let mut bad = req("l2");
     bad.vector = vec![1.0];
-    let e = c.search.search_batch(pb::SearchBatchRequest { searches: vec![req("l2"), bad] }).await.unwrap_err();
+    let e = c
+        .search
+        .search_batch(pb::SearchBatchRequest {
+            searches: vec![req("l2"), bad],
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().starts_with("searches[1]"), "{}", e.message());
 }

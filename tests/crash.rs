@@ -23,9 +23,23 @@ async fn verify(server: &Server, model: &Model, in_flight: &[(u64, Option<u64>)]
     ids.dedup();
     let mut found: HashMap<u64, Vec<f32>> = HashMap::new();
     for chunk in ids.chunks(2000) {
-        let req = pb::GetPointsRequest { collection: "crash".into(), ids: chunk.iter().map(|i| num_id(*i)).collect(), with_vectors: true, with_payload: false };
-        for p in c.points.get(req).await.expect("get after reopen").into_inner().points {
-            let Some(pb::point_id::Kind::Num(n)) = p.id.and_then(|i| i.kind) else { panic!("bad id") };
+        let req = pb::GetPointsRequest {
+            collection: "crash".into(),
+            ids: chunk.iter().map(|i| num_id(*i)).collect(),
+            with_vectors: true,
+            with_payload: false,
+        };
+        for p in c
+            .points
+            .get(req)
+            .await
+            .expect("get after reopen")
+            .into_inner()
+            .points
+        {
+            let Some(pb::point_id::Kind::Num(n)) = p.id.and_then(|i| i.kind) else {
+                panic!("bad id")
+            };
             found.insert(n, p.vector);
         }
     }
@@ -37,7 +51,11 @@ async fn verify(server: &Server, model: &Model, in_flight: &[(u64, Option<u64>)]
     let in_flight_applied = !in_flight.is_empty() && in_flight.iter().all(applied);
     let in_flight_ids: std::collections::HashSet<u64> = in_flight.iter().map(|p| p.0).collect();
     if !in_flight.is_empty() && !in_flight_applied {
-        let partially = in_flight.iter().filter(|p| model.get(&p.0) != Some(&p.1)).any(applied);
+        // Entries that would change nothing (e.g. deleting an id that never existed) say nothing.
+        let partially = in_flight
+            .iter()
+            .filter(|p| model.get(&p.0).copied().flatten() != p.1)
+            .any(applied);
         assert!(!partially, "the in-flight batch was applied partially");
     }
     for (id, version) in model {
@@ -45,8 +63,15 @@ async fn verify(server: &Server, model: &Model, in_flight: &[(u64, Option<u64>)]
             continue;
         }
         match version {
-            Some(v) => assert_eq!(found.get(id), Some(&vector(*v, DIM)), "acknowledged upsert of {id} (version {v}) lost"),
-            None => assert!(!found.contains_key(id), "acknowledged delete of {id} came back"),
+            Some(v) => assert_eq!(
+                found.get(id),
+                Some(&vector(*v, DIM)),
+                "acknowledged upsert of {id} (version {v}) lost"
+            ),
+            None => assert!(
+                !found.contains_key(id),
+                "acknowledged delete of {id} came back"
+            ),
         }
     }
 }
@@ -55,9 +80,15 @@ async fn verify(server: &Server, model: &Model, in_flight: &[(u64, Option<u64>)]
 async fn kill9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     // Small segments: seals (segment writes, checkpoints, WAL truncation) happen constantly.
-    let mut server = Server::start_with(dir.path(), &[("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "400")]).await;
+    let mut server =
+        Server::start_with(dir.path(), &[("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "400")]).await;
     let mut c = server.client().await;
-    let req = pb::CreateCollectionRequest { name: "crash".into(), dim: DIM as u32, metric: pb::Metric::L2 as i32, ..Default::default() };
+    let req = pb::CreateCollectionRequest {
+        name: "crash".into(),
+        dim: DIM as u32,
+        metric: pb::Metric::L2 as i32,
+        ..Default::default()
+    };
     c.collections.create(req).await.unwrap();
     let mut rng = StdRng::seed_from_u64(0xC0FFEE);
     let mut model: Model = HashMap::new();
@@ -68,27 +99,55 @@ async fn kill9_loses_no_acknowledged_write() {
         // Write from a task; kill the server from here at a random moment.
         let kill_after = Duration::from_millis(rng.random_range(20..400));
         let seed = rng.random::<u64>();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<(u64, Option<u64>)>, bool)>();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(Vec<(u64, Option<u64>)>, bool)>();
         let base_version = version;
         let writer = tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut v = base_version;
             loop {
                 let batch: Vec<(u64, Option<u64>)> = if rng.random_bool(0.8) {
-                    (0..rng.random_range(1..120)).map(|_| { v += 1; (rng.random_range(0..3000u64), Some(v)) }).collect()
+                    (0..rng.random_range(1..120))
+                        .map(|_| {
+                            v += 1;
+                            (rng.random_range(0..3000u64), Some(v))
+                        })
+                        .collect()
                 } else {
-                    (0..rng.random_range(1..30)).map(|_| (rng.random_range(0..3000u64), None)).collect()
+                    (0..rng.random_range(1..30))
+                        .map(|_| (rng.random_range(0..3000u64), None))
+                        .collect()
                 };
                 // Report the batch before sending (in flight), then its acknowledgement.
                 if tx.send((batch.clone(), false)).is_err() {
                     return;
                 }
                 let ok = if batch[0].1.is_some() {
-                    let points = batch.iter().map(|(id, ver)| pb::Point { id: Some(num_id(*id)), vector: vector(ver.unwrap_or(0), DIM), payload_json: None }).collect();
-                    c.points.upsert(pb::UpsertRequest { collection: "crash".into(), points, batch_id: 0 }).await.is_ok()
+                    let points = batch
+                        .iter()
+                        .map(|(id, ver)| pb::Point {
+                            id: Some(num_id(*id)),
+                            vector: vector(ver.unwrap_or(0), DIM),
+                            payload_json: None,
+                        })
+                        .collect();
+                    c.points
+                        .upsert(pb::UpsertRequest {
+                            collection: "crash".into(),
+                            points,
+                            batch_id: 0,
+                        })
+                        .await
+                        .is_ok()
                 } else {
                     let ids = batch.iter().map(|(id, _)| num_id(*id)).collect();
-                    c.points.delete(pb::DeletePointsRequest { collection: "crash".into(), ids }).await.is_ok()
+                    c.points
+                        .delete(pb::DeletePointsRequest {
+                            collection: "crash".into(),
+                            ids,
+                        })
+                        .await
+                        .is_ok()
                 };
                 if !ok || tx.send((batch, true)).is_err() {
                     return;
@@ -129,10 +188,24 @@ async fn kill9_loses_no_acknowledged_write() {
         // Fold the in-flight batch into the model as the server decided.
         let mut c = server.client().await;
         for (id, _) in &in_flight {
-            let got = c.points.get(pb::GetPointsRequest { collection: "crash".into(), ids: vec![num_id(*id)], with_vectors: true, with_payload: false }).await.unwrap().into_inner();
+            let got = c
+                .points
+                .get(pb::GetPointsRequest {
+                    collection: "crash".into(),
+                    ids: vec![num_id(*id)],
+                    with_vectors: true,
+                    with_payload: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
             match got.points.first() {
                 Some(p) => {
-                    let v = in_flight.iter().find(|x| x.0 == *id).and_then(|x| x.1).filter(|v| p.vector == vector(*v, DIM));
+                    let v = in_flight
+                        .iter()
+                        .find(|x| x.0 == *id)
+                        .and_then(|x| x.1)
+                        .filter(|v| p.vector == vector(*v, DIM));
                     if let Some(v) = v {
                         model.insert(*id, Some(v));
                     }
@@ -145,7 +218,15 @@ async fn kill9_loses_no_acknowledged_write() {
             }
         }
         let live = model.values().filter(|v| v.is_some()).count() as u64;
-        assert_eq!(c.count("crash").await.unwrap(), live, "iteration {iteration}: count");
+        assert_eq!(
+            c.count("crash").await.unwrap(),
+            live,
+            "iteration {iteration}: count"
+        );
     }
-    eprintln!("{ITERATIONS} kill -9 iterations, {} ids tracked, in {:?}", model.len(), started.elapsed());
+    eprintln!(
+        "{ITERATIONS} kill -9 iterations, {} ids tracked, in {:?}",
+        model.len(),
+        started.elapsed()
+    );
 }

@@ -23,7 +23,11 @@ pub fn bin_dir() -> PathBuf {
 /// Path of a workspace binary; panics with a hint if it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} not found: build the binaries first (cargo build --bins) or set QUIVER_BIN_DIR", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: build the binaries first (cargo build --bins) or set QUIVER_BIN_DIR",
+        p.display()
+    );
     p
 }
 
@@ -41,18 +45,33 @@ impl Server {
     /// Starts `quiverd` on `data_dir` with extra environment variables (e.g.
     /// `QUIVER__SERVER__MAX_MESSAGE_BYTES`), and waits until health says SERVING.
     pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut cmd = Command::new(bin("quiverd"));
-        cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0");
         cmd.env("RUST_LOG", "warn");
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn quiverd");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn quiverd");
         let stdout = child.stdout.take().expect("stdout");
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).expect("read quiverd stdout");
-        let addr = first.trim().strip_prefix("quiverd listening on ").unwrap_or_else(|| panic!("unexpected first line: {first:?}"));
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read quiverd stdout");
+        let addr = first
+            .trim()
+            .strip_prefix("quiverd listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first:?}"));
         let server = Server {
             child: Some(child),
             addr: format!("http://{addr}"),
@@ -72,15 +91,28 @@ impl Server {
     pub async fn wait_serving(&self, limit: Duration) {
         let started = Instant::now();
         loop {
-            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.addr.clone()).expect("uri").connect().await {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.addr.clone())
+                .expect("uri")
+                .connect()
+                .await
+            {
                 let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-                if let Ok(r) = h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await
-                    && r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                if let Ok(r) = h
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    && r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
                 {
                     return;
                 }
             }
-            assert!(started.elapsed() < limit, "quiverd at {} not SERVING after {limit:?}", self.addr);
+            assert!(
+                started.elapsed() < limit,
+                "quiverd at {} not SERVING after {limit:?}",
+                self.addr
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -92,7 +124,12 @@ impl Server {
 
     /// Runs the `quiver` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("quiver")).arg("--addr").arg(&self.addr).args(args).output().expect("run quiver")
+        Command::new(bin("quiver"))
+            .arg("--addr")
+            .arg(&self.addr)
+            .args(args)
+            .output()
+            .expect("run quiver")
     }
 
     /// `kill -9`.
@@ -105,8 +142,13 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -129,7 +171,11 @@ impl Server {
 
     /// Starts a new process on the same data directory (after a kill).
     pub async fn reopen(&mut self) {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let s = Server::start_with(&self.data_dir.clone(), &env).await;
         *self = s;
     }

@@ -72,7 +72,10 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`http://host:port`).
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
-        let err = |source| ClientError::Connect { addr: addr.to_owned(), source };
+        let err = |source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
         let channel = Endpoint::from_shared(addr.to_owned())
             .map_err(err)?
             .connect_timeout(Duration::from_secs(5))
@@ -87,45 +90,92 @@ impl Client {
     pub fn from_channel(channel: Channel) -> Client {
         let m = MAX_MESSAGE_BYTES;
         Client {
-            collections: CollectionsClient::new(channel.clone()).max_decoding_message_size(m).max_encoding_message_size(m),
-            points: PointsClient::new(channel.clone()).max_decoding_message_size(m).max_encoding_message_size(m),
-            search: SearchClient::new(channel.clone()).max_decoding_message_size(m).max_encoding_message_size(m),
+            collections: CollectionsClient::new(channel.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+            points: PointsClient::new(channel.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+            search: SearchClient::new(channel.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
             channel,
         }
     }
 
     /// Creates a collection.
-    pub async fn create_collection(&mut self, name: &str, dim: u32, metric: pb::Metric) -> Result<pb::CollectionInfo, ClientError> {
-        let req = pb::CreateCollectionRequest { name: name.into(), dim, metric: metric as i32, ..Default::default() };
+    pub async fn create_collection(
+        &mut self,
+        name: &str,
+        dim: u32,
+        metric: pb::Metric,
+    ) -> Result<pb::CollectionInfo, ClientError> {
+        let req = pb::CreateCollectionRequest {
+            name: name.into(),
+            dim,
+            metric: metric as i32,
+            ..Default::default()
+        };
         Ok(self.collections.create(req).await?.into_inner())
     }
 
     /// Upserts one batch.
-    pub async fn upsert(&mut self, collection: &str, points: Vec<pb::Point>) -> Result<pb::UpsertResponse, ClientError> {
-        let req = pb::UpsertRequest { collection: collection.into(), points, batch_id: 0 };
+    pub async fn upsert(
+        &mut self,
+        collection: &str,
+        points: Vec<pb::Point>,
+    ) -> Result<pb::UpsertResponse, ClientError> {
+        let req = pb::UpsertRequest {
+            collection: collection.into(),
+            points,
+            batch_id: 0,
+        };
         Ok(self.points.upsert(req).await?.into_inner())
     }
 
     /// Exact or default search.
-    pub async fn search(&mut self, collection: &str, vector: Vec<f32>, k: u32, with_payload: bool) -> Result<Vec<pb::ScoredPoint>, ClientError> {
-        let req = pb::SearchRequest { collection: collection.into(), vector, k, with_payload, ..Default::default() };
+    pub async fn search(
+        &mut self,
+        collection: &str,
+        vector: Vec<f32>,
+        k: u32,
+        with_payload: bool,
+    ) -> Result<Vec<pb::ScoredPoint>, ClientError> {
+        let req = pb::SearchRequest {
+            collection: collection.into(),
+            vector,
+            k,
+            with_payload,
+            ..Default::default()
+        };
         Ok(self.search.search(req).await?.into_inner().hits)
     }
 
     /// Live points in a collection.
     pub async fn count(&mut self, collection: &str) -> Result<u64, ClientError> {
-        Ok(self.points.count(pb::CountRequest { collection: collection.into() }).await?.into_inner().count)
+        Ok(self
+            .points
+            .count(pb::CountRequest {
+                collection: collection.into(),
+            })
+            .await?
+            .into_inner()
+            .count)
     }
 }
 
 /// A numeric id.
 pub fn num_id(n: u64) -> pb::PointId {
-    pb::PointId { kind: Some(pb::point_id::Kind::Num(n)) }
+    pb::PointId {
+        kind: Some(pb::point_id::Kind::Num(n)),
+    }
 }
 
 /// A string id.
 pub fn str_id(s: impl Into<String>) -> pb::PointId {
-    pb::PointId { kind: Some(pb::point_id::Kind::Str(s.into())) }
+    pb::PointId {
+        kind: Some(pb::point_id::Kind::Str(s.into())),
+    }
 }
 
 /// An id as JSON: numbers stay numbers, strings stay strings.
@@ -142,7 +192,11 @@ pub fn id_from_json(v: &serde_json::Value) -> Option<pb::PointId> {
     match v {
         serde_json::Value::Number(n) => n.as_u64().map(num_id),
         serde_json::Value::String(s) if !s.is_empty() => Some(str_id(s.clone())),
-        _ => None,
+        serde_json::Value::String(_)
+        | serde_json::Value::Null
+        | serde_json::Value::Bool(_)
+        | serde_json::Value::Array(_)
+        | serde_json::Value::Object(_) => None,
     }
 }
 
@@ -151,14 +205,22 @@ pub fn parse_fvecs(bytes: &[u8]) -> Result<Vec<Vec<f32>>, String> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
-        let d = bytes.get(pos..pos + 4).ok_or_else(|| format!("truncated row header at byte {pos}"))?;
+        let d = bytes
+            .get(pos..pos + 4)
+            .ok_or_else(|| format!("truncated row header at byte {pos}"))?;
         let dim = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
         if dim <= 0 {
             return Err(format!("row {} has dimension {dim}", out.len()));
         }
         let end = pos + 4 + 4 * dim as usize;
-        let body = bytes.get(pos + 4..end).ok_or_else(|| format!("row {} is truncated", out.len()))?;
-        out.push(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        let body = bytes
+            .get(pos + 4..end)
+            .ok_or_else(|| format!("row {} is truncated", out.len()))?;
+        out.push(
+            body.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
         pos = end;
     }
     Ok(out)

@@ -163,7 +163,11 @@ fn status_line(e: &ClientError) -> String {
 }
 
 fn parse_id(s: &str) -> pb::PointId {
-    match serde_json::from_str::<Value>(s).ok().as_ref().and_then(id_from_json) {
+    match serde_json::from_str::<Value>(s)
+        .ok()
+        .as_ref()
+        .and_then(id_from_json)
+    {
         Some(id) => id,
         None => quiver_client::str_id(s),
     }
@@ -190,38 +194,62 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
 }
 
 fn payload_value(p: &Option<String>) -> Value {
-    p.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null)
+    p.as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null)
 }
 
 fn parse_vector(v: &Value, what: &str) -> Result<Vec<f32>> {
-    let arr = v.as_array().ok_or_else(|| anyhow!("{what}: expected a JSON array of numbers"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| anyhow!("{what}: expected a JSON array of numbers"))?;
     arr.iter()
         .enumerate()
-        .map(|(i, x)| x.as_f64().map(|f| f as f32).ok_or_else(|| anyhow!("{what}[{i}]: {x} is not a number")))
+        .map(|(i, x)| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .ok_or_else(|| anyhow!("{what}[{i}]: {x} is not a number"))
+        })
         .collect()
 }
 
-fn open_lines(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
-    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
 }
 
 /// Parses one JSONL point; errors name the field.
 fn parse_point(line: &str) -> Result<pb::Point> {
-    let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("invalid JSON at column {}: {e}", e.column()))?;
-    let obj = v.as_object().ok_or_else(|| anyhow!("expected a JSON object"))?;
-    let id = obj.get("id").ok_or_else(|| anyhow!("field 'id' is missing"))?;
-    let id = id_from_json(id).ok_or_else(|| anyhow!("field 'id': {id} is not a non-negative integer or a non-empty string"))?;
-    let vector = parse_vector(obj.get("vector").ok_or_else(|| anyhow!("field 'vector' is missing"))?, "field 'vector'")?;
+    let v: Value = serde_json::from_str(line)
+        .map_err(|e| anyhow!("invalid JSON at column {}: {e}", e.column()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| anyhow!("expected a JSON object"))?;
+    let id = obj
+        .get("id")
+        .ok_or_else(|| anyhow!("field 'id' is missing"))?;
+    let id = id_from_json(id).ok_or_else(|| {
+        anyhow!("field 'id': {id} is not a non-negative integer or a non-empty string")
+    })?;
+    let vector = parse_vector(
+        obj.get("vector")
+            .ok_or_else(|| anyhow!("field 'vector' is missing"))?,
+        "field 'vector'",
+    )?;
     let payload_json = match obj.get("payload") {
         None | Some(Value::Null) => None,
         Some(p @ Value::Object(_)) => Some(p.to_string()),
         Some(other) => bail!("field 'payload': expected a JSON object, got {other}"),
     };
-    Ok(pb::Point { id: Some(id), vector, payload_json })
+    Ok(pb::Point {
+        id: Some(id),
+        vector,
+        payload_json,
+    })
 }
 
 /// Finds `points[N]` in a server message, to name the file line of a rejected row.
@@ -230,7 +258,13 @@ fn point_index(msg: &str) -> Option<usize> {
     msg[at..].split(']').next()?.parse().ok()
 }
 
-async fn upsert(client: &mut Client, collection: &str, file: &Path, batch_size: usize, as_json: bool) -> Result<()> {
+async fn upsert(
+    client: &mut Client,
+    collection: &str,
+    file: &Path,
+    batch_size: usize,
+    as_json: bool,
+) -> Result<()> {
     let name = file.display().to_string();
     let started = std::time::Instant::now();
     // Two batches in flight: the reader runs ahead by at most that much, so memory stays bounded.
@@ -247,19 +281,31 @@ async fn upsert(client: &mut Client, collection: &str, file: &Path, batch_size: 
             let mut lineno = 0usize;
             loop {
                 line.clear();
-                let eof = reader.read_line(&mut line).with_context(|| format!("{name}:{}: read failed", lineno + 1))? == 0;
+                let eof = reader
+                    .read_line(&mut line)
+                    .with_context(|| format!("{name}:{}: read failed", lineno + 1))?
+                    == 0;
                 if !eof {
                     lineno += 1;
                     if line.trim().is_empty() {
                         continue;
                     }
-                    batch.push(parse_point(line.trim()).map_err(|e| anyhow!("{name}:{lineno}: {e}"))?);
+                    batch.push(
+                        parse_point(line.trim()).map_err(|e| anyhow!("{name}:{lineno}: {e}"))?,
+                    );
                     batch_lines.push(lineno);
                 }
                 if !batch.is_empty() && (eof || batch.len() >= batch_size) {
                     batch_id += 1;
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, std::mem::take(&mut batch_lines));
-                    let req = pb::UpsertRequest { collection: collection.clone(), points: std::mem::take(&mut batch), batch_id };
+                    lines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(batch_id, std::mem::take(&mut batch_lines));
+                    let req = pb::UpsertRequest {
+                        collection: collection.clone(),
+                        points: std::mem::take(&mut batch),
+                        batch_id,
+                    };
                     if tx.blocking_send(req).is_err() {
                         return Ok(()); // the stream failed; the error comes with the acks
                     }
@@ -270,34 +316,73 @@ async fn upsert(client: &mut Client, collection: &str, file: &Path, batch_size: 
             }
         }
     });
-    let mut acks = client.points.upsert_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(ClientError::from)?.into_inner();
+    let mut acks = client
+        .points
+        .upsert_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
     let mut acked = 0u64;
     while let Some(a) = acks.next().await {
         match a {
             Ok(a) => {
                 acked = a.total_upserted;
-                lines.lock().unwrap_or_else(|p| p.into_inner()).remove(&a.batch_id);
+                lines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&a.batch_id);
             }
-            Err(s) => return Err(batch_error(&name, &lines.lock().unwrap_or_else(|p| p.into_inner()), s, acked)),
+            Err(s) => {
+                return Err(batch_error(
+                    &name,
+                    &lines.lock().unwrap_or_else(|p| p.into_inner()),
+                    s,
+                    acked,
+                ));
+            }
         }
     }
-    producer.await?.map_err(|e| anyhow!("{e} (stopped; {acked} points were written before it)"))?;
+    producer
+        .await?
+        .map_err(|e| anyhow!("{e} (stopped; {acked} points were written before it)"))?;
     let secs = started.elapsed().as_secs_f64();
     if as_json {
-        println!("{}", json!({"file": name, "upserted": acked, "seconds": secs}));
+        println!(
+            "{}",
+            json!({"file": name, "upserted": acked, "seconds": secs})
+        );
     } else {
-        eprintln!("upserted {acked} points from {name} in {secs:.2}s ({:.0} points/s)", acked as f64 / secs.max(1e-9));
+        eprintln!(
+            "upserted {acked} points from {name} in {secs:.2}s ({:.0} points/s)",
+            acked as f64 / secs.max(1e-9)
+        );
     }
     Ok(())
 }
 
-fn batch_error(name: &str, lines: &HashMap<u64, Vec<usize>>, s: tonic::Status, acked: u64) -> anyhow::Error {
+fn batch_error(
+    name: &str,
+    lines: &HashMap<u64, Vec<usize>>,
+    s: tonic::Status,
+    acked: u64,
+) -> anyhow::Error {
     let msg = s.message();
-    let batch = msg.strip_prefix("batch ").and_then(|r| r.split_whitespace().next()).and_then(|b| b.parse::<u64>().ok());
-    let line = batch.and_then(|b| lines.get(&b)).and_then(|ls| point_index(msg).and_then(|i| ls.get(i)));
+    let batch = msg
+        .strip_prefix("batch ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|b| b.parse::<u64>().ok());
+    let line = batch
+        .and_then(|b| lines.get(&b))
+        .and_then(|ls| point_index(msg).and_then(|i| ls.get(i)));
     match line {
-        Some(l) => anyhow!("{name}:{l}: {}: {msg} ({acked} points acknowledged before it are written)", code_name(s.code())),
-        None => anyhow!("{name}: {}: {msg} ({acked} points acknowledged)", code_name(s.code())),
+        Some(l) => anyhow!(
+            "{name}:{l}: {}: {msg} ({acked} points acknowledged before it are written)",
+            code_name(s.code())
+        ),
+        None => anyhow!(
+            "{name}: {}: {msg} ({acked} points acknowledged)",
+            code_name(s.code())
+        ),
     }
 }
 
@@ -318,8 +403,17 @@ fn print_hits(hits: &[pb::ScoredPoint], as_json: bool, with_vectors: bool) {
         println!("{:>4}  {:<24} {:>10}  payload", "rank", "id", "score");
         for (i, h) in hits.iter().enumerate() {
             let id = id_to_json(&h.id);
-            let id = id.as_str().map(str::to_owned).unwrap_or_else(|| id.to_string());
-            println!("{:>4}  {:<24} {:>10.6}  {}", i + 1, id, h.score, h.payload_json.as_deref().unwrap_or(""));
+            let id = id
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| id.to_string());
+            println!(
+                "{:>4}  {:<24} {:>10.6}  {}",
+                i + 1,
+                id,
+                h.score,
+                h.payload_json.as_deref().unwrap_or("")
+            );
         }
     }
 }
@@ -328,53 +422,121 @@ async fn run(cli: Cli) -> Result<()> {
     let mut client = Client::connect(&cli.addr).await?;
     match cli.cmd {
         Cmd::Collection(c) => match c {
-            CollectionCmd::Create { name, dim, metric, segment_max_rows } => {
+            CollectionCmd::Create {
+                name,
+                dim,
+                metric,
+                segment_max_rows,
+            } => {
                 let metric = match metric {
                     MetricArg::Cosine => pb::Metric::Cosine,
                     MetricArg::L2 => pb::Metric::L2,
                     MetricArg::Dot => pb::Metric::Dot,
                 };
-                let req = pb::CreateCollectionRequest { name: name.clone(), dim, metric: metric as i32, index: None, segment_max_rows };
-                client.collections.create(req).await.map_err(ClientError::from)?;
-                eprintln!("created collection {name} (dim {dim}, {})", metric_name(metric as i32));
+                let req = pb::CreateCollectionRequest {
+                    name: name.clone(),
+                    dim,
+                    metric: metric as i32,
+                    index: None,
+                    segment_max_rows,
+                };
+                client
+                    .collections
+                    .create(req)
+                    .await
+                    .map_err(ClientError::from)?;
+                eprintln!(
+                    "created collection {name} (dim {dim}, {})",
+                    metric_name(metric as i32)
+                );
             }
             CollectionCmd::List { json } => {
-                let list = client.collections.list(pb::ListCollectionsRequest {}).await.map_err(ClientError::from)?.into_inner();
+                let list = client
+                    .collections
+                    .list(pb::ListCollectionsRequest {})
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
                 for i in &list.collections {
                     let v = info_json(i);
                     if json {
                         println!("{v}");
                     } else {
-                        println!("{}\tdim={}\tmetric={}\tpoints={}", v["name"].as_str().unwrap_or(""), v["dim"], v["metric"].as_str().unwrap_or(""), v["points"]);
+                        println!(
+                            "{}\tdim={}\tmetric={}\tpoints={}",
+                            v["name"].as_str().unwrap_or(""),
+                            v["dim"],
+                            v["metric"].as_str().unwrap_or(""),
+                            v["points"]
+                        );
                     }
                 }
             }
             CollectionCmd::Info { name, json } => {
-                let i = client.collections.get(pb::GetCollectionRequest { name }).await.map_err(ClientError::from)?.into_inner();
+                let i = client
+                    .collections
+                    .get(pb::GetCollectionRequest { name })
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
                 let v = info_json(&i);
                 if json {
                     println!("{v}");
                 } else if let Some(o) = v.as_object() {
                     for (k, val) in o {
-                        println!("{k:<18} {}", val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string()));
+                        println!(
+                            "{k:<18} {}",
+                            val.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| val.to_string())
+                        );
                     }
                 }
             }
             CollectionCmd::Drop { name } => {
-                client.collections.delete(pb::DeleteCollectionRequest { name: name.clone() }).await.map_err(ClientError::from)?;
+                client
+                    .collections
+                    .delete(pb::DeleteCollectionRequest { name: name.clone() })
+                    .await
+                    .map_err(ClientError::from)?;
                 eprintln!("dropped collection {name}");
             }
             CollectionCmd::Flush { name } => {
-                let r = client.collections.flush(pb::FlushCollectionRequest { name }).await.map_err(ClientError::from)?.into_inner();
+                let r = client
+                    .collections
+                    .flush(pb::FlushCollectionRequest { name })
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
                 eprintln!("flushed; checkpoint at LSN {}", r.checkpoint_lsn);
             }
         },
-        Cmd::Upsert { collection, file, batch_size, json } => upsert(&mut client, &collection, &file, batch_size.max(1), json).await?,
-        Cmd::Get { collection, ids, with_vectors } => {
+        Cmd::Upsert {
+            collection,
+            file,
+            batch_size,
+            json,
+        } => upsert(&mut client, &collection, &file, batch_size.max(1), json).await?,
+        Cmd::Get {
+            collection,
+            ids,
+            with_vectors,
+        } => {
             let ids = ids.iter().map(|s| parse_id(s)).collect();
-            let r = client.points.get(pb::GetPointsRequest { collection, ids, with_vectors, with_payload: true }).await.map_err(ClientError::from)?.into_inner();
+            let r = client
+                .points
+                .get(pb::GetPointsRequest {
+                    collection,
+                    ids,
+                    with_vectors,
+                    with_payload: true,
+                })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
             for p in r.points {
-                let mut o = json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
+                let mut o =
+                    json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
                 if with_vectors {
                     o["vector"] = json!(p.vector);
                 }
@@ -383,12 +545,33 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Delete { collection, ids } => {
             let ids = ids.iter().map(|s| parse_id(s)).collect();
-            let r = client.points.delete(pb::DeletePointsRequest { collection, ids }).await.map_err(ClientError::from)?.into_inner();
+            let r = client
+                .points
+                .delete(pb::DeletePointsRequest { collection, ids })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
             eprintln!("deleted {} points", r.deleted);
         }
         Cmd::Count { collection } => println!("{}", client.count(&collection).await?),
-        Cmd::Search { collection, vector, queries, like, k, exact, with_vectors, json } => {
-            let base = pb::SearchRequest { collection: collection.clone(), k, exact, with_payload: true, with_vectors, vector: Vec::new() };
+        Cmd::Search {
+            collection,
+            vector,
+            queries,
+            like,
+            k,
+            exact,
+            with_vectors,
+            json,
+        } => {
+            let base = pb::SearchRequest {
+                collection: collection.clone(),
+                k,
+                exact,
+                with_payload: true,
+                with_vectors,
+                vector: Vec::new(),
+            };
             if let Some(path) = queries {
                 let name = path.display().to_string();
                 let mut batch: Vec<pb::SearchRequest> = Vec::new();
@@ -404,20 +587,40 @@ async fn run(cli: Cli) -> Result<()> {
                         if line.trim().is_empty() {
                             continue;
                         }
-                        let v: Value = serde_json::from_str(line.trim()).map_err(|e| anyhow!("{name}:{lineno}: invalid JSON at column {}: {e}", e.column()))?;
-                        let vector = parse_vector(v.get("vector").ok_or_else(|| anyhow!("{name}:{lineno}: field 'vector' is missing"))?, "field 'vector'")
-                            .map_err(|e| anyhow!("{name}:{lineno}: {e}"))?;
+                        let v: Value = serde_json::from_str(line.trim()).map_err(|e| {
+                            anyhow!(
+                                "{name}:{lineno}: invalid JSON at column {}: {e}",
+                                e.column()
+                            )
+                        })?;
+                        let vector = parse_vector(
+                            v.get("vector").ok_or_else(|| {
+                                anyhow!("{name}:{lineno}: field 'vector' is missing")
+                            })?,
+                            "field 'vector'",
+                        )
+                        .map_err(|e| anyhow!("{name}:{lineno}: {e}"))?;
                         if batch.is_empty() {
                             first_line = lineno;
                         }
-                        batch.push(pb::SearchRequest { vector, ..base.clone() });
+                        batch.push(pb::SearchRequest {
+                            vector,
+                            ..base.clone()
+                        });
                     }
                     if (eof && !batch.is_empty()) || batch.len() >= 64 {
                         let res = client
                             .search
-                            .search_batch(pb::SearchBatchRequest { searches: std::mem::take(&mut batch) })
+                            .search_batch(pb::SearchBatchRequest {
+                                searches: std::mem::take(&mut batch),
+                            })
                             .await
-                            .map_err(|s| anyhow!("{name}: queries from line {first_line}: {}", status_line(&ClientError::from(s))))?
+                            .map_err(|s| {
+                                anyhow!(
+                                    "{name}: queries from line {first_line}: {}",
+                                    status_line(&ClientError::from(s))
+                                )
+                            })?
                             .into_inner();
                         for r in res.results {
                             print_hits(&r.hits, json, with_vectors);
@@ -429,31 +632,67 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             } else {
                 let vector = match (vector, like) {
-                    (Some(v), _) => parse_vector(&serde_json::from_str(&v).map_err(|e| anyhow!("--vector: invalid JSON: {e}"))?, "--vector")?,
+                    (Some(v), _) => parse_vector(
+                        &serde_json::from_str(&v)
+                            .map_err(|e| anyhow!("--vector: invalid JSON: {e}"))?,
+                        "--vector",
+                    )?,
                     (None, Some(id)) => {
                         let r = client
                             .points
-                            .get(pb::GetPointsRequest { collection: collection.clone(), ids: vec![parse_id(&id)], with_vectors: true, with_payload: false })
+                            .get(pb::GetPointsRequest {
+                                collection: collection.clone(),
+                                ids: vec![parse_id(&id)],
+                                with_vectors: true,
+                                with_payload: false,
+                            })
                             .await
                             .map_err(ClientError::from)?
                             .into_inner();
-                        r.points.into_iter().next().ok_or_else(|| anyhow!("--like {id}: no such point in {collection}"))?.vector
+                        r.points
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| anyhow!("--like {id}: no such point in {collection}"))?
+                            .vector
                     }
-                    (None, None) => bail!("give a query: --vector '[..]', --queries FILE or --like ID"),
+                    (None, None) => {
+                        bail!("give a query: --vector '[..]', --queries FILE or --like ID")
+                    }
                 };
-                let r = client.search.search(pb::SearchRequest { vector, ..base }).await.map_err(ClientError::from)?.into_inner();
+                let r = client
+                    .search
+                    .search(pb::SearchRequest { vector, ..base })
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
                 print_hits(&r.hits, json, with_vectors);
             }
         }
-        Cmd::Scroll { collection, with_vectors, page } => {
+        Cmd::Scroll {
+            collection,
+            with_vectors,
+            page,
+        } => {
             let mut cursor = String::new();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             loop {
-                let req = pb::ScrollRequest { collection: collection.clone(), cursor, limit: page, with_vectors, with_payload: true };
-                let r = client.points.scroll(req).await.map_err(ClientError::from)?.into_inner();
+                let req = pb::ScrollRequest {
+                    collection: collection.clone(),
+                    cursor,
+                    limit: page,
+                    with_vectors,
+                    with_payload: true,
+                };
+                let r = client
+                    .points
+                    .scroll(req)
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
                 for p in r.points {
-                    let mut o = json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
+                    let mut o =
+                        json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
                     if with_vectors {
                         o["vector"] = json!(p.vector);
                     }

@@ -10,7 +10,7 @@ use quiver_storage::FsyncPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The configuration file's shape (every field has a default).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`
@@ -147,7 +147,10 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
@@ -164,16 +167,19 @@ impl Config {
 
     /// Checks every value and parses it into [`Settings`].
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen = self
-            .server
-            .listen
-            .parse()
-            .map_err(|e| ConfigError(format!("server.listen = {:?}: {e} (expected HOST:PORT with an IP address)", self.server.listen)))?;
+        let listen = self.server.listen.parse().map_err(|e| {
+            ConfigError(format!(
+                "server.listen = {:?}: {e} (expected HOST:PORT with an IP address)",
+                self.server.listen
+            ))
+        })?;
         if self.server.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("server.data_dir is empty".into()));
         }
         if self.server.max_message_bytes < 1024 {
-            return Err(ConfigError("server.max_message_bytes must be at least 1024".into()));
+            return Err(ConfigError(
+                "server.max_message_bytes must be at least 1024".into(),
+            ));
         }
         if self.server.max_k == 0 {
             return Err(ConfigError("server.max_k must be at least 1".into()));
@@ -181,17 +187,29 @@ impl Config {
         let fsync = match self.storage.fsync.as_str() {
             "per_batch" => FsyncPolicy::PerBatch,
             "never" => FsyncPolicy::Never,
-            "interval" if self.storage.fsync_interval_ms > 0 => FsyncPolicy::Interval(Duration::from_millis(self.storage.fsync_interval_ms)),
+            "interval" if self.storage.fsync_interval_ms > 0 => {
+                FsyncPolicy::Interval(Duration::from_millis(self.storage.fsync_interval_ms))
+            }
             "interval" => return Err(ConfigError("storage.fsync_interval_ms must be > 0".into())),
-            other => return Err(ConfigError(format!("storage.fsync = {other:?}: expected per_batch, interval or never"))),
+            other => {
+                return Err(ConfigError(format!(
+                    "storage.fsync = {other:?}: expected per_batch, interval or never"
+                )));
+            }
         };
         if !(16..=10_000_000).contains(&self.storage.segment_max_rows) {
-            return Err(ConfigError("storage.segment_max_rows must be between 16 and 10000000".into()));
+            return Err(ConfigError(
+                "storage.segment_max_rows must be between 16 and 10000000".into(),
+            ));
         }
         let log_format = match self.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError(format!("log.format = {other:?}: expected text or json"))),
+            other => {
+                return Err(ConfigError(format!(
+                    "log.format = {other:?}: expected text or json"
+                )));
+            }
         };
         Ok(Settings {
             listen,
@@ -209,6 +227,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
 
@@ -224,7 +243,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("q.toml", "[server]\nlisten = \"127.0.0.1:7000\"\ndata_dir = \"/tmp/a\"\n[storage]\nfsync = \"never\"\n")?;
             jail.set_env("QUIVER__SERVER__DATA_DIR", "/tmp/b");
-            let o = Overrides { listen: Some("127.0.0.1:0".into()), ..Default::default() };
+            let o = Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                ..Default::default()
+            };
             let c = Config::load(Some(Path::new("q.toml")), &o).unwrap();
             assert_eq!(c.server.listen, "127.0.0.1:0");
             assert_eq!(c.server.data_dir, PathBuf::from("/tmp/b"));

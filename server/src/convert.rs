@@ -19,7 +19,10 @@ pub fn point_id(id: Option<&pb::PointId>, field: &str) -> ApiResult<PointId> {
 
 /// Many proto ids.
 pub fn point_ids(ids: &[pb::PointId], field: &str) -> ApiResult<Vec<PointId>> {
-    ids.iter().enumerate().map(|(i, id)| point_id(Some(id), &format!("{field}[{i}]"))).collect()
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| point_id(Some(id), &format!("{field}[{i}]")))
+        .collect()
 }
 
 /// An engine id into a proto id.
@@ -37,14 +40,27 @@ pub fn to_pb_id(id: PointId) -> pb::PointId {
 pub fn payload(json: Option<&str>, field: &str, max_bytes: usize) -> ApiResult<Option<Vec<u8>>> {
     let Some(text) = json else { return Ok(None) };
     if text.len() > max_bytes {
-        return Err(ApiError::TooLarge(format!("{field}: payload is {} bytes, the limit is {max_bytes}", text.len())));
+        return Err(ApiError::TooLarge(format!(
+            "{field}: payload is {} bytes, the limit is {max_bytes}",
+            text.len()
+        )));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| ApiError::bad(field, format!("invalid JSON at line {} column {}: {e}", e.line(), e.column())))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::bad(
+            field,
+            format!(
+                "invalid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
     if !value.is_object() {
         return Err(ApiError::bad(field, "payload must be a JSON object"));
     }
-    serde_json::to_vec(&value).map(Some).map_err(|e| ApiError::Internal(e.to_string()))
+    serde_json::to_vec(&value)
+        .map(Some)
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Proto points into engine writes.
@@ -55,7 +71,11 @@ pub fn points(points: Vec<pb::Point>, max_payload: usize) -> ApiResult<Vec<Point
         .map(|(i, p)| {
             Ok(PointWrite {
                 id: point_id(p.id.as_ref(), &format!("points[{i}].id"))?,
-                payload: payload(p.payload_json.as_deref(), &format!("points[{i}].payload_json"), max_payload)?,
+                payload: payload(
+                    p.payload_json.as_deref(),
+                    &format!("points[{i}].payload_json"),
+                    max_payload,
+                )?,
                 vector: p.vector,
             })
         })
@@ -68,7 +88,10 @@ pub fn metric(m: i32) -> ApiResult<Metric> {
         Ok(pb::Metric::Cosine) => Ok(Metric::Cosine),
         Ok(pb::Metric::L2) => Ok(Metric::L2),
         Ok(pb::Metric::Dot) => Ok(Metric::Dot),
-        Ok(pb::Metric::Unspecified) => Err(ApiError::bad("metric", "metric is required: METRIC_COSINE, METRIC_L2 or METRIC_DOT")),
+        Ok(pb::Metric::Unspecified) => Err(ApiError::bad(
+            "metric",
+            "metric is required: METRIC_COSINE, METRIC_L2 or METRIC_DOT",
+        )),
         Err(_) => Err(ApiError::bad("metric", format!("unknown metric value {m}"))),
     }
 }
@@ -109,7 +132,10 @@ pub fn scored(h: Hit) -> pb::ScoredPoint {
 pub fn k(k: u32, max: u32) -> ApiResult<usize> {
     match k {
         0 => Ok(10),
-        k if k > max => Err(ApiError::bad("k", format!("k = {k} exceeds the limit of {max}"))),
+        k if k > max => Err(ApiError::bad(
+            "k",
+            format!("k = {k} exceeds the limit of {max}"),
+        )),
         k => Ok(k as usize),
     }
 }
@@ -119,9 +145,17 @@ pub fn cursor(s: &str) -> ApiResult<Option<RowKey>> {
     if s.is_empty() {
         return Ok(None);
     }
-    let bad = || ApiError::bad("cursor", format!("{s:?} is not a cursor returned by Scroll"));
+    let bad = || {
+        ApiError::bad(
+            "cursor",
+            format!("{s:?} is not a cursor returned by Scroll"),
+        )
+    };
     let (seg, row) = s.split_once('.').ok_or_else(bad)?;
-    Ok(Some((seg.parse().map_err(|_| bad())?, row.parse().map_err(|_| bad())?)))
+    Ok(Some((
+        seg.parse().map_err(|_| bad())?,
+        row.parse().map_err(|_| bad())?,
+    )))
 }
 
 /// Encodes a scroll cursor.
@@ -135,10 +169,22 @@ mod tests {
 
     #[test]
     fn payload_rules() {
-        assert_eq!(payload(Some("{\"a\": 1}"), "p", 100).unwrap(), Some(b"{\"a\":1}".to_vec()));
-        assert!(matches!(payload(Some("[1]"), "p", 100), Err(ApiError::BadRequest { .. })));
-        assert!(matches!(payload(Some("{"), "p", 100), Err(ApiError::BadRequest { .. })));
-        assert!(matches!(payload(Some("{\"a\":\"xxxxxxxxxx\"}"), "p", 5), Err(ApiError::TooLarge(_))));
+        assert_eq!(
+            payload(Some("{\"a\": 1}"), "p", 100).unwrap(),
+            Some(b"{\"a\":1}".to_vec())
+        );
+        assert!(matches!(
+            payload(Some("[1]"), "p", 100),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            payload(Some("{"), "p", 100),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            payload(Some("{\"a\":\"xxxxxxxxxx\"}"), "p", 5),
+            Err(ApiError::TooLarge(_))
+        ));
         assert_eq!(payload(None, "p", 5).unwrap(), None);
     }
 

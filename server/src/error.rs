@@ -39,7 +39,9 @@ impl ApiError {
 fn storage_code(e: &quiver_storage::Error) -> Code {
     use quiver_storage::Error as E;
     match e {
-        E::DimensionMismatch { .. } | E::NonFinite { .. } | E::InvalidArgument { .. } => Code::InvalidArgument,
+        E::DimensionMismatch { .. } | E::NonFinite { .. } | E::InvalidArgument { .. } => {
+            Code::InvalidArgument
+        }
         E::CollectionNotFound { .. } => Code::NotFound,
         E::CollectionExists { .. } => Code::AlreadyExists,
         E::Corrupt { .. } => Code::DataLoss,

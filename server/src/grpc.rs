@@ -35,11 +35,17 @@ impl AppState {
 
     /// The engine, or UNAVAILABLE while storage is still opening.
     pub fn engine(&self) -> ApiResult<Arc<Engine>> {
-        self.engine.get().cloned().ok_or_else(|| ApiError::Unavailable("storage is still opening (replaying the WAL)".into()))
+        self.engine.get().cloned().ok_or_else(|| {
+            ApiError::Unavailable("storage is still opening (replaying the WAL)".into())
+        })
     }
 }
 
 /// Runs blocking engine work on tokio's blocking pool.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker thread failed: {e}")))?
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker thread failed: {e}")))?
 }

@@ -29,7 +29,11 @@ use crate::grpc::points::PointsService;
 use crate::grpc::search::SearchService;
 
 /// Names reported by the health service (plus `""` for the whole server).
-const SERVICES: [&str; 3] = ["quiver.v1.Collections", "quiver.v1.Points", "quiver.v1.Search"];
+const SERVICES: [&str; 3] = [
+    "quiver.v1.Collections",
+    "quiver.v1.Points",
+    "quiver.v1.Search",
+];
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +57,9 @@ pub enum ServerError {
 fn oversized_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
     let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+        && h.get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
     if too_large {
         h.insert("grpc-status", HeaderValue::from_static("8"));
     }
@@ -68,7 +74,11 @@ async fn set_all(reporter: &tonic_health::server::HealthReporter, status: Servin
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down in order.
-pub async fn serve(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+pub async fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let state = AppState::new(settings.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::NotServing).await;
@@ -88,9 +98,21 @@ pub async fn serve(listener: TcpListener, settings: Settings, shutdown: impl Fut
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(CollectionsServer::new(CollectionsService::new(Arc::clone(&state))).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(PointsServer::new(PointsService::new(Arc::clone(&state))).max_decoding_message_size(max).max_encoding_message_size(max))
-        .add_service(SearchServer::new(SearchService::new(Arc::clone(&state))).max_decoding_message_size(max).max_encoding_message_size(max));
+        .add_service(
+            CollectionsServer::new(CollectionsService::new(Arc::clone(&state)))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            PointsServer::new(PointsService::new(Arc::clone(&state)))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            SearchServer::new(SearchService::new(Arc::clone(&state)))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
     let incoming = TcpListenerStream::new(listener);
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
@@ -98,7 +120,9 @@ pub async fn serve(listener: TcpListener, settings: Settings, shutdown: impl Fut
 
     // Open storage while health says NOT_SERVING (WAL replay can take a while).
     let dir = settings.data_dir.clone();
-    let opts = EngineOptions { fsync: settings.fsync };
+    let opts = EngineOptions {
+        fsync: settings.fsync,
+    };
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(&dir, opts)).await??);
     state.set_engine(Arc::clone(&engine));
     set_all(&reporter, ServingStatus::Serving).await;

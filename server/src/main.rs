@@ -28,13 +28,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -49,7 +50,10 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let overrides = Overrides { data_dir: args.data_dir, listen: args.listen };
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+    };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     let settings = config.validate()?;
     if args.print_config {
@@ -57,7 +61,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     quiver_server::telemetry::init(&settings);
-    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     // Scripts and tests read the bound address (useful with port 0) from this first line.
     println!("quiverd listening on {addr}");

@@ -28,7 +28,10 @@ use crate::meta::{MetaOp, MetaStore, Space};
 use crate::segment::mutable::MutableSegment;
 use crate::segment::sealed::{SealedSegment, tombstone_file_name, write_segment, write_tombstones};
 use crate::segment::{RowKey, SegmentId};
-use crate::types::{CollectionConfig, Hit, Metric, PointId, PointRecord, PointWrite, ReadOptions, normalize, validate_vector};
+use crate::types::{
+    CollectionConfig, Hit, Metric, PointId, PointRecord, PointWrite, ReadOptions, normalize,
+    validate_vector,
+};
 use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
 
 /// The catalog record of a collection (JSON in the metadata store).
@@ -158,7 +161,10 @@ fn encode_location(seg: SegmentId, row: u32) -> Vec<u8> {
 
 impl State {
     fn sealed(&self, id: SegmentId) -> Option<&Arc<SealedSegment>> {
-        self.sealed.binary_search_by_key(&id, |s| s.id).ok().map(|i| &self.sealed[i])
+        self.sealed
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .map(|i| &self.sealed[i])
     }
 
     fn mark_dirty(&mut self, id: SegmentId) {
@@ -177,9 +183,16 @@ fn apply(state: &mut State, meta: &dyn MetaStore, uid: u64, rec: WalRecord) -> R
         WalRecord::Delete(ids) => ids.iter().collect(),
     };
     let keys: Vec<Vec<u8>> = ids.iter().map(|id| point_key(uid, id)).collect();
-    let locations = if state.sealed.is_empty() { vec![None; keys.len()] } else { meta.multi_get(Space::Ids, &keys)? };
-    let located: HashMap<PointId, (SegmentId, u32)> =
-        ids.iter().zip(&locations).filter_map(|(id, l)| Some(((*id).clone(), decode_location(l.as_deref()?)?))).collect();
+    let locations = if state.sealed.is_empty() {
+        vec![None; keys.len()]
+    } else {
+        meta.multi_get(Space::Ids, &keys)?
+    };
+    let located: HashMap<PointId, (SegmentId, u32)> = ids
+        .iter()
+        .zip(&locations)
+        .filter_map(|(id, l)| Some(((*id).clone(), decode_location(l.as_deref()?)?)))
+        .collect();
     drop(ids);
 
     let mutable = Arc::clone(&state.mutable);
@@ -228,17 +241,30 @@ fn apply(state: &mut State, meta: &dyn MetaStore, uid: u64, rec: WalRecord) -> R
 impl Collection {
     /// Opens a collection from its catalog record: maps the sealed segments, removes leftovers
     /// of interrupted seals, and replays the WAL after the checkpoint.
-    pub(crate) fn open(record: CollectionRecord, dir: PathBuf, meta: Arc<dyn MetaStore>, fsync: FsyncPolicy) -> Result<Collection> {
+    pub(crate) fn open(
+        record: CollectionRecord,
+        dir: PathBuf,
+        meta: Arc<dyn MetaStore>,
+        fsync: FsyncPolicy,
+    ) -> Result<Collection> {
         let seg_dir = dir.join("segments");
         fs::create_dir_all(&seg_dir)?;
         let dim = record.config.dim;
         let mut sealed = Vec::with_capacity(record.segments.len());
         for s in &record.segments {
-            sealed.push(Arc::new(SealedSegment::open(&seg_dir, s.id, dim, s.tombstones)?));
+            sealed.push(Arc::new(SealedSegment::open(
+                &seg_dir,
+                s.id,
+                dim,
+                s.tombstones,
+            )?));
         }
         cleanup_segments_dir(&seg_dir, &record)?;
         let mut state = State {
-            mutable: Arc::new(RwLock::new(MutableSegment::new(record.next_segment_id, dim))),
+            mutable: Arc::new(RwLock::new(MutableSegment::new(
+                record.next_segment_id,
+                dim,
+            ))),
             frozen: None,
             sealed,
             dirty: Vec::new(),
@@ -246,17 +272,25 @@ impl Collection {
         };
         let uid = record.uid;
         let mut last = record.checkpoint_lsn;
-        let wal = Wal::open(&dir.join("wal"), fsync, record.checkpoint_lsn, |lsn, rec| {
-            last = lsn;
-            apply(&mut state, meta.as_ref(), uid, rec).map(|_| ())
-        })?;
+        let wal = Wal::open(
+            &dir.join("wal"),
+            fsync,
+            record.checkpoint_lsn,
+            |lsn, rec| {
+                last = lsn;
+                apply(&mut state, meta.as_ref(), uid, rec).map(|_| ())
+            },
+        )?;
         tracing::info!(collection = %record.config.name, checkpoint = record.checkpoint_lsn, replayed = last - record.checkpoint_lsn, segments = state.sealed.len(), "collection opened");
         Ok(Collection {
             uid,
             config: record.config.clone(),
             dir,
             meta,
-            writer: Mutex::new(Writer { wal, dropped: false }),
+            writer: Mutex::new(Writer {
+                wal,
+                dropped: false,
+            }),
             state: RwLock::new(state),
             seal: Mutex::new(None),
             last_lsn: AtomicU64::new(last),
@@ -290,7 +324,9 @@ impl Collection {
     fn log_and_apply(&self, rec: WalRecord) -> Result<(u64, Lsn)> {
         let mut w = lock(&self.writer);
         if w.dropped {
-            return Err(Error::CollectionNotFound { name: self.config.name.clone() });
+            return Err(Error::CollectionNotFound {
+                name: self.config.name.clone(),
+            });
         }
         let lsn = w.wal.append(&rec)?;
         let n = apply(&mut write(&self.state), self.meta.as_ref(), self.uid, rec)?;
@@ -316,7 +352,8 @@ impl Collection {
                 normalize(&mut p.vector, &field)?;
             }
         }
-        self.log_and_apply(WalRecord::Upsert(points)).map(|(_, lsn)| lsn)
+        self.log_and_apply(WalRecord::Upsert(points))
+            .map(|(_, lsn)| lsn)
     }
 
     /// Deletes points by id; returns how many existed and the LSN.
@@ -381,24 +418,35 @@ impl Collection {
     }
 
     /// Reads ids, vectors and payloads of rows.
-    fn resolve(&self, snap: &Snapshot, keys: &[RowKey], opts: ReadOptions) -> Result<Vec<PointRecord>> {
+    fn resolve(
+        &self,
+        snap: &Snapshot,
+        keys: &[RowKey],
+        opts: ReadOptions,
+    ) -> Result<Vec<PointRecord>> {
         let mut out = Vec::with_capacity(keys.len());
         let mut sealed_payloads = Vec::new(); // (index in out, key)
         for &(seg, row) in keys {
-            let in_memory = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().find(|m| read(m).id == seg);
+            let in_memory = [Some(&snap.mutable), snap.frozen.as_ref()]
+                .into_iter()
+                .flatten()
+                .find(|m| read(m).id == seg);
             if let Some(m) = in_memory {
                 let m = read(m);
                 out.push(PointRecord {
                     id: m.id(row).clone(),
                     vector: opts.with_vectors.then(|| m.vector(row).to_vec()),
-                    payload: if opts.with_payload { m.payload(row).map(<[u8]>::to_vec) } else { None },
+                    payload: if opts.with_payload {
+                        m.payload(row).map(<[u8]>::to_vec)
+                    } else {
+                        None
+                    },
                 });
             } else {
-                let s = snap
-                    .sealed
-                    .iter()
-                    .find(|s| s.id == seg)
-                    .ok_or_else(|| Error::Meta(format!("segment {seg} vanished during a read")))?;
+                let s =
+                    snap.sealed.iter().find(|s| s.id == seg).ok_or_else(|| {
+                        Error::Meta(format!("segment {seg} vanished during a read"))
+                    })?;
                 let id = s.id(row);
                 if opts.with_payload {
                     sealed_payloads.push((out.len(), point_key(self.uid, &id)));
@@ -429,18 +477,27 @@ impl Collection {
         let mut keys: Vec<Option<RowKey>> = Vec::with_capacity(ids.len());
         let mut need_meta = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            let found = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().find_map(|m| {
-                let m = read(m);
-                m.lookup(id).map(|row| (m.id, row))
-            });
+            let found = [Some(&snap.mutable), snap.frozen.as_ref()]
+                .into_iter()
+                .flatten()
+                .find_map(|m| {
+                    let m = read(m);
+                    m.lookup(id).map(|row| (m.id, row))
+                });
             if found.is_none() && !snap.sealed.is_empty() {
                 need_meta.push(i);
             }
             keys.push(found);
         }
         if !need_meta.is_empty() {
-            let mk: Vec<Vec<u8>> = need_meta.iter().map(|&i| point_key(self.uid, &ids[i])).collect();
-            for (i, v) in need_meta.into_iter().zip(self.meta.multi_get(Space::Ids, &mk)?) {
+            let mk: Vec<Vec<u8>> = need_meta
+                .iter()
+                .map(|&i| point_key(self.uid, &ids[i]))
+                .collect();
+            for (i, v) in need_meta
+                .into_iter()
+                .zip(self.meta.multi_get(Space::Ids, &mk)?)
+            {
                 if let Some((seg, row)) = v.as_deref().and_then(decode_location)
                     && snap.sealed.iter().any(|s| s.id == seg && s.is_live(row))
                 {
@@ -455,13 +512,22 @@ impl Collection {
     /// Live points.
     pub fn count(&self) -> u64 {
         let snap = self.snapshot();
-        let mem: u64 = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().map(|m| read(m).live_count() as u64).sum();
+        let mem: u64 = [Some(&snap.mutable), snap.frozen.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|m| read(m).live_count() as u64)
+            .sum();
         mem + snap.sealed.iter().map(|s| s.live_count()).sum::<u64>()
     }
 
     /// One page of live points in storage order, starting at `cursor` (segment, row); returns
     /// the page and the cursor of the next page (`None` when done).
-    pub fn scroll(&self, cursor: Option<RowKey>, limit: usize, opts: ReadOptions) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
+    pub fn scroll(
+        &self,
+        cursor: Option<RowKey>,
+        limit: usize,
+        opts: ReadOptions,
+    ) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
         let snap = self.snapshot();
         let (start_seg, start_row) = cursor.unwrap_or((0, 0));
         let mut keys = Vec::with_capacity(limit);
@@ -479,7 +545,10 @@ impl Collection {
                     }
                 }
             }
-            for m in [snap.frozen.as_ref(), Some(&snap.mutable)].into_iter().flatten() {
+            for m in [snap.frozen.as_ref(), Some(&snap.mutable)]
+                .into_iter()
+                .flatten()
+            {
                 let m = read(m);
                 if m.id < start_seg {
                     continue;
@@ -503,7 +572,11 @@ impl Collection {
     pub fn stats(&self) -> CollectionStats {
         let wal_bytes = lock(&self.writer).wal.bytes_on_disk();
         let snap = self.snapshot();
-        let mutable_points: u64 = [Some(&snap.mutable), snap.frozen.as_ref()].into_iter().flatten().map(|m| read(m).live_count() as u64).sum();
+        let mutable_points: u64 = [Some(&snap.mutable), snap.frozen.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|m| read(m).live_count() as u64)
+            .sum();
         let checkpoint_lsn = read(&self.state).record.checkpoint_lsn;
         CollectionStats {
             points: self.count(),
@@ -523,7 +596,9 @@ impl Collection {
             return Ok(());
         }
         // Another thread sealing already: it will pick this up on the next write.
-        let Ok(guard) = self.seal.try_lock() else { return Ok(()) };
+        let Ok(guard) = self.seal.try_lock() else {
+            return Ok(());
+        };
         self.seal_with(guard, false)
     }
 
@@ -535,7 +610,11 @@ impl Collection {
         Ok(read(&self.state).record.checkpoint_lsn)
     }
 
-    fn seal_with(&self, mut pending: MutexGuard<'_, Option<PendingSeal>>, force: bool) -> Result<()> {
+    fn seal_with(
+        &self,
+        mut pending: MutexGuard<'_, Option<PendingSeal>>,
+        force: bool,
+    ) -> Result<()> {
         if pending.is_none() {
             match self.freeze(force)? {
                 Some(p) => *pending = Some(p),
@@ -588,7 +667,14 @@ impl Collection {
             let f = read(&p.frozen);
             let rows = f.rows() as u32;
             if rows > 0 {
-                write_segment(&seg_dir, f.id, self.config.dim, f.vectors(), f.ids(), &p.frozen_dead)?;
+                write_segment(
+                    &seg_dir,
+                    f.id,
+                    self.config.dim,
+                    f.vectors(),
+                    f.ids(),
+                    &p.frozen_dead,
+                )?;
             }
             let mut ops = Vec::new();
             let mut live = std::collections::HashSet::new();
@@ -597,7 +683,11 @@ impl Collection {
                     continue;
                 }
                 let key = point_key(self.uid, id);
-                ops.push(MetaOp::Put(Space::Ids, key.clone(), encode_location(f.id, row as u32)));
+                ops.push(MetaOp::Put(
+                    Space::Ids,
+                    key.clone(),
+                    encode_location(f.id, row as u32),
+                ));
                 match f.payload(row as u32) {
                     Some(pl) => ops.push(MetaOp::Put(Space::Payloads, key, pl.to_vec())),
                     None => ops.push(MetaOp::Delete(Space::Payloads, key)),
@@ -612,33 +702,61 @@ impl Collection {
             (f.id, rows, ops)
         };
         for (id, bitmap) in &p.tombstones {
-            write_tombstones(&seg_dir.join(id.to_string()), &tombstone_file_name(Some(p.checkpoint)), bitmap)?;
+            write_tombstones(
+                &seg_dir.join(id.to_string()),
+                &tombstone_file_name(Some(p.checkpoint)),
+                bitmap,
+            )?;
         }
         let mut record = read(&self.state).record.clone();
         let mut stale_files = Vec::new();
         for s in record.segments.iter_mut() {
             if p.tombstones.iter().any(|(id, _)| *id == s.id) {
                 if let Some(old) = s.tombstones {
-                    stale_files.push(seg_dir.join(s.id.to_string()).join(tombstone_file_name(Some(old))));
+                    stale_files.push(
+                        seg_dir
+                            .join(s.id.to_string())
+                            .join(tombstone_file_name(Some(old))),
+                    );
                 }
                 s.tombstones = Some(p.checkpoint);
             }
         }
         if rows > 0 {
-            record.segments.push(SegmentRecord { id: frozen_id, rows, tombstones: None });
+            record.segments.push(SegmentRecord {
+                id: frozen_id,
+                rows,
+                tombstones: None,
+            });
         }
         record.checkpoint_lsn = p.checkpoint;
         record.next_segment_id = frozen_id + 1;
-        ops.push(MetaOp::Put(Space::Catalog, catalog_key(&self.config.name), encode_record(&record)?));
+        ops.push(MetaOp::Put(
+            Space::Catalog,
+            catalog_key(&self.config.name),
+            encode_record(&record)?,
+        ));
         self.meta.write(ops)?;
 
         // Committed: swap the frozen segment for the sealed one.
-        let sealed = if rows > 0 { Some(Arc::new(SealedSegment::open(&seg_dir, frozen_id, self.config.dim, None)?)) } else { None };
+        let sealed = if rows > 0 {
+            Some(Arc::new(SealedSegment::open(
+                &seg_dir,
+                frozen_id,
+                self.config.dim,
+                None,
+            )?))
+        } else {
+            None
+        };
         {
             let mut st = write(&self.state);
             if let Some(s) = sealed {
                 // Rows tombstoned after the freeze: carry them over, persist at the next checkpoint.
-                let late: Vec<u32> = read(&p.frozen).dead_rows().filter(|r| !p.frozen_dead.contains(*r)).collect();
+                let late: Vec<u32> = read(&p.frozen)
+                    .dead_rows()
+                    .filter(|r| !p.frozen_dead.contains(*r))
+                    .collect();
                 for r in &late {
                     s.delete(*r);
                 }

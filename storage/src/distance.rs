@@ -56,7 +56,9 @@ impl<K: Ord> PartialOrd for Candidate<K> {
 impl<K: Ord> Ord for Candidate<K> {
     /// Total order: by distance, ties broken by key so results are deterministic.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.distance.total_cmp(&other.distance).then_with(|| self.key.cmp(&other.key))
+        self.distance
+            .total_cmp(&other.distance)
+            .then_with(|| self.key.cmp(&other.key))
     }
 }
 

@@ -31,7 +31,9 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { fsync: FsyncPolicy::PerBatch }
+        EngineOptions {
+            fsync: FsyncPolicy::PerBatch,
+        }
     }
 }
 
@@ -57,7 +59,11 @@ impl Engine {
         let mut known = std::collections::HashSet::new();
         for (key, value) in meta.scan_prefix(Space::Catalog, b"c/")? {
             let record: CollectionRecord = serde_json::from_slice(&value).map_err(|e| {
-                Error::corrupt(root.join("meta"), 0, format!("catalog entry {}: {e}", String::from_utf8_lossy(&key)))
+                Error::corrupt(
+                    root.join("meta"),
+                    0,
+                    format!("catalog entry {}: {e}", String::from_utf8_lossy(&key)),
+                )
             })?;
             known.insert(record.uid.to_string());
             let name = record.config.name.clone();
@@ -89,10 +95,13 @@ impl Engine {
         if self.read().contains_key(&config.name) {
             return Err(Error::CollectionExists { name: config.name });
         }
-        let uid = match self.meta.get(Space::Catalog, NEXT_UID)? {
-            Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| Error::corrupt(self.root.join("meta"), 0, "next_uid is malformed"))?),
-            None => 1,
-        };
+        let uid =
+            match self.meta.get(Space::Catalog, NEXT_UID)? {
+                Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
+                    Error::corrupt(self.root.join("meta"), 0, "next_uid is malformed")
+                })?),
+                None => 1,
+            };
         let dir = self.root.join("collections").join(uid.to_string());
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
@@ -106,10 +115,23 @@ impl Engine {
             segments: Vec::new(),
         };
         self.meta.write(vec![
-            MetaOp::Put(Space::Catalog, NEXT_UID.to_vec(), (uid + 1).to_le_bytes().to_vec()),
-            MetaOp::Put(Space::Catalog, catalog_key(&config.name), encode_record(&record)?),
+            MetaOp::Put(
+                Space::Catalog,
+                NEXT_UID.to_vec(),
+                (uid + 1).to_le_bytes().to_vec(),
+            ),
+            MetaOp::Put(
+                Space::Catalog,
+                catalog_key(&config.name),
+                encode_record(&record)?,
+            ),
         ])?;
-        let c = Arc::new(Collection::open(record, dir, Arc::clone(&self.meta), self.options.fsync)?);
+        let c = Arc::new(Collection::open(
+            record,
+            dir,
+            Arc::clone(&self.meta),
+            self.options.fsync,
+        )?);
         self.write().insert(config.name, Arc::clone(&c));
         Ok(c)
     }
@@ -124,7 +146,12 @@ impl Engine {
 
     /// The collection called `name`.
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
-        self.read().get(name).cloned().ok_or_else(|| Error::CollectionNotFound { name: name.to_owned() })
+        self.read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::CollectionNotFound {
+                name: name.to_owned(),
+            })
     }
 
     /// Every collection, by name.

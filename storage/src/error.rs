@@ -75,7 +75,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, detail: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
         Error::Corrupt {
             path: path.into(),
             offset,

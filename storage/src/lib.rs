@@ -20,5 +20,8 @@ pub use collection::{Collection, CollectionStats};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use segment::RowKey;
-pub use types::{CollectionConfig, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind, Metric, PointId, PointRecord, PointWrite, ReadOptions};
+pub use types::{
+    CollectionConfig, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind, Metric, PointId,
+    PointRecord, PointWrite, ReadOptions,
+};
 pub use wal::{FsyncPolicy, Lsn};

@@ -23,7 +23,12 @@ impl MappedFile {
         // SAFETY: the file is one of Quiver's write-once segment files (see the module
         // contract): it is complete and is never modified or truncated while this map lives,
         // so the mapped bytes cannot change under the `&[u8]` this type hands out.
-        let map = unsafe { memmap2::Mmap::map(file.file()) }.map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("mmap {}: {e}", path.display()))))?;
+        let map = unsafe { memmap2::Mmap::map(file.file()) }.map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("mmap {}: {e}", path.display()),
+            ))
+        })?;
         Ok(MappedFile {
             map,
             path: path.to_path_buf(),

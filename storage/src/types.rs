@@ -29,7 +29,10 @@ impl PointId {
             PointId::Str(s) if s.is_empty() => Err(Error::invalid(field, "string id is empty")),
             PointId::Str(s) if s.len() > MAX_STR_ID_BYTES => Err(Error::invalid(
                 field,
-                format!("string id is {} bytes, the limit is {MAX_STR_ID_BYTES}", s.len()),
+                format!(
+                    "string id is {} bytes, the limit is {MAX_STR_ID_BYTES}",
+                    s.len()
+                ),
             )),
             PointId::Str(_) => Ok(()),
         }
@@ -54,7 +57,9 @@ impl PointId {
     pub fn decode(bytes: &[u8]) -> Option<PointId> {
         match bytes.split_first()? {
             (0, rest) => Some(PointId::Num(u64::from_be_bytes(rest.try_into().ok()?))),
-            (1, rest) => std::str::from_utf8(rest).ok().map(|s| PointId::Str(s.to_owned())),
+            (1, rest) => std::str::from_utf8(rest)
+                .ok()
+                .map(|s| PointId::Str(s.to_owned())),
             _ => None,
         }
     }
@@ -100,7 +105,10 @@ impl std::str::FromStr for Metric {
             "cosine" => Ok(Metric::Cosine),
             "l2" | "euclid" | "euclidean" => Ok(Metric::L2),
             "dot" | "ip" => Ok(Metric::Dot),
-            other => Err(Error::invalid("metric", format!("unknown metric '{other}' (cosine, l2, dot)"))),
+            other => Err(Error::invalid(
+                "metric",
+                format!("unknown metric '{other}' (cosine, l2, dot)"),
+            )),
         }
     }
 }
@@ -145,12 +153,18 @@ impl CollectionConfig {
     pub fn validate(&self) -> Result<()> {
         validate_collection_name(&self.name)?;
         if self.dim == 0 || self.dim > MAX_DIM {
-            return Err(Error::invalid("dim", format!("must be between 1 and {MAX_DIM}, got {}", self.dim)));
+            return Err(Error::invalid(
+                "dim",
+                format!("must be between 1 and {MAX_DIM}, got {}", self.dim),
+            ));
         }
         if !(16..=10_000_000).contains(&self.segment_max_rows) {
             return Err(Error::invalid(
                 "segment_max_rows",
-                format!("must be between 16 and 10000000, got {}", self.segment_max_rows),
+                format!(
+                    "must be between 16 and 10000000, got {}",
+                    self.segment_max_rows
+                ),
             ));
         }
         Ok(())
@@ -168,17 +182,25 @@ pub fn validate_collection_name(name: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return Err(Error::invalid(
             "name",
-            format!("collection name is {} chars, the limit is {MAX_NAME_LEN}", name.len()),
+            format!(
+                "collection name is {} chars, the limit is {MAX_NAME_LEN}",
+                name.len()
+            ),
         ));
     }
     if let Some(bad) = name.chars().find(|c| !ok_char(*c)) {
         return Err(Error::invalid(
             "name",
-            format!("collection name contains {bad:?}: only ASCII letters, digits, '_' and '-' are allowed"),
+            format!(
+                "collection name contains {bad:?}: only ASCII letters, digits, '_' and '-' are allowed"
+            ),
         ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(Error::invalid("name", "collection name must start with a letter or digit"));
+        return Err(Error::invalid(
+            "name",
+            "collection name must start with a letter or digit",
+        ));
     }
     Ok(())
 }
@@ -250,9 +272,16 @@ pub fn validate_vector(v: &[f32], dim: usize, field: &str) -> Result<()> {
 
 /// Scales `v` to unit length in place. A zero vector is rejected: it has no direction.
 pub fn normalize(v: &mut [f32], field: &str) -> Result<()> {
-    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
     if norm == 0.0 || !norm.is_finite() {
-        return Err(Error::invalid(field, "a zero vector has no direction under the cosine metric"));
+        return Err(Error::invalid(
+            field,
+            "a zero vector has no direction under the cosine metric",
+        ));
     }
     let inv = (1.0 / norm) as f32;
     v.iter_mut().for_each(|x| *x *= inv);
@@ -268,14 +297,30 @@ mod tests {
         for ok in ["a", "glove-50", "A_1", &"x".repeat(64)] {
             validate_collection_name(ok).unwrap();
         }
-        for bad in ["", "../etc", "a/b", "a\\b", ".", "..", "-a", "_a", "a b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            "a\\b",
+            ".",
+            "..",
+            "-a",
+            "_a",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(validate_collection_name(bad).is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn id_roundtrip() {
-        for id in [PointId::Num(0), PointId::Num(u64::MAX), PointId::Str("héllo".into())] {
+        for id in [
+            PointId::Num(0),
+            PointId::Num(u64::MAX),
+            PointId::Str("héllo".into()),
+        ] {
             let mut b = Vec::new();
             id.encode_into(&mut b);
             assert_eq!(PointId::decode(&b), Some(id));
@@ -285,9 +330,17 @@ mod tests {
 
     #[test]
     fn vector_checks() {
-        assert!(matches!(validate_vector(&[1.0, 2.0], 3, "v"), Err(Error::DimensionMismatch { .. })));
-        assert!(matches!(validate_vector(&[1.0, f32::NAN], 2, "v"), Err(Error::NonFinite { field, .. }) if field == "v[1]"));
-        assert!(matches!(validate_vector(&[], 2, "v"), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            validate_vector(&[1.0, 2.0], 3, "v"),
+            Err(Error::DimensionMismatch { .. })
+        ));
+        assert!(
+            matches!(validate_vector(&[1.0, f32::NAN], 2, "v"), Err(Error::NonFinite { field, .. }) if field == "v[1]")
+        );
+        assert!(matches!(
+            validate_vector(&[], 2, "v"),
+            Err(Error::InvalidArgument { .. })
+        ));
         let mut v = vec![3.0, 4.0];
         normalize(&mut v, "v").unwrap();
         assert!((v[0] - 0.6).abs() < 1e-6);

@@ -99,7 +99,11 @@ impl Wal {
             if let Some(e) = expected
                 && e != first
             {
-                return Err(Error::corrupt(&path, 0, format!("WAL gap: expected LSN {e}, file starts at {first}")));
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!("WAL gap: expected LSN {e}, file starts at {first}"),
+                ));
             }
             let end = replay_file(&path, first, is_last, checkpoint, &mut apply)?;
             expected = Some(end.next_lsn);
@@ -113,7 +117,9 @@ impl Wal {
             return Err(Error::corrupt(
                 &path,
                 0,
-                format!("WAL starts at LSN {first} but the checkpoint is at {checkpoint}: records are missing"),
+                format!(
+                    "WAL starts at LSN {first} but the checkpoint is at {checkpoint}: records are missing"
+                ),
             ));
         }
         let (active, active_len) = match files.last() {
@@ -156,7 +162,10 @@ impl Wal {
         rec.encode_into(buf);
         let len = buf.len() - FRAME_LEN;
         if len > MAX_RECORD_BYTES {
-            return Err(Error::invalid("request", format!("batch encodes to {len} bytes; the WAL limit is {MAX_RECORD_BYTES}")));
+            return Err(Error::invalid(
+                "request",
+                format!("batch encodes to {len} bytes; the WAL limit is {MAX_RECORD_BYTES}"),
+            ));
         }
         let crc = crc32fast::hash(&buf[FRAME_LEN..]);
         buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -278,17 +287,26 @@ fn replay_file(
     let file_len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];
-    r.read_exact(&mut header).map_err(|_| Error::corrupt(path, 0, "WAL header is truncated"))?;
+    r.read_exact(&mut header)
+        .map_err(|_| Error::corrupt(path, 0, "WAL header is truncated"))?;
     if &header[0..4] != MAGIC {
         return Err(Error::corrupt(path, 0, "bad WAL magic"));
     }
     let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if version != VERSION {
-        return Err(Error::corrupt(path, 4, format!("unsupported WAL version {version}")));
+        return Err(Error::corrupt(
+            path,
+            4,
+            format!("unsupported WAL version {version}"),
+        ));
     }
     let header_lsn = u64::from_le_bytes(header[8..16].try_into().expect("invariant: 8 bytes"));
     if header_lsn != first {
-        return Err(Error::corrupt(path, 8, format!("header says first LSN {header_lsn}, name says {first}")));
+        return Err(Error::corrupt(
+            path,
+            8,
+            format!("header says first LSN {header_lsn}, name says {first}"),
+        ));
     }
     let mut pos = HEADER_LEN;
     let mut next = first;
@@ -303,7 +321,10 @@ fn replay_file(
                 let f = fs::OpenOptions::new().write(true).open(path)?;
                 f.set_len(pos)?;
                 f.sync_all()?;
-                Ok(FileEnd { next_lsn: next, valid_len: pos })
+                Ok(FileEnd {
+                    next_lsn: next,
+                    valid_len: pos,
+                })
             } else {
                 Err(Error::corrupt(path, pos, detail))
             }
@@ -321,7 +342,9 @@ fn replay_file(
             return torn(format!("invalid record length {len}"));
         }
         if record_end > file_len {
-            return torn(format!("record of {len} bytes runs past the end of the file"));
+            return torn(format!(
+                "record of {len} bytes runs past the end of the file"
+            ));
         }
         body.resize(len, 0);
         r.read_exact(&mut body)?;
@@ -329,11 +352,19 @@ fn replay_file(
             if record_end == file_len {
                 return torn("CRC mismatch in the last record".to_owned());
             }
-            return Err(Error::corrupt(path, pos, "CRC mismatch in a WAL record followed by more data"));
+            return Err(Error::corrupt(
+                path,
+                pos,
+                "CRC mismatch in a WAL record followed by more data",
+            ));
         }
         let lsn = u64::from_le_bytes(body[0..8].try_into().expect("invariant: 8 bytes"));
         if lsn != next {
-            return Err(Error::corrupt(path, pos, format!("expected LSN {next}, found {lsn}")));
+            return Err(Error::corrupt(
+                path,
+                pos,
+                format!("expected LSN {next}, found {lsn}"),
+            ));
         }
         if lsn > checkpoint {
             let rec = WalRecord::decode(&body[8..]).map_err(|d| Error::corrupt(path, pos, d))?;
@@ -342,7 +373,10 @@ fn replay_file(
         next += 1;
         pos = record_end;
     }
-    Ok(FileEnd { next_lsn: next, valid_len: pos })
+    Ok(FileEnd {
+        next_lsn: next,
+        valid_len: pos,
+    })
 }
 
 #[cfg(test)]

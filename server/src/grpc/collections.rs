@@ -54,17 +54,30 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
 }
 
 fn index_config(p: Option<pb::IndexParams>) -> ApiResult<IndexConfig> {
-    let Some(p) = p else { return Ok(IndexConfig::default()) };
+    let Some(p) = p else {
+        return Ok(IndexConfig::default());
+    };
     match pb::IndexKind::try_from(p.kind) {
-        Ok(pb::IndexKind::Unspecified | pb::IndexKind::Flat) => Ok(IndexConfig { kind: IndexKind::Flat }),
-        Ok(pb::IndexKind::IvfPq) => Err(ApiError::bad("index.kind", "INDEX_KIND_IVF_PQ is not available in this version; use INDEX_KIND_FLAT")),
-        Err(_) => Err(ApiError::bad("index.kind", format!("unknown index kind {}", p.kind))),
+        Ok(pb::IndexKind::Unspecified | pb::IndexKind::Flat) => Ok(IndexConfig {
+            kind: IndexKind::Flat,
+        }),
+        Ok(pb::IndexKind::IvfPq) => Err(ApiError::bad(
+            "index.kind",
+            "INDEX_KIND_IVF_PQ is not available in this version; use INDEX_KIND_FLAT",
+        )),
+        Err(_) => Err(ApiError::bad(
+            "index.kind",
+            format!("unknown index kind {}", p.kind),
+        )),
     }
 }
 
 #[tonic::async_trait]
 impl Collections for CollectionsService {
-    async fn create(&self, req: Request<pb::CreateCollectionRequest>) -> Result<Response<pb::CollectionInfo>, Status> {
+    async fn create(
+        &self,
+        req: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let config = CollectionConfig {
@@ -72,36 +85,53 @@ impl Collections for CollectionsService {
             dim: r.dim as usize,
             metric: convert::metric(r.metric)?,
             index: index_config(r.index)?,
-            segment_max_rows: r.segment_max_rows.unwrap_or(self.state.settings.segment_max_rows),
+            segment_max_rows: r
+                .segment_max_rows
+                .unwrap_or(self.state.settings.segment_max_rows),
         };
-        let out = blocking(move || Ok(info(&engine.create_collection(config)?))).await?;
+        let out = blocking(move || Ok(info(engine.create_collection(config)?.as_ref()))).await?;
         Ok(Response::new(out))
     }
 
-    async fn get(&self, req: Request<pb::GetCollectionRequest>) -> Result<Response<pb::CollectionInfo>, Status> {
+    async fn get(
+        &self,
+        req: Request<pb::GetCollectionRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
         let engine = self.state.engine()?;
         let name = req.into_inner().name;
-        let out = blocking(move || Ok(info(&engine.collection(&name)?))).await?;
+        let out = blocking(move || Ok(info(engine.collection(&name)?.as_ref()))).await?;
         Ok(Response::new(out))
     }
 
-    async fn list(&self, _req: Request<pb::ListCollectionsRequest>) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+    async fn list(
+        &self,
+        _req: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         let engine = self.state.engine()?;
-        let collections = blocking(move || Ok(engine.list().iter().map(|c| info(c)).collect())).await?;
+        let collections =
+            blocking(move || Ok(engine.list().iter().map(|c| info(c)).collect())).await?;
         Ok(Response::new(pb::ListCollectionsResponse { collections }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteCollectionRequest>) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
         let engine = self.state.engine()?;
         let name = req.into_inner().name;
         blocking(move || Ok(engine.drop_collection(&name)?)).await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }
 
-    async fn flush(&self, req: Request<pb::FlushCollectionRequest>) -> Result<Response<pb::FlushCollectionResponse>, Status> {
+    async fn flush(
+        &self,
+        req: Request<pb::FlushCollectionRequest>,
+    ) -> Result<Response<pb::FlushCollectionResponse>, Status> {
         let engine = self.state.engine()?;
         let name = req.into_inner().name;
         let checkpoint_lsn = blocking(move || Ok(engine.collection(&name)?.flush()?)).await?;
-        Ok(Response::new(pb::FlushCollectionResponse { checkpoint_lsn }))
+        Ok(Response::new(pb::FlushCollectionResponse {
+            checkpoint_lsn,
+        }))
     }
 }

@@ -46,14 +46,20 @@ type AckStream = ReceiverStream<Result<pb::UpsertAck, Status>>;
 
 #[tonic::async_trait]
 impl Points for PointsService {
-    async fn upsert(&self, req: Request<pb::UpsertRequest>) -> Result<Response<pb::UpsertResponse>, Status> {
+    async fn upsert(
+        &self,
+        req: Request<pb::UpsertRequest>,
+    ) -> Result<Response<pb::UpsertResponse>, Status> {
         let (upserted, lsn) = self.upsert_batch(req.into_inner()).await?;
         Ok(Response::new(pb::UpsertResponse { upserted, lsn }))
     }
 
     type UpsertStreamStream = AckStream;
 
-    async fn upsert_stream(&self, req: Request<Streaming<pb::UpsertRequest>>) -> Result<Response<AckStream>, Status> {
+    async fn upsert_stream(
+        &self,
+        req: Request<Streaming<pb::UpsertRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
@@ -75,14 +81,22 @@ impl Points for PointsService {
                 match this.upsert_batch(r).await {
                     Ok((n, lsn)) => {
                         total += n;
-                        let ack = pb::UpsertAck { batch_id, upserted: n, total_upserted: total, lsn };
+                        let ack = pb::UpsertAck {
+                            batch_id,
+                            upserted: n,
+                            total_upserted: total,
+                            lsn,
+                        };
                         if tx.send(Ok(ack)).await.is_err() {
                             return; // client went away
                         }
                     }
                     Err(e) => {
                         let s = Status::from(e);
-                        let msg = format!("batch {batch_id} (message {message} on this stream; {total} points acknowledged before it): {}", s.message());
+                        let msg = format!(
+                            "batch {batch_id} (message {message} on this stream; {total} points acknowledged before it): {}",
+                            s.message()
+                        );
                         let _ = tx.send(Err(Status::new(s.code(), msg))).await;
                         return;
                     }
@@ -92,41 +106,74 @@ impl Points for PointsService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn get(&self, req: Request<pb::GetPointsRequest>) -> Result<Response<pb::GetPointsResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<pb::GetPointsRequest>,
+    ) -> Result<Response<pb::GetPointsResponse>, Status> {
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let ids = convert::point_ids(&r.ids, "ids")?;
-        let opts = ReadOptions { with_vectors: r.with_vectors, with_payload: r.with_payload };
-        let records = blocking(move || Ok(engine.collection(&r.collection)?.get(&ids, opts)?)).await?;
-        Ok(Response::new(pb::GetPointsResponse { points: records.into_iter().map(convert::retrieved).collect() }))
+        let opts = ReadOptions {
+            with_vectors: r.with_vectors,
+            with_payload: r.with_payload,
+        };
+        let records =
+            blocking(move || Ok(engine.collection(&r.collection)?.get(&ids, opts)?)).await?;
+        Ok(Response::new(pb::GetPointsResponse {
+            points: records.into_iter().map(convert::retrieved).collect(),
+        }))
     }
 
-    async fn delete(&self, req: Request<pb::DeletePointsRequest>) -> Result<Response<pb::DeletePointsResponse>, Status> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeletePointsRequest>,
+    ) -> Result<Response<pb::DeletePointsResponse>, Status> {
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let ids = convert::point_ids(&r.ids, "ids")?;
-        let (deleted, lsn) = blocking(move || Ok(engine.collection(&r.collection)?.delete(ids)?)).await?;
+        let (deleted, lsn) =
+            blocking(move || Ok(engine.collection(&r.collection)?.delete(ids)?)).await?;
         Ok(Response::new(pb::DeletePointsResponse { deleted, lsn }))
     }
 
-    async fn count(&self, req: Request<pb::CountRequest>) -> Result<Response<pb::CountResponse>, Status> {
+    async fn count(
+        &self,
+        req: Request<pb::CountRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
         let engine = self.state.engine()?;
         let name = req.into_inner().collection;
         let count = blocking(move || Ok(engine.collection(&name)?.count())).await?;
         Ok(Response::new(pb::CountResponse { count }))
     }
 
-    async fn scroll(&self, req: Request<pb::ScrollRequest>) -> Result<Response<pb::ScrollResponse>, Status> {
+    async fn scroll(
+        &self,
+        req: Request<pb::ScrollRequest>,
+    ) -> Result<Response<pb::ScrollResponse>, Status> {
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let cursor = convert::cursor(&r.cursor)?;
         let limit = match r.limit {
             0 => 100,
-            l if l > 10_000 => return Err(crate::error::ApiError::bad("limit", format!("limit = {l} exceeds 10000")).into()),
+            l if l > 10_000 => {
+                return Err(crate::error::ApiError::bad(
+                    "limit",
+                    format!("limit = {l} exceeds 10000"),
+                )
+                .into());
+            }
             l => l as usize,
         };
-        let opts = ReadOptions { with_vectors: r.with_vectors, with_payload: r.with_payload };
-        let (page, next) = blocking(move || Ok(engine.collection(&r.collection)?.scroll(cursor, limit, opts)?)).await?;
+        let opts = ReadOptions {
+            with_vectors: r.with_vectors,
+            with_payload: r.with_payload,
+        };
+        let (page, next) = blocking(move || {
+            Ok(engine
+                .collection(&r.collection)?
+                .scroll(cursor, limit, opts)?)
+        })
+        .await?;
         Ok(Response::new(pb::ScrollResponse {
             points: page.into_iter().map(convert::retrieved).collect(),
             next_cursor: convert::to_cursor(next),

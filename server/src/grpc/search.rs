@@ -37,13 +37,18 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
         k: convert::k(r.k, max_k)?,
         collection: r.collection,
         vector: r.vector,
-        opts: ReadOptions { with_vectors: r.with_vectors, with_payload: r.with_payload },
+        opts: ReadOptions {
+            with_vectors: r.with_vectors,
+            with_payload: r.with_payload,
+        },
     })
 }
 
 fn run(engine: &Engine, q: Query) -> ApiResult<pb::SearchResponse> {
     let started = Instant::now();
-    let hits = engine.collection(&q.collection)?.search(&q.vector, q.k, q.opts)?;
+    let hits = engine
+        .collection(&q.collection)?
+        .search(&q.vector, q.k, q.opts)?;
     Ok(pb::SearchResponse {
         hits: hits.into_iter().map(convert::scored).collect(),
         took_us: started.elapsed().as_micros() as u64,
@@ -52,14 +57,20 @@ fn run(engine: &Engine, q: Query) -> ApiResult<pb::SearchResponse> {
 
 #[tonic::async_trait]
 impl Search for SearchService {
-    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let engine = self.state.engine()?;
         let q = query(req.into_inner(), self.state.settings.max_k)?;
         let out = blocking(move || run(&engine, q)).await?;
         Ok(Response::new(out))
     }
 
-    async fn search_batch(&self, req: Request<pb::SearchBatchRequest>) -> Result<Response<pb::SearchBatchResponse>, Status> {
+    async fn search_batch(
+        &self,
+        req: Request<pb::SearchBatchRequest>,
+    ) -> Result<Response<pb::SearchBatchResponse>, Status> {
         let engine = self.state.engine()?;
         let max_k = self.state.settings.max_k;
         let queries = req
@@ -71,10 +82,17 @@ impl Search for SearchService {
             .collect::<Result<Vec<_>, Status>>()?;
         let results = blocking(move || {
             use rayon::prelude::*;
-            Ok(queries.into_par_iter().map(|q| run(&engine, q)).collect::<Vec<_>>())
+            Ok(queries
+                .into_par_iter()
+                .map(|q| run(&engine, q))
+                .collect::<Vec<_>>())
         })
         .await?;
-        let results = results.into_iter().enumerate().map(|(i, r)| r.map_err(|e| with_index(i, e))).collect::<Result<Vec<_>, Status>>()?;
+        let results = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.map_err(|e| with_index(i, e)))
+            .collect::<Result<Vec<_>, Status>>()?;
         Ok(Response::new(pb::SearchBatchResponse { results }))
     }
 }

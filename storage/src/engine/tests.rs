@@ -20,7 +20,11 @@ fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig 
 }
 
 fn naive_distance(metric: Metric, q: &[f32], v: &[f32]) -> f64 {
-    let dot: f64 = q.iter().zip(v).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    let dot: f64 = q
+        .iter()
+        .zip(v)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
     match metric {
         Metric::Cosine => {
             let nq = q.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
@@ -28,7 +32,11 @@ fn naive_distance(metric: Metric, q: &[f32], v: &[f32]) -> f64 {
             1.0 - dot / (nq * nv)
         }
         Metric::Dot => -dot,
-        Metric::L2 => q.iter().zip(v).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum(),
+        Metric::L2 => q
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+            .sum(),
     }
 }
 
@@ -38,7 +46,9 @@ fn exact_search_matches_naive_reference_for_every_metric() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
         let dim = 13;
-        let c = engine.create_collection(config("c", dim, metric, 128)).unwrap();
+        let c = engine
+            .create_collection(config("c", dim, metric, 128))
+            .unwrap();
         let mut rng = StdRng::seed_from_u64(7);
         let mut model: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
         for batch in 0..10 {
@@ -48,26 +58,48 @@ fn exact_search_matches_naive_reference_for_every_metric() {
                     let id = rng.random_range(0..450u64);
                     let v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
                     let _ = (batch, i);
-                    PointWrite { id: PointId::Num(id), vector: v, payload: Some(format!("{{\"id\":{id}}}").into_bytes()) }
+                    PointWrite {
+                        id: PointId::Num(id),
+                        vector: v,
+                        payload: Some(format!("{{\"id\":{id}}}").into_bytes()),
+                    }
                 })
                 .collect();
             for p in &points {
-                let PointId::Num(n) = p.id else { unreachable!() };
+                let PointId::Num(n) = p.id else {
+                    unreachable!()
+                };
                 model.insert(n, p.vector.clone());
             }
             c.upsert(points).unwrap();
             let dels: Vec<u64> = (0..5).map(|_| rng.random_range(0..450u64)).collect();
-            c.delete(dels.iter().map(|d| PointId::Num(*d)).collect()).unwrap();
+            c.delete(dels.iter().map(|d| PointId::Num(*d)).collect())
+                .unwrap();
             for d in dels {
                 model.remove(&d);
             }
         }
-        assert!(c.stats().sealed_segments >= 3, "test must cover sealed segments");
+        assert!(
+            c.stats().sealed_segments >= 3,
+            "test must cover sealed segments"
+        );
         assert_eq!(c.count(), model.len() as u64);
         for _ in 0..20 {
             let q: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let hits = c.search(&q, 10, ReadOptions { with_payload: true, with_vectors: false }).unwrap();
-            let mut expect: Vec<(f64, u64)> = model.iter().map(|(id, v)| (naive_distance(metric, &q, v), *id)).collect();
+            let hits = c
+                .search(
+                    &q,
+                    10,
+                    ReadOptions {
+                        with_payload: true,
+                        with_vectors: false,
+                    },
+                )
+                .unwrap();
+            let mut expect: Vec<(f64, u64)> = model
+                .iter()
+                .map(|(id, v)| (naive_distance(metric, &q, v), *id))
+                .collect();
             expect.sort_by(|a, b| a.0.total_cmp(&b.0));
             let want: Vec<PointId> = expect[..10].iter().map(|e| PointId::Num(e.1)).collect();
             let got: Vec<PointId> = hits.iter().map(|h| h.id.clone()).collect();
@@ -79,9 +111,17 @@ fn exact_search_matches_naive_reference_for_every_metric() {
                     Metric::Dot => -e.0,
                     Metric::L2 => e.0.sqrt(),
                 };
-                assert!((score - want_score).abs() < 1e-4, "{metric:?}: {score} vs {want_score}");
-                let PointId::Num(n) = h.id else { unreachable!() };
-                assert_eq!(h.payload.as_deref(), Some(format!("{{\"id\":{n}}}").as_bytes()));
+                assert!(
+                    (score - want_score).abs() < 1e-4,
+                    "{metric:?}: {score} vs {want_score}"
+                );
+                let PointId::Num(n) = h.id else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    h.payload.as_deref(),
+                    Some(format!("{{\"id\":{n}}}").as_bytes())
+                );
             }
         }
     }
@@ -91,25 +131,75 @@ fn exact_search_matches_naive_reference_for_every_metric() {
 fn validation_errors() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
-    let c = engine.create_collection(config("v", 3, Metric::Cosine, 100)).unwrap();
-    let p = |v: Vec<f32>| PointWrite { id: PointId::Num(1), vector: v, payload: None };
-    assert!(matches!(c.upsert(vec![p(vec![1.0; 3]), p(vec![1.0; 4])]), Err(Error::DimensionMismatch { field, expected: 3, got: 4 }) if field == "points[1].vector"));
-    assert!(matches!(c.upsert(vec![p(vec![1.0, f32::INFINITY, 0.0])]), Err(Error::NonFinite { field, .. }) if field == "points[0].vector[1]"));
-    assert!(matches!(c.upsert(vec![p(vec![])]), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(c.upsert(vec![p(vec![0.0; 3])]), Err(Error::InvalidArgument { .. })), "zero vector under cosine");
-    assert!(matches!(c.search(&[1.0, 2.0], 3, ReadOptions::default()), Err(Error::DimensionMismatch { .. })));
+    let c = engine
+        .create_collection(config("v", 3, Metric::Cosine, 100))
+        .unwrap();
+    let p = |v: Vec<f32>| PointWrite {
+        id: PointId::Num(1),
+        vector: v,
+        payload: None,
+    };
+    assert!(
+        matches!(c.upsert(vec![p(vec![1.0; 3]), p(vec![1.0; 4])]), Err(Error::DimensionMismatch { field, expected: 3, got: 4 }) if field == "points[1].vector")
+    );
+    assert!(
+        matches!(c.upsert(vec![p(vec![1.0, f32::INFINITY, 0.0])]), Err(Error::NonFinite { field, .. }) if field == "points[0].vector[1]")
+    );
+    assert!(matches!(
+        c.upsert(vec![p(vec![])]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(
+        matches!(
+            c.upsert(vec![p(vec![0.0; 3])]),
+            Err(Error::InvalidArgument { .. })
+        ),
+        "zero vector under cosine"
+    );
+    assert!(matches!(
+        c.search(&[1.0, 2.0], 3, ReadOptions::default()),
+        Err(Error::DimensionMismatch { .. })
+    ));
     assert_eq!(c.count(), 0, "rejected batches write nothing");
-    assert!(matches!(engine.create_collection(config("v", 3, Metric::L2, 100)), Err(Error::CollectionExists { .. })));
-    assert!(matches!(engine.create_collection(config("../x", 3, Metric::L2, 100)), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(engine.create_collection(config("x", 0, Metric::L2, 100)), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(engine.collection("nope"), Err(Error::CollectionNotFound { .. })));
+    assert!(matches!(
+        engine.create_collection(config("v", 3, Metric::L2, 100)),
+        Err(Error::CollectionExists { .. })
+    ));
+    assert!(matches!(
+        engine.create_collection(config("../x", 3, Metric::L2, 100)),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        engine.create_collection(config("x", 0, Metric::L2, 100)),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        engine.collection("nope"),
+        Err(Error::CollectionNotFound { .. })
+    ));
     // Duplicate ids in one batch: the last one wins.
     c.upsert(vec![
-        PointWrite { id: PointId::Num(9), vector: vec![1.0, 0.0, 0.0], payload: Some(b"{\"v\":1}".to_vec()) },
-        PointWrite { id: PointId::Num(9), vector: vec![0.0, 1.0, 0.0], payload: Some(b"{\"v\":2}".to_vec()) },
+        PointWrite {
+            id: PointId::Num(9),
+            vector: vec![1.0, 0.0, 0.0],
+            payload: Some(b"{\"v\":1}".to_vec()),
+        },
+        PointWrite {
+            id: PointId::Num(9),
+            vector: vec![0.0, 1.0, 0.0],
+            payload: Some(b"{\"v\":2}".to_vec()),
+        },
     ])
     .unwrap();
-    let got = c.get(&[PointId::Num(9)], ReadOptions { with_payload: true, with_vectors: true }).unwrap();
+    let got = c
+        .get(
+            &[PointId::Num(9)],
+            ReadOptions {
+                with_payload: true,
+                with_vectors: true,
+            },
+        )
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].vector.as_deref(), Some(&[0.0, 1.0, 0.0][..]));
     assert_eq!(got[0].payload.as_deref(), Some(&b"{\"v\":2}"[..]));
@@ -120,13 +210,37 @@ fn validation_errors() {
 fn drop_and_recreate_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
-    let c = engine.create_collection(config("d", 2, Metric::L2, 16)).unwrap();
-    c.upsert((0..40).map(|i| PointWrite { id: PointId::Num(i), vector: vec![i as f32, 0.0], payload: None }).collect()).unwrap();
+    let c = engine
+        .create_collection(config("d", 2, Metric::L2, 16))
+        .unwrap();
+    c.upsert(
+        (0..40)
+            .map(|i| PointWrite {
+                id: PointId::Num(i),
+                vector: vec![i as f32, 0.0],
+                payload: None,
+            })
+            .collect(),
+    )
+    .unwrap();
     engine.drop_collection("d").unwrap();
-    assert!(matches!(c.upsert(vec![PointWrite { id: PointId::Num(1), vector: vec![1.0, 0.0], payload: None }]), Err(Error::CollectionNotFound { .. })));
-    let c2 = engine.create_collection(config("d", 2, Metric::L2, 16)).unwrap();
+    assert!(matches!(
+        c.upsert(vec![PointWrite {
+            id: PointId::Num(1),
+            vector: vec![1.0, 0.0],
+            payload: None
+        }]),
+        Err(Error::CollectionNotFound { .. })
+    ));
+    let c2 = engine
+        .create_collection(config("d", 2, Metric::L2, 16))
+        .unwrap();
     assert_eq!(c2.count(), 0);
-    assert!(c2.get(&[PointId::Num(3)], ReadOptions::default()).unwrap().is_empty());
+    assert!(
+        c2.get(&[PointId::Num(3)], ReadOptions::default())
+            .unwrap()
+            .is_empty()
+    );
     drop((c, c2, engine));
     let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
     assert_eq!(engine.list().len(), 1);
@@ -152,13 +266,25 @@ fn arb_op() -> impl Strategy<Value = Op> {
 
 fn id_of(n: u64) -> PointId {
     // Mix numeric and string ids.
-    if n % 3 == 0 { PointId::Str(format!("key-{n}")) } else { PointId::Num(n) }
+    if n.is_multiple_of(3) {
+        PointId::Str(format!("key-{n}"))
+    } else {
+        PointId::Num(n)
+    }
 }
 
 fn check(c: &Collection, model: &BTreeMap<u64, (f32, bool)>) -> Result<(), TestCaseError> {
     prop_assert_eq!(c.count(), model.len() as u64);
     let all: Vec<PointId> = (0..40).map(id_of).collect();
-    let got = c.get(&all, ReadOptions { with_payload: true, with_vectors: true }).unwrap();
+    let got = c
+        .get(
+            &all,
+            ReadOptions {
+                with_payload: true,
+                with_vectors: true,
+            },
+        )
+        .unwrap();
     let want: Vec<PointId> = model.keys().map(|n| id_of(*n)).collect();
     let mut got_ids: Vec<PointId> = got.iter().map(|r| r.id.clone()).collect();
     got_ids.sort();

@@ -2,7 +2,10 @@
 //! that names `rocksdb`.
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, DBCompressionType, Options, WriteBatch,
+    WriteOptions,
+};
 
 use crate::error::{Error, Result};
 use crate::meta::{MetaOp, MetaStore, Space};
@@ -87,7 +90,10 @@ impl MetaStore for RocksStore {
 
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(space)?, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(space)?,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item.map_err(meta_err)?;
             if !k.starts_with(prefix) {

@@ -112,16 +112,32 @@ impl MutableSegment {
 
     /// Rows that are not live, as a sorted list.
     pub fn dead_rows(&self) -> impl Iterator<Item = u32> + '_ {
-        self.live.iter().enumerate().filter(|(_, l)| !**l).map(|(r, _)| r as u32)
+        self.live
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !**l)
+            .map(|(r, _)| r as u32)
     }
 
     /// Live rows with their ids, in row order.
     pub fn live_rows(&self) -> impl Iterator<Item = (u32, &PointId)> + '_ {
-        self.ids.iter().enumerate().filter(|(r, _)| self.live[*r]).map(|(r, id)| (r as u32, id))
+        self.ids
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| self.live[*r])
+            .map(|(r, id)| (r as u32, id))
     }
 
     /// Exact scan into `top`.
     pub fn scan(&self, metric: Metric, query: &[f32], top: &mut TopK<RowKey>) {
-        scan_rows(metric, query, &self.vectors, self.dim, self.id, top, |row| !self.live[row as usize]);
+        scan_rows(
+            metric,
+            query,
+            &self.vectors,
+            self.dim,
+            self.id,
+            top,
+            |row| !self.live[row as usize],
+        );
     }
 }

@@ -104,7 +104,10 @@ pub fn write_tombstones(dir: &Path, name: &str, deleted: &RoaringBitmap) -> Resu
     let entry = write_file(dir, &tmp, &[DEL_MAGIC, &crc, &bytes])?;
     fs::rename(dir.join(&tmp), dir.join(name))?;
     sync_dir(dir)?;
-    Ok(FileEntry { name: name.to_owned(), ..entry })
+    Ok(FileEntry {
+        name: name.to_owned(),
+        ..entry
+    })
 }
 
 fn read_tombstones(path: &Path) -> Result<RoaringBitmap> {
@@ -116,7 +119,8 @@ fn read_tombstones(path: &Path) -> Result<RoaringBitmap> {
     if crc32fast::hash(&bytes[8..]) != crc {
         return Err(Error::corrupt(path, 8, "tombstone checksum mismatch"));
     }
-    RoaringBitmap::deserialize_from(&bytes[8..]).map_err(|e| Error::corrupt(path, 8, format!("tombstone bitmap: {e}")))
+    RoaringBitmap::deserialize_from(&bytes[8..])
+        .map_err(|e| Error::corrupt(path, 8, format!("tombstone bitmap: {e}")))
 }
 
 /// The name of the tombstone file current as of checkpoint `lsn` (`None`: the seal-time file).
@@ -174,7 +178,8 @@ pub fn write_segment(
         rows,
         files: vec![vec_entry, ids_entry, del_entry],
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Io(std::io::Error::other(e)))?;
     write_file(&tmp, "manifest.json", &[&json])?;
     sync_dir(&tmp)?;
     let dst = segments_dir.join(id.to_string());
@@ -190,7 +195,12 @@ pub fn write_segment(
 impl SealedSegment {
     /// Opens segment `id` in `segments_dir`, verifying the manifest's sizes and checksums, with
     /// the tombstones current as of checkpoint `tombstones` (`None`: those written at seal).
-    pub fn open(segments_dir: &Path, id: SegmentId, dim: usize, tombstones: Option<Lsn>) -> Result<SealedSegment> {
+    pub fn open(
+        segments_dir: &Path,
+        id: SegmentId,
+        dim: usize,
+        tombstones: Option<Lsn>,
+    ) -> Result<SealedSegment> {
         let dir = segments_dir.join(id.to_string());
         let mpath = dir.join("manifest.json");
         let manifest: Manifest = serde_json::from_slice(&fs::read(&mpath)?)
@@ -205,7 +215,8 @@ impl SealedSegment {
                 ),
             ));
         }
-        let rows = u32::try_from(manifest.rows).map_err(|_| Error::corrupt(&mpath, 0, "too many rows"))?;
+        let rows =
+            u32::try_from(manifest.rows).map_err(|_| Error::corrupt(&mpath, 0, "too many rows"))?;
         let mut maps = Vec::new();
         let mut bytes_on_disk = 0;
         for name in ["vectors.f32", "ids.bin"] {
@@ -213,13 +224,27 @@ impl SealedSegment {
                 .files
                 .iter()
                 .find(|f| f.name == name)
-                .ok_or_else(|| Error::corrupt(&mpath, 0, format!("manifest does not list {name}")))?;
+                .ok_or_else(|| {
+                    Error::corrupt(&mpath, 0, format!("manifest does not list {name}"))
+                })?;
             let map = MappedFile::open(&dir.join(name))?;
             if map.bytes().len() as u64 != entry.bytes {
-                return Err(Error::corrupt(map.path(), 0, format!("size {} differs from the manifest's {}", map.bytes().len(), entry.bytes)));
+                return Err(Error::corrupt(
+                    map.path(),
+                    0,
+                    format!(
+                        "size {} differs from the manifest's {}",
+                        map.bytes().len(),
+                        entry.bytes
+                    ),
+                ));
             }
             if crc32fast::hash(map.bytes()) != entry.crc32 {
-                return Err(Error::corrupt(map.path(), 0, "checksum differs from the manifest"));
+                return Err(Error::corrupt(
+                    map.path(),
+                    0,
+                    "checksum differs from the manifest",
+                ));
             }
             bytes_on_disk += entry.bytes;
             maps.push(map);
@@ -228,17 +253,29 @@ impl SealedSegment {
         let vectors = maps.pop().expect("invariant: two maps");
         let vb = vectors.bytes();
         if vb.len() != VEC_HEADER + rows as usize * dim * 4 || &vb[0..4] != VEC_MAGIC {
-            return Err(Error::corrupt(vectors.path(), 0, "vector file header or length is wrong"));
+            return Err(Error::corrupt(
+                vectors.path(),
+                0,
+                "vector file header or length is wrong",
+            ));
         }
         let ib = ids.bytes();
         let min_ids = IDS_HEADER + (rows as usize + 1) * 8;
         if ib.len() < min_ids || &ib[0..4] != IDS_MAGIC {
-            return Err(Error::corrupt(ids.path(), 0, "ids file header or length is wrong"));
+            return Err(Error::corrupt(
+                ids.path(),
+                0,
+                "ids file header or length is wrong",
+            ));
         }
         let del_path = dir.join(tombstone_file_name(tombstones));
         let deleted = read_tombstones(&del_path)?;
         if deleted.max().is_some_and(|m| m >= rows) {
-            return Err(Error::corrupt(&del_path, 0, "tombstone beyond the last row"));
+            return Err(Error::corrupt(
+                &del_path,
+                0,
+                "tombstone beyond the last row",
+            ));
         }
         let seg = SealedSegment {
             id,
@@ -253,7 +290,11 @@ impl SealedSegment {
         // Validate every id offset once, so later reads cannot go out of bounds.
         for row in 0..rows {
             if seg.try_id(row).is_none() {
-                return Err(Error::corrupt(seg.ids.path(), 0, format!("id of row {row} is malformed")));
+                return Err(Error::corrupt(
+                    seg.ids.path(),
+                    0,
+                    format!("id of row {row} is malformed"),
+                ));
             }
         }
         Ok(seg)
@@ -285,7 +326,10 @@ impl SealedSegment {
 
     /// Tombstones `row`; returns whether it was live.
     pub fn delete(&self, row: u32) -> bool {
-        self.deleted.write().unwrap_or_else(|p| p.into_inner()).insert(row)
+        self.deleted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(row)
     }
 
     /// A copy of the tombstones.
@@ -330,7 +374,15 @@ impl SealedSegment {
     /// Exact scan into `top`, skipping tombstoned rows.
     pub fn scan(&self, metric: Metric, query: &[f32], top: &mut TopK<RowKey>) {
         let deleted = self.read_deleted();
-        scan_rows(metric, query, self.vectors(), self.dim, self.id, top, |row| deleted.contains(row));
+        scan_rows(
+            metric,
+            query,
+            self.vectors(),
+            self.dim,
+            self.id,
+            top,
+            |row| deleted.contains(row),
+        );
     }
 }
 
@@ -342,7 +394,15 @@ mod tests {
     fn write_open_roundtrip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let dim = 3;
-        let ids: Vec<PointId> = (0..10u64).map(|i| if i % 2 == 0 { PointId::Num(i) } else { PointId::Str(format!("k{i}")) }).collect();
+        let ids: Vec<PointId> = (0..10u64)
+            .map(|i| {
+                if i % 2 == 0 {
+                    PointId::Num(i)
+                } else {
+                    PointId::Str(format!("k{i}"))
+                }
+            })
+            .collect();
         let vectors: Vec<f32> = (0..30).map(|i| i as f32).collect();
         let mut deleted = RoaringBitmap::new();
         deleted.insert(4);
@@ -355,7 +415,11 @@ mod tests {
             assert_eq!(&seg.id(r as u32), id);
         }
         assert!(!seg.is_live(4));
-        assert_eq!(seg.vectors().as_ptr() as usize % 64, 0, "vectors must be 64-byte aligned");
+        assert_eq!(
+            seg.vectors().as_ptr() as usize % 64,
+            0,
+            "vectors must be 64-byte aligned"
+        );
         // A newer tombstone generation.
         assert!(seg.delete(5));
         write_tombstones(seg.dir(), &tombstone_file_name(Some(42)), &seg.tombstones()).unwrap();
@@ -368,6 +432,9 @@ mod tests {
         let mut b = std::fs::read(&p).unwrap();
         b[100] ^= 1;
         std::fs::write(&p, &b).unwrap();
-        assert!(matches!(SealedSegment::open(dir.path(), 7, dim, None), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            SealedSegment::open(dir.path(), 7, dim, None),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

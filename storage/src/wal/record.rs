@@ -73,7 +73,10 @@ impl WalRecord {
                 let dim = r.u32()? as usize;
                 // Every point needs at least 2 + 1 + 4·dim + 4 bytes: bound `count` before allocating.
                 if count.saturating_mul(7 + 4 * dim) > body.len() {
-                    return Err(format!("upsert of {count} points × dim {dim} does not fit in {} bytes", body.len()));
+                    return Err(format!(
+                        "upsert of {count} points × dim {dim} does not fit in {} bytes",
+                        body.len()
+                    ));
                 }
                 let mut points = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -84,15 +87,26 @@ impl WalRecord {
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect();
                     let plen = r.u32()?;
-                    let payload = if plen == NO_PAYLOAD { None } else { Some(r.take(plen as usize)?.to_vec()) };
-                    points.push(PointWrite { id, vector, payload });
+                    let payload = if plen == NO_PAYLOAD {
+                        None
+                    } else {
+                        Some(r.take(plen as usize)?.to_vec())
+                    };
+                    points.push(PointWrite {
+                        id,
+                        vector,
+                        payload,
+                    });
                 }
                 WalRecord::Upsert(points)
             }
             TAG_DELETE => {
                 let count = r.u32()? as usize;
                 if count.saturating_mul(3) > body.len() {
-                    return Err(format!("delete of {count} ids does not fit in {} bytes", body.len()));
+                    return Err(format!(
+                        "delete of {count} ids does not fit in {} bytes",
+                        body.len()
+                    ));
                 }
                 let mut ids = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -103,7 +117,10 @@ impl WalRecord {
             tag => return Err(format!("unknown record tag {tag}")),
         };
         if r.pos != body.len() {
-            return Err(format!("{} trailing bytes after the record", body.len() - r.pos));
+            return Err(format!(
+                "{} trailing bytes after the record",
+                body.len() - r.pos
+            ));
         }
         Ok(rec)
     }
@@ -117,7 +134,8 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
-        let end = end.ok_or_else(|| format!("record ends early: need {n} bytes at offset {}", self.pos))?;
+        let end =
+            end.ok_or_else(|| format!("record ends early: need {n} bytes at offset {}", self.pos))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -143,7 +161,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_id() -> impl Strategy<Value = PointId> {
-        prop_oneof![any::<u64>().prop_map(PointId::Num), "[a-z0-9-]{1,40}".prop_map(PointId::Str)]
+        prop_oneof![
+            any::<u64>().prop_map(PointId::Num),
+            "[a-z0-9-]{1,40}".prop_map(PointId::Str)
+        ]
     }
 
     fn arb_record() -> impl Strategy<Value = WalRecord> {
@@ -157,7 +178,15 @@ mod tests {
                 0..10,
             )
             .prop_map(|ps| {
-                WalRecord::Upsert(ps.into_iter().map(|(id, vector, payload)| PointWrite { id, vector, payload }).collect())
+                WalRecord::Upsert(
+                    ps.into_iter()
+                        .map(|(id, vector, payload)| PointWrite {
+                            id,
+                            vector,
+                            payload,
+                        })
+                        .collect(),
+                )
             })
         });
         let delete = proptest::collection::vec(arb_id(), 0..10).prop_map(WalRecord::Delete);
