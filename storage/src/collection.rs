@@ -635,13 +635,14 @@ impl Collection {
         }
         let mut st = write(&self.state);
         let rows = read(&st.mutable).rows();
-        if rows == 0 && st.dirty.is_empty() {
-            return Ok(None);
+        let last = w.wal.next_lsn() - 1;
+        if rows == 0 && st.dirty.is_empty() && st.record.checkpoint_lsn == last {
+            return Ok(None); // nothing since the last checkpoint
         }
         if !force && rows < self.config.segment_max_rows as usize {
             return Ok(None);
         }
-        let checkpoint = w.wal.next_lsn() - 1;
+        let checkpoint = last;
         w.wal.rotate()?;
         let tombstones = std::mem::take(&mut st.dirty)
             .into_iter()
