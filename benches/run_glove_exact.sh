@@ -21,16 +21,20 @@ addr="http://$(sed -n 's/^quiverd listening on //p' "$out")"
 "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --rounds 1 | tee /tmp/quiver-bench-q.txt
 # Interleave: FAISS, Quiver, FAISS, Quiver, FAISS, Quiver.
 for r in 1 2 3; do
-  OMP_WAIT_POLICY=PASSIVE "$py" benches/faiss_flat.py "$data" --queries "$nq" --rounds 1 | tee -a /tmp/quiver-bench-f.txt
+  OMP_WAIT_POLICY=PASSIVE "$py" benches/faiss_flat.py "$data" --queries "$nq" --rounds 1 --threads 1 | tee -a /tmp/quiver-bench-f.txt
+  OMP_WAIT_POLICY=PASSIVE "$py" benches/faiss_flat.py "$data" --queries "$nq" --rounds 1 --threads 2 | tee -a /tmp/quiver-bench-f.txt
   "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --rounds 1 --skip-load | grep '^{' | tee -a /tmp/quiver-bench-q.txt
 done
 "$py" - <<'PY'
 import json, statistics as st
 q = [json.loads(l) for l in open('/tmp/quiver-bench-q.txt') if l.startswith('{')][1:]
-f = [json.loads(l) for l in open('/tmp/quiver-bench-f.txt') if l.startswith('{')]
+fa = [json.loads(l) for l in open('/tmp/quiver-bench-f.txt') if l.startswith('{')]
 m = lambda rows, k: st.median(r[k] for r in rows)
-print(f"median of {len(q)} rounds: quiver single {m(q,'qps_single'):.1f} QPS, batch {m(q,'qps_batch'):.1f} QPS, recall@10 {q[0]['recall10']:.4f}")
-print(f"                 faiss  single {m(f,'qps_single'):.1f} QPS, batch {m(f,'qps_batch'):.1f} QPS, recall@10 {f[0]['recall10']:.4f} (faiss {f[0]['faiss']})")
-print(f"ratio quiver/faiss: single {m(q,'qps_single')/m(f,'qps_single'):.2f}x, batch {m(q,'qps_batch')/m(f,'qps_batch'):.2f}x")
+print(f"median of {len(q)} rounds, {q[0]['queries']} queries, k=10:")
+print(f"  quiver (gRPC, 2 cores)  single-request {m(q,'qps_single'):8.1f} QPS  SearchBatch(100) {m(q,'qps_batch'):8.1f} QPS  recall@10 {q[0]['recall10']:.4f}")
+for t in (1, 2):
+    f = [r for r in fa if r['threads'] == t]
+    print(f"  faiss {f[0]['faiss']} IndexFlatIP, {t} thread(s)  single {m(f,'qps_single'):8.1f} QPS  batch(100) {m(f,'qps_batch'):8.1f} QPS  recall@10 {f[0]['recall10']:.4f}"
+          f"  -> quiver/faiss single {m(q,'qps_single')/m(f,'qps_single'):.2f}x, batch {m(q,'qps_batch')/m(f,'qps_batch'):.2f}x")
 PY
 rm -f /tmp/quiver-bench-q.txt /tmp/quiver-bench-f.txt
