@@ -199,6 +199,15 @@ fn payload_value(p: &Option<String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// One point as a JSONL line: `{"id", "payload"[, "vector"]}`.
+fn point_json(p: &pb::RetrievedPoint, with_vector: bool) -> Value {
+    let mut o = json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
+    if with_vector {
+        o["vector"] = json!(p.vector);
+    }
+    o
+}
+
 fn parse_vector(v: &Value, what: &str) -> Result<Vec<f32>> {
     let arr = v
         .as_array()
@@ -535,12 +544,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(ClientError::from)?
                 .into_inner();
             for p in r.points {
-                let mut o =
-                    json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
-                if with_vectors {
-                    o["vector"] = json!(p.vector);
-                }
-                println!("{o}");
+                println!("{}", point_json(&p, with_vectors));
             }
         }
         Cmd::Delete { collection, ids } => {
@@ -691,12 +695,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(ClientError::from)?
                     .into_inner();
                 for p in r.points {
-                    let mut o =
-                        json!({"id": id_to_json(&p.id), "payload": payload_value(&p.payload_json)});
-                    if with_vectors {
-                        o["vector"] = json!(p.vector);
-                    }
-                    writeln!(out, "{o}")?;
+                    writeln!(out, "{}", point_json(&p, with_vectors))?;
                 }
                 if r.next_cursor.is_empty() {
                     break;

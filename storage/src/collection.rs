@@ -380,41 +380,82 @@ impl Collection {
     /// Exact k-nearest-neighbour search over every segment.
     #[tracing::instrument(skip_all, fields(collection = %self.config.name, k))]
     pub fn search(&self, query: &[f32], k: usize, opts: ReadOptions) -> Result<Vec<Hit>> {
-        let q = self.check_query(query, "vector")?;
+        self.search_batch(&[(query, k)], opts)
+            .pop()
+            .expect("invariant: one result per query")
+    }
+
+    /// Exact search for many queries, each with its own k; one result per query, in order.
+    /// Queries are scanned in groups that fit in L1, so every segment row is read once per group
+    /// rather than once per query (the scan is memory-bound for small dimensions).
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, queries = queries.len()))]
+    pub fn search_batch(
+        &self,
+        queries: &[(&[f32], usize)],
+        opts: ReadOptions,
+    ) -> Vec<Result<Vec<Hit>>> {
+        let checked: Vec<Result<Vec<f32>>> = queries
+            .iter()
+            .map(|(q, _)| self.check_query(q, "vector"))
+            .collect();
+        let valid: Vec<usize> = (0..queries.len()).filter(|i| checked[*i].is_ok()).collect();
+        let vectors: Vec<Vec<f32>> = valid
+            .iter()
+            .map(|i| checked[*i].as_ref().cloned().unwrap_or_default())
+            .collect();
+        let ks: Vec<usize> = valid.iter().map(|i| queries[*i].1).collect();
         let snap = self.snapshot();
         let metric = self.config.metric;
-        let mut top = snap
-            .sealed
-            .par_iter()
-            .map(|s| {
-                let mut t = TopK::new(k);
-                s.scan(metric, &q, &mut t);
-                t
+        // Queries per pass: their vectors should stay in L1 (~32 KiB) next to the row.
+        let group = (32 * 1024 / (4 * self.config.dim)).clamp(1, 64);
+        let tops: Vec<TopK<RowKey>> = vectors
+            .par_chunks(group)
+            .zip(ks.par_chunks(group))
+            .flat_map_iter(|(qs, ks)| {
+                let fresh = || ks.iter().map(|k| TopK::new(*k)).collect::<Vec<_>>();
+                let mut tops = snap
+                    .sealed
+                    .par_iter()
+                    .map(|s| {
+                        let mut t = fresh();
+                        s.scan(metric, qs, &mut t);
+                        t
+                    })
+                    .reduce(fresh, |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| x.merge(y));
+                        a
+                    });
+                for m in [snap.frozen.as_ref(), Some(&snap.mutable)]
+                    .into_iter()
+                    .flatten()
+                {
+                    read(m).scan(metric, qs, &mut tops);
+                }
+                tops
             })
-            .reduce(
-                || TopK::new(k),
-                |mut a, b| {
-                    a.merge(b);
-                    a
-                },
-            );
-        if let Some(f) = &snap.frozen {
-            read(f).scan(metric, &q, &mut top);
-        }
-        read(&snap.mutable).scan(metric, &q, &mut top);
-        let cands = top.into_sorted();
-        let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
-        let records = self.resolve(&snap, &keys, opts)?;
-        Ok(cands
+            .collect();
+        // `tops` holds one entry per valid query, in order.
+        let mut tops = tops.into_iter();
+        checked
             .into_iter()
-            .zip(records)
-            .map(|(c, r)| Hit {
-                id: r.id,
-                score: metric.score(c.distance),
-                vector: r.vector,
-                payload: r.payload,
+            .map(|c| {
+                c?;
+                let top = tops.next().expect("invariant: one top-k per valid query");
+                let cands = top.into_sorted();
+                let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
+                let records = self.resolve(&snap, &keys, opts)?;
+                Ok(cands
+                    .into_iter()
+                    .zip(records)
+                    .map(|(c, r)| Hit {
+                        id: r.id,
+                        score: metric.score(c.distance),
+                        vector: r.vector,
+                        payload: r.payload,
+                    })
+                    .collect())
             })
-            .collect())
+            .collect()
     }
 
     /// Reads ids, vectors and payloads of rows.

@@ -13,21 +13,26 @@ pub type SegmentId = u64;
 /// A candidate's key in a search: (segment id, row within it). Ordered, so ties are deterministic.
 pub type RowKey = (SegmentId, u32);
 
-/// Exact scan of row-major `vectors` (dim `dim`) into `top`. `is_deleted` is asked only for
-/// rows that would enter the top-k, so tombstone checks cost nothing on the common path.
+/// Exact scan of row-major `vectors` (dim `dim`) for several queries at once: each row is read
+/// from memory once and compared with every query while it is in L1, so a batch costs one pass
+/// over the segment instead of one per query. `is_deleted` is asked only for rows that would
+/// enter a top-k, so tombstone checks cost nothing on the common path.
 pub fn scan_rows(
     metric: Metric,
-    query: &[f32],
+    queries: &[Vec<f32>],
     vectors: &[f32],
     dim: usize,
     segment: SegmentId,
-    top: &mut TopK<RowKey>,
+    tops: &mut [TopK<RowKey>],
     is_deleted: impl Fn(u32) -> bool,
 ) {
+    debug_assert_eq!(queries.len(), tops.len());
     for (row, v) in vectors.chunks_exact(dim).enumerate() {
-        let d = distance(metric, query, v);
-        if d < top.threshold() && !is_deleted(row as u32) {
-            top.push(d, (segment, row as u32));
+        for (q, top) in queries.iter().zip(tops.iter_mut()) {
+            let d = distance(metric, q, v);
+            if d < top.threshold() && !is_deleted(row as u32) {
+                top.push(d, (segment, row as u32));
+            }
         }
     }
 }

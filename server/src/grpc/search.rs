@@ -78,16 +78,9 @@ impl Search for SearchService {
             .searches
             .into_iter()
             .enumerate()
-            .map(|(i, r)| query(r, max_k).map_err(|e| with_index(i, e)))
+            .map(|(i, r)| query(r, max_k).map_err(|e| with_index(i, e.into())))
             .collect::<Result<Vec<_>, Status>>()?;
-        let results = blocking(move || {
-            use rayon::prelude::*;
-            Ok(queries
-                .into_par_iter()
-                .map(|q| run(&engine, q))
-                .collect::<Vec<_>>())
-        })
-        .await?;
+        let results = blocking(move || Ok(run_batch(&engine, &queries))).await?;
         let results = results
             .into_iter()
             .enumerate()
@@ -97,8 +90,56 @@ impl Search for SearchService {
     }
 }
 
+/// Runs a batch: queries on the same collection (and output options) share one pass over
+/// each segment. Results come back in request order.
+fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchResponse, Status>> {
+    let mut groups: std::collections::BTreeMap<(&str, bool, bool), Vec<usize>> = Default::default();
+    for (i, q) in queries.iter().enumerate() {
+        groups
+            .entry((
+                q.collection.as_str(),
+                q.opts.with_vectors,
+                q.opts.with_payload,
+            ))
+            .or_default()
+            .push(i);
+    }
+    let mut out: Vec<Option<Result<pb::SearchResponse, Status>>> =
+        queries.iter().map(|_| None).collect();
+    for ((name, _, _), idxs) in groups {
+        let opts = queries[idxs[0]].opts;
+        let started = Instant::now();
+        match engine.collection(name) {
+            Ok(c) => {
+                let batch: Vec<(&[f32], usize)> = idxs
+                    .iter()
+                    .map(|&i| (queries[i].vector.as_slice(), queries[i].k))
+                    .collect();
+                let results = c.search_batch(&batch, opts);
+                let took_us = started.elapsed().as_micros() as u64;
+                for (&i, r) in idxs.iter().zip(results) {
+                    out[i] = Some(r.map_err(|e| ApiError::from(e).into()).map(|hits| {
+                        pb::SearchResponse {
+                            hits: hits.into_iter().map(convert::scored).collect(),
+                            took_us,
+                        }
+                    }));
+                }
+            }
+            Err(e) => {
+                let status = Status::from(ApiError::from(e));
+                for &i in &idxs {
+                    out[i] = Some(Err(status.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Status::internal("search not run"))))
+        .collect()
+}
+
 /// Names the failing search of a batch in the error, keeping its status code.
-fn with_index(i: usize, e: ApiError) -> Status {
-    let s = Status::from(e);
+fn with_index(i: usize, s: Status) -> Status {
     Status::new(s.code(), format!("searches[{i}]: {}", s.message()))
 }

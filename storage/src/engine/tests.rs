@@ -361,3 +361,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn search_batch_equals_single_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let dim = 9;
+    let c = engine
+        .create_collection(config("b", dim, Metric::L2, 100))
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let points: Vec<PointWrite> = (0..350u64)
+        .map(|i| PointWrite {
+            id: PointId::Num(i),
+            vector: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            payload: None,
+        })
+        .collect();
+    c.upsert(points).unwrap();
+    c.delete((0..350u64).step_by(7).map(PointId::Num).collect())
+        .unwrap();
+    let qs: Vec<Vec<f32>> = (0..70)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let bad = vec![1.0f32; dim + 1];
+    let mut batch: Vec<(&[f32], usize)> = qs
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.as_slice(), 1 + i % 13))
+        .collect();
+    batch.insert(5, (bad.as_slice(), 3));
+    let results = c.search_batch(&batch, ReadOptions::default());
+    assert_eq!(results.len(), batch.len());
+    for ((q, k), r) in batch.iter().zip(results) {
+        match c.search(q, *k, ReadOptions::default()) {
+            Ok(single) => assert_eq!(r.unwrap(), single),
+            Err(_) => assert!(matches!(r, Err(Error::DimensionMismatch { .. }))),
+        }
+    }
+}

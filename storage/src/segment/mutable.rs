@@ -128,15 +128,15 @@ impl MutableSegment {
             .map(|(r, id)| (r as u32, id))
     }
 
-    /// Exact scan into `top`.
-    pub fn scan(&self, metric: Metric, query: &[f32], top: &mut TopK<RowKey>) {
+    /// Exact scan for a group of queries, one top-k each.
+    pub fn scan(&self, metric: Metric, queries: &[Vec<f32>], tops: &mut [TopK<RowKey>]) {
         scan_rows(
             metric,
-            query,
+            queries,
             &self.vectors,
             self.dim,
             self.id,
-            top,
+            tops,
             |row| !self.live[row as usize],
         );
     }

@@ -371,16 +371,16 @@ impl SealedSegment {
         self.try_id(row).expect("invariant: ids validated at open")
     }
 
-    /// Exact scan into `top`, skipping tombstoned rows.
-    pub fn scan(&self, metric: Metric, query: &[f32], top: &mut TopK<RowKey>) {
+    /// Exact scan for a group of queries, one top-k each, skipping tombstoned rows.
+    pub fn scan(&self, metric: Metric, queries: &[Vec<f32>], tops: &mut [TopK<RowKey>]) {
         let deleted = self.read_deleted();
         scan_rows(
             metric,
-            query,
+            queries,
             self.vectors(),
             self.dim,
             self.id,
-            top,
+            tops,
             |row| deleted.contains(row),
         );
     }
