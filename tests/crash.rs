@@ -10,7 +10,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const DIM: usize = 8;
-const ITERATIONS: usize = 20;
+/// Kill points per run; `QUIVER_CRASH_ITERATIONS` raises it for longer local runs.
+fn iterations() -> usize {
+    std::env::var("QUIVER_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 
 /// What the model knows: id → version of its vector (None = deleted), acknowledged only.
 type Model = HashMap<u64, Option<u64>>;
@@ -94,7 +100,8 @@ async fn kill9_loses_no_acknowledged_write() {
     let mut model: Model = HashMap::new();
     let mut version = 0u64;
     let started = Instant::now();
-    for iteration in 0..ITERATIONS {
+    let iterations = iterations();
+    for iteration in 0..iterations {
         let mut c = server.client().await;
         // Write from a task; kill the server from here at a random moment.
         let kill_after = Duration::from_millis(rng.random_range(20..400));
@@ -225,7 +232,7 @@ async fn kill9_loses_no_acknowledged_write() {
         );
     }
     eprintln!(
-        "{ITERATIONS} kill -9 iterations, {} ids tracked, in {:?}",
+        "{iterations} kill -9 iterations, {} ids tracked, in {:?}",
         model.len(),
         started.elapsed()
     );
