@@ -1,0 +1,5 @@
+//! Vector indexes over sealed segments. The exact scan in [`crate::segment`] is the reference;
+//! an index returns candidates that the caller re-ranks exactly from the segment's vectors.
+pub mod ivf;
+pub mod kmeans;
+pub mod pq;

@@ -1,0 +1,267 @@
+//! k-means (Lloyd) for the IVF coarse quantizer and the PQ codebooks.
+//!
+//! Seeded and deterministic: sampled initialisation (distinct random rows, as FAISS does —
+//! k-means++ costs O(n·k·d) per centre, too slow for k = 1024), bounded iterations with a
+//! relative-objective tolerance, empty clusters repaired by splitting the largest one, and
+//! assignment in parallel (rayon) with a fixed chunking so results do not depend on threads.
+use rayon::prelude::*;
+
+use crate::distance::l2sq;
+
+/// Training parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct KMeansParams {
+    /// Number of centroids.
+    pub k: usize,
+    /// Iteration cap.
+    pub max_iters: usize,
+    /// Stop when the objective improves by less than this fraction.
+    pub tolerance: f64,
+    /// Seed for sampling and initialisation.
+    pub seed: u64,
+    /// Training rows per centroid (sample size = k × this, capped by the data).
+    pub max_points_per_centroid: usize,
+}
+
+impl KMeansParams {
+    /// Defaults for `k` centroids.
+    pub fn new(k: usize, seed: u64) -> Self {
+        KMeansParams {
+            k,
+            max_iters: 20,
+            tolerance: 1e-4,
+            seed,
+            max_points_per_centroid: 256,
+        }
+    }
+}
+
+/// SplitMix64: a tiny, stable PRNG, so trained indexes are identical across builds and versions.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+}
+
+/// `count` distinct row indices out of `n` (all of them, in order, if `count >= n`).
+pub fn sample_rows(n: usize, count: usize, rng: &mut SplitMix64) -> Vec<usize> {
+    if count >= n {
+        return (0..n).collect();
+    }
+    // Partial Fisher–Yates over a virtual permutation (a map of swapped slots).
+    let mut swapped = std::collections::HashMap::with_capacity(count * 2);
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let j = i + rng.below(n - i);
+        let vj = *swapped.get(&j).unwrap_or(&j);
+        let vi = *swapped.get(&i).unwrap_or(&i);
+        swapped.insert(j, vi);
+        out.push(vj);
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Index of the nearest centroid (L2) and its squared distance.
+#[inline]
+pub fn nearest(x: &[f32], centroids: &[f32], dim: usize) -> (usize, f32) {
+    let mut best = (0, f32::INFINITY);
+    for (c, cent) in centroids.chunks_exact(dim).enumerate() {
+        let d = l2sq(x, cent);
+        if d < best.1 {
+            best = (c, d);
+        }
+    }
+    best
+}
+
+const CHUNK: usize = 4096;
+
+/// Assigns every row to its nearest centroid, in parallel; returns (assignment, objective).
+pub fn assign(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, f64) {
+    let parts: Vec<(Vec<u32>, f64)> = data
+        .par_chunks(CHUNK * dim)
+        .map(|chunk| {
+            let mut a = Vec::with_capacity(chunk.len() / dim);
+            let mut obj = 0.0f64;
+            for x in chunk.chunks_exact(dim) {
+                let (c, d) = nearest(x, centroids, dim);
+                a.push(c as u32);
+                obj += f64::from(d);
+            }
+            (a, obj)
+        })
+        .collect();
+    let mut assignment = Vec::with_capacity(data.len() / dim);
+    let mut objective = 0.0;
+    for (a, o) in parts {
+        assignment.extend(a);
+        objective += o;
+    }
+    (assignment, objective)
+}
+
+/// Trains `params.k` centroids on row-major `data` of dimension `dim`. Returns `k × dim`
+/// floats. With fewer rows than `k`, the surplus centroids repeat rows (never NaN).
+pub fn train(data: &[f32], dim: usize, params: &KMeansParams) -> Vec<f32> {
+    let n = data.len() / dim;
+    let k = params.k.max(1);
+    let mut rng = SplitMix64::new(params.seed);
+    if n == 0 {
+        return vec![0.0; k * dim];
+    }
+    // Training sample.
+    let sample_rows_idx = sample_rows(
+        n,
+        k.saturating_mul(params.max_points_per_centroid),
+        &mut rng,
+    );
+    let sample: Vec<f32> = if sample_rows_idx.len() == n {
+        data.to_vec()
+    } else {
+        sample_rows_idx
+            .iter()
+            .flat_map(|&r| data[r * dim..(r + 1) * dim].iter().copied())
+            .collect()
+    };
+    let ns = sample.len() / dim;
+    // Initialise from distinct sample rows.
+    let init = sample_rows(ns, k, &mut rng);
+    let mut centroids: Vec<f32> = Vec::with_capacity(k * dim);
+    for i in 0..k {
+        let r = init[i % init.len()];
+        centroids.extend_from_slice(&sample[r * dim..(r + 1) * dim]);
+    }
+    if ns <= k {
+        return centroids;
+    }
+    let mut prev = f64::INFINITY;
+    for _ in 0..params.max_iters {
+        let (assignment, objective) = assign(&sample, dim, &centroids);
+        // New centroids: mean of assigned rows (f64 accumulation).
+        let mut sums = vec![0.0f64; k * dim];
+        let mut counts = vec![0usize; k];
+        for (x, &c) in sample.chunks_exact(dim).zip(&assignment) {
+            let c = c as usize;
+            counts[c] += 1;
+            for (s, v) in sums[c * dim..(c + 1) * dim].iter_mut().zip(x) {
+                *s += f64::from(*v);
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0 {
+                for (dst, s) in centroids[c * dim..(c + 1) * dim]
+                    .iter_mut()
+                    .zip(&sums[c * dim..(c + 1) * dim])
+                {
+                    *dst = (*s / counts[c] as f64) as f32;
+                }
+            }
+        }
+        repair_empty(&mut centroids, &mut counts, dim, &mut rng);
+        if prev.is_finite()
+            && (prev - objective).abs() <= params.tolerance * prev.abs().max(f64::MIN_POSITIVE)
+        {
+            break;
+        }
+        prev = objective;
+    }
+    centroids
+}
+
+/// Splits the largest cluster for every empty one: the empty centroid becomes a slightly
+/// perturbed copy of the large one (and the large one is nudged the other way), as FAISS does.
+fn repair_empty(centroids: &mut [f32], counts: &mut [usize], dim: usize, rng: &mut SplitMix64) {
+    const EPS: f32 = 1.0 / 1024.0;
+    for empty in 0..counts.len() {
+        if counts[empty] > 0 {
+            continue;
+        }
+        let big = (0..counts.len())
+            .max_by_key(|&c| (counts[c], std::cmp::Reverse(c)))
+            .unwrap_or(0);
+        if counts[big] < 2 {
+            return;
+        }
+        for j in 0..dim {
+            let v = centroids[big * dim + j];
+            let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+            centroids[empty * dim + j] = v * (1.0 + sign * EPS);
+            centroids[big * dim + j] = v * (1.0 - sign * EPS);
+        }
+        counts[empty] = counts[big] / 2;
+        counts[big] -= counts[empty];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs(n_per: usize, centers: &[[f32; 2]], seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        let mut out = Vec::new();
+        for c in centers {
+            for _ in 0..n_per {
+                out.push(c[0] + (rng.below(1000) as f32 / 1000.0 - 0.5) * 0.2);
+                out.push(c[1] + (rng.below(1000) as f32 / 1000.0 - 0.5) * 0.2);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn finds_separated_blobs_and_is_deterministic() {
+        let centers = [[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]];
+        let data = blobs(200, &centers, 1);
+        let p = KMeansParams::new(4, 42);
+        let c1 = train(&data, 2, &p);
+        let c2 = train(&data, 2, &p);
+        assert_eq!(c1, c2, "same seed, same centroids");
+        for want in centers {
+            let (_, d) = nearest(&want, &c1, 2);
+            assert!(d < 0.05, "no centroid near {want:?}: {c1:?}");
+        }
+    }
+
+    #[test]
+    fn repairs_empty_clusters_and_handles_tiny_inputs() {
+        // 3 distinct points, 8 centroids: never NaN, every centroid a finite point.
+        let data = vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0];
+        let c = train(&data, 2, &KMeansParams::new(8, 1));
+        assert_eq!(c.len(), 16);
+        assert!(c.iter().all(|x| x.is_finite()));
+        // Duplicated rows force empty clusters during Lloyd iterations.
+        let mut dup = Vec::new();
+        for i in 0..500 {
+            dup.extend_from_slice(&[(i % 3) as f32, 0.0]);
+        }
+        let c = train(&dup, 2, &KMeansParams::new(6, 3));
+        assert!(c.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn sample_rows_are_distinct() {
+        let mut rng = SplitMix64::new(9);
+        let s = sample_rows(1000, 300, &mut rng);
+        let set: std::collections::HashSet<_> = s.iter().collect();
+        assert_eq!(set.len(), 300);
+        assert!(s.iter().all(|&r| r < 1000));
+    }
+}

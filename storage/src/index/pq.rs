@@ -1,0 +1,179 @@
+//! Product quantizer with 8-bit codes: `m` sub-spaces of `dim / m` dimensions, 256 centroids
+//! each, trained by k-means per sub-space (in parallel). Distances are computed by asymmetric
+//! distance computation (ADC): a lookup table per query holds the distance from each query
+//! sub-vector to each of the 256 centroids of its sub-space, and a code's distance is the sum
+//! of `m` table entries.
+use rayon::prelude::*;
+
+use crate::distance::{dot, l2sq};
+use crate::index::kmeans::{self, KMeansParams};
+
+/// Centroids per sub-space (8-bit codes).
+pub const KSUB: usize = 256;
+
+/// A trained product quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductQuantizer {
+    /// Full dimension.
+    pub dim: usize,
+    /// Sub-spaces.
+    pub m: usize,
+    /// `m × KSUB × dsub` floats: centroid `c` of sub-space `j` at `(j·KSUB + c)·dsub`.
+    pub codebooks: Vec<f32>,
+}
+
+/// The default number of sub-spaces for a dimension: 2-d sub-vectors up to 64 dims, 4-d up to
+/// 256, 8-d beyond, then the largest divisor of `dim` not above that.
+pub fn default_m(dim: usize) -> usize {
+    let dsub = if dim <= 64 {
+        2
+    } else if dim <= 256 {
+        4
+    } else {
+        8
+    };
+    let target = (dim / dsub).max(1);
+    (1..=target).rev().find(|m| dim % m == 0).unwrap_or(1)
+}
+
+impl ProductQuantizer {
+    /// Dimensions per sub-space.
+    pub fn dsub(&self) -> usize {
+        self.dim / self.m
+    }
+
+    /// Trains on row-major `data` (residuals).
+    pub fn train(data: &[f32], dim: usize, m: usize, seed: u64) -> ProductQuantizer {
+        assert!(m > 0 && dim % m == 0, "invariant: m divides dim");
+        let dsub = dim / m;
+        let n = data.len() / dim;
+        let books: Vec<Vec<f32>> = (0..m)
+            .into_par_iter()
+            .map(|j| {
+                let sub: Vec<f32> = (0..n)
+                    .flat_map(|r| {
+                        data[r * dim + j * dsub..r * dim + (j + 1) * dsub]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                let mut p = KMeansParams::new(KSUB, seed ^ (j as u64).wrapping_mul(0x9E37_79B9));
+                p.max_iters = 15;
+                kmeans::train(&sub, dsub, &p)
+            })
+            .collect();
+        ProductQuantizer {
+            dim,
+            m,
+            codebooks: books.concat(),
+        }
+    }
+
+    fn centroid(&self, j: usize, c: usize) -> &[f32] {
+        let dsub = self.dsub();
+        let s = (j * KSUB + c) * dsub;
+        &self.codebooks[s..s + dsub]
+    }
+
+    /// Encodes `x` into `out` (`m` bytes).
+    pub fn encode(&self, x: &[f32], out: &mut [u8]) {
+        let dsub = self.dsub();
+        for (j, o) in out.iter_mut().enumerate().take(self.m) {
+            let book = &self.codebooks[j * KSUB * dsub..(j + 1) * KSUB * dsub];
+            *o = kmeans::nearest(&x[j * dsub..(j + 1) * dsub], book, dsub).0 as u8;
+        }
+    }
+
+    /// Reconstructs a vector from its code.
+    pub fn decode(&self, code: &[u8], out: &mut Vec<f32>) {
+        out.clear();
+        for (j, &c) in code.iter().enumerate() {
+            out.extend_from_slice(self.centroid(j, c as usize));
+        }
+    }
+
+    /// ADC table for inner products: `lut[j·256 + c] = q_j · centroid(j, c)`.
+    pub fn ip_table(&self, q: &[f32], lut: &mut Vec<f32>) {
+        let dsub = self.dsub();
+        lut.clear();
+        for j in 0..self.m {
+            let qj = &q[j * dsub..(j + 1) * dsub];
+            lut.extend((0..KSUB).map(|c| dot(qj, self.centroid(j, c))));
+        }
+    }
+
+    /// ADC table for squared L2: `lut[j·256 + c] = ‖r_j − centroid(j, c)‖²`.
+    pub fn l2_table(&self, r: &[f32], lut: &mut Vec<f32>) {
+        let dsub = self.dsub();
+        lut.clear();
+        for j in 0..self.m {
+            let rj = &r[j * dsub..(j + 1) * dsub];
+            lut.extend((0..KSUB).map(|c| l2sq(rj, self.centroid(j, c))));
+        }
+    }
+}
+
+/// Sum of the table entries a code selects.
+#[inline]
+pub fn adc(lut: &[f32], code: &[u8]) -> f32 {
+    let mut s = 0.0f32;
+    for (j, &c) in code.iter().enumerate() {
+        s += lut[j * KSUB + c as usize];
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::kmeans::SplitMix64;
+
+    fn random(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n * dim)
+            .map(|_| rng.below(20_000) as f32 / 10_000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(default_m(50), 25);
+        assert_eq!(default_m(384), 48);
+        assert_eq!(default_m(1536), 192);
+        assert_eq!(default_m(7), 1);
+        assert_eq!(default_m(1), 1);
+    }
+
+    #[test]
+    fn encode_decode_reduces_error_and_adc_matches_decoded_distance() {
+        let dim = 8;
+        let data = random(3000, dim, 5);
+        let pq = ProductQuantizer::train(&data, dim, 4, 7);
+        assert_eq!(
+            pq,
+            ProductQuantizer::train(&data, dim, 4, 7),
+            "deterministic for a fixed seed"
+        );
+        let mut code = vec![0u8; 4];
+        let mut rec = Vec::new();
+        let mut err = 0.0f64;
+        let mut norm = 0.0f64;
+        let q = random(1, dim, 99);
+        let (mut lut_ip, mut lut_l2) = (Vec::new(), Vec::new());
+        pq.ip_table(&q, &mut lut_ip);
+        pq.l2_table(&q, &mut lut_l2);
+        for x in data.chunks_exact(dim).take(500) {
+            pq.encode(x, &mut code);
+            pq.decode(&code, &mut rec);
+            err += f64::from(l2sq(x, &rec));
+            norm += f64::from(dot(x, x));
+            assert!((adc(&lut_ip, &code) - dot(&q, &rec)).abs() < 1e-4);
+            assert!((adc(&lut_l2, &code) - l2sq(&q, &rec)).abs() < 1e-4);
+        }
+        assert!(
+            err / norm < 0.1,
+            "relative reconstruction error {}",
+            err / norm
+        );
+    }
+}
