@@ -1,7 +1,8 @@
 //! Criterion benches: distance kernels (simsimd) and the engine's exact search.
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use quiver_storage::{
-    CollectionConfig, Engine, EngineOptions, Metric, PointId, PointWrite, ReadOptions, distance,
+    CollectionConfig, Engine, EngineOptions, Metric, PointId, PointWrite, ReadOptions,
+    SearchParams, distance,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -69,8 +70,13 @@ fn exact_search(c: &mut Criterion) {
     c.bench_function("exact_search_100k_d50_k10", |b| {
         b.iter(|| {
             i = (i + 1) % queries.len();
-            coll.search(&queries[i], 10, ReadOptions::default())
-                .expect("search")
+            coll.search(
+                &queries[i],
+                10,
+                ReadOptions::default(),
+                SearchParams::default(),
+            )
+            .expect("search")
         })
     });
 }

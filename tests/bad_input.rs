@@ -194,10 +194,11 @@ async fn invalid_requests_get_precise_statuses() {
         "metric",
     ));
     cases.push((
-        "ivf_pq not yet",
+        "4-bit pq not yet",
         col.create(pb::CreateCollectionRequest {
             index: Some(pb::IndexParams {
                 kind: pb::IndexKind::IvfPq as i32,
+                pq_bits: 4,
                 ..Default::default()
             }),
             ..create("z", 4, pb::Metric::L2)
@@ -205,7 +206,22 @@ async fn invalid_requests_get_precise_statuses() {
         .await
         .unwrap_err(),
         Code::InvalidArgument,
-        "index.kind",
+        "index.pq_bits",
+    ));
+    cases.push((
+        "pq_m does not divide dim",
+        col.create(pb::CreateCollectionRequest {
+            index: Some(pb::IndexParams {
+                kind: pb::IndexKind::IvfPq as i32,
+                pq_m: 3,
+                ..Default::default()
+            }),
+            ..create("z", 4, pb::Metric::L2)
+        })
+        .await
+        .unwrap_err(),
+        Code::InvalidArgument,
+        "index.pq_m",
     ));
     cases.push((
         "get unknown collection",
@@ -252,6 +268,28 @@ async fn invalid_requests_get_precise_statuses() {
         s.search(search(vec![0.0; 4], 5)).await.unwrap_err(),
         Code::InvalidArgument,
         "zero vector",
+    ));
+    cases.push((
+        "nprobe zero",
+        s.search(pb::SearchRequest {
+            nprobe: Some(0),
+            ..search(vec![1.0; 4], 5)
+        })
+        .await
+        .unwrap_err(),
+        Code::InvalidArgument,
+        "nprobe",
+    ));
+    cases.push((
+        "refine out of range",
+        s.search(pb::SearchRequest {
+            refine_factor: Some(5000),
+            ..search(vec![1.0; 4], 5)
+        })
+        .await
+        .unwrap_err(),
+        Code::InvalidArgument,
+        "refine_factor",
     ));
     cases.push((
         "k too large",

@@ -29,6 +29,14 @@ enum MetricArg {
     Dot,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IndexArg {
+    /// Exact scan only.
+    Flat,
+    /// IVF-PQ (8-bit codes) per sealed segment, exact re-rank.
+    IvfPq,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Manage collections.
@@ -92,9 +100,15 @@ enum Cmd {
         /// Number of results.
         #[arg(long, default_value_t = 10)]
         k: u32,
-        /// Force the exact scan.
+        /// Force the exact scan (ignore indexes).
         #[arg(long)]
         exact: bool,
+        /// IVF lists probed per segment (index default: nlist/16, at least 8).
+        #[arg(long)]
+        nprobe: Option<u32>,
+        /// Re-rank k × F index candidates exactly (default 4).
+        #[arg(long = "refine")]
+        refine: Option<u32>,
         /// Include stored vectors.
         #[arg(long)]
         with_vectors: bool,
@@ -131,6 +145,15 @@ enum CollectionCmd {
         /// Rows kept in memory before a segment is sealed to disk (server default if unset).
         #[arg(long)]
         segment_max_rows: Option<u32>,
+        /// Vector index for sealed segments.
+        #[arg(long, value_enum, default_value = "flat")]
+        index: IndexArg,
+        /// IVF lists per segment (default ≈ 4·√rows).
+        #[arg(long)]
+        nlist: Option<u32>,
+        /// PQ sub-spaces; must divide the dimension (default from the dimension).
+        #[arg(long)]
+        pq_m: Option<u32>,
     },
     /// List collections.
     List {
@@ -185,8 +208,15 @@ fn metric_name(m: i32) -> &'static str {
 fn info_json(i: &pb::CollectionInfo) -> Value {
     let c = i.config.clone().unwrap_or_default();
     let s = i.stats.clone().unwrap_or_default();
+    let ix = c.index.unwrap_or_default();
+    let kind = match pb::IndexKind::try_from(ix.kind) {
+        Ok(pb::IndexKind::IvfPq) => "ivf_pq",
+        _ => "flat",
+    };
+    let auto = |v: u32| if v == 0 { json!("auto") } else { json!(v) };
     json!({
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
+        "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m),
         "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points,
         "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index": s.index_state,
         "last_lsn": s.last_lsn, "checkpoint_lsn": s.checkpoint_lsn,
@@ -436,6 +466,9 @@ async fn run(cli: Cli) -> Result<()> {
                 dim,
                 metric,
                 segment_max_rows,
+                index,
+                nlist,
+                pq_m,
             } => {
                 let metric = match metric {
                     MetricArg::Cosine => pb::Metric::Cosine,
@@ -446,7 +479,15 @@ async fn run(cli: Cli) -> Result<()> {
                     name: name.clone(),
                     dim,
                     metric: metric as i32,
-                    index: None,
+                    index: Some(pb::IndexParams {
+                        kind: match index {
+                            IndexArg::Flat => pb::IndexKind::Flat,
+                            IndexArg::IvfPq => pb::IndexKind::IvfPq,
+                        } as i32,
+                        nlist: nlist.unwrap_or(0),
+                        pq_m: pq_m.unwrap_or(0),
+                        pq_bits: 0,
+                    }),
                     segment_max_rows,
                 };
                 client
@@ -565,6 +606,8 @@ async fn run(cli: Cli) -> Result<()> {
             like,
             k,
             exact,
+            nprobe,
+            refine,
             with_vectors,
             json,
         } => {
@@ -575,6 +618,8 @@ async fn run(cli: Cli) -> Result<()> {
                 with_payload: true,
                 with_vectors,
                 vector: Vec::new(),
+                nprobe,
+                refine_factor: refine,
             };
             if let Some(path) = queries {
                 let name = path.display().to_string();

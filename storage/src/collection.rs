@@ -22,15 +22,16 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::TopK;
+use crate::distance::{TopK, distance};
 use crate::error::{Error, Result};
+use crate::index::ivf::{self, IvfPqIndex, IvfPqParams};
 use crate::meta::{MetaOp, MetaStore, Space};
 use crate::segment::mutable::MutableSegment;
 use crate::segment::sealed::{SealedSegment, tombstone_file_name, write_segment, write_tombstones};
 use crate::segment::{RowKey, SegmentId};
 use crate::types::{
-    CollectionConfig, Hit, Metric, PointId, PointRecord, PointWrite, ReadOptions, normalize,
-    validate_vector,
+    CollectionConfig, Hit, IndexKind, MIN_INDEXED_ROWS, Metric, PointId, PointRecord, PointWrite,
+    ReadOptions, SearchParams, normalize, validate_vector,
 };
 use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
 
@@ -260,6 +261,9 @@ impl Collection {
             )?));
         }
         cleanup_segments_dir(&seg_dir, &record)?;
+        for s in &sealed {
+            load_or_build_index(s, &record.config);
+        }
         let mut state = State {
             mutable: Arc::new(RwLock::new(MutableSegment::new(
                 record.next_segment_id,
@@ -379,8 +383,14 @@ impl Collection {
 
     /// Exact k-nearest-neighbour search over every segment.
     #[tracing::instrument(skip_all, fields(collection = %self.config.name, k))]
-    pub fn search(&self, query: &[f32], k: usize, opts: ReadOptions) -> Result<Vec<Hit>> {
-        self.search_batch(&[(query, k)], opts)
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        opts: ReadOptions,
+        params: SearchParams,
+    ) -> Result<Vec<Hit>> {
+        self.search_batch(&[(query, k)], opts, params)
             .pop()
             .expect("invariant: one result per query")
     }
@@ -393,6 +403,7 @@ impl Collection {
         &self,
         queries: &[(&[f32], usize)],
         opts: ReadOptions,
+        params: SearchParams,
     ) -> Vec<Result<Vec<Hit>>> {
         let checked: Vec<Result<Vec<f32>>> = queries
             .iter()
@@ -418,7 +429,10 @@ impl Collection {
                     .par_iter()
                     .map(|s| {
                         let mut t = fresh();
-                        s.scan(metric, qs, &mut t);
+                        match s.index().filter(|_| !params.exact) {
+                            Some(idx) => search_index(s, idx, metric, qs, ks, params, &mut t),
+                            None => s.scan(metric, qs, &mut t),
+                        }
                         t
                     })
                     .reduce(fresh, |mut a, b| {
@@ -625,10 +639,46 @@ impl Collection {
             mutable_points,
             bytes_on_disk: wal_bytes + snap.sealed.iter().map(|s| s.bytes_on_disk()).sum::<u64>(),
             wal_bytes,
-            index_state: "flat (exact scan)".to_owned(),
+            index_state: self.index_state(&snap.sealed),
             last_lsn: self.last_lsn.load(Ordering::Acquire),
             checkpoint_lsn,
         }
+    }
+
+    fn index_state(&self, sealed: &[Arc<SealedSegment>]) -> String {
+        match self.config.index.kind {
+            IndexKind::Flat => "flat (exact scan)".to_owned(),
+            IndexKind::IvfPq => {
+                let (built, indexable) = index_progress(sealed);
+                let params = sealed
+                    .iter()
+                    .find_map(|s| s.index())
+                    .map(|i| {
+                        format!(
+                            " (nlist {} in the first indexed segment, pq_m {})",
+                            i.nlist(),
+                            i.m()
+                        )
+                    })
+                    .unwrap_or_default();
+                let state = if built == indexable {
+                    "ready"
+                } else {
+                    "building"
+                };
+                format!(
+                    "ivf_pq {state}: {built}/{indexable} sealed segments indexed{params}; smaller and in-memory segments are scanned exactly"
+                )
+            }
+        }
+    }
+
+    /// (indexed, indexable) sealed segments: indexes are built in the background.
+    pub fn index_progress(&self) -> (usize, usize) {
+        if self.config.index.kind == IndexKind::Flat {
+            return (0, 0);
+        }
+        index_progress(&self.snapshot().sealed)
     }
 
     fn maybe_seal(&self) -> Result<()> {
@@ -791,6 +841,9 @@ impl Collection {
         } else {
             None
         };
+        if let Some(s) = &sealed {
+            load_or_build_index(s, &self.config);
+        }
         {
             let mut st = write(&self.state);
             if let Some(s) = sealed {
@@ -826,6 +879,83 @@ impl Collection {
     /// Marks the collection dropped: later writes fail with `CollectionNotFound`.
     pub(crate) fn mark_dropped(&self) {
         lock(&self.writer).dropped = true;
+    }
+}
+
+fn index_progress(sealed: &[Arc<SealedSegment>]) -> (usize, usize) {
+    let indexable: Vec<_> = sealed
+        .iter()
+        .filter(|s| s.rows() >= MIN_INDEXED_ROWS)
+        .collect();
+    (
+        indexable.iter().filter(|s| s.index().is_some()).count(),
+        indexable.len(),
+    )
+}
+
+/// Candidates from the segment's index, re-ranked exactly from its memory-mapped vectors.
+fn search_index(
+    s: &SealedSegment,
+    idx: &IvfPqIndex,
+    metric: Metric,
+    queries: &[Vec<f32>],
+    ks: &[usize],
+    params: SearchParams,
+    tops: &mut [TopK<RowKey>],
+) {
+    let deleted = s.deleted_guard();
+    let nprobe = params.nprobe.unwrap_or_else(|| (idx.nlist() / 16).max(8));
+    let refine = params.refine.unwrap_or(4).max(1);
+    for ((q, top), &k) in queries.iter().zip(tops.iter_mut()).zip(ks) {
+        let cands = idx.search(q, nprobe, k.saturating_mul(refine), |r| deleted.contains(r));
+        for c in cands.into_sorted() {
+            top.push(distance(metric, q, s.vector(c.key)), (s.id, c.key));
+        }
+    }
+}
+
+/// Serialises index builds: each uses every core through rayon already.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Loads a sealed segment's index file, or builds it on a background thread. A damaged file
+/// is reported and rebuilt; until an index is ready the segment is scanned exactly.
+fn load_or_build_index(seg: &Arc<SealedSegment>, config: &CollectionConfig) {
+    if config.index.kind != IndexKind::IvfPq || seg.rows() < MIN_INDEXED_ROWS {
+        return;
+    }
+    match IvfPqIndex::open(seg.dir(), config.dim, config.metric, seg.rows() as usize) {
+        Ok(Some(idx)) => return seg.set_index(Arc::new(idx)),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(segment = seg.id, error = %e, "index file unusable; rebuilding it");
+            let _ = fs::remove_file(seg.dir().join(ivf::FILE_NAME));
+        }
+    }
+    let weak = Arc::downgrade(seg);
+    let (name, dim, metric) = (config.name.clone(), config.dim, config.metric);
+    let (nlist, m) = (
+        config.index.nlist.map(|n| n as usize),
+        config.index.pq_m.map(|m| m as usize),
+    );
+    let spawned = std::thread::Builder::new().name("quiver-index".into()).spawn(move || {
+        let _guard = lock(&BUILD_LOCK);
+        // A dropped collection cancels the build.
+        let Some(seg) = weak.upgrade() else { return };
+        let started = std::time::Instant::now();
+        let params = IvfPqParams::for_data(seg.rows() as usize, dim, nlist, m);
+        let built = ivf::build(seg.dir(), seg.vectors(), dim, metric, params)
+            .and_then(|()| IvfPqIndex::open(seg.dir(), dim, metric, seg.rows() as usize));
+        match built {
+            Ok(Some(idx)) => {
+                tracing::info!(collection = %name, segment = seg.id, rows = seg.rows(), nlist = idx.nlist(), m = idx.m(), ms = started.elapsed().as_millis() as u64, "IVF-PQ index built");
+                seg.set_index(Arc::new(idx));
+            }
+            Ok(None) => tracing::error!(collection = %name, segment = seg.id, "index file vanished after the build"),
+            Err(e) => tracing::error!(collection = %name, segment = seg.id, error = %e, "index build failed; the segment stays on exact scan"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start an index build thread");
     }
 }
 

@@ -23,6 +23,6 @@ pub use error::{Error, Result};
 pub use segment::RowKey;
 pub use types::{
     CollectionConfig, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind, Metric, PointId,
-    PointRecord, PointWrite, ReadOptions,
+    PointRecord, PointWrite, ReadOptions, SearchParams,
 };
 pub use wal::{FsyncPolicy, Lsn};

@@ -117,9 +117,11 @@ impl std::str::FromStr for Metric {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum IndexKind {
-    /// Exact SIMD scan.
+    /// Exact SIMD scan only.
     #[default]
     Flat,
+    /// IVF-PQ per sealed segment (8-bit codes), built in the background, with exact re-rank.
+    IvfPq,
 }
 
 /// Index parameters as configured on the collection.
@@ -127,6 +129,26 @@ pub enum IndexKind {
 pub struct IndexConfig {
     /// Which index.
     pub kind: IndexKind,
+    /// Inverted lists per segment (`None`: ≈ 4·√rows).
+    #[serde(default)]
+    pub nlist: Option<u32>,
+    /// PQ sub-spaces (`None`: chosen from the dimension); must divide the dimension.
+    #[serde(default)]
+    pub pq_m: Option<u32>,
+}
+
+/// Segments with fewer rows are always scanned exactly (an index would not pay for itself).
+pub const MIN_INDEXED_ROWS: u32 = 1024;
+
+/// Per-query search parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SearchParams {
+    /// Scan every row exactly, ignoring indexes.
+    pub exact: bool,
+    /// IVF lists probed per segment (`None`: nlist / 16, at least 8).
+    pub nprobe: Option<usize>,
+    /// Candidates re-ranked exactly = k × refine (`None`: 4).
+    pub refine: Option<usize>,
 }
 
 /// Default number of rows in the mutable segment before it is sealed.
@@ -157,6 +179,17 @@ impl CollectionConfig {
                 "dim",
                 format!("must be between 1 and {MAX_DIM}, got {}", self.dim),
             ));
+        }
+        if let Some(m) = self.index.pq_m
+            && (m == 0 || !self.dim.is_multiple_of(m as usize))
+        {
+            return Err(Error::invalid(
+                "index.pq_m",
+                format!("{m} must divide the dimension {}", self.dim),
+            ));
+        }
+        if self.index.nlist == Some(0) {
+            return Err(Error::invalid("index.nlist", "must be at least 1"));
         }
         if !(16..=10_000_000).contains(&self.segment_max_rows) {
             return Err(Error::invalid(

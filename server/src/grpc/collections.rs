@@ -35,8 +35,15 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
             index: Some(pb::IndexParams {
                 kind: match cfg.index.kind {
                     IndexKind::Flat => pb::IndexKind::Flat as i32,
+                    IndexKind::IvfPq => pb::IndexKind::IvfPq as i32,
                 },
-                ..Default::default()
+                nlist: cfg.index.nlist.unwrap_or(0),
+                pq_m: cfg.index.pq_m.unwrap_or(0),
+                pq_bits: if cfg.index.kind == IndexKind::IvfPq {
+                    8
+                } else {
+                    0
+                },
             }),
             segment_max_rows: cfg.segment_max_rows,
         }),
@@ -57,19 +64,42 @@ fn index_config(p: Option<pb::IndexParams>) -> ApiResult<IndexConfig> {
     let Some(p) = p else {
         return Ok(IndexConfig::default());
     };
-    match pb::IndexKind::try_from(p.kind) {
-        Ok(pb::IndexKind::Unspecified | pb::IndexKind::Flat) => Ok(IndexConfig {
-            kind: IndexKind::Flat,
-        }),
-        Ok(pb::IndexKind::IvfPq) => Err(ApiError::bad(
-            "index.kind",
-            "INDEX_KIND_IVF_PQ is not available in this version; use INDEX_KIND_FLAT",
-        )),
-        Err(_) => Err(ApiError::bad(
-            "index.kind",
-            format!("unknown index kind {}", p.kind),
-        )),
+    let kind = match pb::IndexKind::try_from(p.kind) {
+        Ok(pb::IndexKind::Unspecified | pb::IndexKind::Flat) => IndexKind::Flat,
+        Ok(pb::IndexKind::IvfPq) => IndexKind::IvfPq,
+        Err(_) => {
+            return Err(ApiError::bad(
+                "index.kind",
+                format!("unknown index kind {}", p.kind),
+            ));
+        }
+    };
+    match p.pq_bits {
+        0 | 8 => {}
+        4 => {
+            return Err(ApiError::bad(
+                "index.pq_bits",
+                "4-bit fast-scan codes are not available yet; use 8",
+            ));
+        }
+        b => {
+            return Err(ApiError::bad(
+                "index.pq_bits",
+                format!("{b} is not supported; use 8"),
+            ));
+        }
     }
+    if kind == IndexKind::Flat && (p.nlist != 0 || p.pq_m != 0) {
+        return Err(ApiError::bad(
+            "index",
+            "nlist and pq_m apply to INDEX_KIND_IVF_PQ only",
+        ));
+    }
+    Ok(IndexConfig {
+        kind,
+        nlist: (p.nlist > 0).then_some(p.nlist),
+        pq_m: (p.pq_m > 0).then_some(p.pq_m),
+    })
 }
 
 #[tonic::async_trait]

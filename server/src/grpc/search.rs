@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::search_server::Search;
-use quiver_storage::{Engine, ReadOptions};
+use quiver_storage::{Engine, ReadOptions, SearchParams};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -30,9 +30,23 @@ struct Query {
     vector: Vec<f32>,
     k: usize,
     opts: ReadOptions,
+    params: SearchParams,
 }
 
 fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
+    let nprobe = match r.nprobe {
+        Some(0) => return Err(ApiError::bad("nprobe", "must be at least 1")),
+        n => n.map(|n| n as usize),
+    };
+    let refine = match r.refine_factor {
+        Some(f) if !(1..=1000).contains(&f) => {
+            return Err(ApiError::bad(
+                "refine_factor",
+                format!("{f} is outside 1..=1000"),
+            ));
+        }
+        f => f.map(|f| f as usize),
+    };
     Ok(Query {
         k: convert::k(r.k, max_k)?,
         collection: r.collection,
@@ -41,6 +55,11 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
             with_vectors: r.with_vectors,
             with_payload: r.with_payload,
         },
+        params: SearchParams {
+            exact: r.exact,
+            nprobe,
+            refine,
+        },
     })
 }
 
@@ -48,7 +67,7 @@ fn run(engine: &Engine, q: Query) -> ApiResult<pb::SearchResponse> {
     let started = Instant::now();
     let hits = engine
         .collection(&q.collection)?
-        .search(&q.vector, q.k, q.opts)?;
+        .search(&q.vector, q.k, q.opts, q.params)?;
     Ok(pb::SearchResponse {
         hits: hits.into_iter().map(convert::scored).collect(),
         took_us: started.elapsed().as_micros() as u64,
@@ -93,20 +112,23 @@ impl Search for SearchService {
 /// Runs a batch: queries on the same collection (and output options) share one pass over
 /// each segment. Results come back in request order.
 fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchResponse, Status>> {
-    let mut groups: std::collections::BTreeMap<(&str, bool, bool), Vec<usize>> = Default::default();
+    type Key<'a> = (&'a str, bool, bool, SearchParams);
+    let mut groups: Vec<(Key<'_>, Vec<usize>)> = Vec::new();
     for (i, q) in queries.iter().enumerate() {
-        groups
-            .entry((
-                q.collection.as_str(),
-                q.opts.with_vectors,
-                q.opts.with_payload,
-            ))
-            .or_default()
-            .push(i);
+        let key = (
+            q.collection.as_str(),
+            q.opts.with_vectors,
+            q.opts.with_payload,
+            q.params,
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, idxs)) => idxs.push(i),
+            None => groups.push((key, vec![i])),
+        }
     }
     let mut out: Vec<Option<Result<pb::SearchResponse, Status>>> =
         queries.iter().map(|_| None).collect();
-    for ((name, _, _), idxs) in groups {
+    for ((name, _, _, params), idxs) in groups {
         let opts = queries[idxs[0]].opts;
         let started = Instant::now();
         match engine.collection(name) {
@@ -115,7 +137,7 @@ fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchRespons
                     .iter()
                     .map(|&i| (queries[i].vector.as_slice(), queries[i].k))
                     .collect();
-                let results = c.search_batch(&batch, opts);
+                let results = c.search_batch(&batch, opts, params);
                 let took_us = started.elapsed().as_micros() as u64;
                 for (&i, r) in idxs.iter().zip(results) {
                     out[i] = Some(r.map_err(|e| ApiError::from(e).into()).map(|hits| {

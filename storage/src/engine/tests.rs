@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::types::{Metric, PointId, PointWrite, ReadOptions};
+use crate::types::{Metric, PointId, PointWrite, ReadOptions, SearchParams};
 
 fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig {
     CollectionConfig {
@@ -94,6 +94,7 @@ fn exact_search_matches_naive_reference_for_every_metric() {
                         with_payload: true,
                         with_vectors: false,
                     },
+                    SearchParams::default(),
                 )
                 .unwrap();
             let mut expect: Vec<(f64, u64)> = model
@@ -157,7 +158,12 @@ fn validation_errors() {
         "zero vector under cosine"
     );
     assert!(matches!(
-        c.search(&[1.0, 2.0], 3, ReadOptions::default()),
+        c.search(
+            &[1.0, 2.0],
+            3,
+            ReadOptions::default(),
+            SearchParams::default()
+        ),
         Err(Error::DimensionMismatch { .. })
     ));
     assert_eq!(c.count(), 0, "rejected batches write nothing");
@@ -391,12 +397,162 @@ fn search_batch_equals_single_searches() {
         .map(|(i, q)| (q.as_slice(), 1 + i % 13))
         .collect();
     batch.insert(5, (bad.as_slice(), 3));
-    let results = c.search_batch(&batch, ReadOptions::default());
+    let results = c.search_batch(&batch, ReadOptions::default(), SearchParams::default());
     assert_eq!(results.len(), batch.len());
     for ((q, k), r) in batch.iter().zip(results) {
-        match c.search(q, *k, ReadOptions::default()) {
+        match c.search(q, *k, ReadOptions::default(), SearchParams::default()) {
             Ok(single) => assert_eq!(r.unwrap(), single),
             Err(_) => assert!(matches!(r, Err(Error::DimensionMismatch { .. }))),
         }
+    }
+}
+
+/// Clustered points (like real embeddings): `n` rows around 30 random centres.
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..30)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            centres[i % 30]
+                .iter()
+                .map(|c| c + rng.random_range(-0.4..0.4))
+                .collect()
+        })
+        .collect()
+}
+
+fn wait_for_indexes(c: &Collection) {
+    let started = std::time::Instant::now();
+    loop {
+        let (built, total) = c.index_progress();
+        if built == total && total > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "indexes not built: {built}/{total}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The IVF-PQ conformance suite: against the exact scan on seeded data, for every metric.
+#[test]
+fn ivf_pq_conformance_against_exact_search() {
+    let dim = 16;
+    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let mut cfg = config("ivf", dim, metric, 3000);
+        cfg.index = crate::types::IndexConfig {
+            kind: crate::types::IndexKind::IvfPq,
+            nlist: None,
+            pq_m: None,
+        };
+        let c = engine.create_collection(cfg).unwrap();
+        let data = clustered(9500, dim, 21);
+        for (b, chunk) in data.chunks(500).enumerate() {
+            let pts = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, v)| PointWrite {
+                    id: PointId::Num((b * 500 + i) as u64),
+                    vector: v.clone(),
+                    payload: None,
+                })
+                .collect();
+            c.upsert(pts).unwrap();
+        }
+        // Deletes both before and after the indexes exist.
+        c.delete(
+            (0..9500u64)
+                .filter(|i| i % 10 == 0)
+                .map(PointId::Num)
+                .collect(),
+        )
+        .unwrap();
+        wait_for_indexes(&c);
+        c.delete(
+            (0..9500u64)
+                .filter(|i| i % 10 == 5)
+                .map(PointId::Num)
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(c.index_progress(), (3, 3));
+        let queries = clustered(60, dim, 77);
+        let approx = |c: &Collection, params: SearchParams| -> Vec<Vec<PointId>> {
+            queries
+                .iter()
+                .map(|q| {
+                    c.search(q, 10, ReadOptions::default(), params)
+                        .unwrap()
+                        .into_iter()
+                        .map(|h| h.id)
+                        .collect()
+                })
+                .collect()
+        };
+        let exact = approx(
+            &c,
+            SearchParams {
+                exact: true,
+                ..Default::default()
+            },
+        );
+        let recall = |got: &[Vec<PointId>]| -> f64 {
+            got.iter()
+                .zip(&exact)
+                .map(|(g, e)| g.iter().filter(|id| e.contains(id)).count())
+                .sum::<usize>() as f64
+                / (10 * queries.len()) as f64
+        };
+        let defaults = approx(&c, SearchParams::default());
+        let wide = approx(
+            &c,
+            SearchParams {
+                nprobe: Some(32),
+                refine: Some(8),
+                ..Default::default()
+            },
+        );
+        for hits in defaults.iter().chain(&wide) {
+            for id in hits {
+                let PointId::Num(n) = id else { unreachable!() };
+                assert!(
+                    n % 10 != 0 && n % 10 != 5,
+                    "{metric:?}: deleted id {n} returned"
+                );
+            }
+        }
+        let (r_default, r_wide) = (recall(&defaults), recall(&wide));
+        eprintln!(
+            "{metric:?}: recall@10 {r_default:.3} (defaults), {r_wide:.3} (nprobe 32, refine 8)"
+        );
+        assert!(
+            r_default >= 0.9,
+            "{metric:?}: recall@10 {r_default} at default nprobe/refine"
+        );
+        assert!(
+            r_wide >= 0.97,
+            "{metric:?}: recall@10 {r_wide} at nprobe 32, refine 8"
+        );
+        // Restart: the index files are loaded, not retrained, and give identical results.
+        drop(c);
+        drop(engine);
+        engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let c = engine.collection("ivf").unwrap();
+        assert_eq!(
+            c.index_progress(),
+            (3, 3),
+            "indexes loaded at open, without a rebuild"
+        );
+        assert_eq!(
+            approx(&c, SearchParams::default()),
+            defaults,
+            "{metric:?}: results differ after restart"
+        );
     }
 }

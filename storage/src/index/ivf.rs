@@ -88,7 +88,7 @@ fn metric_from(code: u32) -> Option<Metric> {
 }
 
 fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % ALIGN != 0 {
+    while !buf.len().is_multiple_of(ALIGN) {
         buf.push(0);
     }
 }
@@ -102,7 +102,7 @@ pub fn build(
     params: IvfPqParams,
 ) -> Result<()> {
     let n = vectors.len() / dim;
-    if params.m == 0 || dim % params.m != 0 {
+    if params.m == 0 || !dim.is_multiple_of(params.m) {
         return Err(Error::invalid(
             "index.pq_m",
             format!("{} does not divide the dimension {dim}", params.m),
@@ -248,7 +248,7 @@ impl IvfPqIndex {
             || fdim != dim
             || frows != rows
             || m == 0
-            || dim % m != 0
+            || !dim.is_multiple_of(m)
             || nlist == 0
         {
             return Err(bad("index header does not match the segment"));

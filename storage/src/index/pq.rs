@@ -33,7 +33,10 @@ pub fn default_m(dim: usize) -> usize {
         8
     };
     let target = (dim / dsub).max(1);
-    (1..=target).rev().find(|m| dim % m == 0).unwrap_or(1)
+    (1..=target)
+        .rev()
+        .find(|m| dim.is_multiple_of(*m))
+        .unwrap_or(1)
 }
 
 impl ProductQuantizer {
@@ -44,7 +47,7 @@ impl ProductQuantizer {
 
     /// Trains on row-major `data` (residuals).
     pub fn train(data: &[f32], dim: usize, m: usize, seed: u64) -> ProductQuantizer {
-        assert!(m > 0 && dim % m == 0, "invariant: m divides dim");
+        assert!(m > 0 && dim.is_multiple_of(m), "invariant: m divides dim");
         let dsub = dim / m;
         let n = data.len() / dim;
         let books: Vec<Vec<f32>> = (0..m)

@@ -15,7 +15,7 @@
 //! every size and checksum; any mismatch is [`Error::Corrupt`].
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use fs_err as fs;
 use roaring::RoaringBitmap;
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::distance::TopK;
 use crate::error::{Error, Result};
+use crate::index::ivf::IvfPqIndex;
 use crate::mmap::MappedFile;
 use crate::segment::{RowKey, SegmentId, scan_rows};
 use crate::types::{Metric, PointId};
@@ -73,6 +74,8 @@ pub struct SealedSegment {
     ids: MappedFile,
     deleted: RwLock<RoaringBitmap>,
     bytes_on_disk: u64,
+    /// The IVF-PQ index once built (or loaded); until then the segment is scanned exactly.
+    index: OnceLock<Arc<IvfPqIndex>>,
 }
 
 fn write_file(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<FileEntry> {
@@ -286,6 +289,7 @@ impl SealedSegment {
             ids,
             deleted: RwLock::new(deleted),
             bytes_on_disk,
+            index: OnceLock::new(),
         };
         // Validate every id offset once, so later reads cannot go out of bounds.
         for row in 0..rows {
@@ -298,6 +302,26 @@ impl SealedSegment {
             }
         }
         Ok(seg)
+    }
+
+    /// The segment's index, if built.
+    pub fn index(&self) -> Option<&Arc<IvfPqIndex>> {
+        self.index.get()
+    }
+
+    /// Publishes a built index (the first one wins).
+    pub fn set_index(&self, index: Arc<IvfPqIndex>) {
+        let _ = self.index.set(index);
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// A read guard on the tombstones, held across an index scan.
+    pub fn deleted_guard(&self) -> std::sync::RwLockReadGuard<'_, RoaringBitmap> {
+        self.read_deleted()
     }
 
     /// Rows (live and dead).
@@ -315,9 +339,9 @@ impl SealedSegment {
         &self.dir
     }
 
-    /// Bytes of the vector and id files.
+    /// Bytes of the vector, id and index files.
     pub fn bytes_on_disk(&self) -> u64 {
-        self.bytes_on_disk
+        self.bytes_on_disk + self.index().map_or(0, |i| i.bytes())
     }
 
     fn read_deleted(&self) -> std::sync::RwLockReadGuard<'_, RoaringBitmap> {
