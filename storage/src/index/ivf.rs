@@ -346,7 +346,7 @@ impl IvfPqIndex {
         }
         let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
         let mut top = TopK::new(n_candidates);
-        let mut lut = Vec::with_capacity(m * KSUB);
+        let mut lut: pq::Lut = Vec::with_capacity(m);
         let mut residual = vec![0.0f32; self.dim];
         if ip {
             self.pq.ip_table(query, &mut lut);
@@ -370,19 +370,33 @@ impl IvfPqIndex {
                 self.pq.l2_table(&residual, &mut lut);
                 0.0
             };
-            for (i, code) in codes[s * m..e * m].chunks_exact(m).enumerate() {
-                let a = pq::adc(&lut, code);
-                let d = match self.metric {
-                    Metric::Cosine => 1.0 - (base + a),
-                    Metric::Dot => -(base + a),
-                    Metric::L2 => a,
-                };
+            let to_distance = |a: f32| match self.metric {
+                Metric::Cosine => 1.0 - (base + a),
+                Metric::Dot => -(base + a),
+                Metric::L2 => a,
+            };
+            let mut offer = |i: usize, a: f32| {
+                let d = to_distance(a);
                 if d < top.threshold() {
                     let row = rows[s + i];
                     if !is_deleted(row) {
                         top.push(d, row);
                     }
                 }
+            };
+            let list = &codes[s * m..e * m];
+            let blocks = list.chunks_exact(4 * m);
+            let tail = blocks.remainder();
+            let mut i = 0;
+            for block in blocks {
+                for (o, a) in pq::adc4(&lut, block, m).into_iter().enumerate() {
+                    offer(i + o, a);
+                }
+                i += 4;
+            }
+            for code in tail.chunks_exact(m) {
+                offer(i, pq::adc(&lut, code));
+                i += 1;
             }
         }
         top

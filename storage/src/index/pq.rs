@@ -5,6 +5,7 @@
 //! of `m` table entries.
 use rayon::prelude::*;
 
+#[cfg(test)]
 use crate::distance::{dot, l2sq};
 use crate::index::kmeans::{self, KMeansParams};
 
@@ -95,33 +96,57 @@ impl ProductQuantizer {
         }
     }
 
-    /// ADC table for inner products: `lut[j·256 + c] = q_j · centroid(j, c)`.
-    pub fn ip_table(&self, q: &[f32], lut: &mut Vec<f32>) {
-        let dsub = self.dsub();
-        lut.clear();
-        for j in 0..self.m {
-            let qj = &q[j * dsub..(j + 1) * dsub];
-            lut.extend((0..KSUB).map(|c| dot(qj, self.centroid(j, c))));
-        }
+    /// ADC table for inner products: `lut[j][c] = q_j · centroid(j, c)`.
+    pub fn ip_table(&self, q: &[f32], lut: &mut Lut) {
+        self.table(q, lut, |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum());
     }
 
-    /// ADC table for squared L2: `lut[j·256 + c] = ‖r_j − centroid(j, c)‖²`.
-    pub fn l2_table(&self, r: &[f32], lut: &mut Vec<f32>) {
+    /// ADC table for squared L2: `lut[j][c] = ‖r_j − centroid(j, c)‖²`.
+    pub fn l2_table(&self, r: &[f32], lut: &mut Lut) {
+        self.table(r, lut, |a, b| {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+        });
+    }
+
+    /// Sub-vectors are short (2–8 floats): a plain loop the compiler vectorises beats a call
+    /// into simsimd per entry here.
+    fn table(&self, q: &[f32], lut: &mut Lut, f: impl Fn(&[f32], &[f32]) -> f32) {
         let dsub = self.dsub();
         lut.clear();
-        for j in 0..self.m {
-            let rj = &r[j * dsub..(j + 1) * dsub];
-            lut.extend((0..KSUB).map(|c| l2sq(rj, self.centroid(j, c))));
+        lut.resize(self.m, [0.0; KSUB]);
+        for (j, row) in lut.iter_mut().enumerate() {
+            let qj = &q[j * dsub..(j + 1) * dsub];
+            let book = &self.codebooks[j * KSUB * dsub..(j + 1) * KSUB * dsub];
+            for (slot, c) in row.iter_mut().zip(book.chunks_exact(dsub)) {
+                *slot = f(qj, c);
+            }
         }
     }
 }
 
+/// An ADC lookup table: one row of 256 entries per sub-space (fixed-size rows, so indexing
+/// with a `u8` code needs no bounds check).
+pub type Lut = Vec<[f32; KSUB]>;
+
 /// Sum of the table entries a code selects.
 #[inline]
-pub fn adc(lut: &[f32], code: &[u8]) -> f32 {
-    let mut s = 0.0f32;
-    for (j, &c) in code.iter().enumerate() {
-        s += lut[j * KSUB + c as usize];
+pub fn adc(lut: &[[f32; KSUB]], code: &[u8]) -> f32 {
+    code.iter().zip(lut).map(|(&c, t)| t[c as usize]).sum()
+}
+
+/// [`adc`] for four consecutive codes at once: four independent sums keep the table loads in
+/// flight together instead of one dependent chain.
+#[inline]
+pub fn adc4(lut: &[[f32; KSUB]], codes: &[u8], m: usize) -> [f32; 4] {
+    let (c0, rest) = codes.split_at(m);
+    let (c1, rest) = rest.split_at(m);
+    let (c2, c3) = rest.split_at(m);
+    let mut s = [0.0f32; 4];
+    for (j, t) in lut.iter().enumerate().take(m) {
+        s[0] += t[c0[j] as usize];
+        s[1] += t[c1[j] as usize];
+        s[2] += t[c2[j] as usize];
+        s[3] += t[c3[j] as usize];
     }
     s
 }
@@ -162,7 +187,7 @@ mod tests {
         let mut err = 0.0f64;
         let mut norm = 0.0f64;
         let q = random(1, dim, 99);
-        let (mut lut_ip, mut lut_l2) = (Vec::new(), Vec::new());
+        let (mut lut_ip, mut lut_l2): (Lut, Lut) = (Vec::new(), Vec::new());
         pq.ip_table(&q, &mut lut_ip);
         pq.l2_table(&q, &mut lut_l2);
         for x in data.chunks_exact(dim).take(500) {
@@ -172,6 +197,14 @@ mod tests {
             norm += f64::from(dot(x, x));
             assert!((adc(&lut_ip, &code) - dot(&q, &rec)).abs() < 1e-4);
             assert!((adc(&lut_l2, &code) - l2sq(&q, &rec)).abs() < 1e-4);
+            let four: Vec<u8> = code
+                .iter()
+                .chain(&code)
+                .chain(&code)
+                .chain(&code)
+                .copied()
+                .collect();
+            assert_eq!(adc4(&lut_ip, &four, 4), [adc(&lut_ip, &code); 4]);
         }
         assert!(
             err / norm < 0.1,

@@ -1,0 +1,126 @@
+//! IVF-PQ on GloVe-50, in-process and single-threaded: build time, index size, and
+//! recall@10 / QPS for a sweep of (nprobe, refine_factor). One JSON line per configuration.
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use clap::Parser;
+use quiver_benches::{read_fvecs, read_ivecs, recall_at};
+use quiver_storage::{
+    CollectionConfig, Engine, EngineOptions, IndexConfig, IndexKind, Metric, PointId, PointWrite,
+    ReadOptions, SearchParams,
+};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Directory with base.fvecs, query.fvecs, gt100.ivecs (make_glove50.py).
+    #[arg(long)]
+    data: PathBuf,
+    /// Queries per configuration.
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    /// IVF lists (one segment holds the whole set, so this is the index's nlist).
+    #[arg(long, default_value_t = 1024)]
+    nlist: u32,
+    /// PQ sub-spaces (default from the dimension).
+    #[arg(long)]
+    pq_m: Option<u32>,
+    /// Configurations as nprobe:refine, comma-separated.
+    #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
+    sweep: String,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let base = read_fvecs(&a.data.join("base.fvecs"))?;
+    let queries = read_fvecs(&a.data.join("query.fvecs"))?;
+    let gt = read_ivecs(&a.data.join("gt100.ivecs"))?;
+    let nq = a.queries.min(queries.len());
+    let dim = base[0].len();
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::open(
+        dir.path(),
+        EngineOptions {
+            fsync: quiver_storage::FsyncPolicy::Never,
+        },
+    )?;
+    let config = CollectionConfig {
+        name: "glove".into(),
+        dim,
+        metric: Metric::Cosine,
+        index: IndexConfig {
+            kind: IndexKind::IvfPq,
+            nlist: Some(a.nlist),
+            pq_m: a.pq_m,
+        },
+        segment_max_rows: base.len() as u32 + 1,
+    };
+    let c = engine.create_collection(config)?;
+    for (b, chunk) in base.chunks(10_000).enumerate() {
+        c.upsert(
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, v)| PointWrite {
+                    id: PointId::Num((b * 10_000 + i) as u64),
+                    vector: v.clone(),
+                    payload: None,
+                })
+                .collect(),
+        )?;
+    }
+    let t = Instant::now();
+    c.flush()?;
+    while c.index_progress().0 < 1 {
+        ensure!(
+            t.elapsed() < Duration::from_secs(1800),
+            "index build timed out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let build = t.elapsed().as_secs_f64();
+    let stats = c.stats();
+    eprintln!(
+        "built: {} in {build:.1}s (flush + k-means + PQ + encode, 2 cores); segment files + index {} bytes",
+        stats.index_state, stats.bytes_on_disk
+    );
+    println!(
+        "{}",
+        serde_json::json!({"system": "quiver-ivfpq", "event": "build", "seconds": build, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
+    );
+    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    for cfg in a.sweep.split(',') {
+        let (p, r) = cfg
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("bad sweep entry {cfg}"))?;
+        let params = SearchParams {
+            exact: false,
+            nprobe: Some(p.parse()?),
+            refine: Some(r.parse()?),
+        };
+        let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
+            let t = Instant::now();
+            let mut recall = 0.0;
+            for (q, truth) in queries.iter().zip(&gt).take(nq) {
+                let hits = c.search(q, 10, ReadOptions::default(), params)?;
+                let ids: Vec<u64> = hits
+                    .iter()
+                    .filter_map(|h| {
+                        if let PointId::Num(n) = h.id {
+                            Some(n)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                recall += recall_at(10, &ids, truth);
+            }
+            Ok((recall / nq as f64, nq as f64 / t.elapsed().as_secs_f64()))
+        })?;
+        println!(
+            "{}",
+            serde_json::json!({"system": "quiver-ivfpq", "nprobe": params.nprobe, "refine": params.refine, "recall10": recall, "qps": qps, "threads": 1})
+        );
+    }
+    Ok(())
+}
