@@ -32,6 +32,10 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let base = read_fvecs(&a.data.join("base.fvecs"))?;
     let queries = read_fvecs(&a.data.join("query.fvecs"))?;
     let gt = read_ivecs(&a.data.join("gt100.ivecs"))?;

@@ -109,8 +109,14 @@ pub fn build(
         ));
     }
     let nlist = params.nlist.clamp(1, n.max(1));
-    let centroids = kmeans::train(vectors, dim, &KMeansParams::new(nlist, params.seed));
+    let t0 = std::time::Instant::now();
+    // Ten Lloyd iterations for the coarse quantizer, as FAISS does for IVF training.
+    let mut kp = KMeansParams::new(nlist, params.seed);
+    kp.max_iters = 10;
+    let centroids = kmeans::train(vectors, dim, &kp);
+    let t_coarse = t0.elapsed();
     let (assignment, _) = kmeans::assign(vectors, dim, &centroids);
+    let t_assign = t0.elapsed();
     // PQ on residuals of a sample.
     let mut rng = SplitMix64::new(params.seed ^ 0xA5A5);
     let sample = kmeans::sample_rows(n, KSUB * 256, &mut rng);
@@ -124,15 +130,21 @@ pub fn build(
     };
     let train: Vec<f32> = sample.iter().flat_map(|&r| residual(r)).collect();
     let pq = ProductQuantizer::train(&train, dim, params.m, params.seed);
+    let t_pq = t0.elapsed();
     let m = params.m;
-    let codes: Vec<u8> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let mut code = vec![0u8; m];
-            pq.encode(&residual(r), &mut code);
-            code
-        })
-        .collect();
+    let residuals: Vec<f32> = (0..n).into_par_iter().flat_map_iter(residual).collect();
+    let codes = pq.encode_many(&residuals);
+    drop(residuals);
+    tracing::debug!(
+        rows = n,
+        nlist,
+        m,
+        coarse_ms = t_coarse.as_millis() as u64,
+        assign_ms = (t_assign - t_coarse).as_millis() as u64,
+        pq_train_ms = (t_pq - t_assign).as_millis() as u64,
+        encode_ms = (t0.elapsed() - t_pq).as_millis() as u64,
+        "IVF-PQ build phases"
+    );
     // Counting sort into list-major order.
     let mut offsets = vec![0u64; nlist + 1];
     for &a in &assignment {

@@ -88,6 +88,41 @@ impl ProductQuantizer {
         }
     }
 
+    /// Encodes row-major `data`, `m` bytes per row, in parallel; sub-vectors are matched four
+    /// rows at a time against each sub-space's [`kmeans::CentroidTable`].
+    pub fn encode_many(&self, data: &[f32]) -> Vec<u8> {
+        let (dim, m, dsub) = (self.dim, self.m, self.dsub());
+        let tables: Vec<kmeans::CentroidTable> = (0..m)
+            .map(|j| {
+                kmeans::CentroidTable::new(
+                    &self.codebooks[j * KSUB * dsub..(j + 1) * KSUB * dsub],
+                    dsub,
+                )
+            })
+            .collect();
+        data.par_chunks(1024 * dim)
+            .flat_map_iter(|chunk| {
+                let rows: Vec<&[f32]> = chunk.chunks_exact(dim).collect();
+                let mut out = vec![0u8; rows.len() * m];
+                for (b, block) in rows.chunks(4).enumerate() {
+                    for (j, table) in tables.iter().enumerate() {
+                        let subs: Vec<&[f32]> =
+                            block.iter().map(|r| &r[j * dsub..(j + 1) * dsub]).collect();
+                        for (i, (c, _)) in table
+                            .nearest4(&subs)
+                            .into_iter()
+                            .take(block.len())
+                            .enumerate()
+                        {
+                            out[(b * 4 + i) * m + j] = c as u8;
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
     /// Reconstructs a vector from its code.
     pub fn decode(&self, code: &[u8], out: &mut Vec<f32>) {
         out.clear();

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""FAISS IVF peers on GloVe-50, one thread, one query per call (like a service request).
+Prints one JSON line per (index, nprobe, k_factor) with recall@10 and QPS, plus build lines.
+Usage: OMP_WAIT_POLICY=PASSIVE faiss_ivf.py DATA_DIR [--queries N] [--nlist 1024] [--sweep 16:4,32:4]"""
+import argparse, json, time
+import numpy as np
+import faiss
+
+def fvecs(p):
+    a = np.fromfile(p, dtype=np.int32); d = a[0]
+    return a.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
+
+ap = argparse.ArgumentParser()
+ap.add_argument('data'); ap.add_argument('--queries', type=int, default=2000)
+ap.add_argument('--nlist', type=int, default=1024)
+ap.add_argument('--sweep', default='16:4,32:4,48:4,64:4')
+ap.add_argument('--only', default='')
+a = ap.parse_args()
+xb = fvecs(f'{a.data}/base.fvecs'); xq = fvecs(f'{a.data}/query.fvecs')[:a.queries]
+gt = fvecs(f'{a.data}/gt100.ivecs').view(np.int32)[:a.queries, :10]
+d = xb.shape[1]
+# Build with both cores (as Quiver's background build does), search with one.
+faiss.omp_set_num_threads(2)
+specs = {
+    'faiss-IVF-Flat': f'IVF{a.nlist},Flat',
+    'faiss-IVF-PQ-refine': f'IVF{a.nlist},PQ{d // 2}np,RFlat',
+    'faiss-IVF-PQfs-refine': f'IVF{a.nlist},PQ{d}x4fs,RFlat',
+}
+for name, spec in specs.items():
+    if a.only and name not in a.only.split(','):
+        continue
+    t = time.perf_counter()
+    idx = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    idx.train(xb); idx.add(xb)
+    build = time.perf_counter() - t
+    print(json.dumps({"system": name, "event": "build", "seconds": build, "faiss": faiss.__version__, "spec": spec}), flush=True)
+    faiss.omp_set_num_threads(1)
+    ps = faiss.ParameterSpace()
+    for cfg in a.sweep.split(','):
+        nprobe, kf = cfg.split(':')
+        params = f'nprobe={nprobe}' + ('' if 'RFlat' not in spec else f',k_factor_rf={kf}')
+        ps.set_index_parameters(idx, params)
+        t = time.perf_counter(); I = []
+        for q in xq:
+            I.append(idx.search(q[None, :], 10)[1][0])
+        qps = len(xq) / (time.perf_counter() - t)
+        I = np.array(I)
+        recall = float(np.mean([len(set(I[i]) & set(gt[i])) / 10 for i in range(len(xq))]))
+        print(json.dumps({"system": name, "nprobe": int(nprobe), "refine": int(kf) if 'RFlat' in spec else None,
+                          "recall10": recall, "qps": qps, "threads": 1}), flush=True)
+    faiss.omp_set_num_threads(2)
