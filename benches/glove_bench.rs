@@ -30,6 +30,13 @@ struct Args {
     /// Rounds of the query loop (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Build an IVF-PQ index with this many lists (one segment holds the whole set) and
+    /// sweep --sweep instead of measuring the exact scan.
+    #[arg(long)]
+    ivf_nlist: Option<u32>,
+    /// nprobe:refine configurations for --ivf-nlist, comma-separated.
+    #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
+    sweep: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -52,8 +59,20 @@ async fn main() -> Result<()> {
                 name: a.collection.clone(),
             })
             .await;
-        c.create_collection(&a.collection, base[0].len() as u32, pb::Metric::Cosine)
-            .await?;
+        let index = a.ivf_nlist.map(|nlist| pb::IndexParams {
+            kind: pb::IndexKind::IvfPq as i32,
+            nlist,
+            ..Default::default()
+        });
+        let create = pb::CreateCollectionRequest {
+            name: a.collection.clone(),
+            dim: base[0].len() as u32,
+            metric: pb::Metric::Cosine as i32,
+            // One segment holds the whole set, so nlist is the index's nlist (as in FAISS).
+            segment_max_rows: index.as_ref().map(|_| base.len() as u32 + 1),
+            index,
+        };
+        c.collections.create(create).await?;
         let t = Instant::now();
         let batches: Vec<pb::UpsertRequest> = base
             .chunks(2000)
@@ -91,6 +110,9 @@ async fn main() -> Result<()> {
             t.elapsed().as_secs_f64(),
             total as f64 / t.elapsed().as_secs_f64()
         );
+    }
+    if a.ivf_nlist.is_some() {
+        return ivf_sweep(&mut c, &a, &queries[..nq], &gt).await;
     }
     let mut single = Vec::new();
     let mut batched = Vec::new();
@@ -141,5 +163,64 @@ async fn main() -> Result<()> {
         "{}",
         serde_json::json!({"system": "quiver-exact-grpc", "queries": nq, "recall10": recall, "qps_single": median(single), "qps_batch": median(batched)})
     );
+    Ok(())
+}
+
+fn ids(hits: &[pb::ScoredPoint]) -> Vec<u64> {
+    hits.iter()
+        .filter_map(|h| match h.id.as_ref()?.kind.as_ref()? {
+            pb::point_id::Kind::Num(n) => Some(*n),
+            pb::point_id::Kind::Str(_) => None,
+        })
+        .collect()
+}
+
+/// Waits for the index, then measures one request at a time per (nprobe, refine).
+async fn ivf_sweep(c: &mut Client, a: &Args, queries: &[Vec<f32>], gt: &[Vec<u32>]) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let info = c
+            .collections
+            .get(pb::GetCollectionRequest {
+                name: a.collection.clone(),
+            })
+            .await?
+            .into_inner();
+        let state = info.stats.map(|s| s.index_state).unwrap_or_default();
+        if state.starts_with("ivf_pq ready") {
+            eprintln!(
+                "index ready after {:.1}s: {state}",
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        anyhow::ensure!(t.elapsed().as_secs() < 1800, "index not ready: {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for cfg in a.sweep.split(',') {
+        let (p, r) = cfg
+            .split_once(':')
+            .context("sweep entries are nprobe:refine")?;
+        let (nprobe, refine): (u32, u32) = (p.parse()?, r.parse()?);
+        let t = Instant::now();
+        let mut recall = 0.0;
+        for (q, truth) in queries.iter().zip(gt) {
+            let req = pb::SearchRequest {
+                collection: a.collection.clone(),
+                vector: q.clone(),
+                k: 10,
+                nprobe: Some(nprobe),
+                refine_factor: Some(refine),
+                ..Default::default()
+            };
+            let hits = c.search.search(req).await?.into_inner().hits;
+            recall += recall_at(10, &ids(&hits), truth);
+        }
+        let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            serde_json::json!({"system": "quiver-ivfpq-grpc", "nprobe": nprobe, "refine": refine, "recall10": recall / queries.len() as f64, "qps": qps, "threads": 1})
+        );
+    }
     Ok(())
 }

@@ -3,3 +3,4 @@
 mod bad_input;
 mod basic;
 mod crash;
+mod index;

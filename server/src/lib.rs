@@ -18,6 +18,7 @@ use quiver_proto::v1::points_server::PointsServer;
 use quiver_proto::v1::search_server::SearchServer;
 use quiver_storage::{Engine, EngineOptions, FsyncPolicy};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -113,7 +114,15 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
-    let incoming = TcpListenerStream::new(listener);
+    // gRPC answers are several small HTTP/2 frames: never let Nagle's algorithm hold them back.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn
+            && let Err(e) = c.set_nodelay(true)
+        {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        conn
+    });
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));

@@ -419,35 +419,48 @@ impl Collection {
         let metric = self.config.metric;
         // Queries per pass: their vectors should stay in L1 (~32 KiB) next to the row.
         let group = (32 * 1024 / (4 * self.config.dim)).clamp(1, 64);
-        let tops: Vec<TopK<RowKey>> = vectors
-            .par_chunks(group)
-            .zip(ks.par_chunks(group))
-            .flat_map_iter(|(qs, ks)| {
-                let fresh = || ks.iter().map(|k| TopK::new(*k)).collect::<Vec<_>>();
-                let mut tops = snap
-                    .sealed
-                    .par_iter()
-                    .map(|s| {
-                        let mut t = fresh();
-                        match s.index().filter(|_| !params.exact) {
-                            Some(idx) => search_index(s, idx, metric, qs, ks, params, &mut t),
-                            None => s.scan(metric, qs, &mut t),
-                        }
-                        t
-                    })
-                    .reduce(fresh, |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(x, y)| x.merge(y));
-                        a
-                    });
-                for m in [snap.frozen.as_ref(), Some(&snap.mutable)]
-                    .into_iter()
-                    .flatten()
-                {
-                    read(m).scan(metric, qs, &mut tops);
+        // Thread hand-offs cost tens of microseconds: worth it for exact scans of several
+        // segments or many query groups, not for one cheap index probe.
+        let cheap = snap
+            .sealed
+            .iter()
+            .all(|s| s.index().is_some() && !params.exact);
+        let scan_group = |qs: &[Vec<f32>], ks: &[usize]| -> Vec<TopK<RowKey>> {
+            let fresh = || ks.iter().map(|k| TopK::new(*k)).collect::<Vec<_>>();
+            let one = |s: &Arc<SealedSegment>| {
+                let mut t = fresh();
+                match s.index().filter(|_| !params.exact) {
+                    Some(idx) => search_index(s, idx, metric, qs, ks, params, &mut t),
+                    None => s.scan(metric, qs, &mut t),
                 }
-                tops
-            })
-            .collect();
+                t
+            };
+            let merge = |mut a: Vec<TopK<RowKey>>, b: Vec<TopK<RowKey>>| {
+                a.iter_mut().zip(b).for_each(|(x, y)| x.merge(y));
+                a
+            };
+            let mut tops = if cheap || snap.sealed.len() < 2 {
+                snap.sealed.iter().map(one).fold(fresh(), merge)
+            } else {
+                snap.sealed.par_iter().map(one).reduce(fresh, merge)
+            };
+            for m in [snap.frozen.as_ref(), Some(&snap.mutable)]
+                .into_iter()
+                .flatten()
+            {
+                read(m).scan(metric, qs, &mut tops);
+            }
+            tops
+        };
+        let tops: Vec<TopK<RowKey>> = if vectors.len() <= group {
+            scan_group(&vectors, &ks)
+        } else {
+            vectors
+                .par_chunks(group)
+                .zip(ks.par_chunks(group))
+                .flat_map_iter(|(qs, ks)| scan_group(qs, ks))
+                .collect()
+        };
         // `tops` holds one entry per valid query, in order.
         let mut tops = tops.into_iter();
         checked

@@ -1,0 +1,164 @@
+//! IVF-PQ end to end: created with the CLI, built in the background by the real server,
+//! shown by `collection info`, searched with `--nprobe/--refine` and `--exact`, loaded again
+//! after a restart.
+use std::io::Write;
+
+use quiver_tests::{Server, vector};
+use serde_json::Value;
+
+const DIM: usize = 16;
+
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "quiver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+/// Clustered points: 40 centres plus noise, like real embeddings.
+fn point(i: u64) -> Vec<f32> {
+    let centre = vector(i % 40, DIM);
+    centre
+        .iter()
+        .zip(vector(1_000_000 + i, DIM))
+        .map(|(c, n)| c + 0.3 * n)
+        .collect()
+}
+
+fn ids(results: &[Value]) -> Vec<Vec<u64>> {
+    results
+        .iter()
+        .map(|r| {
+            r["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].as_u64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ivf_pq_through_server_and_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path()).await;
+    let out = server.cli(&[
+        "collection",
+        "create",
+        "ix",
+        "--dim",
+        "16",
+        "--metric",
+        "l2",
+        "--index",
+        "ivf-pq",
+        "--segment-max-rows",
+        "2500",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("p.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    for i in 0..7500u64 {
+        writeln!(f, "{}", serde_json::json!({"id": i, "vector": point(i)})).unwrap();
+    }
+    drop(f);
+    assert!(
+        server
+            .cli(&["upsert", "--collection", "ix", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // Batches of 1000 seal at 3000 and 6000 rows; the flush seals the last 1500.
+    assert!(server.cli(&["collection", "flush", "ix"]).status.success());
+    // Three sealed segments; wait for their indexes.
+    let started = std::time::Instant::now();
+    loop {
+        let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
+        assert_eq!(info[0]["index_kind"], "ivf_pq");
+        if info[0]["index"]
+            .as_str()
+            .unwrap()
+            .starts_with("ivf_pq ready: 3/3")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "index not ready: {}",
+            info[0]["index"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let qfile = dir.path().join("q.jsonl");
+    std::fs::write(
+        &qfile,
+        (0..30u64)
+            .map(|i| serde_json::json!({"vector": point(50_000 + i)}).to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let q = qfile.to_str().unwrap();
+    let exact = ids(&json_lines(&server.cli(&[
+        "search",
+        "--collection",
+        "ix",
+        "--queries",
+        q,
+        "--exact",
+        "--json",
+    ])));
+    let approx_out = json_lines(&server.cli(&[
+        "search",
+        "--collection",
+        "ix",
+        "--queries",
+        q,
+        "--nprobe",
+        "16",
+        "--refine",
+        "8",
+        "--json",
+    ]));
+    let approx = ids(&approx_out);
+    let hit: usize = approx
+        .iter()
+        .zip(&exact)
+        .map(|(a, e)| a.iter().filter(|x| e.contains(x)).count())
+        .sum();
+    let recall = hit as f64 / 300.0;
+    assert!(recall >= 0.9, "recall@10 {recall} at nprobe 16, refine 8");
+    // Restart: indexes are loaded from their files at open (3/3 immediately), same results.
+    server.restart().await;
+    let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
+    assert!(
+        info[0]["index"]
+            .as_str()
+            .unwrap()
+            .starts_with("ivf_pq ready: 3/3"),
+        "{}",
+        info[0]["index"]
+    );
+    let again = json_lines(&server.cli(&[
+        "search",
+        "--collection",
+        "ix",
+        "--queries",
+        q,
+        "--nprobe",
+        "16",
+        "--refine",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(again, approx_out);
+}
