@@ -345,11 +345,23 @@ impl IvfPqIndex {
     ) -> TopK<u32> {
         let centroids = self.centroids();
         let ip = matches!(self.metric, Metric::Cosine | Metric::Dot);
-        // Coarse step.
+        // Coarse step. Lists were formed by L2 k-means, so cosine (unit vectors, where L2 and
+        // cosine neighbours coincide) probes by L2 too; ranking by q·c would favour
+        // large-norm centroids over the nearest ones. Dot (MIPS) probes by inner product.
+        let by_l2 = self.metric != Metric::Dot;
         let mut coarse: Vec<(f32, u32)> = centroids
             .chunks_exact(self.dim)
             .enumerate()
-            .map(|(l, c)| (if ip { -dot(query, c) } else { l2sq(query, c) }, l as u32))
+            .map(|(l, c)| {
+                (
+                    if by_l2 {
+                        l2sq(query, c)
+                    } else {
+                        -dot(query, c)
+                    },
+                    l as u32,
+                )
+            })
             .collect();
         let nprobe = nprobe.clamp(1, self.nlist);
         if nprobe < coarse.len() {
@@ -372,7 +384,14 @@ impl IvfPqIndex {
                 continue;
             }
             let base = if ip {
-                -cd // q·c
+                if by_l2 {
+                    dot(
+                        query,
+                        &centroids[l as usize * self.dim..(l as usize + 1) * self.dim],
+                    )
+                } else {
+                    -cd
+                }
             } else {
                 let c = &centroids[l as usize * self.dim..(l as usize + 1) * self.dim];
                 residual
