@@ -3,22 +3,10 @@
 use std::io::Write;
 
 use quiver_client::{num_id, pb, str_id};
-use quiver_tests::{Server, vector};
+use quiver_tests::{Server, json_lines, vector};
 use serde_json::Value;
 
 const DIM: usize = 32;
-
-fn lines(out: &std::process::Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "quiver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
-}
 
 fn naive_top(query: &[f32], n: u64, k: usize) -> Vec<u64> {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -78,11 +66,14 @@ async fn create_upsert_search_restart_same_results() {
         "--batch-size",
         "700",
     ]);
-    let summary = lines(&out);
+    let summary = json_lines(&out);
     assert_eq!(summary[0]["upserted"], n);
-    assert_eq!(lines(&server.cli(&["count", "--collection", "docs"]))[0], n);
+    assert_eq!(
+        json_lines(&server.cli(&["count", "--collection", "docs"]))[0],
+        n
+    );
 
-    let info = lines(&server.cli(&["collection", "info", "docs", "--json"]));
+    let info = json_lines(&server.cli(&["collection", "info", "docs", "--json"]));
     assert_eq!(info[0]["points"], n);
     assert!(
         info[0]["sealed_segments"].as_u64().unwrap() >= 2,
@@ -101,7 +92,7 @@ async fn create_upsert_search_restart_same_results() {
             .collect::<String>(),
     )
     .unwrap();
-    let before = lines(&server.cli(&[
+    let before = json_lines(&server.cli(&[
         "search",
         "--collection",
         "docs",
@@ -158,7 +149,7 @@ async fn create_upsert_search_restart_same_results() {
         )
         .await
         .unwrap();
-    let after_writes = lines(&server.cli(&[
+    let after_writes = json_lines(&server.cli(&[
         "search",
         "--collection",
         "docs",
@@ -170,7 +161,7 @@ async fn create_upsert_search_restart_same_results() {
     ]));
 
     server.restart().await;
-    let after_restart = lines(&server.cli(&[
+    let after_restart = json_lines(&server.cli(&[
         "search",
         "--collection",
         "docs",
@@ -182,10 +173,10 @@ async fn create_upsert_search_restart_same_results() {
     ]));
     assert_eq!(after_writes, after_restart, "results differ after restart");
     assert_eq!(
-        lines(&server.cli(&["count", "--collection", "docs"]))[0],
+        json_lines(&server.cli(&["count", "--collection", "docs"]))[0],
         n - 2
     );
-    let got = lines(&server.cli(&[
+    let got = json_lines(&server.cli(&[
         "get",
         "--collection",
         "docs",
@@ -199,7 +190,7 @@ async fn create_upsert_search_restart_same_results() {
     assert_eq!(got[1]["id"], "doc-9");
 
     // Scroll returns every live point once.
-    let all = lines(&server.cli(&["scroll", "--collection", "docs", "--page", "777"]));
+    let all = json_lines(&server.cli(&["scroll", "--collection", "docs", "--page", "777"]));
     assert_eq!(all.len() as u64, n - 2);
     let unique: std::collections::HashSet<String> =
         all.iter().map(|p| p["id"].to_string()).collect();
@@ -212,10 +203,10 @@ async fn create_upsert_search_restart_same_results() {
             .status
             .success()
     );
-    let info = lines(&server.cli(&["collection", "info", "docs", "--json"]));
+    let info = json_lines(&server.cli(&["collection", "info", "docs", "--json"]));
     assert_eq!(info[0]["mutable_points"], 0);
     assert_eq!(info[0]["wal_bytes"], 16);
-    let after_flush = lines(&server.cli(&[
+    let after_flush = json_lines(&server.cli(&[
         "search",
         "--collection",
         "docs",
@@ -229,7 +220,7 @@ async fn create_upsert_search_restart_same_results() {
 
     // Drop.
     assert!(server.cli(&["collection", "drop", "docs"]).status.success());
-    assert!(lines(&server.cli(&["collection", "list", "--json"])).is_empty());
+    assert!(json_lines(&server.cli(&["collection", "list", "--json"])).is_empty());
     assert!(server.stop(), "graceful shutdown exits 0");
 }
 

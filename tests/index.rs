@@ -3,22 +3,10 @@
 //! after a restart.
 use std::io::Write;
 
-use quiver_tests::{Server, vector};
+use quiver_tests::{Server, json_lines, vector};
 use serde_json::Value;
 
 const DIM: usize = 16;
-
-fn json_lines(out: &std::process::Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "quiver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
-}
 
 /// Clustered points: 40 centres plus noise, like real embeddings.
 fn point(i: u64) -> Vec<f32> {

@@ -201,3 +201,16 @@ pub fn vector(i: u64, dim: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The stdout of a successful CLI run, one JSON value per line (panics with its stderr otherwise).
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "quiver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
