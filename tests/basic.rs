@@ -8,6 +8,20 @@ use serde_json::Value;
 
 const DIM: usize = 32;
 
+/// `quiver search --queries FILE --k 10 --json` on collection `docs`: one result per query.
+fn search_file(server: &Server, queries: &std::path::Path) -> Vec<Value> {
+    json_lines(&server.cli(&[
+        "search",
+        "--collection",
+        "docs",
+        "--queries",
+        queries.to_str().expect("utf-8 path"),
+        "--k",
+        "10",
+        "--json",
+    ]))
+}
+
 fn naive_top(query: &[f32], n: u64, k: usize) -> Vec<u64> {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let qn = norm(query);
@@ -92,16 +106,7 @@ async fn create_upsert_search_restart_same_results() {
             .collect::<String>(),
     )
     .unwrap();
-    let before = json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "docs",
-        "--queries",
-        qfile.to_str().unwrap(),
-        "--k",
-        "10",
-        "--json",
-    ]));
+    let before = search_file(&server, &qfile);
     assert_eq!(before.len(), 20);
     for (q, res) in queries.iter().zip(&before) {
         let want = naive_top(q, n, 10);
@@ -149,28 +154,10 @@ async fn create_upsert_search_restart_same_results() {
         )
         .await
         .unwrap();
-    let after_writes = json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "docs",
-        "--queries",
-        qfile.to_str().unwrap(),
-        "--k",
-        "10",
-        "--json",
-    ]));
+    let after_writes = search_file(&server, &qfile);
 
     server.restart().await;
-    let after_restart = json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "docs",
-        "--queries",
-        qfile.to_str().unwrap(),
-        "--k",
-        "10",
-        "--json",
-    ]));
+    let after_restart = search_file(&server, &qfile);
     assert_eq!(after_writes, after_restart, "results differ after restart");
     assert_eq!(
         json_lines(&server.cli(&["count", "--collection", "docs"]))[0],
@@ -206,16 +193,7 @@ async fn create_upsert_search_restart_same_results() {
     let info = json_lines(&server.cli(&["collection", "info", "docs", "--json"]));
     assert_eq!(info[0]["mutable_points"], 0);
     assert_eq!(info[0]["wal_bytes"], 16);
-    let after_flush = json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "docs",
-        "--queries",
-        qfile.to_str().unwrap(),
-        "--k",
-        "10",
-        "--json",
-    ]));
+    let after_flush = search_file(&server, &qfile);
     assert_eq!(after_writes, after_flush);
 
     // Drop.
