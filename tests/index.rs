@@ -18,6 +18,20 @@ fn point(i: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `quiver search --collection ix --queries FILE --json` plus `extra` flags.
+fn search(server: &Server, queries: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "search",
+        "--collection",
+        "ix",
+        "--queries",
+        queries,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_lines(&server.cli(&args))
+}
+
 fn ids(results: &[Value]) -> Vec<Vec<u64>> {
     results
         .iter()
@@ -96,27 +110,8 @@ async fn ivf_pq_through_server_and_cli() {
     )
     .unwrap();
     let q = qfile.to_str().unwrap();
-    let exact = ids(&json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "ix",
-        "--queries",
-        q,
-        "--exact",
-        "--json",
-    ])));
-    let approx_out = json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "ix",
-        "--queries",
-        q,
-        "--nprobe",
-        "16",
-        "--refine",
-        "8",
-        "--json",
-    ]));
+    let exact = ids(&search(&server, q, &["--exact"]));
+    let approx_out = search(&server, q, &["--nprobe", "16", "--refine", "8"]);
     let approx = ids(&approx_out);
     let hit: usize = approx
         .iter()
@@ -136,17 +131,6 @@ async fn ivf_pq_through_server_and_cli() {
         "{}",
         info[0]["index"]
     );
-    let again = json_lines(&server.cli(&[
-        "search",
-        "--collection",
-        "ix",
-        "--queries",
-        q,
-        "--nprobe",
-        "16",
-        "--refine",
-        "8",
-        "--json",
-    ]));
+    let again = search(&server, q, &["--nprobe", "16", "--refine", "8"]);
     assert_eq!(again, approx_out);
 }

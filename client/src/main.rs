@@ -181,10 +181,6 @@ enum CollectionCmd {
     },
 }
 
-fn status_line(e: &ClientError) -> String {
-    e.to_string()
-}
-
 fn parse_id(s: &str) -> pb::PointId {
     match serde_json::from_str::<Value>(s)
         .ok()
@@ -667,7 +663,7 @@ async fn run(cli: Cli) -> Result<()> {
                             .map_err(|s| {
                                 anyhow!(
                                     "{name}: queries from line {first_line}: {}",
-                                    status_line(&ClientError::from(s))
+                                    ClientError::from(s)
                                 )
                             })?
                             .into_inner();

@@ -44,9 +44,4 @@ impl MappedFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Advises the kernel that the whole file will be read soon (sequential scans).
-    pub fn advise_sequential(&self) {
-        let _ = self.map.advise(memmap2::Advice::Sequential);
-    }
 }
