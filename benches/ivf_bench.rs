@@ -25,6 +25,9 @@ struct Args {
     /// PQ sub-spaces (default from the dimension).
     #[arg(long)]
     pq_m: Option<u32>,
+    /// Bits per PQ code: 4 (fast-scan) or 8.
+    #[arg(long, default_value_t = 4)]
+    pq_bits: u32,
     /// Configurations as nprobe:refine, comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
@@ -56,6 +59,7 @@ fn main() -> Result<()> {
             kind: IndexKind::IvfPq,
             nlist: Some(a.nlist),
             pq_m: a.pq_m,
+            pq_bits: Some(a.pq_bits),
         },
         segment_max_rows: base.len() as u32 + 1,
     };

@@ -194,11 +194,11 @@ async fn invalid_requests_get_precise_statuses() {
         "metric",
     ));
     cases.push((
-        "4-bit pq not yet",
+        "pq_bits neither 4 nor 8",
         col.create(pb::CreateCollectionRequest {
             index: Some(pb::IndexParams {
                 kind: pb::IndexKind::IvfPq as i32,
-                pq_bits: 4,
+                pq_bits: 6,
                 ..Default::default()
             }),
             ..create("z", 4, pb::Metric::L2)

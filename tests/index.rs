@@ -87,6 +87,10 @@ async fn ivf_pq_through_server_and_cli() {
     loop {
         let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
         assert_eq!(info[0]["index_kind"], "ivf_pq");
+        assert_eq!(
+            info[0]["index_pq_bits"], 4,
+            "4-bit fast-scan is the default"
+        );
         if info[0]["index"]
             .as_str()
             .unwrap()

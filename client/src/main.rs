@@ -33,8 +33,18 @@ enum MetricArg {
 enum IndexArg {
     /// Exact scan only.
     Flat,
-    /// IVF-PQ (8-bit codes) per sealed segment, exact re-rank.
+    /// IVF-PQ per sealed segment, exact re-rank.
     IvfPq,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PqBitsArg {
+    /// 4-bit codes scanned with SIMD shuffles (fast-scan).
+    #[value(name = "4")]
+    Four,
+    /// 8-bit codes (256 centroids per sub-space).
+    #[value(name = "8")]
+    Eight,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +164,9 @@ enum CollectionCmd {
         /// PQ sub-spaces; must divide the dimension (default from the dimension).
         #[arg(long)]
         pq_m: Option<u32>,
+        /// Bits per PQ code (server default: 4).
+        #[arg(long, value_enum)]
+        pq_bits: Option<PqBitsArg>,
     },
     /// List collections.
     List {
@@ -212,7 +225,7 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
     let auto = |v: u32| if v == 0 { json!("auto") } else { json!(v) };
     json!({
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
-        "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m),
+        "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m), "index_pq_bits": auto(ix.pq_bits),
         "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points,
         "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index": s.index_state,
         "last_lsn": s.last_lsn, "checkpoint_lsn": s.checkpoint_lsn,
@@ -465,6 +478,7 @@ async fn run(cli: Cli) -> Result<()> {
                 index,
                 nlist,
                 pq_m,
+                pq_bits,
             } => {
                 let metric = match metric {
                     MetricArg::Cosine => pb::Metric::Cosine,
@@ -482,7 +496,11 @@ async fn run(cli: Cli) -> Result<()> {
                         } as i32,
                         nlist: nlist.unwrap_or(0),
                         pq_m: pq_m.unwrap_or(0),
-                        pq_bits: 0,
+                        pq_bits: match pq_bits {
+                            None => 0,
+                            Some(PqBitsArg::Four) => 4,
+                            Some(PqBitsArg::Eight) => 8,
+                        },
                     }),
                     segment_max_rows,
                 };

@@ -30,8 +30,8 @@ use crate::segment::mutable::MutableSegment;
 use crate::segment::sealed::{SealedSegment, tombstone_file_name, write_segment, write_tombstones};
 use crate::segment::{RowKey, SegmentId};
 use crate::types::{
-    CollectionConfig, Hit, IndexKind, MIN_INDEXED_ROWS, Metric, PointId, PointRecord, PointWrite,
-    ReadOptions, SearchParams, normalize, validate_vector,
+    CollectionConfig, DEFAULT_PQ_BITS, Hit, IndexKind, MIN_INDEXED_ROWS, Metric, PointId,
+    PointRecord, PointWrite, ReadOptions, SearchParams, normalize, validate_vector,
 };
 use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
 
@@ -668,9 +668,10 @@ impl Collection {
                     .find_map(|s| s.index())
                     .map(|i| {
                         format!(
-                            " (nlist {} in the first indexed segment, pq_m {})",
+                            " (nlist {} in the first indexed segment, pq_m {}, pq_bits {})",
                             i.nlist(),
-                            i.m()
+                            i.m(),
+                            i.bits()
                         )
                     })
                     .unwrap_or_default();
@@ -946,21 +947,22 @@ fn load_or_build_index(seg: &Arc<SealedSegment>, config: &CollectionConfig) {
     }
     let weak = Arc::downgrade(seg);
     let (name, dim, metric) = (config.name.clone(), config.dim, config.metric);
-    let (nlist, m) = (
+    let (nlist, m, bits) = (
         config.index.nlist.map(|n| n as usize),
         config.index.pq_m.map(|m| m as usize),
+        config.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS),
     );
     let spawned = std::thread::Builder::new().name("quiver-index".into()).spawn(move || {
         let _guard = lock(&BUILD_LOCK);
         // A dropped collection cancels the build.
         let Some(seg) = weak.upgrade() else { return };
         let started = std::time::Instant::now();
-        let params = IvfPqParams::for_data(seg.rows() as usize, dim, nlist, m);
+        let params = IvfPqParams::for_data(seg.rows() as usize, dim, nlist, m, bits);
         let built = ivf::build(seg.dir(), seg.vectors(), dim, metric, params)
             .and_then(|()| IvfPqIndex::open(seg.dir(), dim, metric, seg.rows() as usize));
         match built {
             Ok(Some(idx)) => {
-                tracing::info!(collection = %name, segment = seg.id, rows = seg.rows(), nlist = idx.nlist(), m = idx.m(), ms = started.elapsed().as_millis() as u64, "IVF-PQ index built");
+                tracing::info!(collection = %name, segment = seg.id, rows = seg.rows(), nlist = idx.nlist(), m = idx.m(), bits = idx.bits(), ms = started.elapsed().as_millis() as u64, "IVF-PQ index built");
                 seg.set_index(Arc::new(idx));
             }
             Ok(None) => tracing::error!(collection = %name, segment = seg.id, "index file vanished after the build"),

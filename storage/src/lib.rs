@@ -22,7 +22,7 @@ pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use segment::RowKey;
 pub use types::{
-    CollectionConfig, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind, Metric, PointId,
-    PointRecord, PointWrite, ReadOptions, SearchParams,
+    CollectionConfig, DEFAULT_PQ_BITS, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind,
+    Metric, PointId, PointRecord, PointWrite, ReadOptions, SearchParams,
 };
 pub use wal::{FsyncPolicy, Lsn};

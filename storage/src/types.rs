@@ -120,7 +120,8 @@ pub enum IndexKind {
     /// Exact SIMD scan only.
     #[default]
     Flat,
-    /// IVF-PQ per sealed segment (8-bit codes), built in the background, with exact re-rank.
+    /// IVF-PQ per sealed segment (4-bit fast-scan or 8-bit codes), built in the background,
+    /// with exact re-rank.
     IvfPq,
 }
 
@@ -135,7 +136,13 @@ pub struct IndexConfig {
     /// PQ sub-spaces (`None`: chosen from the dimension); must divide the dimension.
     #[serde(default)]
     pub pq_m: Option<u32>,
+    /// Bits per PQ code: 4 (fast-scan) or 8 (`None`: [`DEFAULT_PQ_BITS`]).
+    #[serde(default)]
+    pub pq_bits: Option<u32>,
 }
+
+/// PQ code width when a collection does not set one.
+pub const DEFAULT_PQ_BITS: u32 = 4;
 
 /// Segments with fewer rows are always scanned exactly (an index would not pay for itself).
 pub const MIN_INDEXED_ROWS: u32 = 1024;
@@ -186,6 +193,15 @@ impl CollectionConfig {
             return Err(Error::invalid(
                 "index.pq_m",
                 format!("{m} must divide the dimension {}", self.dim),
+            ));
+        }
+        if let Some(b) = self.index.pq_bits
+            && b != 4
+            && b != 8
+        {
+            return Err(Error::invalid(
+                "index.pq_bits",
+                format!("must be 4 or 8, got {b}"),
             ));
         }
         if self.index.nlist == Some(0) {

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::collections_server::Collections;
-use quiver_storage::{Collection, CollectionConfig, IndexConfig, IndexKind};
+use quiver_storage::{Collection, CollectionConfig, DEFAULT_PQ_BITS, IndexConfig, IndexKind};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -40,7 +40,7 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
                 nlist: cfg.index.nlist.unwrap_or(0),
                 pq_m: cfg.index.pq_m.unwrap_or(0),
                 pq_bits: if cfg.index.kind == IndexKind::IvfPq {
-                    8
+                    cfg.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS)
                 } else {
                     0
                 },
@@ -74,31 +74,23 @@ fn index_config(p: Option<pb::IndexParams>) -> ApiResult<IndexConfig> {
             ));
         }
     };
-    match p.pq_bits {
-        0 | 8 => {}
-        4 => {
-            return Err(ApiError::bad(
-                "index.pq_bits",
-                "4-bit fast-scan codes are not available yet; use 8",
-            ));
-        }
-        b => {
-            return Err(ApiError::bad(
-                "index.pq_bits",
-                format!("{b} is not supported; use 8"),
-            ));
-        }
+    if !matches!(p.pq_bits, 0 | 4 | 8) {
+        return Err(ApiError::bad(
+            "index.pq_bits",
+            format!("{} is not supported; use 4 (fast-scan) or 8", p.pq_bits),
+        ));
     }
-    if kind == IndexKind::Flat && (p.nlist != 0 || p.pq_m != 0) {
+    if kind == IndexKind::Flat && (p.nlist != 0 || p.pq_m != 0 || p.pq_bits != 0) {
         return Err(ApiError::bad(
             "index",
-            "nlist and pq_m apply to INDEX_KIND_IVF_PQ only",
+            "nlist, pq_m and pq_bits apply to INDEX_KIND_IVF_PQ only",
         ));
     }
     Ok(IndexConfig {
         kind,
         nlist: (p.nlist > 0).then_some(p.nlist),
         pq_m: (p.pq_m > 0).then_some(p.pq_m),
+        pq_bits: (p.pq_bits > 0).then_some(p.pq_bits),
     })
 }
 

@@ -442,7 +442,10 @@ fn wait_for_indexes(c: &Collection) {
 #[test]
 fn ivf_pq_conformance_against_exact_search() {
     let dim = 16;
-    for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+    for (metric, bits) in [Metric::Cosine, Metric::L2, Metric::Dot]
+        .into_iter()
+        .flat_map(|m| [(m, 8), (m, 4)])
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
         let mut cfg = config("ivf", dim, metric, 3000);
@@ -450,6 +453,7 @@ fn ivf_pq_conformance_against_exact_search() {
             kind: crate::types::IndexKind::IvfPq,
             nlist: None,
             pq_m: None,
+            pq_bits: Some(bits),
         };
         let c = engine.create_collection(cfg).unwrap();
         let data = clustered(9500, dim, 21);
@@ -523,21 +527,21 @@ fn ivf_pq_conformance_against_exact_search() {
                 let PointId::Num(n) = id else { unreachable!() };
                 assert!(
                     n % 10 != 0 && n % 10 != 5,
-                    "{metric:?}: deleted id {n} returned"
+                    "{metric:?} {bits}-bit: deleted id {n} returned"
                 );
             }
         }
         let (r_default, r_wide) = (recall(&defaults), recall(&wide));
         eprintln!(
-            "{metric:?}: recall@10 {r_default:.3} (defaults), {r_wide:.3} (nprobe 32, refine 8)"
+            "{metric:?} {bits}-bit: recall@10 {r_default:.3} (defaults), {r_wide:.3} (nprobe 32, refine 8)"
         );
         assert!(
             r_default >= 0.9,
-            "{metric:?}: recall@10 {r_default} at default nprobe/refine"
+            "{metric:?} {bits}-bit: recall@10 {r_default} at default nprobe/refine"
         );
         assert!(
             r_wide >= 0.97,
-            "{metric:?}: recall@10 {r_wide} at nprobe 32, refine 8"
+            "{metric:?} {bits}-bit: recall@10 {r_wide} at nprobe 32, refine 8"
         );
         // Restart: the index files are loaded, not retrained, and give identical results.
         drop(c);
@@ -552,7 +556,7 @@ fn ivf_pq_conformance_against_exact_search() {
         assert_eq!(
             approx(&c, SearchParams::default()),
             defaults,
-            "{metric:?}: results differ after restart"
+            "{metric:?} {bits}-bit: results differ after restart"
         );
     }
 }

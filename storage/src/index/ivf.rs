@@ -5,12 +5,12 @@
 //!
 //! | section | content |
 //! |---|---|
-//! | header (64 B) | `b"QIVF"`, u32 version, u32 metric (0 cosine, 1 l2, 2 dot), u32 dim, u32 nlist, u32 m, u64 rows, u64 seed |
+//! | header (64 B) | `b"QIVF"`, u32 version, u32 metric (0 cosine, 1 l2, 2 dot), u32 dim, u32 nlist, u32 m, u64 rows, u64 seed, u32 bits (version 2; version 1 files are 8-bit) |
 //! | centroids | `nlist × dim` f32 |
-//! | codebooks | `m × 256 × (dim/m)` f32 |
+//! | codebooks | `m × 2^bits × (dim/m)` f32 |
 //! | offsets | `nlist + 1` u64: list `l` holds entries `offsets[l]..offsets[l+1]` |
 //! | rows | u32 segment row of each entry, list-major |
-//! | codes | `m` bytes per entry, list-major, beside the rows |
+//! | codes | 8-bit: `m` bytes per entry, list-major, beside the rows. 4-bit: each list packed into [`fastscan`] blocks of 32 entries (the last one padded), lists one after another |
 //! | trailer | u32 CRC32 of everything before it |
 //!
 //! Written to a temp name, fsynced, renamed: the file is complete or absent. Opening verifies
@@ -18,7 +18,8 @@
 //!
 //! Search: the `nprobe` lists whose centroids are closest to the query are scanned with an
 //! ADC table; for cosine and dot one table per query serves every list (`q·x = q·c + q·r`),
-//! for l2 the table is built per list from `q − c`. The best `n_candidates` are returned for
+//! for l2 the table is built per list from `q − c`. With 4-bit codes the table is quantised
+//! to bytes and 32 entries are scored per SIMD step. The best `n_candidates` are returned for
 //! exact re-ranking by the caller.
 use std::io::Write;
 use std::path::Path;
@@ -28,14 +29,15 @@ use rayon::prelude::*;
 
 use crate::distance::{TopK, dot, l2sq};
 use crate::error::{Error, Result};
+use crate::index::fastscan::{self, QuantizedLut};
 use crate::index::kmeans::{self, KMeansParams, SplitMix64};
-use crate::index::pq::{self, KSUB, ProductQuantizer};
+use crate::index::pq::{self, ProductQuantizer};
 use crate::mmap::MappedFile;
 use crate::types::Metric;
 use crate::wal::sync_dir;
 
 const MAGIC: &[u8; 4] = b"QIVF";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const ALIGN: usize = 64;
 /// File name inside a segment directory.
 pub const FILE_NAME: &str = "ivfpq.bin";
@@ -47,24 +49,35 @@ pub struct IvfPqParams {
     pub nlist: usize,
     /// PQ sub-spaces.
     pub m: usize,
+    /// Bits per sub-space code: 8 (256 centroids, ADC) or 4 (16 centroids, fast-scan).
+    pub bits: u32,
     /// Training seed.
     pub seed: u64,
 }
 
 impl IvfPqParams {
-    /// Defaults from the data: nlist ≈ 4·√N, m from [`pq::default_m`]; explicit values win.
+    /// Defaults from the data: nlist ≈ 4·√N, m from [`pq::default_m`] (8-bit) or
+    /// [`pq::default_m4`] (4-bit); explicit values win.
     pub fn for_data(
         rows: usize,
         dim: usize,
         nlist: Option<usize>,
         m: Option<usize>,
+        bits: u32,
     ) -> IvfPqParams {
         let nlist = nlist
             .unwrap_or_else(|| ((4.0 * (rows as f64).sqrt()).round() as usize).clamp(1, 65_536))
             .clamp(1, rows.max(1));
         IvfPqParams {
             nlist,
-            m: m.unwrap_or_else(|| pq::default_m(dim)),
+            m: m.unwrap_or_else(|| {
+                if bits == 4 {
+                    pq::default_m4(dim)
+                } else {
+                    pq::default_m(dim)
+                }
+            }),
+            bits,
             seed: 0x5157_4956,
         }
     }
@@ -108,6 +121,13 @@ pub fn build(
             format!("{} does not divide the dimension {dim}", params.m),
         ));
     }
+    if params.bits != 4 && params.bits != 8 {
+        return Err(Error::invalid(
+            "index.pq_bits",
+            format!("must be 4 or 8, got {}", params.bits),
+        ));
+    }
+    let ksub = 1usize << params.bits;
     let nlist = params.nlist.clamp(1, n.max(1));
     let t0 = std::time::Instant::now();
     // Ten Lloyd iterations for the coarse quantizer, as FAISS does for IVF training.
@@ -119,7 +139,7 @@ pub fn build(
     let t_assign = t0.elapsed();
     // PQ on residuals of a sample.
     let mut rng = SplitMix64::new(params.seed ^ 0xA5A5);
-    let sample = kmeans::sample_rows(n, KSUB * 256, &mut rng);
+    let sample = kmeans::sample_rows(n, 65_536, &mut rng);
     let residual = |r: usize| -> Vec<f32> {
         let c = assignment[r] as usize;
         vectors[r * dim..(r + 1) * dim]
@@ -129,7 +149,7 @@ pub fn build(
             .collect()
     };
     let train: Vec<f32> = sample.iter().flat_map(|&r| residual(r)).collect();
-    let pq = ProductQuantizer::train(&train, dim, params.m, params.seed);
+    let pq = ProductQuantizer::train(&train, dim, params.m, ksub, params.seed);
     let t_pq = t0.elapsed();
     let m = params.m;
     let residuals: Vec<f32> = (0..n).into_par_iter().flat_map_iter(residual).collect();
@@ -162,6 +182,12 @@ pub fn build(
         rows[at] = r as u32;
         list_codes[at * m..(at + 1) * m].copy_from_slice(&codes[r * m..(r + 1) * m]);
     }
+    if params.bits == 4 {
+        list_codes = offsets
+            .windows(2)
+            .flat_map(|w| fastscan::pack(&list_codes[w[0] as usize * m..w[1] as usize * m], m))
+            .collect();
+    }
 
     let mut buf = Vec::with_capacity(
         ALIGN * 6
@@ -183,6 +209,7 @@ pub fn build(
     }
     buf.extend_from_slice(&(n as u64).to_le_bytes());
     buf.extend_from_slice(&params.seed.to_le_bytes());
+    buf.extend_from_slice(&params.bits.to_le_bytes());
     pad(&mut buf);
     buf.extend_from_slice(bytemuck::cast_slice(&centroids));
     pad(&mut buf);
@@ -215,8 +242,11 @@ pub struct IvfPqIndex {
     dim: usize,
     nlist: usize,
     m: usize,
+    bits: u32,
     rows: usize,
     pq: ProductQuantizer,
+    /// 4-bit: list `l` is packed blocks `block_offsets[l]..block_offsets[l+1]`.
+    block_offsets: Vec<u64>,
     centroids_at: usize,
     offsets_at: usize,
     rows_at: usize,
@@ -255,7 +285,9 @@ impl IvfPqIndex {
             u32_at(20) as usize,
         );
         let frows = u64::from_le_bytes(b[24..32].try_into().expect("invariant: 8 bytes")) as usize;
-        if version != VERSION
+        let bits = if version == 1 { 8 } else { u32_at(40) };
+        if !(1..=VERSION).contains(&version)
+            || !(bits == 4 || bits == 8)
             || metric_from(mcode) != Some(metric)
             || fdim != dim
             || frows != rows
@@ -267,33 +299,55 @@ impl IvfPqIndex {
         }
         let centroids_at = ALIGN;
         let books_at = align(centroids_at + nlist * dim * 4);
-        let offsets_at = align(books_at + m * KSUB * (dim / m) * 4);
+        let ksub = 1usize << bits;
+        let offsets_at = align(books_at + m * ksub * (dim / m) * 4);
         let rows_at = align(offsets_at + (nlist + 1) * 8);
         let codes_at = align(rows_at + rows * 4);
-        if codes_at + rows * m != body.len() {
+        if offsets_at + (nlist + 1) * 8 > body.len() {
+            return Err(bad("index file length does not match its header"));
+        }
+        let offs: &[u64] = bytemuck::cast_slice(&b[offsets_at..offsets_at + (nlist + 1) * 8]);
+        if offs[0] != 0 || offs[nlist] as usize != rows || offs.windows(2).any(|w| w[0] > w[1]) {
+            return Err(bad("index lists are inconsistent"));
+        }
+        let mut block_offsets = Vec::new();
+        let code_bytes = if bits == 4 {
+            block_offsets.reserve(nlist + 1);
+            block_offsets.push(0u64);
+            for w in offs.windows(2) {
+                let blocks = (w[1] - w[0]).div_ceil(fastscan::BLOCK as u64);
+                block_offsets.push(block_offsets[block_offsets.len() - 1] + blocks);
+            }
+            block_offsets[nlist] as usize * fastscan::block_bytes(m)
+        } else {
+            rows * m
+        };
+        if codes_at + code_bytes != body.len() {
             return Err(bad("index file length does not match its header"));
         }
         let codebooks: Vec<f32> =
-            bytemuck::cast_slice(&b[books_at..books_at + m * KSUB * (dim / m) * 4]).to_vec();
+            bytemuck::cast_slice(&b[books_at..books_at + m * ksub * (dim / m) * 4]).to_vec();
         let idx = IvfPqIndex {
             metric,
             dim,
             nlist,
             m,
+            bits,
             rows,
-            pq: ProductQuantizer { dim, m, codebooks },
+            block_offsets,
+            pq: ProductQuantizer {
+                dim,
+                m,
+                ksub,
+                codebooks,
+            },
             centroids_at,
             offsets_at,
             rows_at,
             codes_at,
             map,
         };
-        let offs = idx.offsets();
-        if offs[0] != 0
-            || offs[nlist] as usize != rows
-            || offs.windows(2).any(|w| w[0] > w[1])
-            || idx.row_ids().iter().any(|&r| r as usize >= rows)
-        {
+        if idx.row_ids().iter().any(|&r| r as usize >= rows) {
             return Err(bad("index lists are inconsistent"));
         }
         Ok(Some(idx))
@@ -307,6 +361,11 @@ impl IvfPqIndex {
     /// PQ sub-spaces.
     pub fn m(&self) -> usize {
         self.m
+    }
+
+    /// Bits per sub-space code.
+    pub fn bits(&self) -> u32 {
+        self.bits
     }
 
     /// Bytes of the index file.
@@ -331,7 +390,8 @@ impl IvfPqIndex {
     }
 
     fn codes(&self) -> &[u8] {
-        &self.map.bytes()[self.codes_at..self.codes_at + self.rows * self.m]
+        let b = self.map.bytes();
+        &b[self.codes_at..b.len() - 4]
     }
 
     /// Scans the `nprobe` nearest lists and returns up to `n_candidates` rows by approximate
@@ -368,8 +428,12 @@ impl IvfPqIndex {
             coarse.select_nth_unstable_by(nprobe - 1, |a, b| a.0.total_cmp(&b.0));
             coarse.truncate(nprobe);
         }
-        let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
         let mut top = TopK::new(n_candidates);
+        if self.bits == 4 {
+            self.scan_fast(query, &coarse, &mut top, is_deleted);
+            return top;
+        }
+        let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
         let mut lut: pq::Lut = Vec::with_capacity(m);
         let mut residual = vec![0.0f32; self.dim];
         if ip {
@@ -432,6 +496,80 @@ impl IvfPqIndex {
         }
         top
     }
+
+    /// The offset `o` of a list such that an entry's distance is `o + ADC sum`, where the ADC
+    /// table holds `−q·r` (cosine and dot) or `‖q − c − r‖²` per sub-space (l2).
+    fn list_offset(&self, query: &[f32], coarse_d: f32, l: usize) -> f32 {
+        match self.metric {
+            Metric::Cosine => 1.0 - dot(query, &self.centroids()[l * self.dim..(l + 1) * self.dim]),
+            Metric::Dot => coarse_d,
+            Metric::L2 => 0.0,
+        }
+    }
+
+    /// 4-bit fast-scan over the probed lists.
+    fn scan_fast(
+        &self,
+        query: &[f32],
+        coarse: &[(f32, u32)],
+        top: &mut TopK<u32>,
+        is_deleted: impl Fn(u32) -> bool,
+    ) {
+        let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
+        let bb = fastscan::block_bytes(m);
+        let mut flat = Vec::with_capacity(m * fastscan::KSUB);
+        let mut lut = QuantizedLut::default();
+        let mut residual = vec![0.0f32; self.dim];
+        let (mut scores, mut masks) = (Vec::new(), Vec::new());
+        let neg_ip =
+            |a: &[f32], b: &[f32]| -> f32 { -a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() };
+        let l2 =
+            |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum() };
+        if self.metric != Metric::L2 {
+            self.pq.flat_table(query, &mut flat, neg_ip);
+            QuantizedLut::quantize(&flat, m, &mut lut);
+        }
+        for &(cd, l) in coarse {
+            let l = l as usize;
+            let (s, e) = (offsets[l] as usize, offsets[l + 1] as usize);
+            if s == e {
+                continue;
+            }
+            if self.metric == Metric::L2 {
+                let c = &self.centroids()[l * self.dim..(l + 1) * self.dim];
+                residual
+                    .iter_mut()
+                    .zip(query.iter().zip(c))
+                    .for_each(|(r, (q, c))| *r = q - c);
+                self.pq.flat_table(&residual, &mut flat, l2);
+                QuantizedLut::quantize(&flat, m, &mut lut);
+            }
+            let off = self.list_offset(query, cd, l);
+            let Some(limit) = lut.score_limit(top.threshold() - off) else {
+                continue;
+            };
+            let blocks = &codes
+                [self.block_offsets[l] as usize * bb..self.block_offsets[l + 1] as usize * bb];
+            fastscan::scan(&lut.table, blocks, m, limit, &mut scores, &mut masks);
+            for (bi, &mask) in masks.iter().enumerate() {
+                let mut bits = mask;
+                while bits != 0 {
+                    let i = bi * fastscan::BLOCK + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if i >= e - s {
+                        break;
+                    }
+                    let d = off + lut.distance(scores[i]);
+                    if d < top.threshold() {
+                        let row = rows[s + i];
+                        if !is_deleted(row) {
+                            top.push(d, row);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -460,10 +598,13 @@ mod tests {
     #[test]
     fn recall_against_exact_for_every_metric_and_file_checks() {
         let (n, dim) = (4000, 16);
-        for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+        for (metric, bits) in [Metric::Cosine, Metric::L2, Metric::Dot]
+            .into_iter()
+            .flat_map(|m| [(m, 8), (m, 4)])
+        {
             let xs = data(n, dim, 11, metric == Metric::Cosine);
             let dir = tempfile::tempdir().unwrap();
-            let params = IvfPqParams::for_data(n, dim, None, None);
+            let params = IvfPqParams::for_data(n, dim, None, None, bits);
             build(dir.path(), &xs, dim, metric, params).unwrap();
             let idx = IvfPqIndex::open(dir.path(), dim, metric, n)
                 .unwrap()
@@ -502,7 +643,7 @@ mod tests {
             let recall = hit as f64 / 500.0;
             assert!(
                 recall >= 0.9,
-                "{metric:?}: recall@10 {recall} at nprobe nlist/4, refine 10"
+                "{metric:?} {bits}-bit: recall@10 {recall} at nprobe nlist/4, refine 10"
             );
         }
     }
@@ -512,9 +653,18 @@ mod tests {
         let (n, dim) = (1500, 8);
         let xs = data(n, dim, 3, false);
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let p = IvfPqParams::for_data(n, dim, Some(16), Some(4));
+        let p = IvfPqParams::for_data(n, dim, Some(16), Some(4), 8);
         build(a.path(), &xs, dim, Metric::L2, p).unwrap();
         build(b.path(), &xs, dim, Metric::L2, p).unwrap();
+        let (c, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let p4 = IvfPqParams { bits: 4, ..p };
+        build(c.path(), &xs, dim, Metric::L2, p4).unwrap();
+        build(d.path(), &xs, dim, Metric::L2, p4).unwrap();
+        assert_eq!(
+            std::fs::read(c.path().join(FILE_NAME)).unwrap(),
+            std::fs::read(d.path().join(FILE_NAME)).unwrap(),
+            "4-bit: same seed, same bytes"
+        );
         let fa = std::fs::read(a.path().join(FILE_NAME)).unwrap();
         assert_eq!(
             fa,

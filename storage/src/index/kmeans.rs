@@ -126,7 +126,8 @@ pub struct CentroidTable {
 const ROWS: usize = 4;
 const TILE: usize = 16;
 
-static HAS_AVX2: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+/// Whether the CPU has AVX2 (detected once).
+pub(crate) static HAS_AVX2: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2")

@@ -1,15 +1,15 @@
-//! Product quantizer with 8-bit codes: `m` sub-spaces of `dim / m` dimensions, 256 centroids
-//! each, trained by k-means per sub-space (in parallel). Distances are computed by asymmetric
-//! distance computation (ADC): a lookup table per query holds the distance from each query
-//! sub-vector to each of the 256 centroids of its sub-space, and a code's distance is the sum
-//! of `m` table entries.
+//! Product quantizer: `m` sub-spaces of `dim / m` dimensions, with 256 centroids each (8-bit
+//! codes) or 16 (4-bit codes, scanned by [`crate::index::fastscan`]), trained by k-means per
+//! sub-space (in parallel). Distances are computed by asymmetric distance computation (ADC): a
+//! lookup table per query holds the distance from each query sub-vector to each centroid of
+//! its sub-space, and a code's distance is the sum of `m` table entries.
 use rayon::prelude::*;
 
 #[cfg(test)]
 use crate::distance::{dot, l2sq};
 use crate::index::kmeans::{self, KMeansParams};
 
-/// Centroids per sub-space (8-bit codes).
+/// Centroids per sub-space with 8-bit codes.
 pub const KSUB: usize = 256;
 
 /// A trained product quantizer.
@@ -19,7 +19,9 @@ pub struct ProductQuantizer {
     pub dim: usize,
     /// Sub-spaces.
     pub m: usize,
-    /// `m × KSUB × dsub` floats: centroid `c` of sub-space `j` at `(j·KSUB + c)·dsub`.
+    /// Centroids per sub-space: 256 (8-bit codes) or 16 (4-bit).
+    pub ksub: usize,
+    /// `m × ksub × dsub` floats: centroid `c` of sub-space `j` at `(j·ksub + c)·dsub`.
     pub codebooks: Vec<f32>,
 }
 
@@ -33,8 +35,24 @@ pub fn default_m(dim: usize) -> usize {
     } else {
         8
     };
-    let target = (dim / dsub).max(1);
-    (1..=target)
+    largest_divisor_up_to(dim, dim / dsub)
+}
+
+/// The default number of sub-spaces for 4-bit codes: 1-d sub-vectors up to 64 dims, 2-d up to
+/// 1024, 4-d beyond (16 centroids describe only a short sub-vector well).
+pub fn default_m4(dim: usize) -> usize {
+    let dsub = if dim <= 64 {
+        1
+    } else if dim <= 1024 {
+        2
+    } else {
+        4
+    };
+    largest_divisor_up_to(dim, dim / dsub)
+}
+
+fn largest_divisor_up_to(dim: usize, target: usize) -> usize {
+    (1..=target.max(1))
         .rev()
         .find(|m| dim.is_multiple_of(*m))
         .unwrap_or(1)
@@ -46,8 +64,8 @@ impl ProductQuantizer {
         self.dim / self.m
     }
 
-    /// Trains on row-major `data` (residuals).
-    pub fn train(data: &[f32], dim: usize, m: usize, seed: u64) -> ProductQuantizer {
+    /// Trains `ksub` centroids per sub-space on row-major `data` (residuals).
+    pub fn train(data: &[f32], dim: usize, m: usize, ksub: usize, seed: u64) -> ProductQuantizer {
         assert!(m > 0 && dim.is_multiple_of(m), "invariant: m divides dim");
         let dsub = dim / m;
         let n = data.len() / dim;
@@ -61,29 +79,32 @@ impl ProductQuantizer {
                             .copied()
                     })
                     .collect();
-                let mut p = KMeansParams::new(KSUB, seed ^ (j as u64).wrapping_mul(0x9E37_79B9));
+                let mut p = KMeansParams::new(ksub, seed ^ (j as u64).wrapping_mul(0x9E37_79B9));
                 p.max_iters = 15;
+                // Small codebooks are cheap to train: use more of the sample.
+                p.max_points_per_centroid = (65_536 / ksub).max(256);
                 kmeans::train(&sub, dsub, &p)
             })
             .collect();
         ProductQuantizer {
             dim,
             m,
+            ksub,
             codebooks: books.concat(),
         }
     }
 
     fn centroid(&self, j: usize, c: usize) -> &[f32] {
         let dsub = self.dsub();
-        let s = (j * KSUB + c) * dsub;
+        let s = (j * self.ksub + c) * dsub;
         &self.codebooks[s..s + dsub]
     }
 
     /// Encodes `x` into `out` (`m` bytes).
     pub fn encode(&self, x: &[f32], out: &mut [u8]) {
-        let dsub = self.dsub();
+        let (dsub, ks) = (self.dsub(), self.ksub);
         for (j, o) in out.iter_mut().enumerate().take(self.m) {
-            let book = &self.codebooks[j * KSUB * dsub..(j + 1) * KSUB * dsub];
+            let book = &self.codebooks[j * ks * dsub..(j + 1) * ks * dsub];
             *o = kmeans::nearest(&x[j * dsub..(j + 1) * dsub], book, dsub).0 as u8;
         }
     }
@@ -91,11 +112,11 @@ impl ProductQuantizer {
     /// Encodes row-major `data`, `m` bytes per row, in parallel; sub-vectors are matched four
     /// rows at a time against each sub-space's [`kmeans::CentroidTable`].
     pub fn encode_many(&self, data: &[f32]) -> Vec<u8> {
-        let (dim, m, dsub) = (self.dim, self.m, self.dsub());
+        let (dim, m, dsub, ks) = (self.dim, self.m, self.dsub(), self.ksub);
         let tables: Vec<kmeans::CentroidTable> = (0..m)
             .map(|j| {
                 kmeans::CentroidTable::new(
-                    &self.codebooks[j * KSUB * dsub..(j + 1) * KSUB * dsub],
+                    &self.codebooks[j * ks * dsub..(j + 1) * ks * dsub],
                     dsub,
                 )
             })
@@ -146,6 +167,7 @@ impl ProductQuantizer {
     /// Sub-vectors are short (2–8 floats): a plain loop the compiler vectorises beats a call
     /// into simsimd per entry here.
     fn table(&self, q: &[f32], lut: &mut Lut, f: impl Fn(&[f32], &[f32]) -> f32) {
+        debug_assert_eq!(self.ksub, KSUB, "invariant: 8-bit tables");
         let dsub = self.dsub();
         lut.clear();
         lut.resize(self.m, [0.0; KSUB]);
@@ -155,6 +177,18 @@ impl ProductQuantizer {
             for (slot, c) in row.iter_mut().zip(book.chunks_exact(dsub)) {
                 *slot = f(qj, c);
             }
+        }
+    }
+}
+
+impl ProductQuantizer {
+    /// A flat table (`m × ksub`, row per sub-space) of `f(query sub-vector, centroid)`.
+    pub fn flat_table(&self, q: &[f32], out: &mut Vec<f32>, f: impl Fn(&[f32], &[f32]) -> f32) {
+        let dsub = self.dsub();
+        out.clear();
+        for (j, qj) in q.chunks_exact(dsub).enumerate().take(self.m) {
+            let book = &self.codebooks[j * self.ksub * dsub..(j + 1) * self.ksub * dsub];
+            out.extend(book.chunks_exact(dsub).map(|c| f(qj, c)));
         }
     }
 }
@@ -211,10 +245,10 @@ mod tests {
     fn encode_decode_reduces_error_and_adc_matches_decoded_distance() {
         let dim = 8;
         let data = random(3000, dim, 5);
-        let pq = ProductQuantizer::train(&data, dim, 4, 7);
+        let pq = ProductQuantizer::train(&data, dim, 4, KSUB, 7);
         assert_eq!(
             pq,
-            ProductQuantizer::train(&data, dim, 4, 7),
+            ProductQuantizer::train(&data, dim, 4, KSUB, 7),
             "deterministic for a fixed seed"
         );
         let mut code = vec![0u8; 4];
