@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use quiver_benches::{read_fvecs, read_ivecs, recall_at};
+use quiver_benches::{parse_sweep, read_fvecs, read_queries, recall_at};
 use quiver_client::{Client, num_id, pb};
 
 #[derive(Debug, Parser)]
@@ -34,7 +34,10 @@ struct Args {
     /// sweep --sweep instead of measuring the exact scan.
     #[arg(long)]
     ivf_nlist: Option<u32>,
-    /// nprobe:refine configurations for --ivf-nlist, comma-separated.
+    /// Bits per PQ code with --ivf-nlist: 4 (fast-scan) or 8.
+    #[arg(long, default_value_t = 4)]
+    pq_bits: u32,
+    /// nprobe:refine (or rTARGET_RECALL:refine) configurations for --ivf-nlist, comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
 }
@@ -50,9 +53,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> Result<()> {
     let a = Args::parse();
     let mut c = Client::connect(&a.addr).await?;
-    let queries = read_fvecs(&a.data.join("query.fvecs"))?;
-    let gt = read_ivecs(&a.data.join("gt100.ivecs"))?;
-    let nq = a.queries.min(queries.len());
+    let (queries, gt) = read_queries(&a.data, a.queries)?;
+    let nq = queries.len();
     if !a.skip_load {
         let base = read_fvecs(&a.data.join("base.fvecs"))?;
         let _ = c
@@ -64,6 +66,7 @@ async fn main() -> Result<()> {
         let index = a.ivf_nlist.map(|nlist| pb::IndexParams {
             kind: pb::IndexKind::IvfPq as i32,
             nlist,
+            pq_bits: a.pq_bits,
             ..Default::default()
         });
         let create = pb::CreateCollectionRequest {
@@ -199,11 +202,7 @@ async fn ivf_sweep(c: &mut Client, a: &Args, queries: &[Vec<f32>], gt: &[Vec<u32
         anyhow::ensure!(t.elapsed().as_secs() < 1800, "index not ready: {state}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    for cfg in a.sweep.split(',') {
-        let (p, r) = cfg
-            .split_once(':')
-            .context("sweep entries are nprobe:refine")?;
-        let (nprobe, refine): (u32, u32) = (p.parse()?, r.parse()?);
+    for point in parse_sweep(&a.sweep)? {
         let t = Instant::now();
         let mut recall = 0.0;
         for (q, truth) in queries.iter().zip(gt) {
@@ -211,8 +210,9 @@ async fn ivf_sweep(c: &mut Client, a: &Args, queries: &[Vec<f32>], gt: &[Vec<u32
                 collection: a.collection.clone(),
                 vector: q.clone(),
                 k: 10,
-                nprobe: Some(nprobe),
-                refine_factor: Some(refine),
+                nprobe: point.nprobe,
+                refine_factor: Some(point.refine),
+                target_recall: point.target_recall,
                 ..Default::default()
             };
             let hits = c.search.search(req).await?.into_inner().hits;
@@ -221,7 +221,7 @@ async fn ivf_sweep(c: &mut Client, a: &Args, queries: &[Vec<f32>], gt: &[Vec<u32
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
         println!(
             "{}",
-            serde_json::json!({"system": "quiver-ivfpq-grpc", "nprobe": nprobe, "refine": refine, "recall10": recall / queries.len() as f64, "qps": qps, "threads": 1})
+            serde_json::json!({"system": "quiver-ivfpq-grpc", "nprobe": point.nprobe, "target_recall": point.target_recall, "refine": point.refine, "recall10": recall / queries.len() as f64, "qps": qps, "threads": 1})
         );
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use clap::Parser;
-use quiver_benches::{read_fvecs, read_ivecs, recall_at};
+use quiver_benches::{parse_sweep, read_fvecs, read_queries, recall_at};
 use quiver_storage::{
     CollectionConfig, Engine, EngineOptions, IndexConfig, IndexKind, Metric, PointId, PointWrite,
     ReadOptions, SearchParams,
@@ -28,7 +28,7 @@ struct Args {
     /// Bits per PQ code: 4 (fast-scan) or 8.
     #[arg(long, default_value_t = 4)]
     pq_bits: u32,
-    /// Configurations as nprobe:refine, comma-separated.
+    /// Configurations as nprobe:refine (or rTARGET_RECALL:refine), comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
 }
@@ -40,9 +40,8 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let base = read_fvecs(&a.data.join("base.fvecs"))?;
-    let queries = read_fvecs(&a.data.join("query.fvecs"))?;
-    let gt = read_ivecs(&a.data.join("gt100.ivecs"))?;
-    let nq = a.queries.min(queries.len());
+    let (queries, gt) = read_queries(&a.data, a.queries)?;
+    let nq = queries.len();
     let dim = base[0].len();
     let dir = tempfile::tempdir()?;
     let engine = Engine::open(
@@ -97,14 +96,14 @@ fn main() -> Result<()> {
         serde_json::json!({"system": "quiver-ivfpq", "event": "build", "seconds": build, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
     );
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    for cfg in a.sweep.split(',') {
-        let (p, r) = cfg
-            .split_once(':')
-            .ok_or_else(|| anyhow::anyhow!("bad sweep entry {cfg}"))?;
+    for point in parse_sweep(&a.sweep)? {
         let params = SearchParams {
             exact: false,
-            nprobe: Some(p.parse()?),
-            refine: Some(r.parse()?),
+            nprobe: point.nprobe.map(|n| n as usize),
+            refine: Some(point.refine as usize),
+            target_recall_bp: point
+                .target_recall
+                .map(|t| (f64::from(t) * 10_000.0).round() as u16),
         };
         let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
             let t = Instant::now();
@@ -127,7 +126,7 @@ fn main() -> Result<()> {
         })?;
         println!(
             "{}",
-            serde_json::json!({"system": "quiver-ivfpq", "nprobe": params.nprobe, "refine": params.refine, "recall10": recall, "qps": qps, "threads": 1})
+            serde_json::json!({"system": "quiver-ivfpq", "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": 1})
         );
     }
     Ok(())

@@ -18,9 +18,67 @@ pub fn read_ivecs(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
         .collect())
 }
 
+/// Exact neighbour ids per query, nearest first.
+pub type GroundTruth = Vec<Vec<u32>>;
+
+/// `n` queries of `dir/query.fvecs` with their ground truth (`dir/gt100.ivecs`), taken at an
+/// even stride over the file. The GloVe query file is in word-frequency order and frequent
+/// words are easier, so a prefix would flatter every system; the Python peers take the same
+/// rows (`np.arange(n) * (total // n)`).
+pub fn read_queries(dir: &Path, n: usize) -> anyhow::Result<(Vec<Vec<f32>>, GroundTruth)> {
+    let queries = read_fvecs(&dir.join("query.fvecs"))?;
+    let gt = read_ivecs(&dir.join("gt100.ivecs"))?;
+    anyhow::ensure!(
+        queries.len() == gt.len(),
+        "query and ground-truth files differ in length"
+    );
+    let n = n.clamp(1, queries.len());
+    let step = queries.len() / n;
+    let pick = |i: usize| i * step;
+    Ok((
+        (0..n).map(|i| queries[pick(i)].clone()).collect(),
+        (0..n).map(|i| gt[pick(i)].clone()).collect(),
+    ))
+}
+
 /// Fraction of the true top-`k` found among the returned ids.
 pub fn recall_at(k: usize, got: &[u64], truth: &[u32]) -> f64 {
     let truth: std::collections::HashSet<u64> =
         truth.iter().take(k).map(|x| u64::from(*x)).collect();
     got.iter().take(k).filter(|g| truth.contains(g)).count() as f64 / k as f64
+}
+
+/// One configuration of an IVF sweep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepPoint {
+    /// Lists probed (`None` when a target recall chooses them).
+    pub nprobe: Option<u32>,
+    /// Target recall@10 asked of the index's calibration.
+    pub target_recall: Option<f32>,
+    /// Refine factor.
+    pub refine: u32,
+}
+
+/// Parses `nprobe:refine` or `rTARGET:refine` entries, comma-separated (`32:4,r0.95:4`).
+pub fn parse_sweep(s: &str) -> anyhow::Result<Vec<SweepPoint>> {
+    s.split(',')
+        .map(|cfg| {
+            let (p, r) = cfg
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("sweep entry {cfg:?} is not nprobe:refine"))?;
+            let refine = r.parse()?;
+            Ok(match p.strip_prefix('r') {
+                Some(t) => SweepPoint {
+                    nprobe: None,
+                    target_recall: Some(t.parse()?),
+                    refine,
+                },
+                None => SweepPoint {
+                    nprobe: Some(p.parse()?),
+                    target_recall: None,
+                    refine,
+                },
+            })
+        })
+        .collect()
 }

@@ -291,6 +291,25 @@ async fn invalid_requests_get_precise_statuses() {
         Code::InvalidArgument,
         "refine_factor",
     ));
+    for (what, target, nprobe) in [
+        ("target recall above 1", 1.5, None),
+        ("target recall zero", 0.0, None),
+        ("target recall NaN", f32::NAN, None),
+        ("target recall with nprobe", 0.9, Some(8)),
+    ] {
+        cases.push((
+            what,
+            s.search(pb::SearchRequest {
+                target_recall: Some(target),
+                nprobe,
+                ..search(vec![1.0; 4], 5)
+            })
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+            "target_recall",
+        ));
+    }
     cases.push((
         "k too large",
         s.search(search(vec![1.0; 4], 10_001)).await.unwrap_err(),

@@ -124,6 +124,21 @@ async fn ivf_pq_through_server_and_cli() {
         .sum();
     let recall = hit as f64 / 300.0;
     assert!(recall >= 0.9, "recall@10 {recall} at nprobe 16, refine 8");
+    // A target recall picks nprobe per segment from the build-time calibration.
+    for target in ["0.7", "0.95"] {
+        let got = ids(&search(&server, q, &["--target-recall", target]));
+        let hit: usize = got
+            .iter()
+            .zip(&exact)
+            .map(|(a, e)| a.iter().filter(|x| e.contains(x)).count())
+            .sum();
+        let recall = hit as f64 / 300.0;
+        let want: f64 = target.parse().unwrap();
+        assert!(
+            recall >= want - 0.05,
+            "recall@10 {recall} for --target-recall {target}"
+        );
+    }
     // Restart: indexes are loaded from their files at open (3/3 immediately), same results.
     server.restart().await;
     let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));

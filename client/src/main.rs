@@ -119,6 +119,10 @@ enum Cmd {
         /// Re-rank k × F index candidates exactly (default 4).
         #[arg(long = "refine")]
         refine: Option<u32>,
+        /// Probe as many IVF lists as the index's calibration needs for this recall@10, in
+        /// (0, 1].
+        #[arg(long, conflicts_with = "nprobe")]
+        target_recall: Option<f32>,
         /// Include stored vectors.
         #[arg(long)]
         with_vectors: bool,
@@ -622,6 +626,7 @@ async fn run(cli: Cli) -> Result<()> {
             exact,
             nprobe,
             refine,
+            target_recall,
             with_vectors,
             json,
         } => {
@@ -634,6 +639,7 @@ async fn run(cli: Cli) -> Result<()> {
                 vector: Vec::new(),
                 nprobe,
                 refine_factor: refine,
+                target_recall,
             };
             if let Some(path) = queries {
                 let name = path.display().to_string();

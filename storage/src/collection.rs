@@ -30,8 +30,8 @@ use crate::segment::mutable::MutableSegment;
 use crate::segment::sealed::{SealedSegment, tombstone_file_name, write_segment, write_tombstones};
 use crate::segment::{RowKey, SegmentId};
 use crate::types::{
-    CollectionConfig, DEFAULT_PQ_BITS, Hit, IndexKind, MIN_INDEXED_ROWS, Metric, PointId,
-    PointRecord, PointWrite, ReadOptions, SearchParams, normalize, validate_vector,
+    CollectionConfig, DEFAULT_PQ_BITS, DEFAULT_REFINE, Hit, IndexKind, MIN_INDEXED_ROWS, Metric,
+    PointId, PointRecord, PointWrite, ReadOptions, SearchParams, normalize, validate_vector,
 };
 use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
 
@@ -667,11 +667,17 @@ impl Collection {
                     .iter()
                     .find_map(|s| s.index())
                     .map(|i| {
+                        let cal = i.calibration();
+                        let curve: Vec<String> = [0.9, 0.95, 0.99]
+                            .iter()
+                            .map(|&t| format!("{t} at nprobe {}", cal.nprobe_for(t)))
+                            .collect();
                         format!(
-                            " (nlist {} in the first indexed segment, pq_m {}, pq_bits {})",
+                            " (nlist {} in the first indexed segment, pq_m {}, pq_bits {}; target recall@10 {})",
                             i.nlist(),
                             i.m(),
-                            i.bits()
+                            i.bits(),
+                            curve.join(", ")
                         )
                     })
                     .unwrap_or_default();
@@ -918,8 +924,13 @@ fn search_index(
     tops: &mut [TopK<RowKey>],
 ) {
     let deleted = s.deleted_guard();
-    let nprobe = params.nprobe.unwrap_or_else(|| (idx.nlist() / 16).max(8));
-    let refine = params.refine.unwrap_or(4).max(1);
+    let nprobe = params
+        .nprobe
+        .unwrap_or_else(|| match params.target_recall_bp {
+            Some(bp) => idx.calibration().nprobe_for(f64::from(bp) / 10_000.0),
+            None => (idx.nlist() / 16).max(8),
+        });
+    let refine = params.refine.unwrap_or(DEFAULT_REFINE).max(1);
     for ((q, top), &k) in queries.iter().zip(tops.iter_mut()).zip(ks) {
         let cands = idx.search(q, nprobe, k.saturating_mul(refine), |r| deleted.contains(r));
         for c in cands.into_sorted() {

@@ -147,15 +147,22 @@ pub const DEFAULT_PQ_BITS: u32 = 4;
 /// Segments with fewer rows are always scanned exactly (an index would not pay for itself).
 pub const MIN_INDEXED_ROWS: u32 = 1024;
 
+/// Candidates re-ranked exactly per result when a search does not set a refine factor.
+pub const DEFAULT_REFINE: usize = 4;
+
 /// Per-query search parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SearchParams {
     /// Scan every row exactly, ignoring indexes.
     pub exact: bool,
-    /// IVF lists probed per segment (`None`: nlist / 16, at least 8).
+    /// IVF lists probed per segment (`None`: from `target_recall_bp`, else nlist / 16, at
+    /// least 8).
     pub nprobe: Option<usize>,
-    /// Candidates re-ranked exactly = k × refine (`None`: 4).
+    /// Candidates re-ranked exactly = k × refine (`None`: [`DEFAULT_REFINE`]).
     pub refine: Option<usize>,
+    /// Target recall@10 in basis points (9500 = 0.95): each segment probes the nprobe its
+    /// calibration measured for that recall. Ignored when `nprobe` is set.
+    pub target_recall_bp: Option<u16>,
 }
 
 /// Default number of rows in the mutable segment before it is sealed.

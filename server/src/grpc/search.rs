@@ -47,6 +47,22 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
         }
         f => f.map(|f| f as usize),
     };
+    let target_recall_bp = match r.target_recall {
+        None => None,
+        Some(_) if nprobe.is_some() => {
+            return Err(ApiError::bad(
+                "target_recall",
+                "set nprobe or target_recall, not both",
+            ));
+        }
+        Some(t) if t.is_finite() && t > 0.0 && t <= 1.0 => Some((t * 10_000.0).round() as u16),
+        Some(t) => {
+            return Err(ApiError::bad(
+                "target_recall",
+                format!("{t} is outside (0, 1]"),
+            ));
+        }
+    };
     Ok(Query {
         k: convert::k(r.k, max_k)?,
         collection: r.collection,
@@ -59,6 +75,7 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
             exact: r.exact,
             nprobe,
             refine,
+            target_recall_bp,
         },
     })
 }

@@ -13,8 +13,10 @@
 //! | codes | 8-bit: `m` bytes per entry, list-major, beside the rows. 4-bit: each list packed into [`fastscan`] blocks of 32 entries (the last one padded), lists one after another |
 //! | trailer | u32 CRC32 of everything before it |
 //!
-//! Written to a temp name, fsynced, renamed: the file is complete or absent. Opening verifies
-//! the CRC, so a damaged index is reported (and rebuilt) instead of returning wrong results.
+//! Written to a temp name, fsynced, then calibrated (see [`calibrate`]; the calibration file
+//! is written first) and renamed: the index is complete or absent. Opening verifies the CRC of
+//! both files, so a damaged index is reported (and rebuilt) instead of returning wrong
+//! results.
 //!
 //! Search: the `nprobe` lists whose centroids are closest to the query are scanned with an
 //! ADC table; for cosine and dot one table per query serves every list (`q·x = q·c + q·r`),
@@ -29,6 +31,7 @@ use rayon::prelude::*;
 
 use crate::distance::{TopK, dot, l2sq};
 use crate::error::{Error, Result};
+use crate::index::calibrate::{self, Calibration};
 use crate::index::fastscan::{self, QuantizedLut};
 use crate::index::kmeans::{self, KMeansParams, SplitMix64};
 use crate::index::pq::{self, ProductQuantizer};
@@ -130,16 +133,29 @@ pub fn build(
     let ksub = 1usize << params.bits;
     let nlist = params.nlist.clamp(1, n.max(1));
     let t0 = std::time::Instant::now();
+    // Calibration queries are held out of training, so they behave as unseen queries.
+    let held = calibrate::held_out(n, params.seed);
+    let mut rng = SplitMix64::new(params.seed ^ 0xA5A5);
+    let training_rows = |count: usize, rng: &mut SplitMix64| -> Vec<usize> {
+        kmeans::sample_rows(n, count + held.len(), rng)
+            .into_iter()
+            .filter(|r| held.binary_search(r).is_err())
+            .collect()
+    };
     // Ten Lloyd iterations for the coarse quantizer, as FAISS does for IVF training.
     let mut kp = KMeansParams::new(nlist, params.seed);
     kp.max_iters = 10;
-    let centroids = kmeans::train(vectors, dim, &kp);
+    let coarse_train: Vec<f32> = training_rows(nlist * kp.max_points_per_centroid, &mut rng)
+        .iter()
+        .flat_map(|&r| vectors[r * dim..(r + 1) * dim].iter().copied())
+        .collect();
+    let centroids = kmeans::train(&coarse_train, dim, &kp);
+    drop(coarse_train);
     let t_coarse = t0.elapsed();
     let (assignment, _) = kmeans::assign(vectors, dim, &centroids);
     let t_assign = t0.elapsed();
     // PQ on residuals of a sample.
-    let mut rng = SplitMix64::new(params.seed ^ 0xA5A5);
-    let sample = kmeans::sample_rows(n, 65_536, &mut rng);
+    let sample = training_rows(65_536, &mut rng);
     let residual = |r: usize| -> Vec<f32> {
         let c = assignment[r] as usize;
         vectors[r * dim..(r + 1) * dim]
@@ -229,6 +245,15 @@ pub fn build(
         f.write_all(&buf)?;
         f.sync_all()?;
     }
+    drop(buf);
+    let t_cal = std::time::Instant::now();
+    let index = IvfPqIndex::open_file(&tmp, dim, metric, n, None)?;
+    Calibration::measure(&index, vectors, dim, metric, params.seed).write(dir)?;
+    tracing::debug!(
+        calibrate_ms = t_cal.elapsed().as_millis() as u64,
+        "IVF-PQ calibrated"
+    );
+    drop(index);
     fs::rename(&tmp, dir.join(FILE_NAME))?;
     sync_dir(dir)?;
     Ok(())
@@ -247,6 +272,8 @@ pub struct IvfPqIndex {
     pq: ProductQuantizer,
     /// 4-bit: list `l` is packed blocks `block_offsets[l]..block_offsets[l+1]`.
     block_offsets: Vec<u64>,
+    /// Measured recall per nprobe (empty while the index is being calibrated).
+    calibration: Calibration,
     centroids_at: usize,
     offsets_at: usize,
     rows_at: usize,
@@ -258,15 +285,26 @@ fn align(x: usize) -> usize {
 }
 
 impl IvfPqIndex {
-    /// Opens and verifies `dir/ivfpq.bin`; `Ok(None)` if there is none.
+    /// Opens and verifies `dir/ivfpq.bin` and its calibration; `Ok(None)` if there is no index.
     pub fn open(dir: &Path, dim: usize, metric: Metric, rows: usize) -> Result<Option<IvfPqIndex>> {
         let path = dir.join(FILE_NAME);
         if !path.exists() {
             return Ok(None);
         }
-        let map = MappedFile::open(&path)?;
+        let calibration = Calibration::read(dir)?;
+        Self::open_file(&path, dim, metric, rows, Some(calibration)).map(Some)
+    }
+
+    fn open_file(
+        path: &Path,
+        dim: usize,
+        metric: Metric,
+        rows: usize,
+        calibration: Option<Calibration>,
+    ) -> Result<IvfPqIndex> {
+        let map = MappedFile::open(path)?;
         let b = map.bytes();
-        let bad = |d: &str| Error::corrupt(&path, 0, d.to_owned());
+        let bad = |d: &str| Error::corrupt(path, 0, d.to_owned());
         if b.len() < ALIGN + 4 || &b[0..4] != MAGIC {
             return Err(bad("not an IVF-PQ index file"));
         }
@@ -335,6 +373,11 @@ impl IvfPqIndex {
             bits,
             rows,
             block_offsets,
+            calibration: calibration.unwrap_or(Calibration {
+                queries: 0,
+                refine: 0,
+                points: Vec::new(),
+            }),
             pq: ProductQuantizer {
                 dim,
                 m,
@@ -350,7 +393,12 @@ impl IvfPqIndex {
         if idx.row_ids().iter().any(|&r| r as usize >= rows) {
             return Err(bad("index lists are inconsistent"));
         }
-        Ok(Some(idx))
+        Ok(idx)
+    }
+
+    /// The recall measured per nprobe at build time.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
     }
 
     /// Number of inverted lists.
@@ -645,6 +693,63 @@ mod tests {
                 recall >= 0.9,
                 "{metric:?} {bits}-bit: recall@10 {recall} at nprobe nlist/4, refine 10"
             );
+        }
+    }
+
+    /// Recall measured with fresh queries (from the data's distribution, never indexed) at the
+    /// nprobe the calibration picks is close to the target, for both code widths.
+    #[test]
+    fn calibration_predicts_recall_on_unseen_queries() {
+        let (n, nq, dim) = (6000, 300, 16);
+        for (metric, bits) in [(Metric::L2, 4), (Metric::Cosine, 8)] {
+            let all = data(n + nq, dim, 5, metric == Metric::Cosine);
+            let (xs, qs) = all.split_at(n * dim);
+            let dir = tempfile::tempdir().unwrap();
+            build(
+                dir.path(),
+                xs,
+                dim,
+                metric,
+                IvfPqParams::for_data(n, dim, None, None, bits),
+            )
+            .unwrap();
+            let idx = IvfPqIndex::open(dir.path(), dim, metric, n)
+                .unwrap()
+                .unwrap();
+            let cal = idx.calibration();
+            assert_eq!(cal.queries, 128);
+            assert!(cal.points.windows(2).all(|w| w[0].nprobe < w[1].nprobe));
+            for target in [0.8, 0.9, 0.95] {
+                let nprobe = cal.nprobe_for(target);
+                let mut hit = 0;
+                for q in qs.chunks_exact(dim) {
+                    let mut rer = TopK::new(10);
+                    for c in idx.search(q, nprobe, 40, |_| false).into_sorted() {
+                        let r = c.key as usize;
+                        rer.push(distance(metric, q, &xs[r * dim..(r + 1) * dim]), c.key);
+                    }
+                    let mut exact = TopK::new(10);
+                    for (r, v) in xs.chunks_exact(dim).enumerate() {
+                        exact.push(distance(metric, q, v), r as u32);
+                    }
+                    let truth: Vec<u32> = exact.into_sorted().into_iter().map(|c| c.key).collect();
+                    hit += rer
+                        .into_sorted()
+                        .iter()
+                        .filter(|c| truth.contains(&c.key))
+                        .count();
+                }
+                let recall = hit as f64 / (nq * 10) as f64;
+                assert!(
+                    recall >= target - 0.03,
+                    "{metric:?} {bits}-bit: target {target}, nprobe {nprobe} gave {recall} ({:?})",
+                    cal.points
+                );
+                assert!(
+                    nprobe < idx.nlist(),
+                    "{metric:?} {bits}-bit: target {target} needs every list"
+                );
+            }
         }
     }
 
