@@ -1,6 +1,6 @@
 //! IVF-PQ end to end: created with the CLI, built in the background by the real server,
 //! shown by `collection info`, searched with `--nprobe/--refine` and `--exact`, loaded again
-//! after a restart.
+//! after a restart, with the server's idle polling on.
 use std::io::Write;
 
 use quiver_tests::{Server, json_lines, vector};
@@ -49,7 +49,9 @@ fn ids(results: &[Value]) -> Vec<Vec<u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ivf_pq_through_server_and_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path()).await;
+    // With idle polling on (a latency option that must not change results).
+    let mut server =
+        Server::start_with(dir.path(), &[("QUIVER__SERVER__IDLE_POLL_US", "500")]).await;
     let out = server.cli(&[
         "collection",
         "create",

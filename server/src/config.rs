@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub max_k: u32,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Keep one CPU polling (at idle priority) for this many microseconds after each request,
+    /// so a VM's vCPU is awake for the next one (see `idle_poll.rs`); 0 = off. Costs CPU time:
+    /// not for pods with a CPU limit.
+    pub idle_poll_us: u64,
 }
 
 /// `[storage]` section.
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             max_payload_bytes: 1 << 20,
             max_k: 10_000,
             shutdown_grace_secs: 20,
+            idle_poll_us: 0,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Settings {
     pub max_k: u32,
     /// Shutdown drain limit.
     pub shutdown_grace: Duration,
+    /// Idle-polling window (`None`: off).
+    pub idle_poll: Option<Duration>,
     /// WAL fsync policy.
     pub fsync: FsyncPolicy,
     /// Default seal threshold.
@@ -181,6 +188,11 @@ impl Config {
                 "server.max_message_bytes must be at least 1024".into(),
             ));
         }
+        if self.server.idle_poll_us > 1_000_000 {
+            return Err(ConfigError(
+                "server.idle_poll_us must be at most 1000000 (one second)".into(),
+            ));
+        }
         if self.server.max_k == 0 {
             return Err(ConfigError("server.max_k must be at least 1".into()));
         }
@@ -218,6 +230,8 @@ impl Config {
             max_payload_bytes: self.server.max_payload_bytes,
             max_k: self.server.max_k,
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+            idle_poll: (self.server.idle_poll_us > 0)
+                .then(|| Duration::from_micros(self.server.idle_poll_us)),
             fsync,
             segment_max_rows: self.storage.segment_max_rows,
             log_format,
@@ -236,6 +250,15 @@ mod tests {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.listen.port(), 6334);
         assert_eq!(s.fsync, FsyncPolicy::PerBatch);
+        assert_eq!(s.idle_poll, None, "idle polling is opt-in");
+        let mut c = Config::default();
+        c.server.idle_poll_us = 200;
+        assert_eq!(
+            c.validate().unwrap().idle_poll,
+            Some(Duration::from_micros(200))
+        );
+        c.server.idle_poll_us = 2_000_000;
+        assert!(c.validate().unwrap_err().0.contains("server.idle_poll_us"));
     }
 
     #[test]

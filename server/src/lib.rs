@@ -1,12 +1,13 @@
 //! quiverd: the gRPC front of the storage engine. Thin handlers, one error mapping, config,
 //! telemetry and an orderly shutdown: health NOT_SERVING → stop accepting → drain → fsync the
 //! WAL → close the metadata store.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod grpc;
+pub mod idle_poll;
 pub mod telemetry;
 
 use std::future::Future;
@@ -51,6 +52,9 @@ pub enum ServerError {
     /// A task panicked.
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The idle-polling thread could not start.
+    #[error("idle poller: {0}")]
+    Poller(std::io::Error),
 }
 
 /// tonic's decoder reports an oversized request as OUT_OF_RANGE; the API (and gRPC's own
@@ -80,6 +84,16 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let poller = match settings.idle_poll {
+        Some(window) => Some(idle_poll::IdlePoller::start(window).map_err(ServerError::Poller)?),
+        None => None,
+    };
+    let touch = move |req: http::Request<_>| {
+        if let Some(p) = &poller {
+            p.touch();
+        }
+        req
+    };
     let state = AppState::new(settings.clone());
     let (reporter, health) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::NotServing).await;
@@ -96,6 +110,7 @@ pub async fn serve(
     let router = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(oversized_status))
+        .layer(tower::util::MapRequestLayer::new(touch))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

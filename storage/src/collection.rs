@@ -381,6 +381,25 @@ impl Collection {
         }
     }
 
+    /// Floats a search with `params` would scan exactly (rows without a usable index ×
+    /// dimension): a cost estimate, so a server can run cheap searches inline and send
+    /// expensive ones to a worker pool.
+    pub fn exact_scan_floats(&self, params: SearchParams) -> usize {
+        let snap = self.snapshot();
+        let sealed: usize = snap
+            .sealed
+            .iter()
+            .filter(|s| params.exact || s.index().is_none())
+            .map(|s| s.rows() as usize)
+            .sum();
+        let memory: usize = [snap.frozen.as_ref(), Some(&snap.mutable)]
+            .into_iter()
+            .flatten()
+            .map(|m| read(m).rows())
+            .sum();
+        (sealed + memory) * self.config.dim
+    }
+
     /// Exact k-nearest-neighbour search over every segment.
     #[tracing::instrument(skip_all, fields(collection = %self.config.name, k))]
     pub fn search(

@@ -15,10 +15,10 @@ use fs_err as fs;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{TopK, distance};
+use crate::distance::{TopK, distance, dot};
 use crate::error::{Error, Result};
 use crate::index::ivf::IvfPqIndex;
-use crate::index::kmeans::{self, SplitMix64};
+use crate::index::kmeans::{self, CentroidTable, SplitMix64};
 use crate::types::{DEFAULT_REFINE, Metric};
 
 /// File name inside a segment directory.
@@ -70,6 +70,53 @@ fn grid(nlist: usize) -> Vec<usize> {
     out
 }
 
+/// Exact top-K of each held-out row among the other rows. The queries are laid out as a
+/// [`CentroidTable`], so one pass over the rows computes every row's inner product with all of
+/// them in SIMD tiles (far fewer loads than a distance call per pair); distances follow from
+/// the inner products (and norms, for l2).
+fn ground_truth(vectors: &[f32], dim: usize, metric: Metric, queries: &[usize]) -> Vec<Vec<u32>> {
+    let row = |r: usize| &vectors[r * dim..(r + 1) * dim];
+    let qs: Vec<f32> = queries
+        .iter()
+        .flat_map(|&h| row(h).iter().copied())
+        .collect();
+    let table = CentroidTable::new(&qs, dim);
+    let n = vectors.len() / dim;
+    let fresh = || -> Vec<TopK<u32>> { queries.iter().map(|_| TopK::new(K)).collect() };
+    let tops = (0..n)
+        .into_par_iter()
+        .with_min_len(4096)
+        .fold(
+            || (fresh(), Vec::new()),
+            |(mut tops, mut ips), r| {
+                let x = row(r);
+                table.inner_products(x, &mut ips);
+                let xx = if metric == Metric::L2 { dot(x, x) } else { 0.0 };
+                for ((j, top), ip) in tops.iter_mut().enumerate().zip(&ips) {
+                    let d = match metric {
+                        Metric::Cosine => 1.0 - ip,
+                        Metric::Dot => -ip,
+                        Metric::L2 => xx + table.norm(j) - 2.0 * ip,
+                    };
+                    if d < top.threshold() && r != queries[j] {
+                        top.push(d, r as u32);
+                    }
+                }
+                (tops, ips)
+            },
+        )
+        .map(|(tops, _)| tops)
+        .reduce(fresh, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.merge(y);
+            }
+            a
+        });
+    tops.into_iter()
+        .map(|t| t.into_sorted().into_iter().map(|c| c.key).collect())
+        .collect()
+}
+
 impl Calibration {
     /// Measures `index` over its segment's row-major `vectors`.
     pub fn measure(
@@ -82,17 +129,7 @@ impl Calibration {
         let n = vectors.len() / dim;
         let row = |r: usize| &vectors[r * dim..(r + 1) * dim];
         let queries = held_out(n, seed);
-        // Exact top-K of each held-out row among the other rows.
-        let truth: Vec<Vec<u32>> = queries
-            .par_iter()
-            .map(|&h| {
-                let mut top = TopK::new(K);
-                for r in (0..n).filter(|&r| r != h) {
-                    top.push(distance(metric, row(h), row(r)), r as u32);
-                }
-                top.into_sorted().into_iter().map(|c| c.key).collect()
-            })
-            .collect();
+        let truth = ground_truth(vectors, dim, metric, &queries);
         let mut points = Vec::new();
         for nprobe in grid(index.nlist()) {
             let recalls: Vec<f64> = queries

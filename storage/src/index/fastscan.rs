@@ -109,7 +109,8 @@ impl QuantizedLut {
         {
             let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
             for (x, b) in row.iter().zip(q) {
-                *b = ((x - lo) * scale).round().clamp(0.0, qmax) as u8;
+                // Non-negative, so adding ½ and truncating rounds (without a libm call).
+                *b = ((x - lo) * scale + 0.5).min(qmax) as u8;
             }
         }
         out.bias = bias;

@@ -29,7 +29,7 @@ use std::path::Path;
 use fs_err as fs;
 use rayon::prelude::*;
 
-use crate::distance::{TopK, dot, l2sq};
+use crate::distance::TopK;
 use crate::error::{Error, Result};
 use crate::index::calibrate::{self, Calibration};
 use crate::index::fastscan::{self, QuantizedLut};
@@ -274,6 +274,8 @@ pub struct IvfPqIndex {
     block_offsets: Vec<u64>,
     /// Measured recall per nprobe (empty while the index is being calibrated).
     calibration: Calibration,
+    /// The coarse centroids, dimension-major, for the probe step.
+    table: kmeans::CentroidTable,
     centroids_at: usize,
     offsets_at: usize,
     rows_at: usize,
@@ -365,7 +367,12 @@ impl IvfPqIndex {
         }
         let codebooks: Vec<f32> =
             bytemuck::cast_slice(&b[books_at..books_at + m * ksub * (dim / m) * 4]).to_vec();
+        let table = kmeans::CentroidTable::new(
+            bytemuck::cast_slice(&b[centroids_at..centroids_at + nlist * dim * 4]),
+            dim,
+        );
         let idx = IvfPqIndex {
+            table,
             metric,
             dim,
             nlist,
@@ -457,18 +464,19 @@ impl IvfPqIndex {
         // cosine neighbours coincide) probes by L2 too; ranking by q·c would favour
         // large-norm centroids over the nearest ones. Dot (MIPS) probes by inner product.
         let by_l2 = self.metric != Metric::Dot;
-        let mut coarse: Vec<(f32, u32)> = centroids
-            .chunks_exact(self.dim)
+        let mut ips = Vec::with_capacity(self.nlist);
+        self.table.inner_products(query, &mut ips);
+        let mut coarse: Vec<(f32, u32)> = ips
+            .iter()
             .enumerate()
-            .map(|(l, c)| {
-                (
-                    if by_l2 {
-                        l2sq(query, c)
-                    } else {
-                        -dot(query, c)
-                    },
-                    l as u32,
-                )
+            .map(|(l, &ip)| {
+                // ‖q − c‖² less the constant ‖q‖².
+                let key = if by_l2 {
+                    self.table.norm(l) - 2.0 * ip
+                } else {
+                    -ip
+                };
+                (key, l as u32)
             })
             .collect();
         let nprobe = nprobe.clamp(1, self.nlist);
@@ -478,7 +486,7 @@ impl IvfPqIndex {
         }
         let mut top = TopK::new(n_candidates);
         if self.bits == 4 {
-            self.scan_fast(query, &coarse, &mut top, is_deleted);
+            self.scan_fast(query, &coarse, &ips, &mut top, is_deleted);
             return top;
         }
         let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
@@ -487,7 +495,7 @@ impl IvfPqIndex {
         if ip {
             self.pq.ip_table(query, &mut lut);
         }
-        for &(cd, l) in &coarse {
+        for &(_, l) in &coarse {
             let (s, e) = (
                 offsets[l as usize] as usize,
                 offsets[l as usize + 1] as usize,
@@ -496,14 +504,7 @@ impl IvfPqIndex {
                 continue;
             }
             let base = if ip {
-                if by_l2 {
-                    dot(
-                        query,
-                        &centroids[l as usize * self.dim..(l as usize + 1) * self.dim],
-                    )
-                } else {
-                    -cd
-                }
+                ips[l as usize]
             } else {
                 let c = &centroids[l as usize * self.dim..(l as usize + 1) * self.dim];
                 residual
@@ -545,12 +546,12 @@ impl IvfPqIndex {
         top
     }
 
-    /// The offset `o` of a list such that an entry's distance is `o + ADC sum`, where the ADC
+    /// The offset `o` of a list (from `ip = q·c`) such that an entry's distance is `o + ADC sum`, where the ADC
     /// table holds `−q·r` (cosine and dot) or `‖q − c − r‖²` per sub-space (l2).
-    fn list_offset(&self, query: &[f32], coarse_d: f32, l: usize) -> f32 {
+    fn list_offset(&self, ip: f32) -> f32 {
         match self.metric {
-            Metric::Cosine => 1.0 - dot(query, &self.centroids()[l * self.dim..(l + 1) * self.dim]),
-            Metric::Dot => coarse_d,
+            Metric::Cosine => 1.0 - ip,
+            Metric::Dot => -ip,
             Metric::L2 => 0.0,
         }
     }
@@ -560,6 +561,7 @@ impl IvfPqIndex {
         &self,
         query: &[f32],
         coarse: &[(f32, u32)],
+        ips: &[f32],
         top: &mut TopK<u32>,
         is_deleted: impl Fn(u32) -> bool,
     ) {
@@ -577,7 +579,7 @@ impl IvfPqIndex {
             self.pq.flat_table(query, &mut flat, neg_ip);
             QuantizedLut::quantize(&flat, m, &mut lut);
         }
-        for &(cd, l) in coarse {
+        for &(_, l) in coarse {
             let l = l as usize;
             let (s, e) = (offsets[l] as usize, offsets[l + 1] as usize);
             if s == e {
@@ -592,7 +594,7 @@ impl IvfPqIndex {
                 self.pq.flat_table(&residual, &mut flat, l2);
                 QuantizedLut::quantize(&flat, m, &mut lut);
             }
-            let off = self.list_offset(query, cd, l);
+            let off = self.list_offset(ips[l]);
             let Some(limit) = lut.score_limit(top.threshold() - off) else {
                 continue;
             };

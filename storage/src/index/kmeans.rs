@@ -108,9 +108,10 @@ const CHUNK: usize = 4096;
 /// for assigning many rows: `‖x − c‖² = ‖x‖² + ‖c‖² − 2·x·c`. The kernel computes `x·c` for a
 /// block of 4 rows against a tile of 16 centroids at a time, keeping the 4 × 16 sums in
 /// registers across all dimensions (the shape of a GEMM micro-kernel), so each centroid value
-/// loaded serves 4 rows and no partial sum goes through memory. It is compiled for AVX2 when
-/// the CPU has it (detected once) and as plain code otherwise; both run the same operations in
-/// the same order (no FMA contraction), so results are bit-identical.
+/// loaded serves 4 rows and no partial sum goes through memory. It is compiled for AVX2 + FMA
+/// when the CPU has them (detected once), with fused multiply-adds (half the instructions of a
+/// multiply then an add); [`CentroidTable::nearest4_scalar`] runs the same fused operations in
+/// the same order, so the two are bit-identical. CPUs without FMA get an unfused plain build.
 #[derive(Debug, Clone)]
 pub struct CentroidTable {
     k: usize,
@@ -138,9 +139,25 @@ pub(crate) static HAS_AVX2: std::sync::LazyLock<bool> = std::sync::LazyLock::new
     }
 });
 
-/// Nearest centroid of each of 4 rows: (index, `‖c‖² − 2·x·c`).
+/// Whether the CPU has AVX2 and FMA (detected once).
+static HAS_AVX2_FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    {
+        *HAS_AVX2 && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+});
+
+/// Nearest centroid of each of 4 rows: (index, `‖c‖² − 2·x·c`); `FUSED` accumulates with
+/// `mul_add`.
 #[inline(always)]
-fn nearest4_kernel(xs: [&[f32]; ROWS], t: &CentroidTable) -> [(usize, f32); ROWS] {
+fn nearest4_kernel<const FUSED: bool>(
+    xs: [&[f32]; ROWS],
+    t: &CentroidTable,
+) -> [(usize, f32); ROWS] {
     // The block's values per dimension, contiguous: one load serves the 4 rows.
     let xt: Vec<[f32; ROWS]> = (0..t.dim)
         .map(|d| [xs[0][d], xs[1][d], xs[2][d], xs[3][d]])
@@ -154,7 +171,11 @@ fn nearest4_kernel(xs: [&[f32]; ROWS], t: &CentroidTable) -> [(usize, f32); ROWS
                 .expect("invariant: kp is a multiple of TILE");
             for (a, xv) in acc.iter_mut().zip(x) {
                 for (al, cl) in a.iter_mut().zip(c) {
-                    *al += xv * cl;
+                    *al = if FUSED {
+                        xv.mul_add(*cl, *al)
+                    } else {
+                        *al + xv * cl
+                    };
                 }
             }
         }
@@ -170,12 +191,95 @@ fn nearest4_kernel(xs: [&[f32]; ROWS], t: &CentroidTable) -> [(usize, f32); ROWS
     best
 }
 
+/// The fused kernel with explicit AVX2 + FMA intrinsics (the autovectoriser leaves `mul_add`
+/// scalar): per dimension, two 8-lane loads of centroid values and four broadcasts of row values
+/// feed eight FMAs into eight accumulators. Lane for lane the same `mul_add` sequence as
+/// [`nearest4_kernel`]`::<true>`, so bit-identical to it.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 /// # Safety
-/// The CPU must support AVX2 (checked by the caller through `HAS_AVX2`).
+/// The CPU must support AVX2 and FMA (checked by the caller through `HAS_AVX2_FMA`).
 unsafe fn nearest4_avx2(xs: [&[f32]; ROWS], t: &CentroidTable) -> [(usize, f32); ROWS] {
-    nearest4_kernel(xs, t)
+    use std::arch::x86_64::*;
+    let dim = t.dim;
+    assert!(xs.iter().all(|x| x.len() >= dim) && t.transposed.len() == dim * t.kp);
+    let mut best = [(0usize, f32::INFINITY); ROWS];
+    let mut sums = [[0.0f32; TILE]; ROWS];
+    for tile in (0..t.kp).step_by(TILE) {
+        // SAFETY: `d < dim` and `tile + 16 <= kp`, so every load reads inside `transposed`
+        // (`dim × kp`) and every row slice has at least `dim` values (asserted above); the
+        // stores write the 16-float arrays in `sums`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 2 * ROWS];
+            for d in 0..dim {
+                let row = t.transposed.as_ptr().add(d * t.kp + tile);
+                let (c0, c1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+                for (r, x) in xs.iter().enumerate() {
+                    let xv = _mm256_set1_ps(*x.get_unchecked(d));
+                    acc[2 * r] = _mm256_fmadd_ps(xv, c0, acc[2 * r]);
+                    acc[2 * r + 1] = _mm256_fmadd_ps(xv, c1, acc[2 * r + 1]);
+                }
+            }
+            for (r, s) in sums.iter_mut().enumerate() {
+                _mm256_storeu_ps(s.as_mut_ptr(), acc[2 * r]);
+                _mm256_storeu_ps(s.as_mut_ptr().add(8), acc[2 * r + 1]);
+            }
+        }
+        for (b, a) in best.iter_mut().zip(&sums) {
+            for (l, al) in a.iter().enumerate() {
+                let v = t.norms[tile + l] - 2.0 * al;
+                if v < b.1 {
+                    *b = (tile + l, v);
+                }
+            }
+        }
+    }
+    best
+}
+
+#[inline(always)]
+fn inner_products_kernel<const FUSED: bool>(t: &CentroidTable, q: &[f32], out: &mut [f32]) {
+    for (tile, o) in out.chunks_exact_mut(TILE).enumerate() {
+        let mut acc = [0.0f32; TILE];
+        for (x, row) in q.iter().zip(t.transposed.chunks_exact(t.kp)) {
+            let c: &[f32; TILE] = row[tile * TILE..(tile + 1) * TILE]
+                .try_into()
+                .expect("invariant: kp is a multiple of TILE");
+            for (a, cl) in acc.iter_mut().zip(c) {
+                *a = if FUSED {
+                    x.mul_add(*cl, *a)
+                } else {
+                    *a + x * cl
+                };
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+}
+
+/// [`inner_products_kernel`]`::<true>` with explicit AVX2 + FMA intrinsics (bit-identical).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked by the caller through `HAS_AVX2_FMA`).
+unsafe fn inner_products_avx2(t: &CentroidTable, q: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(q.len() >= t.dim && out.len() == t.kp && t.transposed.len() == t.dim * t.kp);
+    for tile in (0..t.kp).step_by(TILE) {
+        // SAFETY: `d < dim` and `tile + 16 <= kp`: loads stay inside `transposed` and `q`,
+        // stores inside `out` (`kp` floats), as asserted above.
+        unsafe {
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for d in 0..t.dim {
+                let row = t.transposed.as_ptr().add(d * t.kp + tile);
+                let xv = _mm256_set1_ps(*q.get_unchecked(d));
+                a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row), a0);
+                a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(8)), a1);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(tile), a0);
+            _mm256_storeu_ps(out.as_mut_ptr().add(tile + 8), a1);
+        }
+    }
 }
 
 impl CentroidTable {
@@ -212,17 +316,18 @@ impl CentroidTable {
             *rows.get(3).unwrap_or(&last),
         ];
         #[cfg(target_arch = "x86_64")]
-        if *HAS_AVX2 {
-            // SAFETY: AVX2 support was detected at run time.
+        if *HAS_AVX2_FMA {
+            // SAFETY: AVX2 and FMA support were detected at run time.
             return unsafe { nearest4_avx2(xs, self) };
         }
-        nearest4_kernel(xs, self)
+        nearest4_kernel::<false>(xs, self)
     }
 
-    /// The portable path, for testing the SIMD one against.
+    /// The portable fused path, bit-identical to the SIMD one (for testing it against; slow
+    /// where `mul_add` has no hardware instruction).
     pub fn nearest4_scalar(&self, rows: &[&[f32]]) -> [(usize, f32); ROWS] {
         let last = rows[rows.len() - 1];
-        nearest4_kernel(
+        nearest4_kernel::<true>(
             [
                 rows[0],
                 *rows.get(1).unwrap_or(&last),
@@ -236,6 +341,27 @@ impl CentroidTable {
     /// Number of centroids.
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// Squared norm of centroid `c`.
+    pub fn norm(&self, c: usize) -> f32 {
+        self.norms[c]
+    }
+
+    /// `q · c` for every centroid, into `out` (`k` entries): 16 centroids at a time, their sums
+    /// kept in registers across the dimensions.
+    pub fn inner_products(&self, q: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(self.kp, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if *HAS_AVX2_FMA {
+            // SAFETY: AVX2 and FMA support were detected at run time.
+            unsafe { inner_products_avx2(self, q, out) };
+            out.truncate(self.k);
+            return;
+        }
+        inner_products_kernel::<false>(self, q, out);
+        out.truncate(self.k);
     }
 }
 
@@ -418,7 +544,17 @@ mod tests {
             let rows: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
             let t = CentroidTable::new(&cents, dim);
             let fast = t.nearest4(&rows);
-            prop_assert_eq!(fast, t.nearest4_scalar(&rows), "SIMD and scalar differ");
+            let scalar = t.nearest4_scalar(&rows);
+            prop_assert_eq!(fast, scalar, "dispatched SIMD and scalar differ");
+            #[cfg(target_arch = "x86_64")]
+            {
+                let last = rows[rows.len() - 1];
+                let xs4 = [rows[0], *rows.get(1).unwrap_or(&last), *rows.get(2).unwrap_or(&last), *rows.get(3).unwrap_or(&last)];
+                if *HAS_AVX2_FMA {
+                    // SAFETY: detected above.
+                    prop_assert_eq!(unsafe { nearest4_avx2(xs4, &t) }, scalar, "AVX2 and scalar differ");
+                }
+            }
             for (x, got) in xs.iter().zip(fast) {
                 prop_assert!(got.0 < k);
                 let (_, bd) = nearest(x, &cents, dim);
@@ -427,6 +563,14 @@ mod tests {
                 prop_assert!((dd - bd).abs() <= 1e-4 * (1.0 + bd), "picked {} at {dd}, best at {bd}", got.0);
                 let xx: f32 = x.iter().map(|v| v * v).sum();
                 prop_assert!((got.1 + xx - dd).abs() <= 1e-3 * (1.0 + dd));
+                let mut ips = Vec::new();
+                t.inner_products(x, &mut ips);
+                prop_assert_eq!(ips.len(), k);
+                for (c, ip) in ips.iter().enumerate() {
+                    let want: f32 = x.iter().zip(&cents[c * dim..(c + 1) * dim]).map(|(a, b)| a * b).sum();
+                    prop_assert!((ip - want).abs() <= 1e-4 * (1.0 + want.abs()));
+                    prop_assert!((t.norm(c) - cents[c * dim..(c + 1) * dim].iter().map(|v| v * v).sum::<f32>()).abs() < 1e-4);
+                }
             }
         });
     }
