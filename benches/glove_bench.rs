@@ -34,6 +34,9 @@ struct Args {
     /// sweep --sweep instead of measuring the exact scan.
     #[arg(long)]
     ivf_nlist: Option<u32>,
+    /// Appended to the system name in the output (e.g. `-idlepoll` for a server setting).
+    #[arg(long, default_value = "")]
+    label: String,
     /// Bits per PQ code with --ivf-nlist: 4 (fast-scan) or 8.
     #[arg(long, default_value_t = 4)]
     pq_bits: u32,
@@ -221,7 +224,7 @@ async fn ivf_sweep(c: &mut Client, a: &Args, queries: &[Vec<f32>], gt: &[Vec<u32
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
         println!(
             "{}",
-            serde_json::json!({"system": "quiver-ivfpq-grpc", "nprobe": point.nprobe, "target_recall": point.target_recall, "refine": point.refine, "recall10": recall / queries.len() as f64, "qps": qps, "threads": 1})
+            serde_json::json!({"system": format!("quiver-ivfpq{}-grpc{}", a.pq_bits, a.label), "nprobe": point.nprobe, "target_recall": point.target_recall, "refine": point.refine, "recall10": recall / queries.len() as f64, "qps": qps, "threads": 1})
         );
     }
     Ok(())

@@ -78,6 +78,7 @@ fn main() -> Result<()> {
     }
     let t = Instant::now();
     c.flush()?;
+    let flushed = t.elapsed().as_secs_f64();
     while c.index_progress().0 < 1 {
         ensure!(
             t.elapsed() < Duration::from_secs(1800),
@@ -88,12 +89,13 @@ fn main() -> Result<()> {
     let build = t.elapsed().as_secs_f64();
     let stats = c.stats();
     eprintln!(
-        "built: {} in {build:.1}s (flush + k-means + PQ + encode, 2 cores); segment files + index {} bytes",
-        stats.index_state, stats.bytes_on_disk
+        "built: {} in {build:.1}s (flush {flushed:.1}s, then k-means + PQ + encode + calibration, 2 cores); segment files + index {} bytes, index {} bytes",
+        stats.index_state, stats.bytes_on_disk, stats.index_bytes
     );
+    let system = format!("quiver-ivfpq{}", a.pq_bits);
     println!(
         "{}",
-        serde_json::json!({"system": "quiver-ivfpq", "event": "build", "seconds": build, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
+        serde_json::json!({"system": system, "event": "build", "seconds": build - flushed, "flush_seconds": flushed, "index_bytes": stats.index_bytes, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
     );
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     for point in parse_sweep(&a.sweep)? {
@@ -126,7 +128,7 @@ fn main() -> Result<()> {
         })?;
         println!(
             "{}",
-            serde_json::json!({"system": "quiver-ivfpq", "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": 1})
+            serde_json::json!({"system": system, "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": 1})
         );
     }
     Ok(())

@@ -37,7 +37,12 @@ for name, spec in specs.items():
     idx = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
     idx.train(xb); idx.add(xb)
     build = time.perf_counter() - t
-    print(json.dumps({"system": name, "event": "build", "seconds": build, "faiss": faiss.__version__, "spec": spec}), flush=True)
+    # Index size without the refine stage's flat copy of the vectors (Quiver re-ranks from the
+    # segment's vectors, which it stores anyway), and with it.
+    base = faiss.downcast_index(idx.base_index) if 'RFlat' in spec else idx
+    print(json.dumps({"system": name, "event": "build", "seconds": build, "faiss": faiss.__version__, "spec": spec,
+                      "index_bytes": len(faiss.serialize_index(base)),
+                      "total_bytes": len(faiss.serialize_index(idx))}), flush=True)
     faiss.omp_set_num_threads(1)
     ps = faiss.ParameterSpace()
     for cfg in a.sweep.split(','):

@@ -231,7 +231,7 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
         "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m), "index_pq_bits": auto(ix.pq_bits),
         "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points,
-        "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index": s.index_state,
+        "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index_bytes": s.index_bytes, "index": s.index_state,
         "last_lsn": s.last_lsn, "checkpoint_lsn": s.checkpoint_lsn,
     })
 }

@@ -74,6 +74,8 @@ pub struct CollectionStats {
     pub bytes_on_disk: u64,
     /// WAL files.
     pub wal_bytes: u64,
+    /// Index files of sealed segments (included in `bytes_on_disk`; memory-mapped).
+    pub index_bytes: u64,
     /// Index state, human-readable.
     pub index_state: String,
     /// Last applied LSN.
@@ -671,6 +673,11 @@ impl Collection {
             mutable_points,
             bytes_on_disk: wal_bytes + snap.sealed.iter().map(|s| s.bytes_on_disk()).sum::<u64>(),
             wal_bytes,
+            index_bytes: snap
+                .sealed
+                .iter()
+                .filter_map(|s| s.index().map(|i| i.bytes()))
+                .sum(),
             index_state: self.index_state(&snap.sealed),
             last_lsn: self.last_lsn.load(Ordering::Acquire),
             checkpoint_lsn,

@@ -53,6 +53,7 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
             mutable_points: s.mutable_points,
             bytes_on_disk: s.bytes_on_disk,
             wal_bytes: s.wal_bytes,
+            index_bytes: s.index_bytes,
             index_state: s.index_state,
             last_lsn: s.last_lsn,
             checkpoint_lsn: s.checkpoint_lsn,
