@@ -36,7 +36,7 @@ grpc() { # LABEL [ENV=VALUE...]
   for _ in $(seq 1 200); do grep -q listening "$log" && break; sleep 0.05; done
   addr="http://$(sed -n 's/^quiverd listening on //p' "$log")"
   "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --ivf-nlist "$nlist" --pq-bits 4 \
-    --label "$label" --sweep "$sweep,$targets" | grep '^{' | tee -a "$out.jsonl"
+    --label="$label" --sweep "$sweep,$targets" | grep '^{' | tee -a "$out.jsonl"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$dir" "$dir.log" "$log"
 }
