@@ -10,6 +10,7 @@ pub mod collection;
 pub mod distance;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod index;
 pub mod meta;
 pub mod mmap;
