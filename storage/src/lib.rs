@@ -11,6 +11,7 @@ pub mod distance;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod payload_index;
 pub mod index;
 pub mod meta;
 pub mod mmap;
