@@ -50,6 +50,7 @@ fn exact_search(c: &mut Criterion) {
             metric: Metric::Cosine,
             index: Default::default(),
             segment_max_rows: 50_000,
+            schema: Default::default(),
         })
         .expect("create");
     for (chunk_no, chunk) in random(n, dim, &mut rng).chunks(10_000).enumerate() {

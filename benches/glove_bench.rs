@@ -79,6 +79,7 @@ async fn main() -> Result<()> {
             // One segment holds the whole set, so nlist is the index's nlist (as in FAISS).
             segment_max_rows: index.as_ref().map(|_| base.len() as u32 + 1),
             index,
+            schema: Vec::new(),
         };
         c.collections.create(create).await?;
         let t = Instant::now();

@@ -61,6 +61,7 @@ fn main() -> Result<()> {
             pq_bits: Some(a.pq_bits),
         },
         segment_max_rows: base.len() as u32 + 1,
+        schema: Default::default(),
     };
     let c = engine.create_collection(config)?;
     for (b, chunk) in base.chunks(10_000).enumerate() {

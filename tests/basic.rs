@@ -138,6 +138,7 @@ async fn create_upsert_search_restart_same_results() {
         .delete(pb::DeletePointsRequest {
             collection: "docs".into(),
             ids: vec![num_id(4242), str_id("doc-7"), num_id(999_999)],
+            filter: None,
         })
         .await
         .unwrap()

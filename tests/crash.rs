@@ -152,6 +152,7 @@ async fn kill9_loses_no_acknowledged_write() {
                         .delete(pb::DeletePointsRequest {
                             collection: "crash".into(),
                             ids,
+                            filter: None,
                         })
                         .await
                         .is_ok()

@@ -157,6 +157,7 @@ impl Client {
             .points
             .count(pb::CountRequest {
                 collection: collection.into(),
+                filter: None,
             })
             .await?
             .into_inner()

@@ -84,14 +84,38 @@ enum Cmd {
         #[arg(long)]
         collection: String,
         /// Ids.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
         ids: Vec<String>,
+        /// Delete every point passing this filter instead (see `search --filter`).
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Count live points.
     Count {
         /// Collection.
         #[arg(long)]
         collection: String,
+        /// Count only points passing this filter.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Update payloads of points: merge keys in (or replace with --overwrite), remove keys.
+    SetPayload {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// A JSON object of keys to set.
+        #[arg(long)]
+        set: Option<String>,
+        /// Keys to remove (repeatable).
+        #[arg(long)]
+        unset: Vec<String>,
+        /// Replace the whole payload with --set.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Nearest-neighbour search.
     Search {
@@ -123,6 +147,10 @@ enum Cmd {
         /// (0, 1].
         #[arg(long, conflicts_with = "nprobe")]
         target_recall: Option<f32>,
+        /// Only points passing this filter, e.g.
+        /// 'tenant = "acme" and year >= 2024 and tags any ["a","b"] and not kind = "draft"'.
+        #[arg(long)]
+        filter: Option<String>,
         /// Include stored vectors.
         #[arg(long)]
         with_vectors: bool,
@@ -135,6 +163,9 @@ enum Cmd {
         /// Collection.
         #[arg(long)]
         collection: String,
+        /// Only points passing this filter.
+        #[arg(long)]
+        filter: Option<String>,
         /// Include vectors.
         #[arg(long)]
         with_vectors: bool,
@@ -171,6 +202,18 @@ enum CollectionCmd {
         /// Bits per PQ code (server default: 4).
         #[arg(long, value_enum)]
         pq_bits: Option<PqBitsArg>,
+        /// Declare (index) a payload field, KEY:TYPE with TYPE keyword, integer, float, bool,
+        /// datetime or keyword[] (repeatable).
+        #[arg(long = "field", value_parser = parse_field)]
+        fields: Vec<pb::FieldSchema>,
+    },
+    /// Declare (index) more payload fields; existing points are indexed in the background.
+    Declare {
+        /// Name.
+        name: String,
+        /// KEY:TYPE (repeatable), as for `create`.
+        #[arg(long = "field", value_parser = parse_field, required = true)]
+        fields: Vec<pb::FieldSchema>,
     },
     /// List collections.
     List {
@@ -196,6 +239,38 @@ enum CollectionCmd {
         /// Name.
         name: String,
     },
+}
+
+fn parse_field(s: &str) -> Result<pb::FieldSchema, String> {
+    let (key, ty) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?}: expected KEY:TYPE, e.g. tenant:keyword"))?;
+    let t = match ty {
+        "keyword" => pb::FieldType::Keyword,
+        "integer" | "int" => pb::FieldType::Integer,
+        "float" => pb::FieldType::Float,
+        "bool" => pb::FieldType::Bool,
+        "datetime" => pb::FieldType::Datetime,
+        "keyword[]" | "tags" => pb::FieldType::KeywordArray,
+        other => {
+            return Err(format!(
+                "{other:?}: type must be keyword, integer, float, bool, datetime or keyword[]"
+            ));
+        }
+    };
+    Ok(pb::FieldSchema {
+        key: key.to_owned(),
+        r#type: t as i32,
+    })
+}
+
+/// The `--filter` text as a proto filter (parsed by the server, which reports the column of
+/// a mistake).
+fn text_filter(f: Option<String>) -> Option<pb::Filter> {
+    f.map(|text| pb::Filter {
+        text,
+        ..Default::default()
+    })
 }
 
 fn parse_id(s: &str) -> pb::PointId {
@@ -229,6 +304,7 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
     let auto = |v: u32| if v == 0 { json!("auto") } else { json!(v) };
     json!({
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
+        "schema": c.schema.iter().map(|f| (f.key.clone(), json!(pb::FieldType::try_from(f.r#type).map_or("unknown", |t| t.as_str_name())))).collect::<serde_json::Map<_, _>>(),
         "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m), "index_pq_bits": auto(ix.pq_bits),
         "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points,
         "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index_bytes": s.index_bytes, "index": s.index_state,
@@ -483,6 +559,7 @@ async fn run(cli: Cli) -> Result<()> {
                 nlist,
                 pq_m,
                 pq_bits,
+                fields,
             } => {
                 let metric = match metric {
                     MetricArg::Cosine => pb::Metric::Cosine,
@@ -507,6 +584,7 @@ async fn run(cli: Cli) -> Result<()> {
                         },
                     }),
                     segment_max_rows,
+                    schema: fields,
                 };
                 client
                     .collections
@@ -569,6 +647,19 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(ClientError::from)?;
                 eprintln!("dropped collection {name}");
             }
+            CollectionCmd::Declare { name, fields } => {
+                client
+                    .collections
+                    .declare_fields(pb::DeclareFieldsRequest {
+                        name: name.clone(),
+                        fields,
+                    })
+                    .await
+                    .map_err(ClientError::from)?;
+                eprintln!(
+                    "declared fields on {name}; existing points are indexed in the background"
+                );
+            }
             CollectionCmd::Flush { name } => {
                 let r = client
                     .collections
@@ -606,17 +697,57 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", point_json(&p, with_vectors));
             }
         }
-        Cmd::Delete { collection, ids } => {
+        Cmd::Delete {
+            collection,
+            ids,
+            filter,
+        } => {
             let ids = ids.iter().map(|s| parse_id(s)).collect();
             let r = client
                 .points
-                .delete(pb::DeletePointsRequest { collection, ids })
+                .delete(pb::DeletePointsRequest {
+                    collection,
+                    ids,
+                    filter: text_filter(filter),
+                })
                 .await
                 .map_err(ClientError::from)?
                 .into_inner();
             eprintln!("deleted {} points", r.deleted);
         }
-        Cmd::Count { collection } => println!("{}", client.count(&collection).await?),
+        Cmd::Count { collection, filter } => {
+            let r = client
+                .points
+                .count(pb::CountRequest {
+                    collection,
+                    filter: text_filter(filter),
+                })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            println!("{}", r.count);
+        }
+        Cmd::SetPayload {
+            collection,
+            ids,
+            set,
+            unset,
+            overwrite,
+        } => {
+            let r = client
+                .points
+                .update_payload(pb::UpdatePayloadRequest {
+                    collection,
+                    ids: ids.iter().map(|s| parse_id(s)).collect(),
+                    set_json: set.unwrap_or_default(),
+                    unset,
+                    overwrite,
+                })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            eprintln!("updated {} points", r.updated);
+        }
         Cmd::Search {
             collection,
             vector,
@@ -627,6 +758,7 @@ async fn run(cli: Cli) -> Result<()> {
             nprobe,
             refine,
             target_recall,
+            filter,
             with_vectors,
             json,
         } => {
@@ -640,6 +772,7 @@ async fn run(cli: Cli) -> Result<()> {
                 nprobe,
                 refine_factor: refine,
                 target_recall,
+                filter: text_filter(filter),
             };
             if let Some(path) = queries {
                 let name = path.display().to_string();
@@ -739,9 +872,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Scroll {
             collection,
+            filter,
             with_vectors,
             page,
         } => {
+            let filter = text_filter(filter);
             let mut cursor = String::new();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -752,6 +887,7 @@ async fn run(cli: Cli) -> Result<()> {
                     limit: page,
                     with_vectors,
                     with_payload: true,
+                    filter: filter.clone(),
                 };
                 let r = client
                     .points

@@ -1,5 +1,6 @@
 //! proto ⇄ engine conversion: the only place requests are validated into engine types.
 use quiver_proto::v1 as pb;
+use quiver_storage::filter::{self, Condition, FieldType, Filter, Literal, Range, Schema};
 use quiver_storage::{Hit, Metric, PointId, PointRecord, PointWrite, RowKey};
 
 use crate::error::{ApiError, ApiResult};
@@ -193,5 +194,207 @@ mod tests {
         assert_eq!(cursor("").unwrap(), None);
         assert_eq!(cursor(&to_cursor(Some((3, 9)))).unwrap(), Some((3, 9)));
         assert!(cursor("x").is_err());
+    }
+}
+
+/// A proto field type.
+fn field_type(t: i32, field: &str) -> ApiResult<FieldType> {
+    Ok(match pb::FieldType::try_from(t) {
+        Ok(pb::FieldType::Keyword) => FieldType::Keyword,
+        Ok(pb::FieldType::Integer) => FieldType::Integer,
+        Ok(pb::FieldType::Float) => FieldType::Float,
+        Ok(pb::FieldType::Bool) => FieldType::Bool,
+        Ok(pb::FieldType::Datetime) => FieldType::Datetime,
+        Ok(pb::FieldType::KeywordArray) => FieldType::KeywordArray,
+        Ok(pb::FieldType::Unspecified) | Err(_) => {
+            return Err(ApiError::bad(field, format!("unknown field type {t}")));
+        }
+    })
+}
+
+/// The proto form of a field type.
+pub fn to_pb_field_type(t: FieldType) -> pb::FieldType {
+    match t {
+        FieldType::Keyword => pb::FieldType::Keyword,
+        FieldType::Integer => pb::FieldType::Integer,
+        FieldType::Float => pb::FieldType::Float,
+        FieldType::Bool => pb::FieldType::Bool,
+        FieldType::Datetime => pb::FieldType::Datetime,
+        FieldType::KeywordArray => pb::FieldType::KeywordArray,
+    }
+}
+
+/// Declared fields; a key given twice is an error.
+pub fn schema(fields: &[pb::FieldSchema]) -> ApiResult<Schema> {
+    let mut out = Schema::new();
+    for (i, f) in fields.iter().enumerate() {
+        let ty = field_type(f.r#type, &format!("schema[{i}].type"))?;
+        if out.insert(f.key.clone(), ty).is_some() {
+            return Err(ApiError::bad(
+                format!("schema[{i}].key"),
+                format!("{:?} is declared twice", f.key),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn value(v: &pb::Value, field: &str) -> ApiResult<Literal> {
+    Ok(match &v.kind {
+        Some(pb::value::Kind::Str(s)) => Literal::Str(s.clone()),
+        Some(pb::value::Kind::Int(i)) => Literal::Int(*i),
+        Some(pb::value::Kind::Float(x)) if x.is_finite() => Literal::Float(*x),
+        Some(pb::value::Kind::Float(x)) => {
+            return Err(ApiError::bad(field, format!("{x} is not finite")));
+        }
+        Some(pb::value::Kind::Bool(b)) => Literal::Bool(*b),
+        None => {
+            return Err(ApiError::bad(
+                field,
+                "value is empty (set str, int, float or bool)",
+            ));
+        }
+    })
+}
+
+fn values(l: &pb::ValueList, field: &str) -> ApiResult<Vec<Literal>> {
+    l.values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| value(v, &format!("{field}[{i}]")))
+        .collect()
+}
+
+fn condition(c: &pb::Condition, field: &str, depth: usize) -> ApiResult<Filter> {
+    use pb::condition::Kind;
+    let key = c.key.clone();
+    let bound = |b: Option<f64>, name: &str| -> ApiResult<Option<f64>> {
+        match b {
+            Some(x) if !x.is_finite() => Err(ApiError::bad(
+                format!("{field}.range.{name}"),
+                format!("{x} is not finite"),
+            )),
+            other => Ok(other),
+        }
+    };
+    let date = |b: &Option<String>, name: &str| -> ApiResult<Option<f64>> {
+        b.as_deref()
+            .map(|s| {
+                filter::parse_datetime(s).ok_or_else(|| {
+                    ApiError::bad(
+                        format!("{field}.datetime_range.{name}"),
+                        format!("{s:?} is not an RFC 3339 timestamp"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let cond = match &c.kind {
+        Some(Kind::Match(v)) => Condition::Match {
+            key,
+            value: value(v, &format!("{field}.match"))?,
+        },
+        Some(Kind::Any(l)) => Condition::Any {
+            key,
+            values: values(l, &format!("{field}.any"))?,
+        },
+        Some(Kind::Except(l)) => Condition::Except {
+            key,
+            values: values(l, &format!("{field}.except"))?,
+        },
+        Some(Kind::Range(r)) => Condition::Range {
+            key,
+            range: Range {
+                gt: bound(r.gt, "gt")?,
+                gte: bound(r.gte, "gte")?,
+                lt: bound(r.lt, "lt")?,
+                lte: bound(r.lte, "lte")?,
+                datetime: false,
+            },
+        },
+        Some(Kind::DatetimeRange(r)) => Condition::Range {
+            key,
+            range: Range {
+                gt: date(&r.gt, "gt")?,
+                gte: date(&r.gte, "gte")?,
+                lt: date(&r.lt, "lt")?,
+                lte: date(&r.lte, "lte")?,
+                datetime: true,
+            },
+        },
+        Some(Kind::Exists(true)) => Condition::Exists { key },
+        Some(Kind::IsNull(true)) => Condition::IsNull { key },
+        Some(Kind::Exists(false) | Kind::IsNull(false)) => {
+            return Err(ApiError::bad(field, "exists / is_null must be set to true"));
+        }
+        Some(Kind::HasId(ids)) => {
+            Condition::HasId(point_ids(&ids.ids, &format!("{field}.has_id"))?)
+        }
+        Some(Kind::Filter(f)) => {
+            return group(f, &format!("{field}.filter"), depth + 1);
+        }
+        None => {
+            return Err(ApiError::bad(
+                field,
+                "condition is empty (unknown operator?)",
+            ));
+        }
+    };
+    Ok(Filter::Cond(cond))
+}
+
+fn group(f: &pb::Filter, field: &str, depth: usize) -> ApiResult<Filter> {
+    if depth > filter::MAX_DEPTH {
+        return Err(ApiError::bad(
+            field,
+            format!("nested deeper than {} levels", filter::MAX_DEPTH),
+        ));
+    }
+    if !f.text.is_empty() {
+        if !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) {
+            return Err(ApiError::bad(
+                field,
+                "set text or must/should/must_not, not both",
+            ));
+        }
+        return filter::parse(&f.text)
+            .map_err(|e| ApiError::bad(format!("{field}.text"), e.to_string()));
+    }
+    let list = |cs: &[pb::Condition], name: &str| -> ApiResult<Vec<Filter>> {
+        cs.iter()
+            .enumerate()
+            .map(|(i, c)| condition(c, &format!("{field}.{name}[{i}]"), depth))
+            .collect()
+    };
+    let mut parts = Vec::new();
+    if !f.must.is_empty() {
+        parts.push(Filter::Must(list(&f.must, "must")?));
+    }
+    if !f.should.is_empty() {
+        parts.push(Filter::Should(list(&f.should, "should")?));
+    }
+    if !f.must_not.is_empty() {
+        parts.push(Filter::MustNot(list(&f.must_not, "must_not")?));
+    }
+    Ok(if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        Filter::Must(parts)
+    })
+}
+
+/// A request's filter (`None` when unset or empty).
+pub fn filter(f: Option<&pb::Filter>) -> ApiResult<Option<Filter>> {
+    match f {
+        None => Ok(None),
+        Some(f)
+            if f.text.is_empty()
+                && f.must.is_empty()
+                && f.should.is_empty()
+                && f.must_not.is_empty() =>
+        {
+            Ok(None)
+        }
+        Some(f) => group(f, "filter", 1).map(Some),
     }
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::distance::{TopK, distance};
 use crate::error::{Error, Result};
+use crate::filter::{Filter, Schema};
 use crate::index::ivf::{self, IvfPqIndex, IvfPqParams};
 use crate::meta::{MetaOp, MetaStore, Space};
 use crate::segment::mutable::MutableSegment;
@@ -34,6 +35,10 @@ use crate::types::{
     PointId, PointRecord, PointWrite, ReadOptions, SearchParams, normalize, validate_vector,
 };
 use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
+
+mod filtering;
+pub use filtering::PayloadUpdate;
+use filtering::build_fields;
 
 /// The catalog record of a collection (JSON in the metadata store).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +134,8 @@ pub struct Collection {
     state: RwLock<State>,
     seal: Mutex<Option<PendingSeal>>,
     last_lsn: AtomicU64,
+    /// Declared payload fields (grows with `declare_fields`).
+    schema: RwLock<Schema>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,11 +272,13 @@ impl Collection {
         cleanup_segments_dir(&seg_dir, &record)?;
         for s in &sealed {
             load_or_build_index(s, &record.config);
+            build_fields(s, &record.config.schema, &meta, record.uid);
         }
         let mut state = State {
             mutable: Arc::new(RwLock::new(MutableSegment::new(
                 record.next_segment_id,
                 dim,
+                &record.config.schema,
             ))),
             frozen: None,
             sealed,
@@ -300,6 +309,7 @@ impl Collection {
             state: RwLock::new(state),
             seal: Mutex::new(None),
             last_lsn: AtomicU64::new(last),
+            schema: RwLock::new(record.config.schema.clone()),
         })
     }
 
@@ -416,16 +426,38 @@ impl Collection {
             .expect("invariant: one result per query")
     }
 
-    /// Exact search for many queries, each with its own k; one result per query, in order.
-    /// Queries are scanned in groups that fit in L1, so every segment row is read once per group
-    /// rather than once per query: less cache traffic per query, measured +59% QPS on GloVe-50.
-    #[tracing::instrument(skip_all, fields(collection = %self.config.name, queries = queries.len()))]
+    /// [`Collection::search_batch`] without a filter.
     pub fn search_batch(
         &self,
         queries: &[(&[f32], usize)],
         opts: ReadOptions,
         params: SearchParams,
     ) -> Vec<Result<Vec<Hit>>> {
+        self.search_batch_filtered(queries, opts, params, None)
+    }
+
+    /// Exact search for many queries, each with its own k; one result per query, in order.
+    /// Queries are scanned in groups that fit in L1, so every segment row is read once per group
+    /// rather than once per query: less cache traffic per query, measured +59% QPS on GloVe-50.
+    ///
+    /// With a filter, each segment first computes its allowed rows as a bitmap (declared fields
+    /// from their indexes, the rest from payloads), then the planner picks per segment: an exact
+    /// scan of the allowed rows when that is cheaper, else the IVF index with the bitmap checked
+    /// on every candidate and nprobe raised by the inverse of the allowed fraction, so about as
+    /// many allowed rows are scanned as an unfiltered search would see.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, queries = queries.len()))]
+    pub fn search_batch_filtered(
+        &self,
+        queries: &[(&[f32], usize)],
+        opts: ReadOptions,
+        params: SearchParams,
+        filter: Option<&Filter>,
+    ) -> Vec<Result<Vec<Hit>>> {
+        let snap = self.snapshot();
+        let allowed = match filter.map(|f| self.allowed_rows(&snap, f)).transpose() {
+            Ok(a) => a,
+            Err(e) => return queries.iter().map(|_| Err(e.duplicate())).collect(),
+        };
         let checked: Vec<Result<Vec<f32>>> = queries
             .iter()
             .map(|(q, _)| self.check_query(q, "vector"))
@@ -436,7 +468,6 @@ impl Collection {
             .map(|i| checked[*i].as_ref().cloned().unwrap_or_default())
             .collect();
         let ks: Vec<usize> = valid.iter().map(|i| queries[*i].1).collect();
-        let snap = self.snapshot();
         let metric = self.config.metric;
         // Queries per pass: their vectors should stay in L1 (~32 KiB) next to the row.
         let group = (32 * 1024 / (4 * self.config.dim)).clamp(1, 64);
@@ -450,9 +481,43 @@ impl Collection {
             let fresh = || ks.iter().map(|k| TopK::new(*k)).collect::<Vec<_>>();
             let one = |s: &Arc<SealedSegment>| {
                 let mut t = fresh();
-                match s.index().filter(|_| !params.exact) {
-                    Some(idx) => search_index(s, idx, metric, qs, ks, params, &mut t),
-                    None => s.scan(metric, qs, &mut t),
+                let index = s.index().filter(|_| !params.exact);
+                match (allowed.as_ref().map(|a| a.get(&s.id)), index) {
+                    (None, Some(idx)) => {
+                        let deleted = s.deleted_guard();
+                        search_index(
+                            s,
+                            idx,
+                            metric,
+                            qs,
+                            ks,
+                            params,
+                            1.0,
+                            |r| deleted.contains(r),
+                            &mut t,
+                        );
+                    }
+                    (None, None) => s.scan(metric, qs, &mut t),
+                    (Some(None), _) => {} // nothing allowed here
+                    (Some(Some(rows)), index) => {
+                        let fraction = rows.len() as f64 / f64::from(s.rows().max(1));
+                        match index.filter(|idx| {
+                            !exact_is_cheaper(idx, rows.len(), s.rows(), params, self.config.dim)
+                        }) {
+                            Some(idx) => search_index(
+                                s,
+                                idx,
+                                metric,
+                                qs,
+                                ks,
+                                params,
+                                fraction,
+                                |r| !rows.contains(r),
+                                &mut t,
+                            ),
+                            None => scan_allowed(metric, qs, rows, |r| s.vector(r), s.id, &mut t),
+                        }
+                    }
                 }
                 t
             };
@@ -469,7 +534,14 @@ impl Collection {
                 .into_iter()
                 .flatten()
             {
-                read(m).scan(metric, qs, &mut tops);
+                let m = read(m);
+                match allowed.as_ref().map(|a| a.get(&m.id)) {
+                    None => m.scan(metric, qs, &mut tops),
+                    Some(None) => {}
+                    Some(Some(rows)) => {
+                        scan_allowed(metric, qs, rows, |r| m.vector(r), m.id, &mut tops)
+                    }
+                }
             }
             tops
         };
@@ -563,38 +635,7 @@ impl Collection {
             id.validate(&format!("ids[{i}]"))?;
         }
         let snap = self.snapshot();
-        let mut keys: Vec<Option<RowKey>> = Vec::with_capacity(ids.len());
-        let mut need_meta = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let found = [Some(&snap.mutable), snap.frozen.as_ref()]
-                .into_iter()
-                .flatten()
-                .find_map(|m| {
-                    let m = read(m);
-                    m.lookup(id).map(|row| (m.id, row))
-                });
-            if found.is_none() && !snap.sealed.is_empty() {
-                need_meta.push(i);
-            }
-            keys.push(found);
-        }
-        if !need_meta.is_empty() {
-            let mk: Vec<Vec<u8>> = need_meta
-                .iter()
-                .map(|&i| point_key(self.uid, &ids[i]))
-                .collect();
-            for (i, v) in need_meta
-                .into_iter()
-                .zip(self.meta.multi_get(Space::Ids, &mk)?)
-            {
-                if let Some((seg, row)) = v.as_deref().and_then(decode_location)
-                    && snap.sealed.iter().any(|s| s.id == seg && s.is_live(row))
-                {
-                    keys[i] = Some((seg, row));
-                }
-            }
-        }
-        let found: Vec<RowKey> = keys.into_iter().flatten().collect();
+        let found = self.locate(&snap, ids)?;
         self.resolve(&snap, &found, opts)
     }
 
@@ -785,7 +826,11 @@ impl Collection {
             .into_iter()
             .filter_map(|id| st.sealed(id).map(|s| (id, s.tombstones())))
             .collect();
-        let next = MutableSegment::new(read(&st.mutable).id + 1, self.config.dim);
+        let next = MutableSegment::new(
+            read(&st.mutable).id + 1,
+            self.config.dim,
+            &read(&self.schema),
+        );
         let frozen = std::mem::replace(&mut st.mutable, Arc::new(RwLock::new(next)));
         let frozen_dead = read(&frozen).dead_rows().collect();
         st.frozen = Some(Arc::clone(&frozen));
@@ -889,6 +934,10 @@ impl Collection {
         };
         if let Some(s) = &sealed {
             load_or_build_index(s, &self.config);
+            // The frozen segment's field indexes cover the same rows: sort them for reads.
+            let mut fields = read(&p.frozen).fields().clone();
+            fields.seal();
+            s.set_fields(Arc::new(fields));
         }
         {
             let mut st = write(&self.state);
@@ -939,7 +988,68 @@ fn index_progress(sealed: &[Arc<SealedSegment>]) -> (usize, usize) {
     )
 }
 
+/// The nprobe a search asks of `idx` (explicit, from the target recall, or the default).
+fn base_nprobe(idx: &IvfPqIndex, params: SearchParams) -> usize {
+    params
+        .nprobe
+        .unwrap_or_else(|| match params.target_recall_bp {
+            Some(bp) => idx.calibration().nprobe_for(f64::from(bp) / 10_000.0),
+            None => (idx.nlist() / 16).max(8),
+        })
+}
+
+/// The nprobe for a filtered search: scaled by the inverse of the allowed fraction (capped at
+/// every list), so the probed lists hold about as many allowed rows as an unfiltered probe.
+fn filtered_nprobe(idx: &IvfPqIndex, params: SearchParams, fraction: f64) -> usize {
+    let base = base_nprobe(idx, params);
+    ((base as f64 / fraction.max(1e-9)).ceil() as usize).clamp(base, idx.nlist())
+}
+
+/// Planner: is an exact scan of `allowed` rows cheaper than the filtered index probe?
+/// Costs in float-equivalents: exact = rows × dim; index = centroids × dim + probed codes ×
+/// bytes touched per code (4-bit codes are scanned 32 at a time, about ¼ of an f32 each per
+/// sub-space pair; 8-bit ADC costs a table load per sub-space).
+fn exact_is_cheaper(
+    idx: &IvfPqIndex,
+    allowed: u64,
+    rows: u32,
+    params: SearchParams,
+    dim: usize,
+) -> bool {
+    let fraction = allowed as f64 / f64::from(rows.max(1));
+    let probed = filtered_nprobe(idx, params, fraction) as f64 / idx.nlist() as f64;
+    let per_code = if idx.bits() == 4 {
+        idx.m() as f64 / 4.0
+    } else {
+        idx.m() as f64 * 2.0
+    };
+    let index_cost = (idx.nlist() * dim) as f64 + probed * f64::from(rows) * per_code;
+    (allowed as f64) * (dim as f64) <= index_cost
+}
+
+/// Exact scan of the `allowed` rows of a segment.
+fn scan_allowed<'a>(
+    metric: Metric,
+    queries: &[Vec<f32>],
+    allowed: &RoaringBitmap,
+    vector: impl Fn(u32) -> &'a [f32],
+    segment: SegmentId,
+    tops: &mut [TopK<RowKey>],
+) {
+    for row in allowed {
+        let v = vector(row);
+        for (q, top) in queries.iter().zip(tops.iter_mut()) {
+            let d = distance(metric, q, v);
+            if d < top.threshold() {
+                top.push(d, (segment, row));
+            }
+        }
+    }
+}
+
 /// Candidates from the segment's index, re-ranked exactly from its memory-mapped vectors.
+/// `fraction` < 1 is the share of rows a filter allows: nprobe grows to match.
+#[allow(clippy::too_many_arguments)]
 fn search_index(
     s: &SealedSegment,
     idx: &IvfPqIndex,
@@ -947,18 +1057,18 @@ fn search_index(
     queries: &[Vec<f32>],
     ks: &[usize],
     params: SearchParams,
+    fraction: f64,
+    excluded: impl Fn(u32) -> bool,
     tops: &mut [TopK<RowKey>],
 ) {
-    let deleted = s.deleted_guard();
-    let nprobe = params
-        .nprobe
-        .unwrap_or_else(|| match params.target_recall_bp {
-            Some(bp) => idx.calibration().nprobe_for(f64::from(bp) / 10_000.0),
-            None => (idx.nlist() / 16).max(8),
-        });
+    let nprobe = if fraction < 1.0 {
+        filtered_nprobe(idx, params, fraction)
+    } else {
+        base_nprobe(idx, params)
+    };
     let refine = params.refine.unwrap_or(DEFAULT_REFINE).max(1);
     for ((q, top), &k) in queries.iter().zip(tops.iter_mut()).zip(ks) {
-        let cands = idx.search(q, nprobe, k.saturating_mul(refine), |r| deleted.contains(r));
+        let cands = idx.search(q, nprobe, k.saturating_mul(refine), &excluded);
         for c in cands.into_sorted() {
             top.push(distance(metric, q, s.vector(c.key)), (s.id, c.key));
         }

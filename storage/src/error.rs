@@ -68,6 +68,44 @@ pub enum Error {
 }
 
 impl Error {
+    /// A copy of this error, for reporting one failure to several requests (an I/O error
+    /// keeps its kind and message).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::DimensionMismatch {
+                field,
+                expected,
+                got,
+            } => Error::DimensionMismatch {
+                field: field.clone(),
+                expected: *expected,
+                got: *got,
+            },
+            Error::NonFinite { field, value } => Error::NonFinite {
+                field: field.clone(),
+                value: value.clone(),
+            },
+            Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Error::CollectionNotFound { name } => Error::CollectionNotFound { name: name.clone() },
+            Error::CollectionExists { name } => Error::CollectionExists { name: name.clone() },
+            Error::Corrupt {
+                path,
+                offset,
+                detail,
+            } => Error::Corrupt {
+                path: path.clone(),
+                offset: *offset,
+                detail: detail.clone(),
+            },
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::Meta(m) => Error::Meta(m.clone()),
+            Error::Closed => Error::Closed,
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             field: field.into(),

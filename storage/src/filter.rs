@@ -18,6 +18,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::types::PointId;
 
+/// Most nesting levels a filter may have.
+pub const MAX_DEPTH: usize = 16;
+
 /// A declared payload field's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -302,11 +305,20 @@ impl Filter {
     }
 }
 
+/// A payload key: dot-separated non-empty parts, at most 256 bytes.
+pub fn validate_key(key: &str, field: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 256 || key.split('.').any(str::is_empty) {
+        return Err(Error::invalid(
+            field,
+            format!("bad key {key:?}: dot-separated, non-empty parts, at most 256 bytes"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_condition(c: &Condition, schema: &Schema) -> Result<()> {
     let Some(key) = c.key() else { return Ok(()) };
-    if key.is_empty() || key.split('.').any(str::is_empty) {
-        return Err(Error::invalid("filter", format!("bad key {key:?}")));
-    }
+    validate_key(key, "filter")?;
     let Some(&ty) = schema.get(key) else {
         return Ok(());
     };
@@ -603,7 +615,9 @@ impl Parser {
                     self.next();
                     return Ok(out);
                 }
-                other => return self.err(format!("expected ',' or ']', found {}", describe(other))),
+                other => {
+                    return self.err(format!("expected ',' or ']', found {}", describe(other)));
+                }
             }
         }
     }
@@ -774,10 +788,19 @@ mod tests {
         let f = parse(r#"tenant = "acme" and year >= 2024 and tags any ["a","b"]"#).unwrap();
         let p = json!({"tenant": "acme", "year": 2025, "tags": ["x", "b"]});
         assert!(f.matches(&id(1), Some(&p)));
-        assert!(!f.matches(&id(1), Some(&json!({"tenant": "acme", "year": 2023, "tags": ["b"]}))));
+        assert!(!f.matches(
+            &id(1),
+            Some(&json!({"tenant": "acme", "year": 2023, "tags": ["b"]}))
+        ));
         let g = parse(r#"not (kind = "draft" or kind = "spam") and meta.score < 0.5"#).unwrap();
-        assert!(g.matches(&id(1), Some(&json!({"kind": "post", "meta": {"score": 0.25}}))));
-        assert!(!g.matches(&id(1), Some(&json!({"kind": "spam", "meta": {"score": 0.25}}))));
+        assert!(g.matches(
+            &id(1),
+            Some(&json!({"kind": "post", "meta": {"score": 0.25}}))
+        ));
+        assert!(!g.matches(
+            &id(1),
+            Some(&json!({"kind": "spam", "meta": {"score": 0.25}}))
+        ));
         let h = parse(r#"id in [1, "a"] and x is null and y exists and z except ["q"]"#).unwrap();
         assert!(h.matches(&PointId::Str("a".into()), Some(&json!({"y": 1, "z": "r"}))));
         assert!(!h.matches(&id(2), Some(&json!({"y": 1, "z": "r"}))));
@@ -813,9 +836,15 @@ mod tests {
             ("at".to_owned(), FieldType::Datetime),
         ]
         .into();
-        let e = parse(r#"year = "2024""#).unwrap().validate(&schema, 8).unwrap_err();
+        let e = parse(r#"year = "2024""#)
+            .unwrap()
+            .validate(&schema, 8)
+            .unwrap_err();
         assert!(e.to_string().contains("filter.year"), "{e}");
-        let e = parse("tenant > 3").unwrap().validate(&schema, 8).unwrap_err();
+        let e = parse("tenant > 3")
+            .unwrap()
+            .validate(&schema, 8)
+            .unwrap_err();
         assert!(e.to_string().contains("filter.tenant"), "{e}");
         let e = parse("at > 3").unwrap().validate(&schema, 8).unwrap_err();
         assert!(e.to_string().contains("RFC 3339"), "{e}");

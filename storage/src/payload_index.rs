@@ -38,7 +38,8 @@ struct NumericColumn {
 
 impl NumericColumn {
     fn seal(&mut self) {
-        self.entries.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.entries
+            .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         self.bucket = (self.entries.len() / 64).max(MIN_BUCKET);
         self.buckets = self
             .entries
@@ -87,8 +88,16 @@ impl NumericColumn {
         for b in &self.buckets[first_full..last_full] {
             out |= b;
         }
-        out.extend(self.entries[lo..first_full * self.bucket].iter().map(|e| e.1));
-        out.extend(self.entries[last_full * self.bucket..hi].iter().map(|e| e.1));
+        out.extend(
+            self.entries[lo..first_full * self.bucket]
+                .iter()
+                .map(|e| e.1),
+        );
+        out.extend(
+            self.entries[last_full * self.bucket..hi]
+                .iter()
+                .map(|e| e.1),
+        );
         out
     }
 }
@@ -335,7 +344,10 @@ mod tests {
             m.insert("ok".into(), json!(rng.below(2) == 0));
         }
         if rng.below(4) > 0 {
-            m.insert("at".into(), json!(format!("2024-01-{:02}T00:00:00Z", 1 + rng.below(28))));
+            m.insert(
+                "at".into(),
+                json!(format!("2024-01-{:02}T00:00:00Z", 1 + rng.below(28))),
+            );
         }
         if rng.below(3) > 0 {
             let t: Vec<&str> = (0..rng.below(3)).map(|_| kinds[rng.below(3)]).collect();
@@ -352,17 +364,33 @@ mod tests {
         let ops = ["=", "!=", ">", ">=", "<", "<="];
         match rng.below(12) {
             0 => format!("kind = {}", kinds[rng.below(4)]),
-            1 => format!("kind any [{}, {}]", kinds[rng.below(4)], kinds[rng.below(4)]),
+            1 => format!(
+                "kind any [{}, {}]",
+                kinds[rng.below(4)],
+                kinds[rng.below(4)]
+            ),
             2 => format!("kind except [{}]", kinds[rng.below(4)]),
             3 => format!("n {} {}", ops[rng.below(6)], rng.below(20) as i64 - 5),
-            4 => format!("x {} {}", ops[2 + rng.below(4)], rng.below(100) as f64 / 10.0),
+            4 => format!(
+                "x {} {}",
+                ops[2 + rng.below(4)],
+                rng.below(100) as f64 / 10.0
+            ),
             5 => format!("ok = {}", rng.below(2) == 0),
-            6 => format!("at {} \"2024-01-{:02}T00:00:00Z\"", ops[2 + rng.below(4)], 1 + rng.below(28)),
+            6 => format!(
+                "at {} \"2024-01-{:02}T00:00:00Z\"",
+                ops[2 + rng.below(4)],
+                1 + rng.below(28)
+            ),
             7 => format!("tags any [{}]", kinds[rng.below(4)]),
             8 => format!("tags except [{}]", kinds[rng.below(4)]),
             9 => format!("{} exists", ["kind", "n", "tags", "at"][rng.below(4)]),
             10 => format!("{} is null", ["kind", "n", "tags", "ok"][rng.below(4)]),
-            _ => format!("n any [{}, {}]", rng.below(20) as i64 - 5, rng.below(20) as i64 - 5),
+            _ => format!(
+                "n any [{}, {}]",
+                rng.below(20) as i64 - 5,
+                rng.below(20) as i64 - 5
+            ),
         }
     }
 

@@ -182,6 +182,9 @@ pub struct CollectionConfig {
     pub index: IndexConfig,
     /// Rows in the mutable segment before it is sealed.
     pub segment_max_rows: u32,
+    /// Declared payload fields (indexed per segment) at creation; more can be declared later.
+    #[serde(default)]
+    pub schema: crate::filter::Schema,
 }
 
 impl CollectionConfig {
@@ -210,6 +213,9 @@ impl CollectionConfig {
                 "index.pq_bits",
                 format!("must be 4 or 8, got {b}"),
             ));
+        }
+        for key in self.schema.keys() {
+            crate::filter::validate_key(key, &format!("schema.{key}"))?;
         }
         if self.index.nlist == Some(0) {
             return Err(Error::invalid("index.nlist", "must be at least 1"));

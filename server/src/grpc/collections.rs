@@ -46,6 +46,14 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
                 },
             }),
             segment_max_rows: cfg.segment_max_rows,
+            schema: c
+                .schema()
+                .into_iter()
+                .map(|(key, t)| pb::FieldSchema {
+                    key,
+                    r#type: convert::to_pb_field_type(t) as i32,
+                })
+                .collect(),
         }),
         stats: Some(pb::CollectionStats {
             points: s.points,
@@ -111,6 +119,7 @@ impl Collections for CollectionsService {
             segment_max_rows: r
                 .segment_max_rows
                 .unwrap_or(self.state.settings.segment_max_rows),
+            schema: convert::schema(&r.schema)?,
         };
         let out = blocking(move || Ok(info(engine.create_collection(config)?.as_ref()))).await?;
         Ok(Response::new(out))
@@ -156,5 +165,21 @@ impl Collections for CollectionsService {
         Ok(Response::new(pb::FlushCollectionResponse {
             checkpoint_lsn,
         }))
+    }
+
+    async fn declare_fields(
+        &self,
+        req: Request<pb::DeclareFieldsRequest>,
+    ) -> Result<Response<pb::CollectionInfo>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine()?;
+        let fields = convert::schema(&r.fields)?;
+        let out = blocking(move || {
+            let c = engine.collection(&r.name)?;
+            c.declare_fields(&fields)?;
+            Ok(info(c.as_ref()))
+        })
+        .await?;
+        Ok(Response::new(out))
     }
 }

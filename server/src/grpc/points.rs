@@ -4,12 +4,13 @@ use std::sync::Arc;
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::points_server::Points;
 use quiver_storage::ReadOptions;
+use quiver_storage::collection::PayloadUpdate;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
 
 /// The Points service.
@@ -131,8 +132,18 @@ impl Points for PointsService {
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let ids = convert::point_ids(&r.ids, "ids")?;
-        let (deleted, lsn) =
-            blocking(move || Ok(engine.collection(&r.collection)?.delete(ids)?)).await?;
+        let filter = convert::filter(r.filter.as_ref())?;
+        if filter.is_some() && !ids.is_empty() {
+            return Err(ApiError::bad("filter", "set ids or a filter, not both").into());
+        }
+        let (deleted, lsn) = blocking(move || {
+            let c = engine.collection(&r.collection)?;
+            Ok(match &filter {
+                Some(f) => c.delete_by_filter(f)?,
+                None => c.delete(ids)?,
+            })
+        })
+        .await?;
         Ok(Response::new(pb::DeletePointsResponse { deleted, lsn }))
     }
 
@@ -141,8 +152,16 @@ impl Points for PointsService {
         req: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
         let engine = self.state.engine()?;
-        let name = req.into_inner().collection;
-        let count = blocking(move || Ok(engine.collection(&name)?.count())).await?;
+        let r = req.into_inner();
+        let filter = convert::filter(r.filter.as_ref())?;
+        let count = blocking(move || {
+            let c = engine.collection(&r.collection)?;
+            Ok(match &filter {
+                Some(f) => c.count_filtered(f)?,
+                None => c.count(),
+            })
+        })
+        .await?;
         Ok(Response::new(pb::CountResponse { count }))
     }
 
@@ -168,15 +187,50 @@ impl Points for PointsService {
             with_vectors: r.with_vectors,
             with_payload: r.with_payload,
         };
+        let filter = convert::filter(r.filter.as_ref())?;
         let (page, next) = blocking(move || {
-            Ok(engine
-                .collection(&r.collection)?
-                .scroll(cursor, limit, opts)?)
+            let c = engine.collection(&r.collection)?;
+            Ok(match &filter {
+                Some(f) => c.scroll_filtered(f, cursor, limit, opts)?,
+                None => c.scroll(cursor, limit, opts)?,
+            })
         })
         .await?;
         Ok(Response::new(pb::ScrollResponse {
             points: page.into_iter().map(convert::retrieved).collect(),
             next_cursor: convert::to_cursor(next),
         }))
+    }
+
+    async fn update_payload(
+        &self,
+        req: Request<pb::UpdatePayloadRequest>,
+    ) -> Result<Response<pb::UpdatePayloadResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine()?;
+        let ids = convert::point_ids(&r.ids, "ids")?;
+        let set = match convert::payload(
+            (!r.set_json.is_empty()).then_some(r.set_json.as_str()),
+            "set_json",
+            self.state.settings.max_payload_bytes,
+        )? {
+            Some(bytes) => {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+                    .map_err(|e| ApiError::bad("set_json", e.to_string()))?
+            }
+            None => serde_json::Map::new(),
+        };
+        let mode = if r.overwrite {
+            PayloadUpdate::Overwrite
+        } else {
+            PayloadUpdate::Merge
+        };
+        let (updated, lsn) = blocking(move || {
+            Ok(engine
+                .collection(&r.collection)?
+                .update_payload(&ids, &set, &r.unset, mode)?)
+        })
+        .await?;
+        Ok(Response::new(pb::UpdatePayloadResponse { updated, lsn }))
     }
 }

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::search_server::Search;
-use quiver_storage::{Engine, ReadOptions, SearchParams};
+use quiver_storage::filter::Filter;
+use quiver_storage::{Collection, Engine, ReadOptions, SearchParams};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -35,6 +36,7 @@ struct Query {
     k: usize,
     opts: ReadOptions,
     params: SearchParams,
+    filter: Option<Filter>,
 }
 
 fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
@@ -67,7 +69,9 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
             ));
         }
     };
+    let filter = convert::filter(r.filter.as_ref())?;
     Ok(Query {
+        filter,
         k: convert::k(r.k, max_k)?,
         collection: r.collection,
         vector: r.vector,
@@ -84,14 +88,30 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
     })
 }
 
+/// Filter keys that are not declared fields (evaluated from payloads); logged once per key.
+fn unindexed(c: &Collection, filter: Option<&Filter>) -> ApiResult<Vec<String>> {
+    let Some(f) = filter else {
+        return Ok(Vec::new());
+    };
+    let keys = c.check_filter(f)?;
+    if !keys.is_empty() {
+        tracing::debug!(collection = %c.config().name, keys = ?keys, "filter reads undeclared payload keys (slower); declare them to index them");
+    }
+    Ok(keys)
+}
+
 fn run(engine: &Engine, q: Query) -> ApiResult<pb::SearchResponse> {
     let started = Instant::now();
-    let hits = engine
-        .collection(&q.collection)?
-        .search(&q.vector, q.k, q.opts, q.params)?;
+    let c = engine.collection(&q.collection)?;
+    let unindexed_filter_keys = unindexed(&c, q.filter.as_ref())?;
+    let hits = c
+        .search_batch_filtered(&[(&q.vector, q.k)], q.opts, q.params, q.filter.as_ref())
+        .pop()
+        .expect("invariant: one result per query")?;
     Ok(pb::SearchResponse {
         hits: hits.into_iter().map(convert::scored).collect(),
         took_us: started.elapsed().as_micros() as u64,
+        unindexed_filter_keys,
     })
 }
 
@@ -153,7 +173,10 @@ fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchRespons
             q.opts.with_payload,
             q.params,
         );
-        match groups.iter_mut().find(|(k, _)| *k == key) {
+        match groups
+            .iter_mut()
+            .find(|(k, idxs)| *k == key && queries[idxs[0]].filter == q.filter)
+        {
             Some((_, idxs)) => idxs.push(i),
             None => groups.push((key, vec![i])),
         }
@@ -163,25 +186,31 @@ fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchRespons
     for ((name, _, _, params), idxs) in groups {
         let opts = queries[idxs[0]].opts;
         let started = Instant::now();
-        match engine.collection(name) {
-            Ok(c) => {
+        let filter = queries[idxs[0]].filter.as_ref();
+        match engine
+            .collection(name)
+            .map_err(ApiError::from)
+            .and_then(|c| unindexed(&c, filter).map(|u| (c, u)))
+        {
+            Ok((c, unindexed_filter_keys)) => {
                 let batch: Vec<(&[f32], usize)> = idxs
                     .iter()
                     .map(|&i| (queries[i].vector.as_slice(), queries[i].k))
                     .collect();
-                let results = c.search_batch(&batch, opts, params);
+                let results = c.search_batch_filtered(&batch, opts, params, filter);
                 let took_us = started.elapsed().as_micros() as u64;
                 for (&i, r) in idxs.iter().zip(results) {
                     out[i] = Some(r.map_err(|e| ApiError::from(e).into()).map(|hits| {
                         pb::SearchResponse {
                             hits: hits.into_iter().map(convert::scored).collect(),
                             took_us,
+                            unindexed_filter_keys: unindexed_filter_keys.clone(),
                         }
                     }));
                 }
             }
             Err(e) => {
-                let status = Status::from(ApiError::from(e));
+                let status = Status::from(e);
                 for &i in &idxs {
                     out[i] = Some(Err(status.clone()));
                 }

@@ -16,6 +16,7 @@ fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig 
         metric,
         index: Default::default(),
         segment_max_rows: seg,
+        schema: Default::default(),
     }
 }
 

@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::distance::TopK;
+use crate::filter::Schema;
+use crate::payload_index::FieldIndexes;
 use crate::segment::{RowKey, SegmentId, scan_rows};
 use crate::types::{Metric, PointId};
 
@@ -22,11 +24,14 @@ pub struct MutableSegment {
     /// Ids whose row in an older (sealed or sealing) segment was tombstoned since the last
     /// checkpoint; the checkpoint removes their stale id-map entries unless they live here.
     pub removed_from_older: HashSet<PointId>,
+    /// Indexes of the declared payload fields, kept up to date on every push.
+    fields: FieldIndexes,
+    schema: Schema,
 }
 
 impl MutableSegment {
-    /// An empty segment.
-    pub fn new(id: SegmentId, dim: usize) -> Self {
+    /// An empty segment indexing the fields of `schema`.
+    pub fn new(id: SegmentId, dim: usize, schema: &Schema) -> Self {
         MutableSegment {
             id,
             dim,
@@ -36,7 +41,30 @@ impl MutableSegment {
             live: Vec::new(),
             index: HashMap::new(),
             removed_from_older: HashSet::new(),
+            fields: FieldIndexes::new(schema),
+            schema: schema.clone(),
         }
+    }
+
+    /// The payload field indexes (covering every row).
+    pub fn fields(&self) -> &FieldIndexes {
+        &self.fields
+    }
+
+    /// The parsed payload of `row` (payloads are JSON objects, validated at the API).
+    pub fn payload_value(&self, row: u32) -> Option<serde_json::Value> {
+        serde_json::from_slice(self.payload(row)?).ok()
+    }
+
+    /// Re-indexes every row for a new schema.
+    pub fn set_schema(&mut self, schema: &Schema) {
+        self.schema = schema.clone();
+        let mut f = FieldIndexes::new(schema);
+        for row in 0..self.ids.len() as u32 {
+            f.insert(row, self.payload_value(row).as_ref());
+        }
+        f.set_rows(self.ids.len() as u32);
+        self.fields = f;
     }
 
     /// Rows ever appended (live or not).
@@ -63,6 +91,15 @@ impl MutableSegment {
         }
         self.vectors.extend_from_slice(vector);
         self.ids.push(id);
+        if self.schema.is_empty() {
+            self.fields.set_rows(row + 1);
+        } else {
+            let parsed = payload
+                .as_deref()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok());
+            self.fields.insert(row, parsed.as_ref());
+            self.fields.set_rows(row + 1);
+        }
         self.payloads.push(payload);
         self.live.push(true);
         row

@@ -25,6 +25,7 @@ use crate::distance::TopK;
 use crate::error::{Error, Result};
 use crate::index::ivf::IvfPqIndex;
 use crate::mmap::MappedFile;
+use crate::payload_index::FieldIndexes;
 use crate::segment::{RowKey, SegmentId, scan_rows};
 use crate::types::{Metric, PointId};
 use crate::wal::{Lsn, sync_dir};
@@ -76,6 +77,9 @@ pub struct SealedSegment {
     bytes_on_disk: u64,
     /// The IVF-PQ index once built (or loaded); until then the segment is scanned exactly.
     index: OnceLock<Arc<IvfPqIndex>>,
+    /// Indexes of the declared payload fields (rebuilt when the schema changes); until they
+    /// cover the schema, filters read payloads.
+    fields: RwLock<Option<Arc<FieldIndexes>>>,
 }
 
 fn write_file(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<FileEntry> {
@@ -290,6 +294,7 @@ impl SealedSegment {
             deleted: RwLock::new(deleted),
             bytes_on_disk,
             index: OnceLock::new(),
+            fields: RwLock::new(None),
         };
         // Validate every id offset once, so later reads cannot go out of bounds.
         for row in 0..rows {
@@ -307,6 +312,19 @@ impl SealedSegment {
     /// The segment's index, if built.
     pub fn index(&self) -> Option<&Arc<IvfPqIndex>> {
         self.index.get()
+    }
+
+    /// The payload field indexes, if built.
+    pub fn fields(&self) -> Option<Arc<FieldIndexes>> {
+        self.fields
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Publishes payload field indexes (replacing older ones).
+    pub fn set_fields(&self, fields: Arc<FieldIndexes>) {
+        *self.fields.write().unwrap_or_else(|p| p.into_inner()) = Some(fields);
     }
 
     /// Publishes a built index (the first one wins).
