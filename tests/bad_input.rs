@@ -291,6 +291,41 @@ async fn invalid_requests_get_precise_statuses() {
         Code::InvalidArgument,
         "refine_factor",
     ));
+    cases.push((
+        "filter condition without an operator",
+        s.search(pb::SearchRequest {
+            filter: Some(pb::Filter {
+                must: vec![pb::Condition {
+                    key: "tenant".into(),
+                    kind: None,
+                }],
+                ..Default::default()
+            }),
+            ..search(vec![1.0; 4], 5)
+        })
+        .await
+        .unwrap_err(),
+        Code::InvalidArgument,
+        "filter.must[0]",
+    ));
+    cases.push((
+        "filter text and tree together",
+        s.search(pb::SearchRequest {
+            filter: Some(pb::Filter {
+                text: "a = 1".into(),
+                must_not: vec![pb::Condition {
+                    key: "a".into(),
+                    kind: Some(pb::condition::Kind::Exists(true)),
+                }],
+                ..Default::default()
+            }),
+            ..search(vec![1.0; 4], 5)
+        })
+        .await
+        .unwrap_err(),
+        Code::InvalidArgument,
+        "not both",
+    ));
     for (what, target, nprobe) in [
         ("target recall above 1", 1.5, None),
         ("target recall zero", 0.0, None),

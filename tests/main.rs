@@ -3,4 +3,5 @@
 mod bad_input;
 mod basic;
 mod crash;
+mod filters;
 mod index;

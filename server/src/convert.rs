@@ -164,39 +164,6 @@ pub fn to_cursor(k: Option<RowKey>) -> String {
     k.map(|(s, r)| format!("{s}.{r}")).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_rules() {
-        assert_eq!(
-            payload(Some("{\"a\": 1}"), "p", 100).unwrap(),
-            Some(b"{\"a\":1}".to_vec())
-        );
-        assert!(matches!(
-            payload(Some("[1]"), "p", 100),
-            Err(ApiError::BadRequest { .. })
-        ));
-        assert!(matches!(
-            payload(Some("{"), "p", 100),
-            Err(ApiError::BadRequest { .. })
-        ));
-        assert!(matches!(
-            payload(Some("{\"a\":\"xxxxxxxxxx\"}"), "p", 5),
-            Err(ApiError::TooLarge(_))
-        ));
-        assert_eq!(payload(None, "p", 5).unwrap(), None);
-    }
-
-    #[test]
-    fn cursors() {
-        assert_eq!(cursor("").unwrap(), None);
-        assert_eq!(cursor(&to_cursor(Some((3, 9)))).unwrap(), Some((3, 9)));
-        assert!(cursor("x").is_err());
-    }
-}
-
 /// A proto field type.
 fn field_type(t: i32, field: &str) -> ApiResult<FieldType> {
     Ok(match pb::FieldType::try_from(t) {
@@ -396,5 +363,38 @@ pub fn filter(f: Option<&pb::Filter>) -> ApiResult<Option<Filter>> {
             Ok(None)
         }
         Some(f) => group(f, "filter", 1).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_rules() {
+        assert_eq!(
+            payload(Some("{\"a\": 1}"), "p", 100).unwrap(),
+            Some(b"{\"a\":1}".to_vec())
+        );
+        assert!(matches!(
+            payload(Some("[1]"), "p", 100),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            payload(Some("{"), "p", 100),
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            payload(Some("{\"a\":\"xxxxxxxxxx\"}"), "p", 5),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert_eq!(payload(None, "p", 5).unwrap(), None);
+    }
+
+    #[test]
+    fn cursors() {
+        assert_eq!(cursor("").unwrap(), None);
+        assert_eq!(cursor(&to_cursor(Some((3, 9)))).unwrap(), Some((3, 9)));
+        assert!(cursor("x").is_err());
     }
 }

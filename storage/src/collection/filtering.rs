@@ -45,13 +45,17 @@ pub(super) fn build_fields(
     if schema.is_empty() {
         return;
     }
+    // Weak references: a dropped segment or a closed engine cancels the build.
     let weak: Weak<SealedSegment> = Arc::downgrade(seg);
-    let (schema, meta) = (schema.clone(), Arc::clone(meta));
+    let (schema, weak_meta) = (schema.clone(), Arc::downgrade(meta));
     let spawned = std::thread::Builder::new()
         .name("quiver-fields".into())
         .spawn(move || {
             let Some(seg) = weak.upgrade() else { return };
-            match sealed_payloads(&seg, meta.as_ref(), uid) {
+            let Some(meta) = weak_meta.upgrade() else { return };
+            let payloads = sealed_payloads(&seg, meta.as_ref(), uid);
+            drop(meta);
+            match payloads {
                 Ok(payloads) => {
                     let mut f = FieldIndexes::build(
                         &schema,
@@ -190,6 +194,18 @@ impl Collection {
         }
         tracing::info!(collection = %self.config.name, fields = ?fields.keys().collect::<Vec<_>>(), "payload fields declared");
         Ok(())
+    }
+
+    /// (sealed segments whose field indexes cover the schema, sealed segments).
+    pub fn fields_progress(&self) -> (usize, usize) {
+        let schema = read(&self.schema).clone();
+        let snap = self.snapshot();
+        let built = snap
+            .sealed
+            .iter()
+            .filter(|s| schema.is_empty() || s.fields().is_some_and(|f| f.covers(&schema)))
+            .count();
+        (built, snap.sealed.len())
     }
 
     /// Checks a filter against the schema; returns the undeclared keys it reads (evaluated
