@@ -12,13 +12,14 @@
 //! payloads, slower).
 use std::collections::HashMap;
 
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use serde_json::Value;
 
 use crate::filter::{Condition, FieldType, Literal, Range, Schema, parse_datetime, values_at};
 
-/// Rows per bucket of a sealed numeric column, at least (a 64th of the column otherwise).
-const MIN_BUCKET: usize = 1024;
+/// Entries per bucket of a sealed numeric column: a range costs at most two buckets of single
+/// inserts plus one bitmap union per bucket it covers.
+const BUCKET: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Term {
@@ -30,23 +31,61 @@ enum Term {
 struct NumericColumn {
     /// (value, row); sorted by value once sealed.
     entries: Vec<(f64, u32)>,
-    /// Sealed: rows of `entries[b·bucket..(b+1)·bucket]`.
+    /// Sealed: rows of `entries[b·BUCKET..(b+1)·BUCKET]`.
     buckets: Vec<RoaringBitmap>,
-    bucket: usize,
+    /// Sealed, single-valued columns: `prefix[j]` = rows of the first `j·PREFIX_STRIDE` buckets,
+    /// so a wide range is one difference of two prefixes plus a few buckets.
+    prefix: Vec<RoaringBitmap>,
     sorted: bool,
+}
+
+/// Buckets per prefix step.
+const PREFIX_STRIDE: usize = 16;
+
+/// A bitmap of unsorted rows: sorted first, so each container is built by appends (inserting
+/// out of order into an array container shifts it every time).
+fn bitmap_of(mut rows: Vec<u32>) -> RoaringBitmap {
+    rows.sort_unstable();
+    rows.dedup();
+    RoaringBitmap::from_sorted_iter(rows).expect("invariant: sorted and deduplicated")
 }
 
 impl NumericColumn {
     fn seal(&mut self) {
         self.entries
             .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        self.bucket = (self.entries.len() / 64).max(MIN_BUCKET);
         self.buckets = self
             .entries
-            .chunks(self.bucket)
-            .map(|c| c.iter().map(|e| e.1).collect())
+            .chunks(BUCKET)
+            .map(|c| bitmap_of(c.iter().map(|e| e.1).collect()))
             .collect();
+        let total: u64 = self.buckets.iter().map(RoaringBitmap::len).sum();
+        let single_valued = self.buckets.iter().union().len() == total;
+        self.prefix.clear();
+        if single_valued {
+            let mut acc = RoaringBitmap::new();
+            self.prefix.push(acc.clone());
+            for chunk in self.buckets.chunks(PREFIX_STRIDE) {
+                acc |= chunk.iter().union();
+                self.prefix.push(acc.clone());
+            }
+        }
         self.sorted = true;
+    }
+
+    /// Rows of whole buckets `a..b`.
+    fn buckets_between(&self, a: usize, b: usize) -> RoaringBitmap {
+        let (j1, j2) = (a.div_ceil(PREFIX_STRIDE), b / PREFIX_STRIDE);
+        if self.prefix.is_empty() || j1 >= j2 {
+            return self.buckets[a..b].iter().union();
+        }
+        // Buckets are disjoint here (single-valued column): a prefix difference is their union.
+        let mut out = &self.prefix[j2] - &self.prefix[j1];
+        out |= self.buckets[a..j1 * PREFIX_STRIDE]
+            .iter()
+            .chain(&self.buckets[j2 * PREFIX_STRIDE..b])
+            .union();
+        out
     }
 
     fn range(&self, r: &Range) -> RoaringBitmap {
@@ -76,27 +115,20 @@ impl NumericColumn {
             (Some(_), Some(l)) => hi.min(self.entries.partition_point(|e| e.0 <= l)),
             _ => hi,
         };
-        let mut out = RoaringBitmap::new();
         if lo >= hi {
-            return out;
+            return RoaringBitmap::new();
         }
-        let (first_full, last_full) = (lo.div_ceil(self.bucket), hi / self.bucket);
+        let (first_full, last_full) = (lo.div_ceil(BUCKET), hi / BUCKET);
         if first_full >= last_full {
-            out.extend(self.entries[lo..hi].iter().map(|e| e.1));
-            return out;
+            return bitmap_of(self.entries[lo..hi].iter().map(|e| e.1).collect());
         }
-        for b in &self.buckets[first_full..last_full] {
-            out |= b;
-        }
-        out.extend(
-            self.entries[lo..first_full * self.bucket]
+        let mut out = self.buckets_between(first_full, last_full);
+        out |= bitmap_of(
+            self.entries[lo..first_full * BUCKET]
                 .iter()
-                .map(|e| e.1),
-        );
-        out.extend(
-            self.entries[last_full * self.bucket..hi]
-                .iter()
-                .map(|e| e.1),
+                .chain(&self.entries[last_full * BUCKET..hi])
+                .map(|e| e.1)
+                .collect(),
         );
         out
     }
@@ -404,6 +436,41 @@ mod tests {
             0 => format!("({a} and {b})"),
             1 => format!("({a} or {b})"),
             _ => format!("not ({a})"),
+        }
+    }
+
+    /// Enough rows for the prefix unions of sealed numeric columns (≥ 16 buckets), single- and
+    /// multi-valued, against a naive filter over the values.
+    #[test]
+    fn wide_numeric_ranges_use_prefixes_correctly() {
+        let mut rng = crate::index::kmeans::SplitMix64::new(4);
+        let n = 60_000u32;
+        let single: Vec<Value> = (0..n)
+            .map(|_| json!({"n": rng.below(1000) as i64}))
+            .collect();
+        let multi: Vec<Value> = (0..n)
+            .map(|_| json!({"n": [rng.below(1000) as i64, rng.below(1000) as i64]}))
+            .collect();
+        let schema: Schema = [("n".to_owned(), FieldType::Integer)].into();
+        for payloads in [&single, &multi] {
+            let ix = FieldIndexes::build(
+                &schema,
+                payloads
+                    .iter()
+                    .enumerate()
+                    .map(|(r, p)| (r as u32, Some(p))),
+            );
+            for _ in 0..40 {
+                let (a, b) = (rng.below(1001) as i64, rng.below(1001) as i64);
+                let f = parse(&format!("n >= {} and n < {}", a.min(b), a.max(b))).unwrap();
+                let want: RoaringBitmap = payloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| f.matches(&PointId::Num(0), Some(p)))
+                    .map(|(r, _)| r as u32)
+                    .collect();
+                assert_eq!(eval_tree(&ix, &f), want, "{a}..{b}");
+            }
         }
     }
 

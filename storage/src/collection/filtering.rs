@@ -94,36 +94,41 @@ fn sealed_payloads(
     Ok(out)
 }
 
-/// Evaluates a filter tree to a bitmap within `universe`; `leaf` answers conditions.
+/// Evaluates a filter tree to a bitmap of rows; `leaf` answers conditions and `all` gives
+/// every row of the segment (built only for `must_not` and empty groups, which need it).
+/// Dead rows are the caller's to remove.
 fn eval_tree(
     f: &Filter,
-    universe: &RoaringBitmap,
+    all: &dyn Fn() -> RoaringBitmap,
     leaf: &mut impl FnMut(&Condition) -> Result<RoaringBitmap>,
 ) -> Result<RoaringBitmap> {
     Ok(match f {
-        Filter::Cond(c) => leaf(c)? & universe,
+        Filter::Cond(c) => leaf(c)?,
+        Filter::Must(fs) | Filter::Should(fs) if fs.is_empty() => all(),
         Filter::Must(fs) => {
-            let mut acc = universe.clone();
-            for x in fs {
+            let mut acc = eval_tree(&fs[0], all, leaf)?;
+            for x in &fs[1..] {
                 if acc.is_empty() {
                     break;
                 }
-                acc &= eval_tree(x, universe, leaf)?;
+                acc &= eval_tree(x, all, leaf)?;
             }
             acc
         }
-        Filter::Should(fs) if fs.is_empty() => universe.clone(),
         Filter::Should(fs) => {
             let mut acc = RoaringBitmap::new();
             for x in fs {
-                acc |= eval_tree(x, universe, leaf)?;
+                acc |= eval_tree(x, all, leaf)?;
             }
             acc
         }
         Filter::MustNot(fs) => {
-            let mut acc = universe.clone();
+            let mut acc = all();
             for x in fs {
-                acc -= eval_tree(x, universe, leaf)?;
+                if acc.is_empty() {
+                    break;
+                }
+                acc -= eval_tree(x, all, leaf)?;
             }
             acc
         }
@@ -281,15 +286,18 @@ impl Collection {
         };
         let mut out = Allowed::new();
         for s in &snap.sealed {
-            let mut universe = RoaringBitmap::new();
-            universe.insert_range(0..s.rows());
-            universe -= &s.tombstones();
-            if universe.is_empty() {
+            if s.live_count() == 0 {
                 continue;
             }
+            let n = s.rows();
+            let all = move || {
+                let mut b = RoaringBitmap::new();
+                b.insert_range(0..n);
+                b
+            };
             let fields = s.fields();
             let mut payloads: Option<Vec<Option<Value>>> = None;
-            let rows = eval_tree(f, &universe, &mut |c| {
+            let mut rows = eval_tree(f, &all, &mut |c| {
                 if let Condition::HasId(_) = c {
                     return Ok(has_id(c, s.id));
                 }
@@ -301,11 +309,11 @@ impl Collection {
                 }
                 let p = payloads.as_ref().expect("invariant: loaded above");
                 let leaf = Filter::Cond(c.clone());
-                Ok(universe
-                    .iter()
+                Ok((0..n)
                     .filter(|&r| leaf.matches(&PointId::Num(0), p[r as usize].as_ref()))
                     .collect())
             })?;
+            rows -= &*s.deleted_guard();
             if !rows.is_empty() {
                 out.insert(s.id, rows);
             }
@@ -315,11 +323,16 @@ impl Collection {
             .flatten()
         {
             let m = read(m);
-            let universe: RoaringBitmap = m.live_rows().map(|(r, _)| r).collect();
-            if universe.is_empty() {
+            if m.live_count() == 0 {
                 continue;
             }
-            let rows = eval_tree(f, &universe, &mut |c| {
+            let n = m.rows() as u32;
+            let all = move || {
+                let mut b = RoaringBitmap::new();
+                b.insert_range(0..n);
+                b
+            };
+            let mut rows = eval_tree(f, &all, &mut |c| {
                 if let Condition::HasId(_) = c {
                     return Ok(has_id(c, m.id));
                 }
@@ -327,11 +340,13 @@ impl Collection {
                     return Ok(b);
                 }
                 let leaf = Filter::Cond(c.clone());
-                Ok(universe
-                    .iter()
+                Ok((0..n)
                     .filter(|&r| leaf.matches(&PointId::Num(0), m.payload_value(r).as_ref()))
                     .collect())
             })?;
+            for dead in m.dead_rows() {
+                rows.remove(dead);
+            }
             if !rows.is_empty() {
                 out.insert(m.id, rows);
             }
