@@ -102,7 +102,8 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64(),
         c.stats().index_state
     );
-    let filters: [(&str, &str, Box<dyn Fn(u64) -> bool + Sync>); 4] = [
+    type Pass = Box<dyn Fn(u64) -> bool + Sync>;
+    let filters: [(&str, &str, Pass); 4] = [
         ("0.1%", r#"kw = "k42""#, Box::new(|n| columns(n).0 == 42)),
         ("1%", "num < 10", Box::new(|n| columns(n).1 < 10)),
         ("10%", "num < 100", Box::new(|n| columns(n).1 < 100)),
