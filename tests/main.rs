@@ -5,3 +5,4 @@ mod basic;
 mod crash;
 mod filters;
 mod index;
+mod ingest;

@@ -855,7 +855,11 @@ async fn run(cli: Cli) -> Result<()> {
                 eprintln!(
                     "{} {} rows ({} rejected) in {:.2}s, {:.0} rows/s{}",
                     if dry_run { "validated" } else { "ingested" },
-                    if dry_run { &summary["rows_valid"] } else { &summary["upserted"] },
+                    if dry_run {
+                        &summary["rows_valid"]
+                    } else {
+                        &summary["upserted"]
+                    },
                     summary["rejected"],
                     summary["seconds"].as_f64().unwrap_or_default(),
                     summary["rows_per_s"].as_f64().unwrap_or_default(),
@@ -875,8 +879,14 @@ async fn run(cli: Cli) -> Result<()> {
             let parquet = output
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-            let n = ingest::export(&mut client, &collection, text_filter(filter), &output, parquet)
-                .await?;
+            let n = ingest::export(
+                &mut client,
+                &collection,
+                text_filter(filter),
+                &output,
+                parquet,
+            )
+            .await?;
             eprintln!("exported {n} points to {}", output.display());
         }
         Cmd::SetPayload {

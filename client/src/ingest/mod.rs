@@ -135,7 +135,10 @@ fn trim_rejects(path: &Path, files: &[String], cp: &Checkpoint) -> Result<u64> {
             .iter()
             .position(|f| Some(f.as_str()) == v["file"].as_str())
             .unwrap_or(usize::MAX);
-        let pos = v["line"].as_u64().or_else(|| v["row"].as_u64()).unwrap_or(u64::MAX);
+        let pos = v["line"]
+            .as_u64()
+            .or_else(|| v["row"].as_u64())
+            .unwrap_or(u64::MAX);
         if fi < cp.file || (fi == cp.file && pos <= cp.position) {
             kept.push_str(line);
             kept.push('\n');
@@ -155,9 +158,10 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
-    let cp_path = o.checkpoint.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(".quiver-ingest-{}.checkpoint", o.collection))
-    });
+    let cp_path = o
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!(".quiver-ingest-{}.checkpoint", o.collection)));
     let mut resume_from = Checkpoint::default();
     if o.resume {
         let text = std::fs::read_to_string(&cp_path).with_context(|| {
@@ -222,7 +226,11 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
                 .with_context(|| format!("{}: cannot open the reject file", p.display()))?,
         ));
         if !o.resume {
-            rejects.out.as_mut().map(|w| w.get_ref().set_len(0)).transpose()?;
+            rejects
+                .out
+                .as_mut()
+                .map(|w| w.get_ref().set_len(0))
+                .transpose()?;
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::UpsertRequest>(o.in_flight.max(1));
@@ -256,12 +264,16 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
                 if !o.quiet && !o.json {
                     bar.println(format!("{}: {}", names[fi], src.summary()));
                 }
-                let skip_to = if fi == resume.file { resume.position } else { 0 };
+                let skip_to = if fi == resume.file {
+                    resume.position
+                } else {
+                    0
+                };
                 let mut last_pos = 0;
                 loop {
                     let next = src
                         .next_item()
-                        .with_context(|| format!("{}", names[fi]))?;
+                        .map_err(|e| anyhow!("{}: {e:#}", names[fi]))?;
                     let Some((pos, item)) = next else { break };
                     last_pos = pos;
                     bar.set_position(read_bytes.load(Ordering::Relaxed));
@@ -286,19 +298,20 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
                                 bail!("{}:{}: {reason}", names[fi], pos);
                             }
                             OnError::Skip => {
-                                rejects
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .add(&names[fi], src.unit(), pos, &reason)?;
+                                rejects.lock().unwrap_or_else(|p| p.into_inner()).add(
+                                    &names[fi],
+                                    src.unit(),
+                                    pos,
+                                    &reason,
+                                )?;
                                 continue;
                             }
                         },
                     };
                     valid_rows += 1;
-                    let payload_json = row
-                        .payload
-                        .map(|p| Value::Object(p).to_string());
-                    bytes += 4 * row.vector.len() + 16 + payload_json.as_ref().map_or(0, String::len);
+                    let payload_json = row.payload.map(|p| Value::Object(p).to_string());
+                    bytes +=
+                        4 * row.vector.len() + 16 + payload_json.as_ref().map_or(0, String::len);
                     batch.push(pb::Point {
                         id: row.id,
                         vector: row.vector,
@@ -428,12 +441,14 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
                         .and_then(|r| r.split_whitespace().next())
                         .and_then(|b| b.parse::<u64>().ok());
                     let q = sent.lock().unwrap_or_else(|p| p.into_inner());
-                    let at = batch.and_then(|b| q.iter().find(|(id, _)| *id == b)).and_then(|(_, s)| {
-                        let i: usize = msg.find("points[").and_then(|at| {
-                            msg[at + 7..].split(']').next()?.parse().ok()
-                        })?;
-                        Some(format!("{}:{}", names[s.file], s.positions.get(i)?))
-                    });
+                    let at = batch
+                        .and_then(|b| q.iter().find(|(id, _)| *id == b))
+                        .and_then(|(_, s)| {
+                            let i: usize = msg
+                                .find("points[")
+                                .and_then(|at| msg[at + 7..].split(']').next()?.parse().ok())?;
+                            Some(format!("{}:{}", names[s.file], s.positions.get(i)?))
+                        });
                     failure = Some(anyhow!(
                         "{}: {}: {msg}",
                         at.unwrap_or_else(|| o.collection.clone()),
@@ -466,8 +481,12 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
     };
     if let Some(e) = failure {
         bail!(
-            "{e}\n{upserted} rows are written (acknowledged){}; rerun with --resume to continue after them",
-            if rejected > 0 { format!(", {rejected} rejected") } else { String::new() }
+            "{e:#}\n{upserted} rows are written (acknowledged){}; rerun with --resume to continue after them",
+            if rejected > 0 {
+                format!(", {rejected} rejected")
+            } else {
+                String::new()
+            }
         );
     }
     if !o.dry_run {
@@ -501,7 +520,8 @@ pub async fn export(
             Box::new(std::io::BufWriter::new(std::io::stdout()))
         } else {
             Box::new(std::io::BufWriter::new(
-                std::fs::File::create(out).with_context(|| format!("{}: cannot create", out.display()))?,
+                std::fs::File::create(out)
+                    .with_context(|| format!("{}: cannot create", out.display()))?,
             ))
         });
     }
@@ -568,20 +588,35 @@ impl ParquetOut {
     fn create(out: &Path, first: &[pb::RetrievedPoint]) -> Result<ParquetOut> {
         use arrow_schema::{DataType, Field, Schema};
         let string_ids = matches!(
-            first.first().and_then(|p| p.id.as_ref()).and_then(|i| i.kind.as_ref()),
+            first
+                .first()
+                .and_then(|p| p.id.as_ref())
+                .and_then(|i| i.kind.as_ref()),
             Some(pb::point_id::Kind::Str(_))
         );
         let dim = first.first().map_or(0, |p| p.vector.len()) as i32;
         let schema = Arc::new(Schema::new(vec![
-            Field::new("id", if string_ids { DataType::Utf8 } else { DataType::UInt64 }, false),
+            Field::new(
+                "id",
+                if string_ids {
+                    DataType::Utf8
+                } else {
+                    DataType::UInt64
+                },
+                false,
+            ),
             Field::new(
                 "vector",
-                DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), dim),
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Float32, false)),
+                    dim,
+                ),
                 false,
             ),
             Field::new("payload", DataType::Utf8, true),
         ]));
-        let f = std::fs::File::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+        let f = std::fs::File::create(out)
+            .with_context(|| format!("{}: cannot create", out.display()))?;
         let w = parquet::arrow::ArrowWriter::try_new(f, Arc::clone(&schema), None)?;
         Ok(ParquetOut {
             w,
@@ -592,14 +627,18 @@ impl ParquetOut {
     }
 
     fn write(&mut self, points: &[pb::RetrievedPoint]) -> Result<()> {
-        use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt64Array};
+        use arrow_array::{
+            ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray, UInt64Array,
+        };
         let ids: ArrayRef = if self.string_ids {
             Arc::new(StringArray::from(
                 points
                     .iter()
                     .map(|p| match p.id.as_ref().and_then(|i| i.kind.as_ref()) {
                         Some(pb::point_id::Kind::Str(s)) => Ok(s.clone()),
-                        _ => Err(anyhow!("mixed numeric and string ids: export to JSONL instead")),
+                        _ => Err(anyhow!(
+                            "mixed numeric and string ids: export to JSONL instead"
+                        )),
                     })
                     .collect::<Result<Vec<_>>>()?,
             ))
@@ -609,15 +648,31 @@ impl ParquetOut {
                     .iter()
                     .map(|p| match p.id.as_ref().and_then(|i| i.kind.as_ref()) {
                         Some(pb::point_id::Kind::Num(n)) => Ok(*n),
-                        _ => Err(anyhow!("mixed numeric and string ids: export to JSONL instead")),
+                        _ => Err(anyhow!(
+                            "mixed numeric and string ids: export to JSONL instead"
+                        )),
                     })
                     .collect::<Result<Vec<_>>>()?,
             ))
         };
-        let values = Float32Array::from(points.iter().flat_map(|p| p.vector.iter().copied()).collect::<Vec<_>>());
-        let field = Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::Float32, false));
+        let values = Float32Array::from(
+            points
+                .iter()
+                .flat_map(|p| p.vector.iter().copied())
+                .collect::<Vec<_>>(),
+        );
+        let field = Arc::new(arrow_schema::Field::new(
+            "item",
+            arrow_schema::DataType::Float32,
+            false,
+        ));
         let vectors = FixedSizeListArray::try_new(field, self.dim, Arc::new(values), None)?;
-        let payloads = StringArray::from(points.iter().map(|p| p.payload_json.clone()).collect::<Vec<_>>());
+        let payloads = StringArray::from(
+            points
+                .iter()
+                .map(|p| p.payload_json.clone())
+                .collect::<Vec<_>>(),
+        );
         let batch = RecordBatch::try_new(
             Arc::clone(&self.schema),
             vec![ids, Arc::new(vectors), Arc::new(payloads)],

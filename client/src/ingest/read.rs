@@ -119,7 +119,9 @@ pub fn open(path: &Path, mapping: &Mapping, read: &Arc<AtomicU64>) -> Result<Box
         "npy" => Box::new(Npy::open(open_raw(path, read)?, mapping, &name)?),
         "parquet" => {
             if comp.is_some() {
-                bail!("{name}: Parquet compresses its pages itself; give the .parquet file, not a compressed copy");
+                bail!(
+                    "{name}: Parquet compresses its pages itself; give the .parquet file, not a compressed copy"
+                );
             }
             Box::new(Parquet::open(path, mapping, read)?)
         }
@@ -168,7 +170,9 @@ pub fn row_from_object(mut obj: Map<String, Value>, m: &Mapping) -> Item {
                 Some(Value::Object(o)) => o,
                 None | Some(Value::Null) => Map::new(),
                 Some(other) => {
-                    return Err(format!("field 'payload': expected a JSON object, got {other}"));
+                    return Err(format!(
+                        "field 'payload': expected a JSON object, got {other}"
+                    ));
                 }
             };
             p.extend(obj);
@@ -187,7 +191,11 @@ fn vector_of(v: Value, key: &str) -> std::result::Result<Vec<f32>, String> {
         Value::Array(a) => a,
         Value::String(s) => serde_json::from_str::<Vec<Value>>(&s)
             .map_err(|e| format!("field '{key}': not a JSON array of numbers: {e}"))?,
-        other => return Err(format!("field '{key}': expected an array of numbers, got {other}")),
+        other @ (Value::Null | Value::Bool(_) | Value::Number(_) | Value::Object(_)) => {
+            return Err(format!(
+                "field '{key}': expected an array of numbers, got {other}"
+            ));
+        }
     };
     arr.iter()
         .enumerate()
@@ -237,7 +245,10 @@ impl<R: BufRead + Send> Source for Jsonl<R> {
         format!(
             "JSONL: id '{}', vector '{}', payload: {}",
             self.mapping.id_field.as_deref().unwrap_or("id"),
-            self.mapping.vector_field.as_deref().unwrap_or("vector|embedding"),
+            self.mapping
+                .vector_field
+                .as_deref()
+                .unwrap_or("vector|embedding"),
             self.mapping
                 .payload_fields
                 .as_ref()
@@ -287,8 +298,12 @@ impl Csv {
             .collect();
         let find = |k: &str| headers.iter().position(|h| h == k);
         let id_key = m.id_field.as_deref().unwrap_or("id");
-        let id_col = find(id_key)
-            .ok_or_else(|| anyhow!("{name}: no id column '{id_key}' (header: {})", headers.join(",")))?;
+        let id_col = find(id_key).ok_or_else(|| {
+            anyhow!(
+                "{name}: no id column '{id_key}' (header: {})",
+                headers.join(",")
+            )
+        })?;
         let vector = match &m.vector_field {
             Some(k) => Ok(find(k).ok_or_else(|| anyhow!("{name}: no vector column '{k}'"))?),
             None => match find("vector").or_else(|| find("embedding")) {
@@ -301,7 +316,9 @@ impl Csv {
                         .collect();
                     vs.sort_unstable();
                     if vs.is_empty() || vs.iter().enumerate().any(|(i, (n, _))| *n != i) {
-                        bail!("{name}: no vector column: expected 'vector' (a JSON array) or v0..vN columns");
+                        bail!(
+                            "{name}: no vector column: expected 'vector' (a JSON array) or v0..vN columns"
+                        );
                     }
                     Err(vs.into_iter().map(|(_, c)| c).collect::<Vec<usize>>())
                 }
@@ -350,7 +367,10 @@ impl Source for Csv {
         let item = (|| -> Item {
             let id_text = rec.get(self.id_col).unwrap_or_default();
             if id_text.is_empty() {
-                return Err(format!("missing id (column '{}')", self.headers[self.id_col]));
+                return Err(format!(
+                    "missing id (column '{}')",
+                    self.headers[self.id_col]
+                ));
             }
             let id = match id_text.parse::<u64>() {
                 Ok(n) => num_id(n),
@@ -420,13 +440,20 @@ impl<R: Read + Send> Source for Vecs<R> {
         }
         let dim = i32::from_le_bytes(d);
         if dim <= 0 || dim > 1 << 20 {
-            bail!("row {}: bad dimension {dim} (not a {} file?)", self.row + 1, self.kind);
+            bail!(
+                "row {}: bad dimension {dim} (not a {} file?)",
+                self.row + 1,
+                self.kind
+            );
         }
         let dim = dim as usize;
         let width = if self.kind == "bvecs" { 1 } else { 4 };
         let mut buf = vec![0u8; dim * width];
         if read_full(&mut self.r, &mut buf)? != buf.len() {
-            bail!("row {}: truncated: the file ends inside the record", self.row + 1);
+            bail!(
+                "row {}: truncated: the file ends inside the record",
+                self.row + 1
+            );
         }
         self.row += 1;
         let vector: Vec<f32> = match self.kind.as_str() {
@@ -441,7 +468,9 @@ impl<R: Read + Send> Source for Vecs<R> {
                 .collect(),
         };
         let item = match self.dim {
-            Some(first) if first != dim => Err(format!("dimension {dim}, the file's first row has {first}")),
+            Some(first) if first != dim => {
+                Err(format!("dimension {dim}, the file's first row has {first}"))
+            }
             _ => {
                 self.dim.get_or_insert(dim);
                 Ok(Row {
@@ -519,10 +548,15 @@ impl Npy {
         } else if descr.starts_with("'<f8'") {
             "float64"
         } else {
-            bail!("{name}: dtype {} is not supported (float32, float16 or float64, little-endian)", descr.split(',').next().unwrap_or_default());
+            bail!(
+                "{name}: dtype {} is not supported (float32, float16 or float64, little-endian)",
+                descr.split(',').next().unwrap_or_default()
+            );
         };
         if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
-            bail!("{name}: Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
+            bail!(
+                "{name}: Fortran-order arrays are not supported; save with numpy.ascontiguousarray"
+            );
         }
         let shape = field("shape").ok_or_else(|| anyhow!("{name}: header has no shape"))?;
         let dims: Vec<u64> = shape
@@ -534,7 +568,13 @@ impl Npy {
             .filter_map(|s| s.trim().parse().ok())
             .collect();
         let [rows, dim] = dims[..] else {
-            bail!("{name}: expected a 2-D array, shape is ({})", dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+            bail!(
+                "{name}: expected a 2-D array, shape is ({})",
+                dims.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         };
         let side = match &m.side {
             Some(p) => Some(Box::new(BufReader::new(
@@ -601,7 +641,12 @@ impl Source for Npy {
                     if let Some(v) = o.remove("id") {
                         match id_from_json(&v) {
                             Some(id) => row.id = Some(id),
-                            None => return Ok(Some((self.row, Err(format!("side file line {}: bad id {v}", self.row))))),
+                            None => {
+                                return Ok(Some((
+                                    self.row,
+                                    Err(format!("side file line {}: bad id {v}", self.row)),
+                                )));
+                            }
                         }
                     }
                     if let Some(Value::Object(p)) = o.remove("payload") {
@@ -609,7 +654,15 @@ impl Source for Npy {
                     }
                     row.payload = (!o.is_empty()).then_some(o);
                 }
-                _ => return Ok(Some((self.row, Err(format!("side file line {}: expected a JSON object", self.row))))),
+                _ => {
+                    return Ok(Some((
+                        self.row,
+                        Err(format!(
+                            "side file line {}: expected a JSON object",
+                            self.row
+                        )),
+                    )));
+                }
             }
         }
         Ok(Some((self.row, Ok(row))))
@@ -623,7 +676,11 @@ impl Source for Npy {
             self.rows,
             self.dim,
             self.dtype,
-            if self.side.is_some() { "and payloads from the side file" } else { "are row numbers from 0" }
+            if self.side.is_some() {
+                "and payloads from the side file"
+            } else {
+                "are row numbers from 0"
+            }
         )
     }
 }
@@ -661,10 +718,17 @@ impl Parquet {
                 .or_else(|| find("embedding"))
                 .or_else(|| {
                     schema.fields().iter().position(|f| {
-                        matches!(f.data_type(), DataType::FixedSizeList(..) | DataType::List(_) | DataType::LargeList(_))
+                        matches!(
+                            f.data_type(),
+                            DataType::FixedSizeList(..)
+                                | DataType::List(_)
+                                | DataType::LargeList(_)
+                        )
                     })
                 })
-                .ok_or_else(|| anyhow!("{name}: no vector column (a list<float> or fixed_size_list<float>)"))?,
+                .ok_or_else(|| {
+                    anyhow!("{name}: no vector column (a list<float> or fixed_size_list<float>)")
+                })?,
         };
         let payload_cols: Vec<(usize, String)> = schema
             .fields()
@@ -681,10 +745,17 @@ impl Parquet {
             .collect();
         let desc = format!(
             "Parquet {total_rows} rows: id {}, vector '{}' ({}), payload [{}]",
-            id_col.map_or("= row number from 0".to_owned(), |c| format!("'{}'", schema.field(c).name())),
+            id_col.map_or("= row number from 0".to_owned(), |c| format!(
+                "'{}'",
+                schema.field(c).name()
+            )),
             schema.field(vector_col).name(),
             schema.field(vector_col).data_type(),
-            payload_cols.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(",")
+            payload_cols
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let reader = builder
             .with_batch_size(4096)
@@ -705,6 +776,8 @@ impl Parquet {
         })
     }
 
+    // Arrow has dozens of types: everything not listed is unsupported, by design.
+    #[allow(clippy::wildcard_enum_match_arm)]
     fn row_at(&self, b: &RecordBatch, i: usize) -> Item {
         let id = match self.id_col {
             None => Some(num_id(self.row - 1)),
@@ -715,7 +788,12 @@ impl Parquet {
                 }
                 Some(match json_at(col.as_ref(), i) {
                     Some(v) => id_from_json(&v).ok_or_else(|| format!("bad id {v}"))?,
-                    None => return Err(format!("id column type {} is not supported", col.data_type())),
+                    None => {
+                        return Err(format!(
+                            "id column type {} is not supported",
+                            col.data_type()
+                        ));
+                    }
                 })
             }
         };
@@ -756,18 +834,36 @@ impl Parquet {
     }
 }
 
+// Arrow has dozens of types: everything not listed is unsupported, by design.
+#[allow(clippy::wildcard_enum_match_arm)]
 fn floats(a: &dyn Array) -> std::result::Result<Vec<f32>, String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float16Type, Float32Type, Float64Type};
     Ok(match a.data_type() {
         DataType::Float32 => a.as_primitive::<Float32Type>().values().to_vec(),
-        DataType::Float64 => a.as_primitive::<Float64Type>().values().iter().map(|x| *x as f32).collect(),
-        DataType::Float16 => a.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f32()).collect(),
-        other => return Err(format!("vector elements of type {other} (expected float16/32/64)")),
+        DataType::Float64 => a
+            .as_primitive::<Float64Type>()
+            .values()
+            .iter()
+            .map(|x| *x as f32)
+            .collect(),
+        DataType::Float16 => a
+            .as_primitive::<Float16Type>()
+            .values()
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "vector elements of type {other} (expected float16/32/64)"
+            ));
+        }
     })
 }
 
 /// A scalar arrow value as JSON (strings, integers, floats, booleans); `None` for other types.
+// Arrow has dozens of types: everything not listed is unsupported, by design.
+#[allow(clippy::wildcard_enum_match_arm)]
 fn json_at(a: &dyn Array, i: usize) -> Option<Value> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::*;
@@ -800,9 +896,10 @@ impl Source for Parquet {
                 self.row += 1;
                 let item = self.row_at(b, i);
                 // Progress in bytes, in proportion to rows (the reader does its own I/O).
-                if self.total_rows > 0 {
-                    let done = self.file_bytes * self.row / self.total_rows;
-                    let prev = self.file_bytes * (self.row - 1) / self.total_rows;
+                if let (Some(done), Some(prev)) = (
+                    (self.file_bytes * self.row).checked_div(self.total_rows),
+                    (self.file_bytes * (self.row - 1)).checked_div(self.total_rows),
+                ) {
                     self.read.fetch_add(done - prev, Ordering::Relaxed);
                 }
                 return Ok(Some((self.row, item)));
@@ -810,7 +907,8 @@ impl Source for Parquet {
             match self.reader.next() {
                 None => return Ok(None),
                 Some(b) => {
-                    self.batch = Some(b.with_context(|| format!("row {}: cannot decode", self.row + 1))?);
+                    self.batch =
+                        Some(b.with_context(|| format!("row {}: cannot decode", self.row + 1))?);
                     self.at = 0;
                 }
             }
