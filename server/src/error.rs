@@ -21,6 +21,9 @@ pub enum ApiError {
     /// Storage is opening or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The request is valid but the target is not in a state that allows it.
+    #[error("{0}")]
+    Precondition(String),
     /// A bug or a lost worker thread.
     #[error("internal error: {0}")]
     Internal(String),
@@ -58,6 +61,7 @@ impl From<ApiError> for Status {
             ApiError::BadRequest { .. } => Code::InvalidArgument,
             ApiError::TooLarge(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Precondition(_) => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::DataLoss {

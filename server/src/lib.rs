@@ -8,6 +8,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod idle_poll;
+pub mod rag;
 pub mod telemetry;
 
 use std::future::Future;
@@ -31,10 +32,11 @@ use crate::grpc::points::PointsService;
 use crate::grpc::search::SearchService;
 
 /// Names reported by the health service (plus `""` for the whole server).
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "quiver.v1.Collections",
     "quiver.v1.Points",
     "quiver.v1.Search",
+    "quiver.v1.Rag",
 ];
 
 /// Why the server stopped with an error.
@@ -126,6 +128,11 @@ pub async fn serve(
         )
         .add_service(
             SearchServer::new(SearchService::new(Arc::clone(&state)))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            quiver_proto::v1::rag_server::RagServer::new(rag::RagService::new(Arc::clone(&state)))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );

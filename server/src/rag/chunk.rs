@@ -1,0 +1,116 @@
+//! Chunking: paragraphs (blank-line separated) and Markdown headings are natural boundaries;
+//! paragraphs are packed into chunks of about `target` words, and consecutive chunks share
+//! `overlap` words so a sentence cut at a boundary is still whole in one of them. "Tokens" are
+//! whitespace-separated words here (a tokenizer-free estimate, about 0.75 of a BPE token count).
+
+/// Chunking parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkParams {
+    /// Words per chunk, about.
+    pub target: usize,
+    /// Words repeated at the start of the next chunk.
+    pub overlap: usize,
+}
+
+impl Default for ChunkParams {
+    fn default() -> Self {
+        ChunkParams {
+            target: 200,
+            overlap: 30,
+        }
+    }
+}
+
+/// Blocks of text that should not be split across chunks unless too long: headings start a
+/// new block, blank lines end one.
+fn blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        let heading = t.starts_with('#');
+        if t.is_empty() || heading {
+            if !cur.trim().is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            cur.clear();
+            if heading {
+                cur.push_str(t);
+                cur.push('\n');
+            }
+            continue;
+        }
+        cur.push_str(t);
+        cur.push('\n');
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Splits `text` into chunks.
+pub fn chunk(text: &str, p: ChunkParams) -> Vec<String> {
+    let target = p.target.max(1);
+    let overlap = p.overlap.min(target / 2);
+    let mut chunks: Vec<Vec<&str>> = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    let blocks = blocks(text);
+    for b in &blocks {
+        let words: Vec<&str> = b.split_whitespace().collect();
+        // A block that fits goes whole into the current chunk, or starts the next one.
+        if !cur.is_empty() && cur.len() + words.len() > target {
+            let tail = cur[cur.len().saturating_sub(overlap)..].to_vec();
+            chunks.push(std::mem::replace(&mut cur, tail));
+        }
+        for w in words {
+            if cur.len() >= target {
+                let tail = cur[cur.len() - overlap..].to_vec();
+                chunks.push(std::mem::replace(&mut cur, tail));
+            }
+            cur.push(w);
+        }
+    }
+    if chunks.is_empty() || cur.len() > overlap {
+        chunks.push(cur);
+    }
+    chunks
+        .into_iter()
+        .map(|c| c.join(" "))
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paragraphs_pack_headings_split_and_long_text_overlaps() {
+        let text = "# Title\n\nFirst paragraph here.\n\nSecond one.\n\n# Next\n\nThird.";
+        let c = chunk(
+            text,
+            ChunkParams {
+                target: 6,
+                overlap: 1,
+            },
+        );
+        assert_eq!(c[0], "# Title First paragraph here.");
+        assert!(c.iter().any(|x| x.contains("Third.")));
+        let long: String = (0..100).map(|i| format!("w{i} ")).collect();
+        let c = chunk(
+            &long,
+            ChunkParams {
+                target: 40,
+                overlap: 10,
+            },
+        );
+        assert_eq!(c.len(), 3);
+        assert!(c[1].starts_with("w30 "), "{}", c[1]);
+        assert!(c.iter().all(|x| x.split_whitespace().count() <= 40));
+        let all: std::collections::HashSet<&str> =
+            c.iter().flat_map(|x| x.split_whitespace()).collect();
+        assert_eq!(all.len(), 100, "no word lost");
+        assert!(chunk("", ChunkParams::default()).is_empty());
+    }
+}

@@ -1,0 +1,137 @@
+//! Embedders. `builtin` is deterministic and offline: hashed word unigrams and bigrams plus
+//! character trigrams, with sublinear term frequency, common English words down-weighted
+//! (an IDF stand-in that needs no corpus statistics), signed feature hashing into 384
+//! dimensions, L2-normalised. It matches on shared words and word pieces, so it finds
+//! paraphrases only when they share vocabulary; it is no substitute for a trained model.
+use std::collections::HashMap;
+
+/// Turns texts into vectors.
+pub trait Embedder: Send + Sync {
+    /// Name recorded with the collection and in caches.
+    fn name(&self) -> &str;
+    /// Output dimension.
+    fn dim(&self) -> usize;
+    /// One vector per text.
+    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>>;
+}
+
+/// Dimension of the builtin embedder.
+pub const BUILTIN_DIM: usize = 384;
+
+/// The builtin hashed n-gram embedder.
+#[derive(Debug, Default)]
+pub struct Builtin;
+
+const STOPWORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he",
+    "her", "his", "i", "in", "is", "it", "its", "of", "on", "or", "she", "that", "the", "their",
+    "they", "this", "to", "was", "were", "what", "when", "where", "which", "who", "why", "how",
+    "will", "with", "you", "your", "do", "does", "did", "not", "no", "so", "if", "then", "than",
+];
+
+fn hash(s: &str, salt: u64) -> u64 {
+    // FNV-1a, then a SplitMix finaliser: stable across builds and platforms.
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ salt;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+/// Lower-cased alphanumeric words.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+impl Builtin {
+    fn features(text: &str) -> HashMap<(u8, String), f32> {
+        let ws = words(text);
+        let mut f: HashMap<(u8, String), f32> = HashMap::new();
+        for (i, w) in ws.iter().enumerate() {
+            let weight = if STOPWORDS.contains(&w.as_str()) {
+                0.1
+            } else {
+                1.0
+            };
+            *f.entry((0, w.clone())).or_default() += weight;
+            if let Some(next) = ws.get(i + 1) {
+                *f.entry((1, format!("{w} {next}"))).or_default() += 0.5 * weight;
+            }
+            if weight == 1.0 {
+                let padded: Vec<char> = format!("^{w}$").chars().collect();
+                for tri in padded.windows(3) {
+                    *f.entry((2, tri.iter().collect())).or_default() += 0.25;
+                }
+            }
+        }
+        f
+    }
+}
+
+impl Embedder for Builtin {
+    fn name(&self) -> &str {
+        "builtin-hash-384"
+    }
+    fn dim(&self) -> usize {
+        BUILTIN_DIM
+    }
+    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0f32; BUILTIN_DIM];
+                for ((kind, feat), tf) in Self::features(t) {
+                    let h = hash(&feat, u64::from(kind));
+                    let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
+                    // Sublinear term frequency: repetition counts, with diminishing returns.
+                    v[(h % BUILTIN_DIM as u64) as usize] += sign * (1.0 + tf.ln_1p());
+                }
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                } else {
+                    // Empty text: a fixed unit vector, so it is still a valid cosine point.
+                    v[0] = 1.0;
+                }
+                v
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_normalised_and_related_texts_are_closer() {
+        let e = Builtin;
+        let v = e.embed(&[
+            "The cat sat on the mat",
+            "A cat sat on a mat",
+            "Quarterly revenue grew",
+            "",
+        ]);
+        assert_eq!(
+            v,
+            e.embed(&[
+                "The cat sat on the mat",
+                "A cat sat on a mat",
+                "Quarterly revenue grew",
+                ""
+            ])
+        );
+        for x in &v {
+            assert!((x.iter().map(|a| a * a).sum::<f32>() - 1.0).abs() < 1e-4);
+        }
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        assert!(dot(&v[0], &v[1]) > 0.7, "{}", dot(&v[0], &v[1]));
+        assert!(dot(&v[0], &v[2]).abs() < 0.3, "{}", dot(&v[0], &v[2]));
+    }
+}
