@@ -6,3 +6,4 @@ mod crash;
 mod filters;
 mod index;
 mod ingest;
+mod rag;

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use quiver_proto::v1 as pb;
 use quiver_proto::v1::collections_client::CollectionsClient;
 use quiver_proto::v1::points_client::PointsClient;
+use quiver_proto::v1::rag_client::RagClient;
 use quiver_proto::v1::search_client::SearchClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -65,6 +66,8 @@ pub struct Client {
     pub points: PointsClient<Channel>,
     /// `quiver.v1.Search`
     pub search: SearchClient<Channel>,
+    /// `quiver.v1.Rag`
+    pub rag: RagClient<Channel>,
     /// The underlying channel (for health checks).
     pub channel: Channel,
 }
@@ -97,6 +100,9 @@ impl Client {
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
             search: SearchClient::new(channel.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+            rag: RagClient::new(channel.clone())
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
             channel,

@@ -1,5 +1,6 @@
 //! `quiver`: the command-line client. Talks only gRPC. Errors are one line naming the
 //! file, line and field; the exit code is non-zero on any failure.
+mod docs;
 mod ingest;
 
 use std::collections::HashMap;
@@ -37,6 +38,14 @@ enum IndexArg {
     Flat,
     /// IVF-PQ per sealed segment, exact re-rank.
     IvfPq,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AskModeArg {
+    /// The ranked chunks, no answer text.
+    RetrieveOnly,
+    /// The most relevant retrieved sentences, quoted with citations.
+    Extractive,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -156,6 +165,55 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
         /// Print a JSON summary (and no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Chunk, embed and store documents (.txt, .md, .html: one per file; .jsonl: one per line).
+    IngestDocs {
+        /// Input files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Create the collection for documents if missing.
+        #[arg(long)]
+        create: bool,
+        /// JSONL: the field holding the text.
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// JSONL: the field holding the document id (default: file:line).
+        #[arg(long, default_value = "id")]
+        id_field: String,
+        /// Print the counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a document's chunks.
+    DeleteDoc {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// Document id.
+        id: String,
+    },
+    /// Ask a question of a document collection.
+    Ask {
+        /// The question.
+        question: String,
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// retrieve-only: the ranked chunks; extractive: quoted sentences with citations (no LLM).
+        #[arg(long, value_enum, default_value = "extractive")]
+        mode: AskModeArg,
+        /// Chunks retrieved.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+        /// Only chunks passing this filter (e.g. 'flagged = false').
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print {"answer", "citations", "flags"} as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -869,6 +927,95 @@ async fn run(cli: Cli) -> Result<()> {
                         .map(|p| format!("; rejects in {p}"))
                         .unwrap_or_default()
                 );
+            }
+        }
+        Cmd::IngestDocs {
+            files,
+            collection,
+            create,
+            text_field,
+            id_field,
+            json,
+        } => {
+            let r = docs::ingest(
+                &mut client,
+                &collection,
+                &files,
+                create,
+                &text_field,
+                &id_field,
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"documents": r.documents, "chunks": r.chunks, "flagged_chunks": r.flagged_chunks})
+                );
+            } else {
+                eprintln!(
+                    "ingested {} documents as {} chunks ({} flagged as possible instructions to a model)",
+                    r.documents, r.chunks, r.flagged_chunks
+                );
+            }
+        }
+        Cmd::DeleteDoc { collection, id } => {
+            let r = client
+                .rag
+                .delete_document(pb::DeleteDocumentRequest {
+                    collection,
+                    document_id: id,
+                })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            eprintln!("deleted {} chunks", r.chunks);
+        }
+        Cmd::Ask {
+            question,
+            collection,
+            mode,
+            k,
+            filter,
+            json,
+        } => {
+            let r = client
+                .rag
+                .ask(pb::AskRequest {
+                    collection,
+                    question,
+                    filter: text_filter(filter),
+                    k,
+                    mode: match mode {
+                        AskModeArg::RetrieveOnly => pb::AskMode::RetrieveOnly,
+                        AskModeArg::Extractive => pb::AskMode::Extractive,
+                    } as i32,
+                })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            if json {
+                println!("{}", docs::ask_json(&r));
+            } else {
+                if !r.answer.is_empty() {
+                    println!("{}\n", r.answer);
+                }
+                for c in &r.citations {
+                    println!(
+                        "[{}] {:.3} {}{}\n    {}",
+                        c.chunk_id,
+                        c.score,
+                        c.source,
+                        if c.flagged {
+                            " (flagged: looks like instructions to a model)"
+                        } else {
+                            ""
+                        },
+                        c.text
+                    );
+                }
+                if !r.flags.is_empty() {
+                    eprintln!("flags: {}", r.flags.join(", "));
+                }
             }
         }
         Cmd::Export {

@@ -53,11 +53,16 @@ fn blocks(text: &str) -> Vec<String> {
 pub fn chunk(text: &str, p: ChunkParams) -> Vec<String> {
     let target = p.target.max(1);
     let overlap = p.overlap.min(target / 2);
-    let mut chunks: Vec<Vec<&str>> = Vec::new();
-    let mut cur: Vec<&str> = Vec::new();
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut cur: Vec<String> = Vec::new();
     let blocks = blocks(text);
     for b in &blocks {
-        let words: Vec<&str> = b.split_whitespace().collect();
+        // The last word of a block carries the line break, so chunks keep block boundaries
+        // (a heading stays its own line, not the start of the next sentence).
+        let mut words: Vec<String> = b.split_whitespace().map(str::to_owned).collect();
+        if let Some(last) = words.last_mut() {
+            last.push('\n');
+        }
         // A block that fits goes whole into the current chunk, or starts the next one.
         if !cur.is_empty() && cur.len() + words.len() > target {
             let tail = cur[cur.len().saturating_sub(overlap)..].to_vec();
@@ -76,7 +81,7 @@ pub fn chunk(text: &str, p: ChunkParams) -> Vec<String> {
     }
     chunks
         .into_iter()
-        .map(|c| c.join(" "))
+        .map(|c| c.join(" ").replace("\n ", "\n").trim().to_owned())
         .filter(|c| !c.is_empty())
         .collect()
 }
@@ -95,7 +100,7 @@ mod tests {
                 overlap: 1,
             },
         );
-        assert_eq!(c[0], "# Title First paragraph here.");
+        assert_eq!(c[0], "# Title\nFirst paragraph here.");
         assert!(c.iter().any(|x| x.contains("Third.")));
         let long: String = (0..100).map(|i| format!("w{i} ")).collect();
         let c = chunk(

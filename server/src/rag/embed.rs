@@ -22,7 +22,8 @@ pub const BUILTIN_DIM: usize = 384;
 #[derive(Debug, Default)]
 pub struct Builtin;
 
-const STOPWORDS: &[&str] = &[
+/// Common English words, weighted down (embedder) or ignored (extractive matching).
+pub const STOPWORDS: &[&str] = &[
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he",
     "her", "his", "i", "in", "is", "it", "its", "of", "on", "or", "she", "that", "the", "their",
     "they", "this", "to", "was", "were", "what", "when", "where", "which", "who", "why", "how",

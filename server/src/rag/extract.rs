@@ -3,7 +3,7 @@
 //! model is called; it never states anything the sources do not.
 use std::collections::{HashMap, HashSet};
 
-use super::embed::words;
+use super::embed::{STOPWORDS, words};
 
 /// A retrieved chunk, as the generator sees it.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub fn answer(
 ) -> (String, Vec<(usize, Vec<String>)>) {
     let q: HashSet<String> = words(question)
         .into_iter()
-        .filter(|w| w.len() > 2)
+        .filter(|w| w.len() > 1 && !STOPWORDS.contains(&w.as_str()))
         .collect();
     let all: Vec<(usize, usize, &str)> = sources
         .iter()
@@ -55,6 +55,8 @@ pub fn answer(
             sentences(&s.text)
                 .into_iter()
                 .enumerate()
+                // Headings give context; they are not answers.
+                .filter(|(_, t)| !t.starts_with('#'))
                 .map(move |(i, t)| (si, i, t))
         })
         .collect();
@@ -84,7 +86,14 @@ pub fn answer(
         .filter(|(s, _)| *s > 0.0)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut picked: Vec<usize> = scored.iter().take(max_sentences).map(|x| x.1).collect();
+    // Sentences matching less than half as well as the best one answer something else.
+    let best = scored.first().map_or(0.0, |x| x.0);
+    let mut picked: Vec<usize> = scored
+        .iter()
+        .take_while(|x| x.0 >= 0.5 * best)
+        .take(max_sentences)
+        .map(|x| x.1)
+        .collect();
     picked.sort_by_key(|&i| (all[i].0, all[i].1));
     let mut used: Vec<(usize, Vec<String>)> = Vec::new();
     let mut parts = Vec::new();

@@ -1,0 +1,180 @@
+//! `quiver ingest-docs` and `quiver ask`: documents from text, Markdown, HTML and JSONL files
+//! to the `Rag` service, and questions back.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use quiver_client::{Client, ClientError, pb};
+use serde_json::{Value, json};
+
+/// Text of an HTML page: scripts, styles and comments dropped, tags removed, block tags as line
+/// breaks, the common entities decoded.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let lower = html.to_ascii_lowercase();
+    let mut i = 0;
+    while i < html.len() {
+        if lower[i..].starts_with("<!--") {
+            i = lower[i..].find("-->").map_or(html.len(), |e| i + e + 3);
+            continue;
+        }
+        if lower[i..].starts_with("<script") || lower[i..].starts_with("<style") {
+            let close = if lower[i..].starts_with("<script") {
+                "</script>"
+            } else {
+                "</style>"
+            };
+            i = lower[i..]
+                .find(close)
+                .map_or(html.len(), |e| i + e + close.len());
+            continue;
+        }
+        if html.as_bytes()[i] == b'<' {
+            let end = html[i..].find('>').map_or(html.len(), |e| i + e + 1);
+            let tag = &lower[i..end];
+            if [
+                "<p", "</p", "<br", "<div", "</div", "<h1", "<h2", "<h3", "<h4", "<li", "<tr",
+                "</h",
+            ]
+            .iter()
+            .any(|t| tag.starts_with(t))
+            {
+                out.push('\n');
+            }
+            i = end;
+            continue;
+        }
+        let ch = html[i..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The documents of one file: a whole `.txt`/`.md`/`.html` file is one document (its path is
+/// the id); each line of a `.jsonl` file is one (`id_field`, `text_field`, the rest metadata).
+pub fn documents(path: &Path, text_field: &str, id_field: &str) -> Result<Vec<pb::Document>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("{name}: cannot read"))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "jsonl" | "ndjson" => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let at = format!("{name}:{}", i + 1);
+                let mut o = match serde_json::from_str::<Value>(l) {
+                    Ok(Value::Object(o)) => o,
+                    Ok(_) => return Err(anyhow!("{at}: expected a JSON object")),
+                    Err(e) => return Err(anyhow!("{at}: invalid JSON: {e}")),
+                };
+                let text = match o.remove(text_field) {
+                    Some(Value::String(s)) => s,
+                    _ => return Err(anyhow!("{at}: no string field '{text_field}'")),
+                };
+                let id = match o.remove(id_field) {
+                    Some(Value::String(s)) if !s.is_empty() => s,
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ => format!("{name}:{}", i + 1),
+                };
+                Ok(pb::Document {
+                    id,
+                    text,
+                    source: at,
+                    metadata_json: (!o.is_empty()).then(|| Value::Object(o).to_string()),
+                })
+            })
+            .collect(),
+        "html" | "htm" => Ok(vec![pb::Document {
+            id: name.clone(),
+            text: html_to_text(&text),
+            source: name,
+            metadata_json: None,
+        }]),
+        _ => Ok(vec![pb::Document {
+            id: name.clone(),
+            text,
+            source: name,
+            metadata_json: None,
+        }]),
+    }
+}
+
+/// Streams the documents of `files` to `IngestDocuments` in messages of about 1 MiB of text.
+pub async fn ingest(
+    client: &mut Client,
+    collection: &str,
+    files: &[PathBuf],
+    create: bool,
+    text_field: &str,
+    id_field: &str,
+) -> Result<pb::IngestDocumentsResponse> {
+    let mut messages = Vec::new();
+    let mut cur: Vec<pb::Document> = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        for d in documents(f, text_field, id_field)? {
+            bytes += d.text.len();
+            cur.push(d);
+            if bytes >= 1 << 20 {
+                messages.push(std::mem::take(&mut cur));
+                bytes = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        messages.push(cur);
+    }
+    let reqs: Vec<pb::IngestDocumentsRequest> = messages
+        .into_iter()
+        .map(|documents| pb::IngestDocumentsRequest {
+            collection: collection.to_owned(),
+            documents,
+            create,
+        })
+        .collect();
+    Ok(client
+        .rag
+        .ingest_documents(tokio_stream::iter(reqs))
+        .await
+        .map_err(ClientError::from)?
+        .into_inner())
+}
+
+/// `quiver ask` output as JSON.
+pub fn ask_json(r: &pb::AskResponse) -> Value {
+    json!({
+        "answer": r.answer,
+        "citations": r.citations.iter().map(|c| json!({
+            "document_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score,
+            "source": c.source, "text": c.text, "flagged": c.flagged,
+        })).collect::<Vec<_>>(),
+        "flags": r.flags,
+        "took_us": r.took_us,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_becomes_text() {
+        let t = html_to_text(
+            "<html><style>p{}</style><h1>Title</h1><p>A &amp; B<br>C</p><!-- x --><script>evil()</script></html>",
+        );
+        assert_eq!(
+            t.split_whitespace().collect::<Vec<_>>(),
+            ["Title", "A", "&", "B", "C"]
+        );
+    }
+}
