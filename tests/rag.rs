@@ -67,6 +67,13 @@ async fn documents_to_cited_answers() {
         json_lines(&server.cli(&a))[0].clone()
     };
     let a = ask("What is the capital of France?", &[]);
+    assert_eq!(a["cached"], false);
+    let again = ask("What is the capital of France?", &[]);
+    assert_eq!(
+        again["cached"], true,
+        "the same question on an unchanged collection is cached"
+    );
+    assert_eq!(again["answer"], a["answer"]);
     let answer = a["answer"].as_str().unwrap();
     assert!(answer.starts_with("Paris is the capital of France."), "{a}");
     let c = &a["citations"][0];
@@ -150,6 +157,8 @@ async fn documents_to_cited_answers() {
         .collect();
     std::fs::write(&france, &long).unwrap();
     ok(&server.cli(&["ingest-docs", "--collection", "docs", &p("france.md")]));
+    let after = ask("What is the capital of France?", &[]);
+    assert_eq!(after["cached"], false, "a write invalidates cached answers");
     let filter = format!(r#"document_id = "{}""#, p("france.md"));
     let n: u64 = ok(&server.cli(&["count", "--collection", "docs", "--filter", &filter]))
         .parse()

@@ -160,6 +160,7 @@ pub fn ask_json(r: &pb::AskResponse) -> Value {
         })).collect::<Vec<_>>(),
         "flags": r.flags,
         "took_us": r.took_us,
+        "cached": r.cached,
     })
 }
 

@@ -323,6 +323,12 @@ impl Collection {
         self.uid
     }
 
+    /// The LSN of the last applied write: changes with every write, so caches of answers
+    /// computed from this collection can tell they are stale.
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn.load(Ordering::Acquire)
+    }
+
     /// The directory holding the WAL and segments.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -3,6 +3,7 @@
 //! answers without an LLM: the ranked chunks (`retrieve_only`) or quoted sentences with
 //! citations (`extractive`). The storage engine knows nothing of this: chunks are ordinary
 //! points whose payload carries the text and its provenance.
+pub mod cache;
 pub mod chunk;
 pub mod embed;
 pub mod extract;
@@ -34,12 +35,19 @@ const MAX_K: u32 = 100;
 #[derive(Debug, Clone)]
 pub struct RagService {
     state: Arc<AppState>,
+    answers: Arc<cache::AnswerCache>,
 }
+
+/// Answers kept in the exact answer cache.
+const ANSWER_CACHE_ENTRIES: usize = 4096;
 
 impl RagService {
     /// A service over the shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        RagService { state }
+        RagService {
+            state,
+            answers: Arc::new(cache::AnswerCache::new(ANSWER_CACHE_ENTRIES)),
+        }
     }
 }
 
@@ -163,7 +171,11 @@ fn text_of(payload: &Option<Vec<u8>>) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
-fn ask(engine: &Engine, r: pb::AskRequest) -> ApiResult<pb::AskResponse> {
+fn ask(
+    engine: &Engine,
+    r: pb::AskRequest,
+    answers: &cache::AnswerCache,
+) -> ApiResult<pb::AskResponse> {
     let started = Instant::now();
     if r.question.trim().is_empty() {
         return Err(ApiError::bad("question", "is empty"));
@@ -177,6 +189,17 @@ fn ask(engine: &Engine, r: pb::AskRequest) -> ApiResult<pb::AskResponse> {
         .map_err(|_| ApiError::bad("mode", format!("unknown mode {}", r.mode)))?;
     let filter = convert::filter(r.filter.as_ref())?;
     let c = rag_collection(engine, &r.collection, false, 0)?;
+    // The LSN is read before retrieval: a write racing with this answer makes it stale at once.
+    let lsn = c.last_lsn();
+    let key = cache::Key {
+        uid: c.uid(),
+        request: format!("{:?}|{:?}|{k}|{}", r.question, filter, r.mode),
+    };
+    if let Some(mut hit) = answers.get(&key, lsn) {
+        hit.cached = true;
+        hit.took_us = started.elapsed().as_micros() as u64;
+        return Ok(hit);
+    }
     let q = embedder().embed(&[r.question.as_str()]).remove(0);
     let hits = c
         .search_batch_filtered(
@@ -264,12 +287,15 @@ fn ask(engine: &Engine, r: pb::AskRequest) -> ApiResult<pb::AskResponse> {
     if citations.iter().any(|c| c.flagged) {
         flags.push("flagged_sources".to_owned());
     }
-    Ok(pb::AskResponse {
+    let out = pb::AskResponse {
         answer,
         citations,
         flags,
         took_us: started.elapsed().as_micros() as u64,
-    })
+        cached: false,
+    };
+    answers.put(key, lsn, out.clone());
+    Ok(out)
 }
 
 #[tonic::async_trait]
@@ -330,6 +356,9 @@ impl Rag for RagService {
     async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<pb::AskResponse>, Status> {
         let engine = self.state.engine()?;
         let r = req.into_inner();
-        Ok(Response::new(blocking(move || ask(&engine, r)).await?))
+        let answers = Arc::clone(&self.answers);
+        Ok(Response::new(
+            blocking(move || ask(&engine, r, &answers)).await?,
+        ))
     }
 }
