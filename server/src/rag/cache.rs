@@ -16,11 +16,14 @@ pub struct Key {
     pub request: String,
 }
 
+/// Answers with the LSN they were computed at, and the insertion order for eviction.
+type Entries = (HashMap<Key, (u64, pb::AskResponse)>, VecDeque<Key>);
+
 /// A bounded map from requests to answers.
 #[derive(Debug)]
 pub struct AnswerCache {
     capacity: usize,
-    inner: Mutex<(HashMap<Key, (u64, pb::AskResponse)>, VecDeque<Key>)>,
+    inner: Mutex<Entries>,
 }
 
 impl AnswerCache {
