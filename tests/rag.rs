@@ -151,6 +151,33 @@ async fn documents_to_cited_answers() {
         ])),
         "2"
     );
+    // The evaluation harness.
+    let qs = d.join("questions.jsonl");
+    std::fs::write(
+        &qs,
+        [
+            serde_json::json!({"question": "What is the capital of France?", "expected_documents": [p("france.md")], "expected_answer": "Paris is the capital of France."}),
+            serde_json::json!({"question": "Which river flows through Berlin?", "expected_documents": [p("germany.txt")], "expected_answer": "The Spree"}),
+            serde_json::json!({"question": "Which planet is fourth from the Sun?", "expected_documents": ["mars"], "expected_answer": "Mars is the fourth planet"}),
+        ]
+        .iter()
+        .map(|v| v.to_string() + "\n")
+        .collect::<String>(),
+    )
+    .unwrap();
+    let totals: Value = serde_json::from_str(&ok(&server.cli(&[
+        "eval",
+        "--collection",
+        "docs",
+        "--questions",
+        qs.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(totals["questions"], 3);
+    assert_eq!(totals["recall_at_k"], 1.0, "{totals}");
+    assert_eq!(totals["mrr"], 1.0, "{totals}");
+    assert_eq!(totals["answer_contains"], 1.0, "{totals}");
+    assert_eq!(totals["citation_validity"], 1.0, "{totals}");
     // Re-ingesting a changed document replaces its chunks; deleting removes them.
     let long: String = (0..400)
         .map(|i| format!("Sentence number {i} about France. "))

@@ -164,6 +164,141 @@ pub fn ask_json(r: &pb::AskResponse) -> Value {
     })
 }
 
+/// One evaluation question: expected source documents and/or an expected answer.
+#[derive(Debug, serde::Deserialize)]
+struct EvalCase {
+    question: String,
+    #[serde(default)]
+    expected_documents: Vec<String>,
+    #[serde(default)]
+    expected_answer: Option<String>,
+}
+
+/// `quiver eval`: per question, retrieval recall@k and reciprocal rank of the expected documents
+/// (from a `retrieve_only` ask), whether the extractive answer contains or equals the expected
+/// answer, the share of its citations that are among the retrieved chunks, and latency. Prints
+/// one JSON line per question (with `per_question`) and returns the totals.
+pub async fn eval(
+    client: &mut Client,
+    collection: &str,
+    questions: &Path,
+    k: u32,
+    per_question: bool,
+) -> Result<Value> {
+    let name = questions.display().to_string();
+    let text =
+        std::fs::read_to_string(questions).with_context(|| format!("{name}: cannot read"))?;
+    let mut rows = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let case: EvalCase =
+            serde_json::from_str(line).map_err(|e| anyhow!("{name}:{}: {e}", i + 1))?;
+        let ask = |mode: pb::AskMode| pb::AskRequest {
+            collection: collection.to_owned(),
+            question: case.question.clone(),
+            filter: None,
+            k,
+            mode: mode as i32,
+        };
+        let started = std::time::Instant::now();
+        let retrieved = client
+            .rag
+            .ask(ask(pb::AskMode::RetrieveOnly))
+            .await
+            .map_err(ClientError::from)?
+            .into_inner();
+        let answered = client
+            .rag
+            .ask(ask(pb::AskMode::Extractive))
+            .await
+            .map_err(ClientError::from)?
+            .into_inner();
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut docs: Vec<&str> = Vec::new();
+        for c in &retrieved.citations {
+            if !docs.contains(&c.document_id.as_str()) {
+                docs.push(&c.document_id);
+            }
+        }
+        let expected = &case.expected_documents;
+        let recall = (!expected.is_empty()).then(|| {
+            expected
+                .iter()
+                .filter(|d| docs.contains(&d.as_str()))
+                .count() as f64
+                / expected.len() as f64
+        });
+        let rr = (!expected.is_empty()).then(|| {
+            docs.iter()
+                .position(|d| expected.iter().any(|e| e == d))
+                .map_or(0.0, |r| 1.0 / (r + 1) as f64)
+        });
+        let chunk_ids: Vec<&str> = retrieved
+            .citations
+            .iter()
+            .map(|c| c.chunk_id.as_str())
+            .collect();
+        let valid = (!answered.citations.is_empty()).then(|| {
+            answered
+                .citations
+                .iter()
+                .filter(|c| chunk_ids.contains(&c.chunk_id.as_str()))
+                .count() as f64
+                / answered.citations.len() as f64
+        });
+        let norm = |s: &str| {
+            s.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase()
+        };
+        let answer_text = norm(&answered.answer);
+        let contains = case
+            .expected_answer
+            .as_deref()
+            .map(|e| answer_text.contains(&norm(e)));
+        let exact = case
+            .expected_answer
+            .as_deref()
+            .map(|e| answer_text == norm(e));
+        let row = json!({
+            "question": case.question, "recall_at_k": recall, "reciprocal_rank": rr,
+            "answer_contains": contains, "answer_exact": exact, "citation_validity": valid,
+            "latency_ms": latency_ms, "answer": answered.answer,
+        });
+        if per_question {
+            println!("{row}");
+        }
+        rows.push(row);
+    }
+    let mean = |key: &str| -> Option<f64> {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| {
+                r[key]
+                    .as_f64()
+                    .or_else(|| r[key].as_bool().map(|b| f64::from(u8::from(b))))
+            })
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut lat: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r["latency_ms"].as_f64())
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    Ok(json!({
+        "questions": rows.len(), "k": k,
+        "recall_at_k": mean("recall_at_k"), "mrr": mean("reciprocal_rank"),
+        "answer_contains": mean("answer_contains"), "answer_exact": mean("answer_exact"),
+        "citation_validity": mean("citation_validity"),
+        "latency_ms_p50": lat.get(lat.len() / 2), "latency_ms_max": lat.last(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

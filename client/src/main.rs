@@ -217,6 +217,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate a document collection on questions (JSONL: question, expected_documents,
+    /// expected_answer): retrieval recall@k, MRR, answer match, citation validity, latency.
+    Eval {
+        /// Collection.
+        #[arg(long)]
+        collection: String,
+        /// The questions file.
+        #[arg(long)]
+        questions: PathBuf,
+        /// Chunks retrieved per question.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+        /// Also print one JSON line per question.
+        #[arg(long)]
+        per_question: bool,
+    },
     /// Write a collection (or the points passing --filter) to JSONL or Parquet.
     Export {
         /// Collection.
@@ -957,6 +973,15 @@ async fn run(cli: Cli) -> Result<()> {
                     r.documents, r.chunks, r.flagged_chunks
                 );
             }
+        }
+        Cmd::Eval {
+            collection,
+            questions,
+            k,
+            per_question,
+        } => {
+            let totals = docs::eval(&mut client, &collection, &questions, k, per_question).await?;
+            println!("{totals}");
         }
         Cmd::DeleteDoc { collection, id } => {
             let r = client
