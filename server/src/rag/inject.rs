@@ -48,9 +48,24 @@ const TOOL_SYNTAX: &[&str] = &[
     "<function=",
 ];
 
-const HIDDEN: &[char] = &[
-    '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}', '\u{202e}',
-];
+/// Zero-width characters. They are legitimate in some scripts (a joiner in Indic text, a word
+/// joiner in math typography), so only one that splits a Latin-letter word counts as hiding
+/// text ("ig\u{200b}nore").
+const ZERO_WIDTH: &[char] = &['\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}'];
+
+/// Whether zero-width characters sit between two ASCII letters.
+fn splits_a_word(text: &str) -> bool {
+    let cs: Vec<char> = text.chars().collect();
+    cs.iter().enumerate().any(|(i, c)| {
+        if !ZERO_WIDTH.contains(c) || i == 0 || !cs[i - 1].is_ascii_alphabetic() {
+            return false;
+        }
+        cs[i..]
+            .iter()
+            .find(|x| !ZERO_WIDTH.contains(x))
+            .is_some_and(char::is_ascii_alphabetic)
+    })
+}
 
 /// Why `text` looks like instructions to a model (empty: it does not).
 pub fn reasons(text: &str) -> Vec<&'static str> {
@@ -67,7 +82,8 @@ pub fn reasons(text: &str) -> Vec<&'static str> {
     if TOOL_SYNTAX.iter().any(|t| lower.contains(t)) {
         out.push("tool_call_syntax");
     }
-    if text.contains(HIDDEN) || lower.contains("<!--") {
+    // Right-to-left override reorders what a reader sees; comments are invisible when rendered.
+    if splits_a_word(text) || text.contains('\u{202e}') || lower.contains("<!--") {
         out.push("hidden_text");
     }
     out
@@ -90,5 +106,7 @@ mod tests {
         assert!(
             reasons("The system was designed to ignore noise in the previous stage.").is_empty()
         );
+        // Joiners in Indic script and math typography are not hidden text.
+        assert!(reasons("क्\u{200d}ष and f\u{2060}(x) = 1").is_empty());
     }
 }
