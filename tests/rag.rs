@@ -76,6 +76,28 @@ async fn documents_to_cited_answers() {
     assert_eq!(again["answer"], a["answer"]);
     let answer = a["answer"].as_str().unwrap();
     assert!(answer.starts_with("Paris is the capital of France."), "{a}");
+    // Streaming: sources first, then tokens that add up to the answer, then the final event.
+    let events = json_lines(&server.cli(&[
+        "ask",
+        "What is the capital of France?",
+        "--collection",
+        "docs",
+        "--stream",
+        "--json",
+    ]));
+    assert_eq!(events[0]["event"], "retrieval");
+    assert_eq!(events[0]["sources"].as_array().unwrap().len(), 5);
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "done");
+    assert_eq!(last["answer"], a["answer"]);
+    let streamed: String = events[1..events.len() - 1]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event"], "token");
+            e["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(streamed, answer, "the tokens are the answer");
     let c = &a["citations"][0];
     assert_eq!(c["document_id"], p("france.md"));
     assert!(answer.contains(&format!("[{}]", c["chunk_id"].as_str().unwrap())));

@@ -150,6 +150,56 @@ pub async fn ingest(
         .into_inner())
 }
 
+/// `quiver ask --stream`: prints the answer as it arrives (with `json`, one line per event:
+/// `{"event": "retrieval"|"token"|"done", ...}`).
+pub async fn ask_stream(client: &mut Client, req: pb::AskRequest, as_json: bool) -> Result<()> {
+    use std::io::Write as _;
+    use tokio_stream::StreamExt;
+    let mut events = client
+        .rag
+        .ask_stream(req)
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
+    let mut out = std::io::stdout();
+    while let Some(e) = events.next().await {
+        let e = e.map_err(ClientError::from)?;
+        match e.event {
+            // Without --json the sources are not printed: the citations follow the answer.
+            Some(pb::ask_event::Event::Retrieval(r)) if as_json => {
+                let sources: Vec<Value> = r
+                    .sources
+                    .iter()
+                    .map(|c| json!({"chunk_id": c.chunk_id, "document_id": c.document_id, "score": c.score}))
+                    .collect();
+                writeln!(out, "{}", json!({"event": "retrieval", "sources": sources}))?;
+            }
+            Some(pb::ask_event::Event::Retrieval(_)) | None => {}
+            Some(pb::ask_event::Event::Token(t)) => {
+                if as_json {
+                    writeln!(out, "{}", json!({"event": "token", "text": t}))?;
+                } else {
+                    write!(out, "{t}")?;
+                    out.flush()?;
+                }
+            }
+            Some(pb::ask_event::Event::Done(r)) => {
+                if as_json {
+                    let mut v = ask_json(&r);
+                    v["event"] = json!("done");
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(out)?;
+                    for c in &r.citations {
+                        writeln!(out, "[{}] {:.3} {}", c.chunk_id, c.score, c.source)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `quiver ask` output as JSON.
 pub fn ask_json(r: &pb::AskResponse) -> Value {
     json!({

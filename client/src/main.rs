@@ -216,6 +216,10 @@ enum Cmd {
         /// Print {"answer", "citations", "flags"} as JSON.
         #[arg(long)]
         json: bool,
+        /// Stream the answer (AskStream): sources first, then the answer as it comes, then the
+        /// citations. With --json, one line per event.
+        #[arg(long)]
+        stream: bool,
     },
     /// Evaluate a document collection on questions (JSONL: question, expected_documents,
     /// expected_answer): retrieval recall@k, MRR, answer match, citation validity, latency.
@@ -1002,7 +1006,21 @@ async fn run(cli: Cli) -> Result<()> {
             k,
             filter,
             json,
+            stream,
         } => {
+            let req = pb::AskRequest {
+                collection: collection.clone(),
+                question: question.clone(),
+                filter: text_filter(filter.clone()),
+                k,
+                mode: match mode {
+                    AskModeArg::RetrieveOnly => pb::AskMode::RetrieveOnly,
+                    AskModeArg::Extractive => pb::AskMode::Extractive,
+                } as i32,
+            };
+            if stream {
+                return docs::ask_stream(&mut client, req, json).await;
+            }
             let r = client
                 .rag
                 .ask(pb::AskRequest {

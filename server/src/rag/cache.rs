@@ -16,8 +16,17 @@ pub struct Key {
     pub request: String,
 }
 
+/// An answer and every chunk retrieved for it (streamed first by `AskStream`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Answered {
+    /// The response.
+    pub response: pb::AskResponse,
+    /// The retrieved chunks, ranked, with their text.
+    pub retrieved: Vec<pb::Citation>,
+}
+
 /// Answers with the LSN they were computed at, and the insertion order for eviction.
-type Entries = (HashMap<Key, (u64, pb::AskResponse)>, VecDeque<Key>);
+type Entries = (HashMap<Key, (u64, Answered)>, VecDeque<Key>);
 
 /// A bounded map from requests to answers.
 #[derive(Debug)]
@@ -36,7 +45,7 @@ impl AnswerCache {
     }
 
     /// The answer stored for `key` if the collection is still at `lsn`.
-    pub fn get(&self, key: &Key, lsn: u64) -> Option<pb::AskResponse> {
+    pub fn get(&self, key: &Key, lsn: u64) -> Option<Answered> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.0.get(key)
             .filter(|(at, _)| *at == lsn)
@@ -44,7 +53,7 @@ impl AnswerCache {
     }
 
     /// Stores an answer computed at `lsn`.
-    pub fn put(&self, key: Key, lsn: u64, answer: pb::AskResponse) {
+    pub fn put(&self, key: Key, lsn: u64, answer: Answered) {
         if self.capacity == 0 {
             return;
         }
@@ -75,9 +84,12 @@ mod tests {
             uid: 1,
             request: q.into(),
         };
-        let a = pb::AskResponse {
-            answer: "x".into(),
-            ..Default::default()
+        let a = Answered {
+            response: pb::AskResponse {
+                answer: "x".into(),
+                ..Default::default()
+            },
+            retrieved: Vec::new(),
         };
         c.put(k("q1"), 7, a.clone());
         assert_eq!(c.get(&k("q1"), 7), Some(a.clone()));

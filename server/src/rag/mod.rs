@@ -175,7 +175,7 @@ fn ask(
     engine: &Engine,
     r: pb::AskRequest,
     answers: &cache::AnswerCache,
-) -> ApiResult<pb::AskResponse> {
+) -> ApiResult<cache::Answered> {
     let started = Instant::now();
     if r.question.trim().is_empty() {
         return Err(ApiError::bad("question", "is empty"));
@@ -196,8 +196,8 @@ fn ask(
         request: format!("{:?}|{:?}|{k}|{}", r.question, filter, r.mode),
     };
     if let Some(mut hit) = answers.get(&key, lsn) {
-        hit.cached = true;
-        hit.took_us = started.elapsed().as_micros() as u64;
+        hit.response.cached = true;
+        hit.response.took_us = started.elapsed().as_micros() as u64;
         return Ok(hit);
     }
     let q = embedder().embed(&[r.question.as_str()]).remove(0);
@@ -240,26 +240,24 @@ fn ask(
             text,
             flagged: p.get("flagged").and_then(Value::as_bool).unwrap_or(false),
         };
+    let retrieved: Vec<pb::Citation> = sources
+        .iter()
+        .map(|s| {
+            citation(
+                s,
+                s.0.get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
     let mut flags = Vec::new();
     if sources.is_empty() {
         flags.push("no_results".to_owned());
     }
     let (answer, citations) = match mode {
-        pb::AskMode::RetrieveOnly => (
-            String::new(),
-            sources
-                .iter()
-                .map(|s| {
-                    citation(
-                        s,
-                        s.0.get("text")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        ),
+        pb::AskMode::RetrieveOnly => (String::new(), retrieved.clone()),
         pb::AskMode::Unspecified | pb::AskMode::Extractive => {
             let ex: Vec<extract::Source> = sources
                 .iter()
@@ -287,12 +285,15 @@ fn ask(
     if citations.iter().any(|c| c.flagged) {
         flags.push("flagged_sources".to_owned());
     }
-    let out = pb::AskResponse {
-        answer,
-        citations,
-        flags,
-        took_us: started.elapsed().as_micros() as u64,
-        cached: false,
+    let out = cache::Answered {
+        response: pb::AskResponse {
+            answer,
+            citations,
+            flags,
+            took_us: started.elapsed().as_micros() as u64,
+            cached: false,
+        },
+        retrieved,
     };
     answers.put(key, lsn, out.clone());
     Ok(out)
@@ -358,7 +359,43 @@ impl Rag for RagService {
         let r = req.into_inner();
         let answers = Arc::clone(&self.answers);
         Ok(Response::new(
-            blocking(move || ask(&engine, r, &answers)).await?,
+            blocking(move || ask(&engine, r, &answers)).await?.response,
         ))
+    }
+
+    type AskStreamStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AskEvent, Status>> + Send>>;
+
+    async fn ask_stream(
+        &self,
+        req: Request<pb::AskRequest>,
+    ) -> Result<Response<Self::AskStreamStream>, Status> {
+        use pb::ask_event::{Event, Retrieval};
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let answers = Arc::clone(&self.answers);
+        let a = blocking(move || ask(&engine, r, &answers)).await?;
+        // The extractive answer is complete at once; it is still sent as the protocol's token
+        // events (whitespace-separated pieces) so clients handle every generator the same way.
+        let mut events = vec![Event::Retrieval(Retrieval {
+            sources: a.retrieved,
+        })];
+        let text = a.response.answer.clone();
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let end = rest
+                .char_indices()
+                .skip(1)
+                .find(|(_, c)| c.is_whitespace())
+                .map_or(rest.len(), |(i, _)| i);
+            events.push(Event::Token(rest[..end].to_owned()));
+            rest = &rest[end..];
+        }
+        events.push(Event::Done(a.response));
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok(pb::AskEvent { event: Some(e) })),
+        ))))
     }
 }
