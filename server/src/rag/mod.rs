@@ -8,6 +8,7 @@ pub mod chunk;
 pub mod embed;
 pub mod extract;
 pub mod inject;
+pub mod pii;
 
 use std::sync::Arc;
 use std::time::Instant;
