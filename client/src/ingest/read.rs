@@ -619,7 +619,9 @@ impl Source for Npy {
                 .collect(),
             "float64" => buf
                 .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("invariant: chunks_exact(8)")) as f32)
+                .map(|c| {
+                    f64::from_le_bytes(c.try_into().expect("invariant: chunks_exact(8)")) as f32
+                })
                 .collect(),
             _ => buf
                 .chunks_exact(4)
