@@ -3,16 +3,13 @@
 //! array), four filters of selectivity 0.1%, 1%, 10% and 50%, exact filtered ground truth, and
 //! recall@10 / QPS per (filter, nprobe, refine), unfiltered included. One JSON line each.
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use clap::Parser;
-use quiver_benches::{parse_sweep, read_fvecs, read_queries, recall_at};
+use quiver_benches::{Loaded, parse_sweep, read_fvecs, read_queries, recall_at};
 use quiver_storage::filter::{FieldType, parse};
-use quiver_storage::{
-    CollectionConfig, Engine, EngineOptions, IndexConfig, IndexKind, Metric, PointId, PointWrite,
-    ReadOptions, SearchParams,
-};
+use quiver_storage::{IndexConfig, IndexKind, PointId, ReadOptions, SearchParams};
 use rayon::prelude::*;
 
 #[derive(Debug, Parser)]
@@ -41,65 +38,33 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let base = read_fvecs(&a.data.join("base.fvecs"))?;
     let (queries, gt) = read_queries(&a.data, a.queries)?;
-    let dim = base[0].len();
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::open(
-        dir.path(),
-        EngineOptions {
-            fsync: quiver_storage::FsyncPolicy::Never,
-        },
-    )?;
-    let c = engine.create_collection(CollectionConfig {
-        name: "glove".into(),
-        dim,
-        metric: Metric::Cosine,
-        index: IndexConfig {
+    let loaded = Loaded::new(
+        &base,
+        IndexConfig {
             kind: IndexKind::IvfPq,
             nlist: Some(a.nlist),
             pq_m: None,
             pq_bits: Some(4),
         },
-        segment_max_rows: base.len() as u32 + 1,
-        schema: [
+        [
             ("kw".to_owned(), FieldType::Keyword),
             ("num".to_owned(), FieldType::Integer),
             ("tags".to_owned(), FieldType::KeywordArray),
         ]
         .into(),
-    })?;
-    for (b, chunk) in base.chunks(10_000).enumerate() {
-        c.upsert(
-            chunk
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let n = (b * 10_000 + i) as u64;
-                    let (kw, num, t0, t1) = columns(n);
-                    PointWrite {
-                        id: PointId::Num(n),
-                        vector: v.clone(),
-                        payload: Some(
-                            serde_json::json!({"kw": format!("k{kw}"), "num": num, "tags": [format!("t{t0}"), format!("t{t1}")]})
-                                .to_string()
-                                .into_bytes(),
-                        ),
-                    }
-                })
-                .collect(),
-        )?;
-    }
-    let t = Instant::now();
-    c.flush()?;
-    while c.index_progress().0 < 1 || c.fields_progress().0 < c.fields_progress().1 {
-        ensure!(
-            t.elapsed() < Duration::from_secs(1800),
-            "index build timed out"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        |n| {
+            let (kw, num, t0, t1) = columns(n);
+            Some(
+                serde_json::json!({"kw": format!("k{kw}"), "num": num, "tags": [format!("t{t0}"), format!("t{t1}")]})
+                    .to_string()
+                    .into_bytes(),
+            )
+        },
+    )?;
+    let c = &loaded.collection;
     eprintln!(
         "built in {:.1}s: {}",
-        t.elapsed().as_secs_f64(),
+        loaded.flush_seconds + loaded.build_seconds,
         c.stats().index_state
     );
     type Pass = Box<dyn Fn(u64) -> bool + Sync>;

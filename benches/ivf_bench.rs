@@ -1,15 +1,12 @@
 //! IVF-PQ on GloVe-50, in-process and single-threaded: build time, index size, and
 //! recall@10 / QPS for a sweep of (nprobe, refine_factor). One JSON line per configuration.
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use clap::Parser;
-use quiver_benches::{parse_sweep, read_fvecs, read_queries, recall_at};
-use quiver_storage::{
-    CollectionConfig, Engine, EngineOptions, IndexConfig, IndexKind, Metric, PointId, PointWrite,
-    ReadOptions, SearchParams,
-};
+use quiver_benches::{Loaded, parse_sweep, read_fvecs, read_queries, recall_at};
+use quiver_storage::{IndexConfig, IndexKind, PointId, ReadOptions, SearchParams};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -42,52 +39,22 @@ fn main() -> Result<()> {
     let base = read_fvecs(&a.data.join("base.fvecs"))?;
     let (queries, gt) = read_queries(&a.data, a.queries)?;
     let nq = queries.len();
-    let dim = base[0].len();
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::open(
-        dir.path(),
-        EngineOptions {
-            fsync: quiver_storage::FsyncPolicy::Never,
-        },
-    )?;
-    let config = CollectionConfig {
-        name: "glove".into(),
-        dim,
-        metric: Metric::Cosine,
-        index: IndexConfig {
+    let loaded = Loaded::new(
+        &base,
+        IndexConfig {
             kind: IndexKind::IvfPq,
             nlist: Some(a.nlist),
             pq_m: a.pq_m,
             pq_bits: Some(a.pq_bits),
         },
-        segment_max_rows: base.len() as u32 + 1,
-        schema: Default::default(),
-    };
-    let c = engine.create_collection(config)?;
-    for (b, chunk) in base.chunks(10_000).enumerate() {
-        c.upsert(
-            chunk
-                .iter()
-                .enumerate()
-                .map(|(i, v)| PointWrite {
-                    id: PointId::Num((b * 10_000 + i) as u64),
-                    vector: v.clone(),
-                    payload: None,
-                })
-                .collect(),
-        )?;
-    }
-    let t = Instant::now();
-    c.flush()?;
-    let flushed = t.elapsed().as_secs_f64();
-    while c.index_progress().0 < 1 {
-        ensure!(
-            t.elapsed() < Duration::from_secs(1800),
-            "index build timed out"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let build = t.elapsed().as_secs_f64();
+        Default::default(),
+        |_| None,
+    )?;
+    let c = &loaded.collection;
+    let (flushed, build) = (
+        loaded.flush_seconds,
+        loaded.flush_seconds + loaded.build_seconds,
+    );
     let stats = c.stats();
     eprintln!(
         "built: {} in {build:.1}s (flush {flushed:.1}s, then k-means + PQ + encode + calibration, 2 cores); segment files + index {} bytes, index {} bytes",

@@ -82,3 +82,78 @@ pub fn parse_sweep(s: &str) -> anyhow::Result<Vec<SweepPoint>> {
         })
         .collect()
 }
+
+/// A temporary in-process engine whose collection holds a whole base set in one sealed,
+/// indexed segment (so its IVF index has the requested nlist, as a FAISS index would).
+pub struct Loaded {
+    /// The collection.
+    pub collection: std::sync::Arc<quiver_storage::Collection>,
+    /// Seconds to seal the segment to disk.
+    pub flush_seconds: f64,
+    /// Seconds from the seal until the index (and any declared field indexes) were ready.
+    pub build_seconds: f64,
+    /// Kept open (and its directory kept) as long as the collection is used.
+    _engine: quiver_storage::Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Loaded {
+    /// Loads `base` (ids are row numbers, payloads from `payload`), seals it, and waits for the
+    /// background index and field builds.
+    pub fn new(
+        base: &[Vec<f32>],
+        index: quiver_storage::IndexConfig,
+        schema: quiver_storage::filter::Schema,
+        payload: impl Fn(u64) -> Option<Vec<u8>>,
+    ) -> anyhow::Result<Loaded> {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir()?;
+        let engine = quiver_storage::Engine::open(
+            dir.path(),
+            quiver_storage::EngineOptions {
+                fsync: quiver_storage::FsyncPolicy::Never,
+            },
+        )?;
+        let c = engine.create_collection(quiver_storage::CollectionConfig {
+            name: "glove".into(),
+            dim: base.first().map_or(0, Vec::len),
+            metric: quiver_storage::Metric::Cosine,
+            index,
+            segment_max_rows: base.len() as u32 + 1,
+            schema,
+        })?;
+        for (b, chunk) in base.chunks(10_000).enumerate() {
+            c.upsert(
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let n = (b * 10_000 + i) as u64;
+                        quiver_storage::PointWrite {
+                            id: quiver_storage::PointId::Num(n),
+                            vector: v.clone(),
+                            payload: payload(n),
+                        }
+                    })
+                    .collect(),
+            )?;
+        }
+        let t = Instant::now();
+        c.flush()?;
+        let flush_seconds = t.elapsed().as_secs_f64();
+        while c.index_progress().0 < 1 || c.fields_progress().0 < c.fields_progress().1 {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(1800),
+                "index build timed out"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Loaded {
+            collection: c,
+            flush_seconds,
+            build_seconds: t.elapsed().as_secs_f64() - flush_seconds,
+            _engine: engine,
+            _dir: dir,
+        })
+    }
+}

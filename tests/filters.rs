@@ -3,26 +3,9 @@
 //! bad filters reported with the field or column at fault.
 use std::io::Write;
 
-use quiver_tests::{Server, json_lines, vector};
+use quiver_tests::{Server, fails_with, json_lines, ok, vector};
 
 const DIM: usize = 8;
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "quiver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn fails_with(out: &std::process::Output, needles: &[&str]) {
-    assert!(!out.status.success(), "expected a failure");
-    let err = String::from_utf8_lossy(&out.stderr);
-    for n in needles {
-        assert!(err.contains(n), "{n:?} not in: {err}");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_through_server_and_cli() {

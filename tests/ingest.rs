@@ -7,19 +7,10 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use quiver_tests::{Server, bin, json_lines, vector};
+use quiver_tests::{Server, bin, json_lines, ok, vector};
 use serde_json::{Value, json};
 
 const DIM: usize = 8;
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "quiver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A point's expected JSON: vectors are compared after the f32 round trip.
 fn point(i: u64, payload: bool) -> Value {

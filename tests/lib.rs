@@ -202,14 +202,28 @@ pub fn vector(i: u64, dim: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The stdout of a successful CLI run, one JSON value per line (panics with its stderr otherwise).
-pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+/// Asserts the CLI run succeeded; returns its trimmed stdout.
+pub fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "quiver failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Asserts the CLI failed with every one of `needles` in its stderr.
+pub fn fails_with(out: &Output, needles: &[&str]) {
+    assert!(!out.status.success(), "expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in: {err}");
+    }
+}
+
+/// Parses a successful CLI run's stdout as JSON lines (asserting the run succeeded).
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    ok(out)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()

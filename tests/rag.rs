@@ -2,17 +2,8 @@
 //! flagged and stored; `ask` answers extractively with citations that resolve to stored chunks,
 //! or returns the ranked chunks; filters apply; re-ingesting replaces a document's chunks and
 //! deleting removes them.
-use quiver_tests::{Server, json_lines};
+use quiver_tests::{Server, json_lines, ok};
 use serde_json::Value;
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "quiver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_to_cited_answers() {

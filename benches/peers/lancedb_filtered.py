@@ -15,18 +15,8 @@ try:
 except ImportError:
     sys.exit('lancedb is not installed: pip install lancedb pyarrow')
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 import glove_payloads as gp
-
-def dir_bytes(path):
-    return sum(os.stat(os.path.join(r, f)).st_blocks * 512 for r, _, fs in os.walk(path) for f in fs)
-
-def pin_to_one_core():
-    # Lance runs a query on its own thread pools (about 40 threads here) and has no per-query thread
-    # knob: pinning every thread of the process bounds the search to one core, and threads created
-    # later inherit the mask.
-    core = {min(os.sched_getaffinity(0))}
-    for tid in os.listdir('/proc/self/task'):
-        os.sched_setaffinity(int(tid), core)
 
 ap = argparse.ArgumentParser()
 ap.add_argument('data'); ap.add_argument('--queries', type=int, default=1000)
@@ -68,8 +58,8 @@ try:
     sizes = {i.name: i.size_bytes for i in tbl.list_indices()}
     print(json.dumps({"system": "lancedb-ivfpq-prefilter", "event": "build", "seconds": build,
                       "vector_index_seconds": vector_build, "lancedb": version('lancedb'),
-                      "nlist": a.nlist, "pq_m": a.pq_m, "index_bytes": dir_bytes(path), "indices": sizes}), flush=True)
-    pin_to_one_core()
+                      "nlist": a.nlist, "pq_m": a.pq_m, "index_bytes": common.dir_bytes(path), "indices": sizes}), flush=True)
+    common.pin_to_one_core()
 
     def search(q, nprobe, refine, sql):
         # A metric other than the index's (l2, say) silently skips the index and scans every row:

@@ -12,12 +12,8 @@ try:
 except ImportError:
     sys.exit('qdrant-edge-py is not installed: pip install qdrant-edge-py==0.9.0')
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 import glove_payloads as gp
-
-def dir_bytes(path):
-    # Allocated blocks, as du counts them: the WAL and the payload mmap are preallocated sparse
-    # files, whose apparent size says nothing about the disk used.
-    return sum(os.stat(os.path.join(r, f)).st_blocks * 512 for r, _, fs in os.walk(path) for f in fs)
 
 def qdrant_filter(desc):
     # The shared descriptions are `field = "value"` or `field < number`: a keyword match or a range.
@@ -73,7 +69,7 @@ try:
     print(json.dumps({"system": "qdrant-edge-hnsw", "event": "build", "seconds": build,
                       "qdrant_edge": version('qdrant-edge-py'), "m": 16, "ef_construct": 100,
                       "full_scan_kb": a.full_scan_threshold, "segments": info.segments_count,
-                      "index_bytes": dir_bytes(path), "wal_bytes": dir_bytes(f'{path}/wal')}), flush=True)
+                      "index_bytes": common.dir_bytes(path), "wal_bytes": common.dir_bytes(f'{path}/wal')}), flush=True)
     for ef in map(int, a.ef.split(',')):
         params = qe.SearchParams(hnsw_ef=ef)
         for filt, (selectivity, gt) in truth.items():

@@ -5,6 +5,8 @@ plus a build line with the on-disk size of the shard.
 Usage: qdrant_edge_hnsw.py DATA_DIR [--queries N] [--ef 16,32,64] [--base-limit N]"""
 import argparse, json, os, shutil, sys, tempfile, time
 from importlib.metadata import version
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
 import numpy as np
 
 try:
@@ -12,31 +14,12 @@ try:
 except ImportError:
     sys.exit('qdrant-edge-py is not installed: pip install qdrant-edge-py==0.9.0')
 
-def fvecs(p):
-    a = np.fromfile(p, dtype=np.int32); d = a[0]
-    return a.reshape(-1, d + 1)[:, 1:].view(np.float32).copy()
-
-def dir_bytes(path):
-    # Allocated blocks, as du counts them: the WAL and the payload mmap are preallocated sparse
-    # files, whose apparent size (143 MB for 20k vectors) says nothing about the disk used.
-    return sum(os.stat(os.path.join(r, f)).st_blocks * 512 for r, _, fs in os.walk(path) for f in fs)
-
 ap = argparse.ArgumentParser()
 ap.add_argument('data'); ap.add_argument('--queries', type=int, default=2000)
 ap.add_argument('--ef', default='16,32,48,64,96,128')
 ap.add_argument('--base-limit', type=int, default=0, help='use only the first N base rows (smoke tests)')
 a = ap.parse_args()
-xb = fvecs(f'{a.data}/base.fvecs'); xq_all = fvecs(f'{a.data}/query.fvecs')
-# An even stride over the query file, the same rows as Quiver's benches (read_queries): the file
-# is in word-frequency order and a prefix would be easier than the whole set.
-n = max(1, min(a.queries, len(xq_all))); pick = np.arange(n) * (len(xq_all) // n)
-xq = np.ascontiguousarray(xq_all[pick])
-if a.base_limit:
-    # gt100 is over the whole base: recompute it exactly over the prefix (vectors are unit-norm).
-    xb = xb[:a.base_limit]
-    gt = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
-else:
-    gt = fvecs(f'{a.data}/gt100.ivecs').view(np.int32)[pick, :10]
+xb, xq, _, gt = common.queries(a.data, a.queries, a.base_limit)
 d = xb.shape[1]
 
 path = tempfile.mkdtemp(prefix='qdrant-edge-')
@@ -62,8 +45,8 @@ try:
     assert info.indexed_vectors_count == len(xb), f'only {info.indexed_vectors_count} of {len(xb)} vectors indexed'
     print(json.dumps({"system": "qdrant-edge-hnsw", "event": "build", "seconds": build,
                       "qdrant_edge": version('qdrant-edge-py'), "m": 16, "ef_construct": 100,
-                      "segments": info.segments_count, "index_bytes": dir_bytes(path),
-                      "wal_bytes": dir_bytes(f'{path}/wal')}), flush=True)
+                      "segments": info.segments_count, "index_bytes": common.dir_bytes(path),
+                      "wal_bytes": common.dir_bytes(f'{path}/wal')}), flush=True)
     for ef in map(int, a.ef.split(',')):
         params = qe.SearchParams(hnsw_ef=ef)
         t = time.perf_counter(); I = []

@@ -122,6 +122,49 @@ impl Rejects {
     }
 }
 
+/// Hands batches to the upsert stream, remembering each one's source positions.
+struct Outbox<'a> {
+    o: &'a Options,
+    sent: &'a Mutex<VecDeque<(u64, Sent)>>,
+    tx: &'a tokio::sync::mpsc::Sender<pb::UpsertRequest>,
+    batch_id: u64,
+}
+
+impl Outbox<'_> {
+    /// Sends `points` (read up to `last_position` of file `file`); a dry run drops them.
+    /// Returns false once the stream has failed (its error arrives with the acknowledgements).
+    fn send(
+        &mut self,
+        file: usize,
+        last_position: u64,
+        points: Vec<pb::Point>,
+        positions: Vec<u64>,
+    ) -> bool {
+        if self.o.dry_run || points.is_empty() {
+            return true;
+        }
+        self.batch_id += 1;
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((
+                self.batch_id,
+                Sent {
+                    file,
+                    last_position,
+                    positions,
+                },
+            ));
+        self.tx
+            .blocking_send(pb::UpsertRequest {
+                collection: self.o.collection.clone(),
+                points,
+                batch_id: self.batch_id,
+            })
+            .is_ok()
+    }
+}
+
 /// Keeps the reject file's entries up to the checkpoint (a resumed run writes the rest again).
 fn trim_rejects(path: &Path, files: &[String], cp: &Checkpoint) -> Result<u64> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -254,7 +297,12 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
             let mut batch: Vec<pb::Point> = Vec::new();
             let mut positions = Vec::new();
             let mut bytes = 0usize;
-            let mut batch_id = 0u64;
+            let mut outbox = Outbox {
+                o: &o,
+                sent: &sent,
+                tx: &tx,
+                batch_id: 0,
+            };
             let (mut read_rows, mut valid_rows) = (0u64, 0u64);
             for (fi, path) in o.files.iter().enumerate() {
                 if fi < resume.file {
@@ -318,55 +366,21 @@ pub async fn ingest(client: &mut Client, o: Options) -> Result<Value> {
                         payload_json,
                     });
                     positions.push(pos);
-                    if bytes >= o.batch_bytes && !o.dry_run {
-                        batch_id += 1;
-                        sent.lock().unwrap_or_else(|p| p.into_inner()).push_back((
-                            batch_id,
-                            Sent {
-                                file: fi,
-                                last_position: pos,
-                                positions: std::mem::take(&mut positions),
-                            },
-                        ));
-                        let req = pb::UpsertRequest {
-                            collection: o.collection.clone(),
-                            points: std::mem::take(&mut batch),
-                            batch_id,
-                        };
+                    if bytes >= o.batch_bytes {
                         bytes = 0;
-                        if tx.blocking_send(req).is_err() {
+                        let (points, at) =
+                            (std::mem::take(&mut batch), std::mem::take(&mut positions));
+                        if !outbox.send(fi, pos, points, at) {
                             return Ok((read_rows, valid_rows)); // the stream failed; its error follows
                         }
-                    } else if o.dry_run && bytes >= o.batch_bytes {
-                        batch.clear();
-                        positions.clear();
-                        bytes = 0;
                     }
                 }
-                // The file's trailing rows go with the next batch; a batch never spans files, so
-                // the checkpoint position always refers to one file.
-                if !batch.is_empty() && !o.dry_run {
-                    batch_id += 1;
-                    sent.lock().unwrap_or_else(|p| p.into_inner()).push_back((
-                        batch_id,
-                        Sent {
-                            file: fi,
-                            last_position: last_pos,
-                            positions: std::mem::take(&mut positions),
-                        },
-                    ));
-                    let req = pb::UpsertRequest {
-                        collection: o.collection.clone(),
-                        points: std::mem::take(&mut batch),
-                        batch_id,
-                    };
-                    bytes = 0;
-                    if tx.blocking_send(req).is_err() {
-                        return Ok((read_rows, valid_rows));
-                    }
+                // A batch never spans files, so a checkpoint position always refers to one file.
+                bytes = 0;
+                let (points, at) = (std::mem::take(&mut batch), std::mem::take(&mut positions));
+                if !outbox.send(fi, last_pos, points, at) {
+                    return Ok((read_rows, valid_rows));
                 }
-                batch.clear();
-                positions.clear();
             }
             if let Some(t) = first_tx.take() {
                 let _ = t.send(dim);
