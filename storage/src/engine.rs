@@ -87,6 +87,13 @@ impl Engine {
         })
     }
 
+    /// The keyspaces kept for services above the engine.
+    pub fn aux(&self) -> AuxStore {
+        AuxStore {
+            meta: Arc::clone(&self.meta),
+        }
+    }
+
     /// Creates a collection.
     #[tracing::instrument(skip_all, fields(collection = %config.name))]
     pub fn create_collection(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
@@ -195,3 +202,70 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+/// Which service keyspace: see [`AuxStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuxSpace {
+    /// Settings and state (its own column family).
+    App,
+    /// Audit records (its own column family).
+    Audit,
+}
+
+/// Durable key-value keyspaces that services above the engine use for their own state (RAG
+/// settings, review queue, audit records). The engine stores them beside its catalog and never
+/// reads them.
+#[derive(Debug, Clone)]
+pub struct AuxStore {
+    meta: Arc<dyn MetaStore>,
+}
+
+fn space(s: AuxSpace) -> Space {
+    match s {
+        AuxSpace::App => Space::App,
+        AuxSpace::Audit => Space::Audit,
+    }
+}
+
+impl AuxStore {
+    /// Reads one key.
+    pub fn get(&self, s: AuxSpace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.meta.get(space(s), key)
+    }
+
+    /// Sets keys atomically; synced when `sync`.
+    pub fn put(&self, s: AuxSpace, entries: Vec<(Vec<u8>, Vec<u8>)>, sync: bool) -> Result<()> {
+        let ops = entries
+            .into_iter()
+            .map(|(k, v)| MetaOp::Put(space(s), k, v))
+            .collect();
+        self.meta.write_opt(ops, sync)
+    }
+
+    /// Removes one key (synced).
+    pub fn delete(&self, s: AuxSpace, key: &[u8]) -> Result<()> {
+        self.meta
+            .write(vec![MetaOp::Delete(space(s), key.to_vec())])
+    }
+
+    /// Removes every key in `[from, to)` (synced).
+    pub fn delete_range(&self, s: AuxSpace, from: &[u8], to: &[u8]) -> Result<()> {
+        self.meta.write(vec![MetaOp::DeleteRange(
+            space(s),
+            from.to_vec(),
+            to.to_vec(),
+        )])
+    }
+
+    /// A page of keys with `prefix` after `after` (see [`MetaStore::scan_page`]).
+    pub fn scan(
+        &self,
+        s: AuxSpace,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.meta.scan_page(space(s), prefix, after, limit, reverse)
+    }
+}

@@ -27,6 +27,11 @@ pub enum Space {
     Ids,
     /// External id → payload of sealed rows.
     Payloads,
+    /// State kept by services above the engine (e.g. RAG settings, review queue, usage
+    /// counters); the engine never reads it.
+    App,
+    /// Audit records written by services above the engine; the engine never reads it.
+    Audit,
 }
 
 /// One write in an atomic batch.
@@ -47,9 +52,24 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Reads many keys of one space at once.
     fn multi_get(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>>;
     /// Applies every op atomically and durably (synced) before returning.
-    fn write(&self, ops: Vec<MetaOp>) -> Result<()>;
+    fn write(&self, ops: Vec<MetaOp>) -> Result<()> {
+        self.write_opt(ops, true)
+    }
     /// Every key/value whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// At most `limit` key/values whose key starts with `prefix` and is after `after` (when
+    /// given), in key order, or in reverse key order (`after` then means before) when `reverse`.
+    fn scan_page(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies every op atomically; synced only when `sync` (otherwise a process crash keeps
+    /// it, a machine crash may not).
+    fn write_opt(&self, ops: Vec<MetaOp>, sync: bool) -> Result<()>;
     /// Flushes memtables (on shutdown).
     fn flush(&self) -> Result<()>;
 }

@@ -728,3 +728,53 @@ fn filtered_search_keeps_recall_at_every_selectivity() {
         rs.iter().skip(50).filter(|r| **r < 1000).count() as u64
     );
 }
+
+#[test]
+fn aux_pages_forward_and_backward_within_a_prefix_and_survive_reopen() {
+    use crate::{AuxSpace, EngineOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let e = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+        let aux = e.aux();
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0u8..10)
+            .map(|i| (vec![b'a', i], vec![i]))
+            .chain([
+                (b"b".to_vec(), b"x".to_vec()),
+                (vec![b'a' - 1, 0xff], vec![]),
+            ])
+            .collect();
+        aux.put(AuxSpace::Audit, entries, false).expect("put");
+        let keys =
+            |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k[1]).collect::<Vec<_>>();
+        let page = aux
+            .scan(AuxSpace::Audit, b"a", None, 4, false)
+            .expect("scan");
+        assert_eq!(keys(page), vec![0, 1, 2, 3]);
+        let page = aux
+            .scan(AuxSpace::Audit, b"a", Some(&[b'a', 3]), 4, false)
+            .expect("scan");
+        assert_eq!(keys(page), vec![4, 5, 6, 7]);
+        let page = aux
+            .scan(AuxSpace::Audit, b"a", None, 3, true)
+            .expect("scan");
+        assert_eq!(keys(page), vec![9, 8, 7]);
+        let page = aux
+            .scan(AuxSpace::Audit, b"a", Some(&[b'a', 2]), 5, true)
+            .expect("scan");
+        assert_eq!(keys(page), vec![1, 0]);
+        aux.delete_range(AuxSpace::Audit, &[b'a', 0], &[b'a', 5])
+            .expect("range");
+        assert!(
+            aux.get(AuxSpace::App, &[b'a', 7]).expect("get").is_none(),
+            "spaces are separate"
+        );
+        e.close().expect("close");
+    }
+    let e = Engine::open(dir.path(), EngineOptions::default()).expect("reopen");
+    let page = e
+        .aux()
+        .scan(AuxSpace::Audit, b"a", None, 100, false)
+        .expect("scan");
+    assert_eq!(page.len(), 5);
+    assert_eq!(page[0], (vec![b'a', 5], vec![5]));
+}

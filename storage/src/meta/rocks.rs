@@ -21,6 +21,8 @@ fn cf_name(space: Space) -> &'static str {
         Space::Catalog => "catalog",
         Space::Ids => "ids",
         Space::Payloads => "payloads",
+        Space::App => "app",
+        Space::Audit => "audit",
     }
 }
 
@@ -48,6 +50,8 @@ impl RocksStore {
             cf("catalog", DBCompressionType::None),
             cf("ids", DBCompressionType::Lz4),
             cf("payloads", DBCompressionType::Zstd),
+            cf("app", DBCompressionType::Lz4),
+            cf("audit", DBCompressionType::Zstd),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(meta_err)?;
         Ok(RocksStore { db })
@@ -74,7 +78,7 @@ impl MetaStore for RocksStore {
             .collect()
     }
 
-    fn write(&self, ops: Vec<MetaOp>) -> Result<()> {
+    fn write_opt(&self, ops: Vec<MetaOp>, sync: bool) -> Result<()> {
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
@@ -84,7 +88,7 @@ impl MetaStore for RocksStore {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(batch, &wo).map_err(meta_err)
     }
 
@@ -104,8 +108,65 @@ impl MetaStore for RocksStore {
         Ok(out)
     }
 
+    fn scan_page(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use rocksdb::{Direction, IteratorMode};
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The first key past every key with this prefix (prefix + 0xff.. is not enough when
+        // keys are longer): increment the last byte that is not 0xff.
+        let upper = {
+            let mut u = prefix.to_vec();
+            while u.last() == Some(&0xff) {
+                u.pop();
+            }
+            if let Some(b) = u.last_mut() {
+                *b += 1;
+            }
+            u
+        };
+        let start: Vec<u8> = match (after, reverse) {
+            (Some(a), _) => a.to_vec(),
+            (None, false) => prefix.to_vec(),
+            (None, true) => upper.clone(),
+        };
+        let mode = if reverse {
+            IteratorMode::From(&start, Direction::Reverse)
+        } else {
+            IteratorMode::From(&start, Direction::Forward)
+        };
+        for item in self.db.iterator_cf(self.cf(space)?, mode) {
+            let (k, v) = item.map_err(meta_err)?;
+            if after.is_some_and(|a| &*k == a) || (reverse && after.is_none() && *k == *upper) {
+                continue;
+            }
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn flush(&self) -> Result<()> {
-        for s in [Space::Catalog, Space::Ids, Space::Payloads] {
+        for s in [
+            Space::Catalog,
+            Space::Ids,
+            Space::Payloads,
+            Space::App,
+            Space::Audit,
+        ] {
             self.db.flush_cf(self.cf(s)?).map_err(meta_err)?;
         }
         Ok(())
