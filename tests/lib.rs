@@ -2,6 +2,8 @@
 //! run the real `quiver` CLI against it, stop it gracefully or with `kill -9`.
 #![forbid(unsafe_code)]
 
+pub mod fake_llm;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

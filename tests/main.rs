@@ -6,4 +6,5 @@ mod crash;
 mod filters;
 mod index;
 mod ingest;
+mod llm;
 mod rag;

@@ -114,7 +114,7 @@ pub async fn ingest(
     client: &mut Client,
     collection: &str,
     files: &[PathBuf],
-    create: bool,
+    create: Option<pb::RagConfig>,
     text_field: &str,
     id_field: &str,
 ) -> Result<pb::IngestDocumentsResponse> {
@@ -139,7 +139,8 @@ pub async fn ingest(
         .map(|documents| pb::IngestDocumentsRequest {
             collection: collection.to_owned(),
             documents,
-            create,
+            create: create.is_some(),
+            config: create.clone(),
         })
         .collect();
     Ok(client
@@ -209,8 +210,18 @@ pub fn ask_json(r: &pb::AskResponse) -> Value {
             "source": c.source, "text": c.text, "flagged": c.flagged,
         })).collect::<Vec<_>>(),
         "flags": r.flags,
+        "invalid_citations": r.invalid_citations,
+        "usage": r.usage.as_ref().map(|u| json!({
+            "provider": u.provider, "model": u.model, "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "cached_prompt_tokens": u.cached_prompt_tokens, "cost_usd": u.cost_usd,
+            "estimated": u.estimated, "model_us": u.model_us, "first_token_us": u.first_token_us,
+        })).unwrap_or_else(|| json!({})),
         "took_us": r.took_us,
         "cached": r.cached,
+        "cache": r.cache,
+        "request_id": r.request_id,
+        "review_id": r.review_id,
     })
 }
 
@@ -224,17 +235,31 @@ struct EvalCase {
     expected_answer: Option<String>,
 }
 
+/// What `quiver eval` asks.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Chunks retrieved.
+    pub k: u32,
+    /// Print a line per question.
+    pub per_question: bool,
+    /// The answer mode evaluated (extractive or generate).
+    pub mode: i32,
+    /// Generator for generate.
+    pub provider: String,
+}
+
 /// `quiver eval`: per question, retrieval recall@k and reciprocal rank of the expected documents
-/// (from a `retrieve_only` ask), whether the extractive answer contains or equals the expected
-/// answer, the share of its citations that are among the retrieved chunks, and latency. Prints
-/// one JSON line per question (with `per_question`) and returns the totals.
+/// (from a `retrieve_only` ask), whether the answer (extractive or generated) contains or
+/// equals the expected answer, the share of its citations that name retrieved chunks, tokens,
+/// cost and latency. Prints one JSON line per question (with `per_question`) and returns the
+/// totals.
 pub async fn eval(
     client: &mut Client,
     collection: &str,
     questions: &Path,
-    k: u32,
-    per_question: bool,
+    o: &EvalOptions,
 ) -> Result<Value> {
+    let (k, per_question) = (o.k, o.per_question);
     let name = questions.display().to_string();
     let text =
         std::fs::read_to_string(questions).with_context(|| format!("{name}: cannot read"))?;
@@ -246,23 +271,24 @@ pub async fn eval(
     {
         let case: EvalCase =
             serde_json::from_str(line).map_err(|e| anyhow!("{name}:{}: {e}", i + 1))?;
-        let ask = |mode: pb::AskMode| pb::AskRequest {
+        let ask = |mode: i32| pb::AskRequest {
             collection: collection.to_owned(),
             question: case.question.clone(),
-            filter: None,
             k,
-            mode: mode as i32,
+            mode,
+            provider: o.provider.clone(),
+            ..Default::default()
         };
         let started = std::time::Instant::now();
         let retrieved = client
             .rag
-            .ask(ask(pb::AskMode::RetrieveOnly))
+            .ask(ask(pb::AskMode::RetrieveOnly as i32))
             .await
             .map_err(ClientError::from)?
             .into_inner();
         let answered = client
             .rag
-            .ask(ask(pb::AskMode::Extractive))
+            .ask(ask(o.mode))
             .await
             .map_err(ClientError::from)?
             .into_inner();
@@ -270,7 +296,7 @@ pub async fn eval(
         // The same question again: served from the answer cache (the collection is unchanged).
         let cached = client
             .rag
-            .ask(ask(pb::AskMode::Extractive))
+            .ask(ask(o.mode))
             .await
             .map_err(ClientError::from)?
             .into_inner();
@@ -298,14 +324,17 @@ pub async fn eval(
             .iter()
             .map(|c| c.chunk_id.as_str())
             .collect();
-        let valid = (!answered.citations.is_empty()).then(|| {
+        // Citations the server removed (naming no retrieved chunk) count as invalid.
+        let cited = answered.citations.len() + answered.invalid_citations.len();
+        let valid = (cited > 0).then(|| {
             answered
                 .citations
                 .iter()
                 .filter(|c| chunk_ids.contains(&c.chunk_id.as_str()))
                 .count() as f64
-                / answered.citations.len() as f64
+                / cited as f64
         });
+        let usage = answered.usage.clone().unwrap_or_default();
         let norm = |s: &str| {
             s.split_whitespace()
                 .collect::<Vec<_>>()
@@ -326,6 +355,9 @@ pub async fn eval(
             "answer_contains": contains, "answer_exact": exact, "citation_validity": valid,
             "latency_ms": latency_ms, "server_us": answered.took_us,
             "cache_hit_us": cached.cached.then_some(cached.took_us), "answer": answered.answer,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cost_usd": usage.cost_usd, "model_ms": usage.model_us as f64 / 1e3,
+            "flags": answered.flags,
         });
         if per_question {
             println!("{row}");
@@ -365,6 +397,10 @@ pub async fn eval(
         "latency_ms_p50": pct(&lat, 0.5), "latency_ms_max": lat.last(),
         "server_us_p50": pct(&server, 0.5), "server_us_p99": pct(&server, 0.99),
         "cache_hit_us_p50": pct(&hit, 0.5), "cache_hit_us_p99": pct(&hit, 0.99),
+        "prompt_tokens": rows.iter().filter_map(|r| r["prompt_tokens"].as_u64()).sum::<u64>(),
+        "completion_tokens": rows.iter().filter_map(|r| r["completion_tokens"].as_u64()).sum::<u64>(),
+        "cost_usd": rows.iter().filter_map(|r| r["cost_usd"].as_f64()).sum::<f64>(),
+        "model_ms_p50": pct(&sorted("model_ms"), 0.5),
     }))
 }
 

@@ -9,7 +9,44 @@ use quiver_proto::v1::collections_client::CollectionsClient;
 use quiver_proto::v1::points_client::PointsClient;
 use quiver_proto::v1::rag_client::RagClient;
 use quiver_proto::v1::search_client::SearchClient;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// Metadata sent with every call (e.g. `x-quiver-tenant`).
+#[derive(Debug, Clone, Default)]
+pub struct Headers(std::sync::Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+
+impl Headers {
+    /// Headers from (name, value) pairs; names are lower-cased ASCII, values ASCII.
+    pub fn new(pairs: &[(&str, &str)]) -> Result<Headers, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.parse::<AsciiMetadataKey>()
+                        .map_err(|_| format!("header name {k:?} is not valid"))?,
+                    v.parse::<AsciiMetadataValue>()
+                        .map_err(|_| format!("header {k} value {v:?} is not printable ASCII"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(|v| Headers(std::sync::Arc::new(v)))
+    }
+}
+
+impl Interceptor for Headers {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in self.0.iter() {
+            r.metadata_mut().insert(k.clone(), v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// The transport every service client uses: the channel plus [`Headers`].
+pub type Transport = InterceptedService<Channel, Headers>;
 
 /// The default server address (`QUIVER_ADDR` overrides it in the CLI).
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:6334";
@@ -61,13 +98,13 @@ pub fn code_name(c: tonic::Code) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct Client {
     /// `quiver.v1.Collections`
-    pub collections: CollectionsClient<Channel>,
+    pub collections: CollectionsClient<Transport>,
     /// `quiver.v1.Points`
-    pub points: PointsClient<Channel>,
+    pub points: PointsClient<Transport>,
     /// `quiver.v1.Search`
-    pub search: SearchClient<Channel>,
+    pub search: SearchClient<Transport>,
     /// `quiver.v1.Rag`
-    pub rag: RagClient<Channel>,
+    pub rag: RagClient<Transport>,
     /// The underlying channel (for health checks).
     pub channel: Channel,
 }
@@ -86,23 +123,30 @@ impl Client {
             .connect()
             .await
             .map_err(err)?;
-        Ok(Client::from_channel(channel))
+        Ok(Client::from_channel(channel, Headers::default()))
+    }
+
+    /// Connects, sending `headers` with every call.
+    pub async fn connect_with(addr: &str, headers: Headers) -> Result<Client, ClientError> {
+        let c = Client::connect(addr).await?;
+        Ok(Client::from_channel(c.channel, headers))
     }
 
     /// Wraps an existing channel.
-    pub fn from_channel(channel: Channel) -> Client {
+    pub fn from_channel(channel: Channel, headers: Headers) -> Client {
         let m = MAX_MESSAGE_BYTES;
+        let t = |c: &Channel| InterceptedService::new(c.clone(), headers.clone());
         Client {
-            collections: CollectionsClient::new(channel.clone())
+            collections: CollectionsClient::new(t(&channel))
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
-            points: PointsClient::new(channel.clone())
+            points: PointsClient::new(t(&channel))
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
-            search: SearchClient::new(channel.clone())
+            search: SearchClient::new(t(&channel))
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
-            rag: RagClient::new(channel.clone())
+            rag: RagClient::new(t(&channel))
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
             channel,

@@ -2,6 +2,7 @@
 //! file, line and field; the exit code is non-zero on any failure.
 mod docs;
 mod ingest;
+mod ops;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +22,10 @@ struct Cli {
     /// Server address.
     #[arg(long, global = true, env = "QUIVER_ADDR", default_value = quiver_client::DEFAULT_ADDR)]
     addr: String,
+    /// Tenant sent with every call (x-quiver-tenant): audit records and token budgets are
+    /// per tenant.
+    #[arg(long, global = true, env = "QUIVER_TENANT")]
+    tenant: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,6 +51,21 @@ enum AskModeArg {
     RetrieveOnly,
     /// The most relevant retrieved sentences, quoted with citations.
     Extractive,
+    /// An LLM answers from the retrieved chunks, citing them.
+    Generate,
+    /// As generate, but the answer is queued for human review.
+    Review,
+}
+
+impl AskModeArg {
+    fn proto(self) -> i32 {
+        (match self {
+            AskModeArg::RetrieveOnly => pb::AskMode::RetrieveOnly,
+            AskModeArg::Extractive => pb::AskMode::Extractive,
+            AskModeArg::Generate => pb::AskMode::Generate,
+            AskModeArg::Review => pb::AskMode::Review,
+        }) as i32
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -185,6 +205,15 @@ enum Cmd {
         /// JSONL: the field holding the document id (default: file:line).
         #[arg(long, default_value = "id")]
         id_field: String,
+        /// With --create: the embedder (builtin, local, or a configured name).
+        #[arg(long)]
+        embedder: Option<String>,
+        /// With --create: the data policy.
+        #[arg(long, value_enum)]
+        policy: Option<ops::PolicyArg>,
+        /// With --create: the default generator for generate/review.
+        #[arg(long)]
+        generator: Option<String>,
         /// Print the counts as JSON.
         #[arg(long)]
         json: bool,
@@ -204,9 +233,22 @@ enum Cmd {
         /// Collection.
         #[arg(long)]
         collection: String,
-        /// retrieve-only: the ranked chunks; extractive: quoted sentences with citations (no LLM).
+        /// retrieve-only: the ranked chunks; extractive: quoted sentences with citations (no
+        /// LLM); generate: an LLM's answer with citations; review: generate, queued for review.
         #[arg(long, value_enum, default_value = "extractive")]
         mode: AskModeArg,
+        /// Generator for generate/review (local, extractive or a configured provider).
+        #[arg(long, default_value = "")]
+        provider: String,
+        /// Prompt context budget in tokens (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        max_context_tokens: u32,
+        /// Answer length limit in tokens (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        max_answer_tokens: u32,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long)]
+        temperature: Option<f32>,
         /// Chunks retrieved.
         #[arg(long, default_value_t = 5)]
         k: u32,
@@ -236,7 +278,22 @@ enum Cmd {
         /// Also print one JSON line per question.
         #[arg(long)]
         per_question: bool,
+        /// Answer mode evaluated (extractive or generate).
+        #[arg(long, value_enum, default_value = "extractive")]
+        mode: AskModeArg,
+        /// Generator for --mode generate.
+        #[arg(long, default_value = "")]
+        provider: String,
     },
+    /// A document collection's RAG settings.
+    #[command(subcommand)]
+    Rag(ops::RagCmd),
+    /// The audit log of LLM and embedding calls.
+    #[command(subcommand)]
+    Audit(ops::AuditCmd),
+    /// The human-review queue of answers asked with --mode review.
+    #[command(subcommand)]
+    Review(ops::ReviewCmd),
     /// Write a collection (or the points passing --filter) to JSONL or Parquet.
     Export {
         /// Collection.
@@ -697,7 +754,13 @@ fn print_hits(hits: &[pb::ScoredPoint], as_json: bool, with_vectors: bool) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let mut client = Client::connect(&cli.addr).await?;
+    let headers = match &cli.tenant {
+        Some(t) => {
+            quiver_client::Headers::new(&[("x-quiver-tenant", t)]).map_err(|e| anyhow!(e))?
+        }
+        None => quiver_client::Headers::default(),
+    };
+    let mut client = Client::connect_with(&cli.addr, headers).await?;
     match cli.cmd {
         Cmd::Collection(c) => match c {
             CollectionCmd::Create {
@@ -955,13 +1018,21 @@ async fn run(cli: Cli) -> Result<()> {
             create,
             text_field,
             id_field,
+            embedder,
+            policy,
+            generator,
             json,
         } => {
+            let config = pb::RagConfig {
+                embedder: embedder.unwrap_or_default(),
+                policy: policy.map_or(0, ops::PolicyArg::proto),
+                generator: generator.unwrap_or_default(),
+            };
             let r = docs::ingest(
                 &mut client,
                 &collection,
                 &files,
-                create,
+                create.then_some(config),
                 &text_field,
                 &id_field,
             )
@@ -983,10 +1054,21 @@ async fn run(cli: Cli) -> Result<()> {
             questions,
             k,
             per_question,
+            mode,
+            provider,
         } => {
-            let totals = docs::eval(&mut client, &collection, &questions, k, per_question).await?;
+            let opts = docs::EvalOptions {
+                k,
+                per_question,
+                mode: mode.proto(),
+                provider,
+            };
+            let totals = docs::eval(&mut client, &collection, &questions, &opts).await?;
             println!("{totals}");
         }
+        Cmd::Rag(c) => ops::rag(&mut client, c).await?,
+        Cmd::Audit(c) => ops::audit(&mut client, c).await?,
+        Cmd::Review(c) => ops::review(&mut client, c).await?,
         Cmd::DeleteDoc { collection, id } => {
             let r = client
                 .rag
@@ -1003,36 +1085,32 @@ async fn run(cli: Cli) -> Result<()> {
             question,
             collection,
             mode,
+            provider,
+            max_context_tokens,
+            max_answer_tokens,
+            temperature,
             k,
             filter,
             json,
             stream,
         } => {
             let req = pb::AskRequest {
-                collection: collection.clone(),
-                question: question.clone(),
-                filter: text_filter(filter.clone()),
+                collection,
+                question,
+                filter: text_filter(filter),
                 k,
-                mode: match mode {
-                    AskModeArg::RetrieveOnly => pb::AskMode::RetrieveOnly,
-                    AskModeArg::Extractive => pb::AskMode::Extractive,
-                } as i32,
+                mode: mode.proto(),
+                provider,
+                max_context_tokens,
+                max_answer_tokens,
+                temperature,
             };
             if stream {
                 return docs::ask_stream(&mut client, req, json).await;
             }
             let r = client
                 .rag
-                .ask(pb::AskRequest {
-                    collection,
-                    question,
-                    filter: text_filter(filter),
-                    k,
-                    mode: match mode {
-                        AskModeArg::RetrieveOnly => pb::AskMode::RetrieveOnly,
-                        AskModeArg::Extractive => pb::AskMode::Extractive,
-                    } as i32,
-                })
+                .ask(req)
                 .await
                 .map_err(ClientError::from)?
                 .into_inner();
@@ -1054,6 +1132,28 @@ async fn run(cli: Cli) -> Result<()> {
                             ""
                         },
                         c.text
+                    );
+                }
+                if !r.review_id.is_empty() {
+                    eprintln!("queued for review as {}", r.review_id);
+                }
+                if !r.invalid_citations.is_empty() {
+                    eprintln!(
+                        "removed citations of chunks that were not retrieved: {}",
+                        r.invalid_citations.join(", ")
+                    );
+                }
+                if let Some(u) = &r.usage {
+                    eprintln!(
+                        "{} {}: {} prompt ({} cached) + {} completion tokens{}, ${:.6}, model {:.0} ms",
+                        u.provider,
+                        u.model,
+                        u.prompt_tokens,
+                        u.cached_prompt_tokens,
+                        u.completion_tokens,
+                        if u.estimated { " (estimated)" } else { "" },
+                        u.cost_usd,
+                        u.model_us as f64 / 1000.0
                     );
                 }
                 if !r.flags.is_empty() {

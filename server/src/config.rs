@@ -19,6 +19,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[rag]`
+    pub rag: crate::rag::settings::RagSection,
 }
 
 /// `[server]` section.
@@ -132,6 +134,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// The `[rag]` section (validated).
+    pub rag: crate::rag::settings::RagSection,
 }
 
 /// CLI values that override everything else.
@@ -236,6 +240,10 @@ impl Config {
             segment_max_rows: self.storage.segment_max_rows,
             log_format,
             log_level: self.log.level.clone(),
+            rag: {
+                self.rag.validate()?;
+                self.rag.clone()
+            },
         })
     }
 }

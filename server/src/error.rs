@@ -24,6 +24,12 @@ pub enum ApiError {
     /// The request is valid but the target is not in a state that allows it.
     #[error("{0}")]
     Precondition(String),
+    /// A named thing (e.g. a review item) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A deadline or an upstream timeout passed.
+    #[error("{0}")]
+    Deadline(String),
     /// A bug or a lost worker thread.
     #[error("internal error: {0}")]
     Internal(String),
@@ -62,6 +68,8 @@ impl From<ApiError> for Status {
             ApiError::TooLarge(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Precondition(_) => Code::FailedPrecondition,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Deadline(_) => Code::DeadlineExceeded,
             ApiError::Internal(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::DataLoss {

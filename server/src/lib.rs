@@ -54,6 +54,9 @@ pub enum ServerError {
     /// A task panicked.
     #[error("task: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A RAG provider could not be set up.
+    #[error(transparent)]
+    Rag(#[from] rag::RagSetupError),
     /// The idle-polling thread could not start.
     #[error("idle poller: {0}")]
     Poller(std::io::Error),
@@ -132,7 +135,7 @@ pub async fn serve(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            quiver_proto::v1::rag_server::RagServer::new(rag::RagService::new(Arc::clone(&state)))
+            quiver_proto::v1::rag_server::RagServer::new(rag::RagService::new(Arc::clone(&state))?)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );

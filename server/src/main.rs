@@ -17,7 +17,7 @@ struct Args {
     #[arg(long)]
     listen: Option<String>,
     /// TOML configuration file; environment variables QUIVER__SECTION__KEY override it.
-    #[arg(long)]
+    #[arg(long, env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective configuration as TOML-compatible JSON and exit.
     #[arg(long)]

@@ -73,6 +73,72 @@ impl AnswerCache {
     }
 }
 
+/// Answers found by question similarity: a question whose embedding is within the threshold of
+/// a cached question's (same collection, unchanged since, same filter/k/mode/provider) reuses
+/// its answer. Bounded; scanned linearly (a few thousand entries cost microseconds).
+#[derive(Debug)]
+pub struct SemanticCache {
+    capacity: usize,
+    inner: Mutex<VecDeque<SemanticEntry>>,
+}
+
+#[derive(Debug)]
+struct SemanticEntry {
+    uid: u64,
+    scope: String,
+    lsn: u64,
+    vector: Vec<f32>,
+    answer: Answered,
+}
+
+impl SemanticCache {
+    /// A cache of at most `capacity` answers (0 = off).
+    pub fn new(capacity: usize) -> Self {
+        SemanticCache {
+            capacity,
+            inner: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The most similar cached answer with similarity at least `threshold`, and its similarity.
+    pub fn get(
+        &self,
+        uid: u64,
+        scope: &str,
+        lsn: u64,
+        q: &[f32],
+        threshold: f32,
+    ) -> Option<(Answered, f32)> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter()
+            .filter(|e| e.uid == uid && e.lsn == lsn && e.scope == scope)
+            .map(|e| (e, e.vector.iter().zip(q).map(|(a, b)| a * b).sum::<f32>()))
+            .filter(|(_, s)| *s >= threshold)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(e, s)| (e.answer.clone(), s))
+    }
+
+    /// Stores an answer (`q` L2-normalised).
+    pub fn put(&self, uid: u64, scope: String, lsn: u64, q: Vec<f32>, answer: Answered) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries for an older state of the collection can never hit again.
+        g.retain(|e| e.uid != uid || e.lsn == lsn);
+        g.push_back(SemanticEntry {
+            uid,
+            scope,
+            lsn,
+            vector: q,
+            answer,
+        });
+        while g.len() > self.capacity {
+            g.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +164,33 @@ mod tests {
         c.put(k("q3"), 7, a.clone());
         assert_eq!(c.get(&k("q1"), 7), None, "oldest evicted");
         assert!(c.get(&k("q3"), 7).is_some());
+    }
+
+    #[test]
+    fn semantic_hits_need_similarity_same_scope_and_state() {
+        let c = SemanticCache::new(8);
+        let a = Answered::default();
+        let n = |v: [f32; 2]| {
+            let l = (v[0] * v[0] + v[1] * v[1]).sqrt();
+            vec![v[0] / l, v[1] / l]
+        };
+        c.put(1, "s".into(), 5, n([1.0, 0.0]), a.clone());
+        assert!(c.get(1, "s", 5, &n([1.0, 0.1]), 0.99).is_some());
+        assert!(
+            c.get(1, "s", 5, &n([1.0, 0.5]), 0.99).is_none(),
+            "not similar enough"
+        );
+        assert!(
+            c.get(1, "other", 5, &n([1.0, 0.0]), 0.9).is_none(),
+            "other scope"
+        );
+        assert!(
+            c.get(1, "s", 6, &n([1.0, 0.0]), 0.9).is_none(),
+            "collection changed"
+        );
+        assert!(
+            c.get(2, "s", 5, &n([1.0, 0.0]), 0.9).is_none(),
+            "other collection"
+        );
     }
 }

@@ -3,16 +3,137 @@
 //! (an IDF stand-in that needs no corpus statistics), signed feature hashing into 384
 //! dimensions, L2-normalised. It matches on shared words and word pieces, so it finds
 //! paraphrases only when they share vocabulary; it is no substitute for a trained model.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::llm::{LlmError, OpenAiEmbeddings, estimate_tokens};
+
+/// Vectors and what they cost.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Embedded {
+    /// One vector per text.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens counted (by the provider, else estimated).
+    pub tokens: u32,
+}
 
 /// Turns texts into vectors.
 pub trait Embedder: Send + Sync {
-    /// Name recorded with the collection and in caches.
+    /// Name as configured (`builtin`, `local` or a `[rag.embedders]` name).
     fn name(&self) -> &str;
+    /// Model name (part of the embedding cache key).
+    fn model(&self) -> &str;
     /// Output dimension.
     fn dim(&self) -> usize;
-    /// One vector per text.
-    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>>;
+    /// Text sent to it leaves our environment.
+    fn hosted(&self) -> bool;
+    /// One vector per text. Call from a blocking thread (remote embedders block on I/O).
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError>;
+}
+
+/// An OpenAI-compatible embedding endpoint behind the blocking [`Embedder`] interface.
+pub struct RemoteEmbedder {
+    /// The client.
+    pub inner: OpenAiEmbeddings,
+    /// The runtime its futures run on.
+    pub rt: tokio::runtime::Handle,
+}
+
+impl Embedder for RemoteEmbedder {
+    fn name(&self) -> &str {
+        &self.inner.remote().name
+    }
+    fn model(&self) -> &str {
+        &self.inner.remote().cfg.model
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn hosted(&self) -> bool {
+        self.inner.remote().cfg.hosted
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+        let owned: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+        let (vectors, mut tokens) = self.rt.block_on(self.inner.embed(&owned))?;
+        if tokens == 0 {
+            tokens = texts.iter().map(|t| estimate_tokens(t) as u32).sum();
+        }
+        Ok(Embedded { vectors, tokens })
+    }
+}
+
+/// Embeddings already computed, keyed by (model, text); bounded, oldest evicted first.
+#[derive(Debug)]
+pub struct EmbeddingCache {
+    capacity: usize,
+    inner: Mutex<(
+        HashMap<(String, String), Vec<f32>>,
+        VecDeque<(String, String)>,
+    )>,
+}
+
+impl EmbeddingCache {
+    /// A cache of at most `capacity` vectors (0 = off).
+    pub fn new(capacity: usize) -> Self {
+        EmbeddingCache {
+            capacity,
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
+    }
+
+    /// Embeds through the cache; returns the vectors, the tokens of the texts that missed, and
+    /// how many hit.
+    pub fn embed(&self, e: &dyn Embedder, texts: &[&str]) -> Result<(Embedded, usize), LlmError> {
+        let model = format!("{}/{}", e.name(), e.model());
+        let mut out: Vec<Option<Vec<f32>>> = {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            texts
+                .iter()
+                .map(|t| g.0.get(&(model.clone(), (*t).to_owned())).cloned())
+                .collect()
+        };
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        let hits = texts.len() - missing.len();
+        let mut tokens = 0;
+        if !missing.is_empty() {
+            let batch: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
+            let got = e.embed(&batch)?;
+            if got.vectors.len() != batch.len() {
+                return Err(LlmError::Failed(format!(
+                    "embedder {} returned {} vectors for {} texts",
+                    e.name(),
+                    got.vectors.len(),
+                    batch.len()
+                )));
+            }
+            tokens = got.tokens;
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            for (&i, v) in missing.iter().zip(got.vectors) {
+                if self.capacity > 0 {
+                    let k = (model.clone(), texts[i].to_owned());
+                    if g.0.insert(k.clone(), v.clone()).is_none() {
+                        g.1.push_back(k);
+                    }
+                    while g.0.len() > self.capacity {
+                        match g.1.pop_front() {
+                            Some(old) => {
+                                g.0.remove(&old);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                out[i] = Some(v);
+            }
+        }
+        Ok((
+            Embedded {
+                vectors: out.into_iter().map(Option::unwrap_or_default).collect(),
+                tokens,
+            },
+            hits,
+        ))
+    }
 }
 
 /// Dimension of the builtin embedder.
@@ -77,12 +198,28 @@ impl Builtin {
 
 impl Embedder for Builtin {
     fn name(&self) -> &str {
+        "builtin"
+    }
+    fn model(&self) -> &str {
         "builtin-hash-384"
     }
     fn dim(&self) -> usize {
         BUILTIN_DIM
     }
-    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+    fn hosted(&self) -> bool {
+        false
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+        Ok(Embedded {
+            vectors: self.vectors(texts),
+            tokens: texts.iter().map(|t| estimate_tokens(t) as u32).sum(),
+        })
+    }
+}
+
+impl Builtin {
+    /// The vectors of `texts`.
+    pub fn vectors(&self, texts: &[&str]) -> Vec<Vec<f32>> {
         texts
             .iter()
             .map(|t| {
@@ -113,7 +250,7 @@ mod tests {
     #[test]
     fn deterministic_normalised_and_related_texts_are_closer() {
         let e = Builtin;
-        let v = e.embed(&[
+        let v = e.vectors(&[
             "The cat sat on the mat",
             "A cat sat on a mat",
             "Quarterly revenue grew",
@@ -121,7 +258,7 @@ mod tests {
         ]);
         assert_eq!(
             v,
-            e.embed(&[
+            e.vectors(&[
                 "The cat sat on the mat",
                 "A cat sat on a mat",
                 "Quarterly revenue grew",

@@ -1,24 +1,36 @@
 //! Built-in RAG: documents are chunked, flagged for injected instructions, embedded and stored
 //! as points; `Ask` embeds the question, retrieves chunks (with the caller's filter) and
-//! answers without an LLM: the ranked chunks (`retrieve_only`) or quoted sentences with
-//! citations (`extractive`). The storage engine knows nothing of this: chunks are ordinary
-//! points whose payload carries the text and its provenance.
+//! answers: the ranked chunks (`retrieve_only`), quoted sentences with citations
+//! (`extractive`, no LLM), or an LLM's answer from a spotlighted prompt with checked
+//! citations (`generate`), optionally held for human review (`review`). Every LLM and
+//! embedding call is audited, counted against the tenant's token budget, priced, traced with
+//! OpenTelemetry GenAI attributes and measured. The storage engine knows nothing of this:
+//! chunks are ordinary points whose payload carries the text and its provenance, and RAG state
+//! lives in the engine's service keyspaces.
+pub mod ask;
+pub mod audit;
 pub mod cache;
 pub mod chunk;
 pub mod embed;
 pub mod extract;
 pub mod inject;
+pub mod llm;
+#[cfg(feature = "local-models")]
+pub mod local;
+pub mod models;
 pub mod pii;
+pub mod prompt;
+pub mod settings;
+pub mod state;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use quiver_proto::v1 as pb;
-use quiver_proto::v1::rag_server::Rag;
+use quiver_proto::v1::rag_server::Rag as RagRpc;
 use quiver_storage::filter::{Condition, FieldType, Filter, Literal, Range};
-use quiver_storage::{
-    Collection, CollectionConfig, Engine, Metric, PointId, PointWrite, ReadOptions, SearchParams,
-};
+use quiver_storage::{Collection, CollectionConfig, Engine, Metric, PointId, PointWrite};
 use serde_json::{Map, Value, json};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -27,33 +39,360 @@ use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
 use chunk::ChunkParams;
-use embed::Embedder;
+use embed::{Embedder, EmbeddingCache};
+use llm::{Generator, Remote};
+use settings::RagSection;
 
-/// Most chunks a question retrieves.
-const MAX_K: u32 = 100;
-
-/// The `Rag` gRPC service.
-#[derive(Debug, Clone)]
-pub struct RagService {
-    state: Arc<AppState>,
-    answers: Arc<cache::AnswerCache>,
+/// Everything the RAG endpoints share: settings, providers, caches and durable state.
+pub struct Rag {
+    /// The `[rag]` section.
+    pub cfg: RagSection,
+    /// Collection settings, review queue, token usage.
+    pub state: state::RagState,
+    /// Audit records.
+    pub audit: audit::AuditLog,
+    answers: cache::AnswerCache,
+    semantic: cache::SemanticCache,
+    embeddings: EmbeddingCache,
+    generators: BTreeMap<String, Arc<dyn Generator>>,
+    remote_embedders: BTreeMap<String, Remote>,
+    embedders: Mutex<HashMap<String, Arc<dyn Embedder>>>,
+    local: models::LocalModels,
+    redactor: pii::Redactor,
 }
 
-/// Answers kept in the exact answer cache.
-const ANSWER_CACHE_ENTRIES: usize = 4096;
+impl std::fmt::Debug for Rag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rag")
+            .field("generators", &self.generators.keys().collect::<Vec<_>>())
+            .field(
+                "embedders",
+                &self.remote_embedders.keys().collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
 
-impl RagService {
-    /// A service over the shared state.
-    pub fn new(state: Arc<AppState>) -> Self {
-        RagService {
-            state,
-            answers: Arc::new(cache::AnswerCache::new(ANSWER_CACHE_ENTRIES)),
+/// Providers that could not be set up (missing key, bad URL).
+#[derive(Debug, thiserror::Error)]
+#[error("rag: {0}")]
+pub struct RagSetupError(pub String);
+
+/// HTTP clients and provider keys, read once at start (so a missing key fails start-up).
+#[derive(Clone)]
+pub struct Providers {
+    generators: BTreeMap<String, Arc<dyn Generator>>,
+    embedders: BTreeMap<String, Remote>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("generators", &self.generators.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Providers {
+    /// Builds the configured providers.
+    pub fn new(cfg: &RagSection) -> Result<Providers, RagSetupError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("quiver/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RagSetupError(format!("HTTP client: {e}")))?;
+        let mut generators: BTreeMap<String, Arc<dyn Generator>> = BTreeMap::new();
+        for (name, p) in &cfg.providers {
+            let r = Remote::new(name, p, http.clone())
+                .map_err(|e| RagSetupError(format!("rag.providers.{name}: {e}")))?;
+            let g: Arc<dyn Generator> = match p.kind.as_str() {
+                "anthropic" => Arc::new(llm::AnthropicChat::new(r)),
+                _ => Arc::new(llm::OpenAiChat::new(r)),
+            };
+            generators.insert(name.clone(), g);
+        }
+        let mut embedders = BTreeMap::new();
+        for (name, p) in &cfg.embedders {
+            let r = Remote::new(name, p, http.clone())
+                .map_err(|e| RagSetupError(format!("rag.embedders.{name}: {e}")))?;
+            embedders.insert(name.clone(), r);
+        }
+        Ok(Providers {
+            generators,
+            embedders,
+        })
+    }
+}
+
+impl Rag {
+    fn new(cfg: RagSection, engine: &Engine, providers: Providers) -> Rag {
+        Rag {
+            state: state::RagState::new(engine.aux()),
+            audit: audit::AuditLog::new(engine.aux(), cfg.audit_max_text_bytes),
+            answers: cache::AnswerCache::new(cfg.answer_cache_entries),
+            semantic: cache::SemanticCache::new(if cfg.semantic_cache_threshold > 0.0 {
+                cfg.answer_cache_entries
+            } else {
+                0
+            }),
+            embeddings: EmbeddingCache::new(cfg.embedding_cache_entries),
+            generators: providers.generators,
+            remote_embedders: providers.embedders,
+            embedders: Mutex::new(HashMap::new()),
+            local: models::LocalModels::new(cfg.models_dir()),
+            redactor: pii::Redactor::default(),
+            cfg,
+        }
+    }
+
+    /// Every generator name a request may use.
+    fn generator_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.generators.keys().cloned().collect();
+        v.extend(["local".to_owned(), "extractive".to_owned()]);
+        v
+    }
+
+    /// The generator called `name` (`None` = extractive). Loads the local model on first use:
+    /// call from a blocking thread.
+    pub fn generator(&self, name: &str) -> ApiResult<Option<Arc<dyn Generator>>> {
+        match name {
+            "extractive" => Ok(None),
+            "local" => Ok(Some(self.local.generator()?)),
+            other => self
+                .generators
+                .get(other)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "provider",
+                        format!(
+                            "unknown provider {other:?} (known: {})",
+                            self.generator_names().join(", ")
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// Whether `name` is a known generator (without loading anything).
+    fn generator_known(&self, name: &str) -> bool {
+        name.is_empty() || self.generator_names().iter().any(|n| n == name)
+    }
+
+    /// Whether the generator `name` sends text out of our environment.
+    fn generator_hosted(&self, name: &str) -> bool {
+        self.generators.get(name).is_some_and(|g| g.hosted())
+    }
+
+    /// The embedder called `name`; connects or loads it on first use (blocking thread).
+    pub fn embedder(&self, name: &str) -> ApiResult<Arc<dyn Embedder>> {
+        if let Some(e) = self
+            .embedders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(Arc::clone(e));
+        }
+        let e: Arc<dyn Embedder> = match name {
+            "builtin" => Arc::new(embed::Builtin),
+            "local" => self.local.embedder()?,
+            other => {
+                let r = self.remote_embedders.get(other).ok_or_else(|| {
+                    ApiError::bad(
+                        "embedder",
+                        format!(
+                            "unknown embedder {other:?} (known: builtin, local{})",
+                            self.remote_embedders
+                                .keys()
+                                .map(|k| format!(", {k}"))
+                                .collect::<String>()
+                        ),
+                    )
+                })?;
+                let rt = tokio::runtime::Handle::current();
+                let inner = rt.block_on(llm::OpenAiEmbeddings::connect(r.clone()))?;
+                Arc::new(embed::RemoteEmbedder { inner, rt })
+            }
+        };
+        self.embedders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::clone(&e));
+        Ok(e)
+    }
+
+    fn embedder_hosted(&self, name: &str) -> bool {
+        self.remote_embedders
+            .get(name)
+            .is_some_and(|r| r.cfg.hosted)
+    }
+
+    /// Embeds through the cache, auditing the call when the model ran.
+    pub fn embed(
+        &self,
+        e: &dyn Embedder,
+        texts: &[&str],
+        ctx: &CallContext,
+    ) -> ApiResult<Vec<Vec<f32>>> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "gen_ai.embeddings",
+            otel.name = %format!("embeddings {}", e.model()),
+            gen_ai.operation.name = "embeddings",
+            gen_ai.system = if e.hosted() { "openai" } else { "quiver" },
+            gen_ai.request.model = e.model(),
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            quiver.request_id = %ctx.request_id,
+            quiver.inputs = texts.len(),
+        );
+        let _g = span.enter();
+        let result = self.embeddings.embed(e, texts);
+        let took = started.elapsed();
+        let (tokens, hits, error) = match &result {
+            Ok((got, hits)) => (got.tokens, *hits, String::new()),
+            Err(err) => (0, 0, err.to_string()),
+        };
+        span.record("gen_ai.usage.input_tokens", tokens);
+        metrics::counter!("quiver_embedding_requests_total", "embedder" => e.name().to_owned(), "status" => if error.is_empty() { "ok" } else { "error" }).increment(1);
+        metrics::counter!("quiver_embedding_tokens_total", "embedder" => e.name().to_owned())
+            .increment(u64::from(tokens));
+        metrics::histogram!("quiver_embedding_latency_seconds", "embedder" => e.name().to_owned())
+            .record(took.as_secs_f64());
+        if hits < texts.len() {
+            let mut shown = String::new();
+            for t in texts {
+                if shown.len() > self.cfg.audit_max_text_bytes {
+                    break;
+                }
+                shown.push_str(t);
+                shown.push_str("\n---\n");
+            }
+            let record = pb::AuditRecord {
+                request_id: ctx.request_id.clone(),
+                tenant: ctx.tenant.clone(),
+                collection: ctx.collection.clone(),
+                operation: "embeddings".into(),
+                provider: e.name().to_owned(),
+                model: e.model().to_owned(),
+                prompt: if e.hosted() {
+                    self.redactor.redact(&shown).text
+                } else {
+                    shown
+                },
+                output: format!(
+                    "{} vectors of {} dimensions ({hits} from cache)",
+                    texts.len(),
+                    e.dim()
+                ),
+                latency_us: took.as_micros() as u64,
+                prompt_tokens: tokens,
+                estimated: !e.hosted(),
+                cache_hit: false,
+                error,
+                ..Default::default()
+            };
+            if let Err(err) = self.audit.append(record) {
+                tracing::error!(error = %err, "cannot write an audit record");
+            }
+        }
+        Ok(result?.0.vectors)
+    }
+}
+
+/// Who asked, for audit records and budgets.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// This request's id.
+    pub request_id: String,
+    /// Tenant (the `x-quiver-tenant` header; `default` without one).
+    pub tenant: String,
+    /// Collection asked.
+    pub collection: String,
+}
+
+/// A fresh request id.
+pub fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The tenant of a request: the `x-quiver-tenant` header (letters, digits, `._-`, at most 128).
+pub fn tenant_of<T>(req: &Request<T>) -> ApiResult<String> {
+    match req.metadata().get("x-quiver-tenant") {
+        None => Ok("default".into()),
+        Some(v) => {
+            let t = v
+                .to_str()
+                .map_err(|_| ApiError::bad("x-quiver-tenant", "is not ASCII"))?;
+            if t.is_empty()
+                || t.len() > 128
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(ApiError::bad(
+                    "x-quiver-tenant",
+                    "must be 1 to 128 letters, digits, '.', '_' or '-'",
+                ));
+            }
+            Ok(t.to_owned())
         }
     }
 }
 
-fn embedder() -> embed::Builtin {
-    embed::Builtin
+/// The `Rag` gRPC service.
+#[derive(Debug, Clone)]
+pub struct RagService {
+    app: Arc<AppState>,
+    providers: Providers,
+    rag: Arc<OnceLock<Arc<Rag>>>,
+}
+
+impl RagService {
+    /// A service over the shared state; fails when a configured provider cannot be set up.
+    pub fn new(app: Arc<AppState>) -> Result<Self, RagSetupError> {
+        let providers = Providers::new(&app.settings.rag)?;
+        Ok(RagService {
+            app,
+            providers,
+            rag: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The runtime (once storage is open).
+    fn rag(&self) -> ApiResult<Arc<Rag>> {
+        let engine = self.app.engine()?;
+        Ok(Arc::clone(self.rag.get_or_init(|| {
+            let rag = Arc::new(Rag::new(
+                self.app.settings.rag.clone(),
+                &engine,
+                self.providers.clone(),
+            ));
+            spawn_retention(Arc::clone(&rag));
+            rag
+        })))
+    }
+}
+
+/// Removes expired audit records now and every hour.
+fn spawn_retention(rag: Arc<Rag>) {
+    let days = rag.cfg.audit_retention_days;
+    if days == 0 {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        loop {
+            let r = Arc::clone(&rag);
+            let keep = Duration::from_secs(u64::from(days) * 86_400);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.audit.expire(keep)).await {
+                tracing::error!(error = %e, "audit retention failed");
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
 }
 
 fn doc_filter(document_id: &str, from_position: Option<i64>) -> Filter {
@@ -73,18 +412,63 @@ fn doc_filter(document_id: &str, from_position: Option<i64>) -> Filter {
     Filter::Must(conds)
 }
 
+/// A collection for documents with its RAG settings and embedder.
+pub struct DocCollection {
+    /// The collection.
+    pub c: Arc<Collection>,
+    /// Its settings.
+    pub cfg: pb::RagConfig,
+    /// Its embedder.
+    pub embedder: Arc<dyn Embedder>,
+}
+
+/// Checks that settings respect their policy.
+fn check_policy(rag: &Rag, cfg: &pb::RagConfig) -> ApiResult<()> {
+    if cfg.policy == pb::RagPolicy::LocalOnly as i32 {
+        if rag.embedder_hosted(&cfg.embedder) {
+            return Err(ApiError::Precondition(format!(
+                "policy local_only: embedder {} is a hosted provider",
+                cfg.embedder
+            )));
+        }
+        if rag.generator_hosted(&cfg.generator) {
+            return Err(ApiError::Precondition(format!(
+                "policy local_only: generator {} is a hosted provider",
+                cfg.generator
+            )));
+        }
+    }
+    if !rag.generator_known(&cfg.generator) {
+        return Err(ApiError::bad(
+            "config.generator",
+            format!(
+                "unknown generator {:?} (known: {})",
+                cfg.generator,
+                rag.generator_names().join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The collection for documents, created on request with the embedder's dimension.
-fn rag_collection(
+pub fn doc_collection(
+    rag: &Rag,
     engine: &Engine,
     name: &str,
-    create: bool,
+    create: Option<&pb::RagConfig>,
     segment_max_rows: u32,
-) -> ApiResult<Arc<Collection>> {
-    let e = embedder();
-    let c = match engine.collection(name) {
-        Ok(c) => c,
-        Err(quiver_storage::Error::CollectionNotFound { .. }) if create => engine
-            .create_collection(CollectionConfig {
+) -> ApiResult<DocCollection> {
+    let c = match (engine.collection(name), create) {
+        (Ok(c), _) => c,
+        (Err(quiver_storage::Error::CollectionNotFound { .. }), Some(wanted)) => {
+            let mut cfg = wanted.clone();
+            if cfg.embedder.is_empty() {
+                cfg.embedder = "builtin".into();
+            }
+            check_policy(rag, &cfg)?;
+            let e = rag.embedder(&cfg.embedder)?;
+            let c = engine.create_collection(CollectionConfig {
                 name: name.into(),
                 dim: e.dim(),
                 metric: Metric::Cosine,
@@ -97,9 +481,27 @@ fn rag_collection(
                     ("flagged".to_owned(), FieldType::Bool),
                 ]
                 .into(),
-            })?,
-        Err(err) => return Err(err.into()),
+            })?;
+            rag.state.set_config(c.uid(), &cfg)?;
+            return Ok(DocCollection {
+                c,
+                cfg,
+                embedder: e,
+            });
+        }
+        (Err(err), _) => return Err(err.into()),
     };
+    let cfg = rag.state.config(c.uid())?;
+    if let Some(wanted) = create
+        && !wanted.embedder.is_empty()
+        && wanted.embedder != cfg.embedder
+    {
+        return Err(ApiError::Precondition(format!(
+            "collection {name} exists with embedder {}, not {}",
+            cfg.embedder, wanted.embedder
+        )));
+    }
+    let e = rag.embedder(&cfg.embedder)?;
     if c.config().dim != e.dim() {
         return Err(ApiError::Precondition(format!(
             "collection {name} has dimension {}, the {} embedder makes {}: use a collection created for documents (ingest-docs --create)",
@@ -108,22 +510,32 @@ fn rag_collection(
             e.dim()
         )));
     }
-    Ok(c)
+    Ok(DocCollection {
+        c,
+        cfg,
+        embedder: e,
+    })
 }
 
 /// Chunks, flags, embeds and stores one message's documents; returns (chunks, flagged).
-fn ingest(c: &Collection, docs: Vec<pb::Document>, max_payload: usize) -> ApiResult<(u64, u64)> {
+fn ingest(
+    rag: &Rag,
+    d: &DocCollection,
+    docs: Vec<pb::Document>,
+    max_payload: usize,
+    ctx: &CallContext,
+) -> ApiResult<(u64, u64)> {
     let (mut chunks, mut flagged) = (0u64, 0u64);
-    for (i, d) in docs.into_iter().enumerate() {
+    for (i, doc) in docs.into_iter().enumerate() {
         let field = format!("documents[{i}]");
-        if d.id.is_empty() || d.id.len() > 1000 {
+        if doc.id.is_empty() || doc.id.len() > 1000 {
             return Err(ApiError::bad(
                 format!("{field}.id"),
                 "must have 1 to 1000 bytes",
             ));
         }
         let meta: Map<String, Value> = match convert::payload(
-            d.metadata_json.as_deref(),
+            doc.metadata_json.as_deref(),
             &format!("{field}.metadata_json"),
             max_payload,
         )? {
@@ -131,24 +543,28 @@ fn ingest(c: &Collection, docs: Vec<pb::Document>, max_payload: usize) -> ApiRes
                 .map_err(|e| ApiError::bad(format!("{field}.metadata_json"), e.to_string()))?,
             None => Map::new(),
         };
-        let texts = chunk::chunk(&d.text, ChunkParams::default());
+        let texts = chunk::chunk(&doc.text, ChunkParams::default());
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = embedder().embed(&refs);
+        let vectors = if refs.is_empty() {
+            Vec::new()
+        } else {
+            rag.embed(d.embedder.as_ref(), &refs, ctx)?
+        };
         let mut points = Vec::with_capacity(texts.len());
         for (n, (text, vector)) in texts.iter().zip(vectors).enumerate() {
             let reasons = inject::reasons(text);
             flagged += u64::from(!reasons.is_empty());
             let mut payload = meta.clone();
             payload.extend([
-                ("document_id".to_owned(), json!(d.id)),
-                ("source".to_owned(), json!(d.source)),
+                ("document_id".to_owned(), json!(doc.id)),
+                ("source".to_owned(), json!(doc.source)),
                 ("position".to_owned(), json!(n)),
                 ("text".to_owned(), json!(text)),
                 ("flagged".to_owned(), json!(!reasons.is_empty())),
                 ("flag_reasons".to_owned(), json!(reasons)),
             ]);
             points.push(PointWrite {
-                id: PointId::Str(format!("{}#{n}", d.id)),
+                id: PointId::Str(format!("{}#{n}", doc.id)),
                 vector,
                 payload: Some(Value::Object(payload).to_string().into_bytes()),
             });
@@ -158,169 +574,54 @@ fn ingest(c: &Collection, docs: Vec<pb::Document>, max_payload: usize) -> ApiRes
         // between leaves stale extra chunks, never a document with none.
         let n = points.len() as i64;
         if !points.is_empty() {
-            c.upsert(points)?;
+            d.c.upsert(points)?;
         }
-        c.delete_by_filter(&doc_filter(&d.id, Some(n)))?;
+        d.c.delete_by_filter(&doc_filter(&doc.id, Some(n)))?;
     }
     Ok((chunks, flagged))
 }
 
-fn text_of(payload: &Option<Vec<u8>>) -> Map<String, Value> {
-    payload
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .unwrap_or_default()
-}
-
-fn ask(
-    engine: &Engine,
-    r: pb::AskRequest,
-    answers: &cache::AnswerCache,
-) -> ApiResult<cache::Answered> {
-    let started = Instant::now();
-    if r.question.trim().is_empty() {
-        return Err(ApiError::bad("question", "is empty"));
+fn policy_name(p: i32) -> &'static str {
+    match pb::RagPolicy::try_from(p) {
+        Ok(pb::RagPolicy::LocalOnly) => "local_only",
+        Ok(pb::RagPolicy::AllowHosted | pb::RagPolicy::Unspecified) | Err(_) => "allow_hosted",
     }
-    let k = match r.k {
-        0 => 5,
-        k if k > MAX_K => return Err(ApiError::bad("k", format!("{k} exceeds {MAX_K}"))),
-        k => k,
-    } as usize;
-    let mode = pb::AskMode::try_from(r.mode)
-        .map_err(|_| ApiError::bad("mode", format!("unknown mode {}", r.mode)))?;
-    let filter = convert::filter(r.filter.as_ref())?;
-    let c = rag_collection(engine, &r.collection, false, 0)?;
-    // The LSN is read before retrieval: a write racing with this answer makes it stale at once.
-    let lsn = c.last_lsn();
-    let key = cache::Key {
-        uid: c.uid(),
-        request: format!("{:?}|{:?}|{k}|{}", r.question, filter, r.mode),
-    };
-    if let Some(mut hit) = answers.get(&key, lsn) {
-        hit.response.cached = true;
-        hit.response.took_us = started.elapsed().as_micros() as u64;
-        return Ok(hit);
-    }
-    let q = embedder().embed(&[r.question.as_str()]).remove(0);
-    let hits = c
-        .search_batch_filtered(
-            &[(&q, k)],
-            ReadOptions {
-                with_vectors: false,
-                with_payload: true,
-            },
-            SearchParams::default(),
-            filter.as_ref(),
-        )
-        .pop()
-        .expect("invariant: one result per query")?;
-    let sources: Vec<(Map<String, Value>, f32, String)> = hits
-        .into_iter()
-        .map(|h| {
-            let id = match h.id {
-                PointId::Str(s) => s,
-                PointId::Num(n) => n.to_string(),
-            };
-            (text_of(&h.payload), h.score, id)
-        })
-        .collect();
-    let citation =
-        |(p, score, id): &(Map<String, Value>, f32, String), text: String| pb::Citation {
-            document_id: p
-                .get("document_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            chunk_id: id.clone(),
-            score: *score,
-            source: p
-                .get("source")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            text,
-            flagged: p.get("flagged").and_then(Value::as_bool).unwrap_or(false),
-        };
-    let retrieved: Vec<pb::Citation> = sources
-        .iter()
-        .map(|s| {
-            citation(
-                s,
-                s.0.get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let mut flags = Vec::new();
-    if sources.is_empty() {
-        flags.push("no_results".to_owned());
-    }
-    let (answer, citations) = match mode {
-        pb::AskMode::RetrieveOnly => (String::new(), retrieved.clone()),
-        pb::AskMode::Unspecified | pb::AskMode::Extractive => {
-            let ex: Vec<extract::Source> = sources
-                .iter()
-                .map(|(p, _, id)| extract::Source {
-                    chunk_id: id.clone(),
-                    text: p
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                })
-                .collect();
-            let (answer, used) = extract::answer(&r.question, &ex, 3);
-            if answer.is_empty() && !sources.is_empty() {
-                flags.push("no_answer".to_owned());
-            }
-            (
-                answer,
-                used.into_iter()
-                    .map(|(i, quoted)| citation(&sources[i], quoted.join(" ")))
-                    .collect(),
-            )
-        }
-    };
-    if citations.iter().any(|c| c.flagged) {
-        flags.push("flagged_sources".to_owned());
-    }
-    let out = cache::Answered {
-        response: pb::AskResponse {
-            answer,
-            citations,
-            flags,
-            took_us: started.elapsed().as_micros() as u64,
-            cached: false,
-        },
-        retrieved,
-    };
-    answers.put(key, lsn, out.clone());
-    Ok(out)
 }
 
 #[tonic::async_trait]
-impl Rag for RagService {
+impl RagRpc for RagService {
     async fn ingest_documents(
         &self,
         req: Request<Streaming<pb::IngestDocumentsRequest>>,
     ) -> Result<Response<pb::IngestDocumentsResponse>, Status> {
+        let tenant = tenant_of(&req)?;
         let mut inbound = req.into_inner();
-        let engine = self.state.engine()?;
+        let engine = self.app.engine()?;
+        let rag = self.rag()?;
         let (max_payload, seg_rows) = (
-            self.state.settings.max_payload_bytes,
-            self.state.settings.segment_max_rows,
+            self.app.settings.max_payload_bytes,
+            self.app.settings.segment_max_rows,
         );
         let mut out = pb::IngestDocumentsResponse::default();
         let mut message = 0u64;
+        let request_id = request_id();
         while let Some(item) = inbound.next().await {
             message += 1;
             let r = item?;
-            let (engine, ndocs) = (Arc::clone(&engine), r.documents.len() as u64);
+            let (engine, rag, ndocs) = (
+                Arc::clone(&engine),
+                Arc::clone(&rag),
+                r.documents.len() as u64,
+            );
+            let ctx = CallContext {
+                request_id: request_id.clone(),
+                tenant: tenant.clone(),
+                collection: r.collection.clone(),
+            };
             let (chunks, flagged) = blocking(move || {
-                let c = rag_collection(&engine, &r.collection, r.create, seg_rows)?;
-                ingest(&c, r.documents, max_payload)
+                let create = r.create.then(|| r.config.clone().unwrap_or_default());
+                let d = doc_collection(&rag, &engine, &r.collection, create.as_ref(), seg_rows)?;
+                ingest(&rag, &d, r.documents, max_payload, &ctx)
             })
             .await
             .map_err(|e| {
@@ -338,6 +639,8 @@ impl Rag for RagService {
             out.chunks += chunks;
             out.flagged_chunks += flagged;
         }
+        metrics::counter!("quiver_rag_chunks_ingested_total").increment(out.chunks);
+        metrics::counter!("quiver_rag_chunks_flagged_total").increment(out.flagged_chunks);
         Ok(Response::new(out))
     }
 
@@ -346,22 +649,21 @@ impl Rag for RagService {
         req: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
         let r = req.into_inner();
-        let engine = self.state.engine()?;
-        let (chunks, _) = blocking(move || {
-            let c = rag_collection(&engine, &r.collection, false, 0)?;
-            Ok(c.delete_by_filter(&doc_filter(&r.document_id, None))?)
+        let engine = self.app.engine()?;
+        let rag = self.rag()?;
+        let chunks = blocking(move || {
+            let d = doc_collection(&rag, &engine, &r.collection, None, 0)?;
+            Ok(d.c.delete_by_filter(&doc_filter(&r.document_id, None))?.0)
         })
         .await?;
         Ok(Response::new(pb::DeleteDocumentResponse { chunks }))
     }
 
     async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<pb::AskResponse>, Status> {
-        let engine = self.state.engine()?;
-        let r = req.into_inner();
-        let answers = Arc::clone(&self.answers);
-        Ok(Response::new(
-            blocking(move || ask(&engine, r, &answers)).await?.response,
-        ))
+        let tenant = tenant_of(&req)?;
+        let (engine, rag) = (self.app.engine()?, self.rag()?);
+        let a = ask::ask(rag, engine, req.into_inner(), tenant, None).await?;
+        Ok(Response::new(a.response))
     }
 
     type AskStreamStream =
@@ -371,32 +673,104 @@ impl Rag for RagService {
         &self,
         req: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
-        use pb::ask_event::{Event, Retrieval};
-        let engine = self.state.engine()?;
+        let tenant = tenant_of(&req)?;
+        let (engine, rag) = (self.app.engine()?, self.rag()?);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let r = req.into_inner();
-        let answers = Arc::clone(&self.answers);
-        let a = blocking(move || ask(&engine, r, &answers)).await?;
-        // The extractive answer is complete at once; it is still sent as the protocol's token
-        // events (whitespace-separated pieces) so clients handle every generator the same way.
-        let mut events = vec![Event::Retrieval(Retrieval {
-            sources: a.retrieved,
-        })];
-        let text = a.response.answer.clone();
-        let mut rest = text.as_str();
-        while !rest.is_empty() {
-            let end = rest
-                .char_indices()
-                .skip(1)
-                .find(|(_, c)| c.is_whitespace())
-                .map_or(rest.len(), |(i, _)| i);
-            events.push(Event::Token(rest[..end].to_owned()));
-            rest = &rest[end..];
-        }
-        events.push(Event::Done(a.response));
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            events
-                .into_iter()
-                .map(|e| Ok(pb::AskEvent { event: Some(e) })),
-        ))))
+        tokio::spawn(async move {
+            let sink = tx.clone();
+            let done = match ask::ask(rag, engine, r, tenant, Some(sink)).await {
+                Ok(a) => Ok(pb::AskEvent {
+                    event: Some(pb::ask_event::Event::Done(a.response)),
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.send(done);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_rag_config(
+        &self,
+        req: Request<pb::GetRagConfigRequest>,
+    ) -> Result<Response<pb::RagConfig>, Status> {
+        let (engine, rag) = (self.app.engine()?, self.rag()?);
+        let r = req.into_inner();
+        let cfg = blocking(move || {
+            let c = engine.collection(&r.collection)?;
+            rag.state.config(c.uid())
+        })
+        .await?;
+        Ok(Response::new(cfg))
+    }
+
+    async fn set_rag_config(
+        &self,
+        req: Request<pb::SetRagConfigRequest>,
+    ) -> Result<Response<pb::RagConfig>, Status> {
+        let (engine, rag) = (self.app.engine()?, self.rag()?);
+        let r = req.into_inner();
+        let cfg = blocking(move || {
+            let c = engine.collection(&r.collection)?;
+            let mut cfg = rag.state.config(c.uid())?;
+            if let Some(p) = r.policy {
+                pb::RagPolicy::try_from(p)
+                    .map_err(|_| ApiError::bad("policy", format!("unknown policy {p}")))?;
+                cfg.policy = p;
+            }
+            if let Some(g) = r.generator {
+                cfg.generator = g;
+            }
+            check_policy(&rag, &cfg)?;
+            rag.state.set_config(c.uid(), &cfg)?;
+            tracing::info!(collection = %r.collection, policy = policy_name(cfg.policy), generator = %cfg.generator, "RAG settings changed");
+            Ok(cfg)
+        })
+        .await?;
+        Ok(Response::new(cfg))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let rag = self.rag()?;
+        let r = req.into_inner();
+        Ok(Response::new(blocking(move || rag.audit.list(&r)).await?))
+    }
+
+    async fn list_reviews(
+        &self,
+        req: Request<pb::ListReviewsRequest>,
+    ) -> Result<Response<pb::ListReviewsResponse>, Status> {
+        let rag = self.rag()?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            blocking(move || rag.state.reviews(&r)).await?,
+        ))
+    }
+
+    async fn get_review(
+        &self,
+        req: Request<pb::GetReviewRequest>,
+    ) -> Result<Response<pb::ReviewItem>, Status> {
+        let rag = self.rag()?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            blocking(move || rag.state.review(&r.id)).await?,
+        ))
+    }
+
+    async fn decide_review(
+        &self,
+        req: Request<pb::DecideReviewRequest>,
+    ) -> Result<Response<pb::ReviewItem>, Status> {
+        let rag = self.rag()?;
+        let r = req.into_inner();
+        let item = blocking(move || rag.state.decide(&r)).await?;
+        tracing::info!(review = %item.id, status = item.status, reviewer = %item.reviewer, "review decided");
+        Ok(Response::new(item))
     }
 }

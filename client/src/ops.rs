@@ -1,0 +1,469 @@
+//! `quiver rag`, `quiver audit` and `quiver review`: a collection's RAG settings, the audit
+//! log of LLM and embedding calls, and the human-review queue (with a fine-tuning export).
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use quiver_client::{Client, ClientError, pb};
+use serde_json::{Value, json};
+
+/// A collection's data policy.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    /// Hosted providers allowed (PII redacted before sending).
+    AllowHosted,
+    /// Nothing leaves the server: hosted providers refused.
+    LocalOnly,
+}
+
+impl PolicyArg {
+    /// The proto value.
+    pub fn proto(self) -> i32 {
+        match self {
+            PolicyArg::AllowHosted => pb::RagPolicy::AllowHosted as i32,
+            PolicyArg::LocalOnly => pb::RagPolicy::LocalOnly as i32,
+        }
+    }
+}
+
+/// `quiver rag ...`
+#[derive(Debug, Subcommand)]
+pub enum RagCmd {
+    /// Show (or change) a collection's RAG settings.
+    Config {
+        /// Collection.
+        collection: String,
+        /// Set the data policy.
+        #[arg(long, value_enum)]
+        policy: Option<PolicyArg>,
+        /// Set the default generator for generate/review ("" = the server default).
+        #[arg(long)]
+        generator: Option<String>,
+    },
+}
+
+/// Which review items.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved (as generated or edited).
+    Approved,
+    /// Rejected.
+    Rejected,
+    /// Every item.
+    All,
+}
+
+/// `quiver audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List audit records (oldest first).
+    List {
+        #[command(flatten)]
+        q: AuditQuery,
+        /// Most records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every matching record as JSONL.
+    Export {
+        #[command(flatten)]
+        q: AuditQuery,
+        /// Output file (- = stdout).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+/// Filters of `audit list|export`.
+#[derive(Debug, clap::Args)]
+pub struct AuditQuery {
+    /// Only records newer than this (e.g. 30s, 15m, 2h, 7d) or a Unix time in milliseconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records older than this (same forms).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this collection.
+    #[arg(long)]
+    collection: Option<String>,
+    /// Only `chat` or `embeddings`.
+    #[arg(long)]
+    operation: Option<String>,
+}
+
+/// `quiver review ...`
+#[derive(Debug, Subcommand)]
+pub enum ReviewCmd {
+    /// List review items.
+    List {
+        /// Which items.
+        #[arg(long, value_enum, default_value = "pending")]
+        status: StatusArg,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one item (with the prompt the model saw).
+    Show {
+        /// Item id.
+        id: String,
+    },
+    /// Approve the draft answer.
+    Approve {
+        /// Item id.
+        id: String,
+        #[command(flatten)]
+        by: Reviewer,
+    },
+    /// Reject the draft answer.
+    Reject {
+        /// Item id.
+        id: String,
+        #[command(flatten)]
+        by: Reviewer,
+    },
+    /// Approve with a corrected answer.
+    Edit {
+        /// Item id.
+        id: String,
+        /// The corrected answer.
+        #[arg(long)]
+        answer: String,
+        #[command(flatten)]
+        by: Reviewer,
+    },
+    /// Write approved items as chat-format JSONL for fine-tuning:
+    /// {"messages": [{"role": "system", ..}, {"role": "user", ..}, {"role": "assistant", ..}]}.
+    Export {
+        /// Output file (- = stdout).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
+}
+
+/// Who decided, and why.
+#[derive(Debug, clap::Args)]
+pub struct Reviewer {
+    /// Reviewer name (default: $USER).
+    #[arg(long, env = "USER", default_value = "")]
+    reviewer: String,
+    /// A note kept with the decision.
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `30s`, `15m`, `2h`, `7d` before now, or absolute Unix milliseconds.
+fn parse_time(s: &str, flag: &str) -> Result<u64> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--{flag} {s:?}: expected e.g. 30s, 15m, 2h, 7d or Unix ms"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("--{flag} {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(now_ms().saturating_sub(Duration::from_secs(secs).as_millis() as u64))
+}
+
+fn audit_request(q: &AuditQuery, limit: u32) -> Result<pb::ListAuditRequest> {
+    Ok(pb::ListAuditRequest {
+        since_ms: q
+            .since
+            .as_deref()
+            .map(|s| parse_time(s, "since"))
+            .transpose()?
+            .unwrap_or(0),
+        until_ms: q
+            .until
+            .as_deref()
+            .map(|s| parse_time(s, "until"))
+            .transpose()?
+            .unwrap_or(0),
+        limit,
+        after_id: String::new(),
+        collection: q.collection.clone().unwrap_or_default(),
+        operation: q.operation.clone().unwrap_or_default(),
+    })
+}
+
+/// An audit record as JSON.
+pub fn audit_json(r: &pb::AuditRecord) -> Value {
+    json!({
+        "id": r.id, "request_id": r.request_id, "time_ms": r.time_ms, "tenant": r.tenant,
+        "collection": r.collection, "operation": r.operation, "provider": r.provider,
+        "model": r.model, "prompt": r.prompt, "output": r.output, "latency_us": r.latency_us,
+        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+        "cached_prompt_tokens": r.cached_prompt_tokens, "estimated": r.estimated,
+        "cost_usd": r.cost_usd, "cache_hit": r.cache_hit, "error": r.error,
+        "redactions": r.redactions,
+    })
+}
+
+fn review_json(i: &pb::ReviewItem) -> Value {
+    json!({
+        "id": i.id, "collection": i.collection, "question": i.question, "draft": i.draft,
+        "answer": i.answer,
+        "status": pb::ReviewStatus::try_from(i.status).map_or("unknown", |s| s.as_str_name()),
+        "citations": i.citations.iter().map(|c| json!({"document_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score})).collect::<Vec<_>>(),
+        "flags": i.flags, "created_ms": i.created_ms, "decided_ms": i.decided_ms,
+        "reviewer": i.reviewer, "note": i.note, "request_id": i.request_id,
+        "prompt": i.prompt.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
+    })
+}
+
+fn open_out(path: &PathBuf) -> Result<Box<dyn Write>> {
+    Ok(if path.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("{}", path.display()))?,
+        ))
+    })
+}
+
+/// `quiver rag ...`
+pub async fn rag(client: &mut Client, cmd: RagCmd) -> Result<()> {
+    match cmd {
+        RagCmd::Config {
+            collection,
+            policy,
+            generator,
+        } => {
+            let cfg = if policy.is_none() && generator.is_none() {
+                client
+                    .rag
+                    .get_rag_config(pb::GetRagConfigRequest { collection })
+                    .await
+            } else {
+                client
+                    .rag
+                    .set_rag_config(pb::SetRagConfigRequest {
+                        collection,
+                        policy: policy.map(PolicyArg::proto),
+                        generator,
+                    })
+                    .await
+            }
+            .map_err(ClientError::from)?
+            .into_inner();
+            let policy = match pb::RagPolicy::try_from(cfg.policy) {
+                Ok(pb::RagPolicy::LocalOnly) => "local_only",
+                Ok(pb::RagPolicy::AllowHosted | pb::RagPolicy::Unspecified) | Err(_) => {
+                    "allow_hosted"
+                }
+            };
+            println!(
+                "{}",
+                json!({"embedder": cfg.embedder, "policy": policy, "generator": cfg.generator})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `quiver audit ...`
+pub async fn audit(client: &mut Client, cmd: AuditCmd) -> Result<()> {
+    match cmd {
+        AuditCmd::List { q, limit, json } => {
+            let r = client
+                .rag
+                .list_audit(audit_request(&q, limit)?)
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            for rec in &r.records {
+                if json {
+                    writeln!(out, "{}", audit_json(rec))?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} {} {:<10} {:<12} {:<24} {:>8.1} ms {:>6}+{:<5} tok ${:.6}{}{}",
+                        rec.id,
+                        rec.request_id,
+                        rec.operation,
+                        rec.provider,
+                        rec.model,
+                        rec.latency_us as f64 / 1000.0,
+                        rec.prompt_tokens,
+                        rec.completion_tokens,
+                        rec.cost_usd,
+                        if rec.cache_hit { " cache-hit" } else { "" },
+                        if rec.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ERROR {}", rec.error)
+                        }
+                    )?;
+                }
+            }
+        }
+        AuditCmd::Export { q, output } => {
+            let mut req = audit_request(&q, 1000)?;
+            let mut out = open_out(&output)?;
+            let mut n = 0u64;
+            loop {
+                let r = client
+                    .rag
+                    .list_audit(req.clone())
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
+                for rec in &r.records {
+                    writeln!(out, "{}", audit_json(rec))?;
+                    n += 1;
+                }
+                if r.next_after_id.is_empty() {
+                    break;
+                }
+                req.after_id = r.next_after_id;
+            }
+            out.flush()?;
+            eprintln!("exported {n} audit records");
+        }
+    }
+    Ok(())
+}
+
+/// Every review item matching `status` and `collection`.
+async fn all_reviews(
+    client: &mut Client,
+    status: i32,
+    collection: Option<String>,
+) -> Result<Vec<pb::ReviewItem>> {
+    let mut req = pb::ListReviewsRequest {
+        status,
+        collection: collection.unwrap_or_default(),
+        limit: 1000,
+        after_id: String::new(),
+    };
+    let mut items = Vec::new();
+    loop {
+        let r = client
+            .rag
+            .list_reviews(req.clone())
+            .await
+            .map_err(ClientError::from)?
+            .into_inner();
+        items.extend(r.items);
+        if r.next_after_id.is_empty() {
+            return Ok(items);
+        }
+        req.after_id = r.next_after_id;
+    }
+}
+
+/// `quiver review ...`
+pub async fn review(client: &mut Client, cmd: ReviewCmd) -> Result<()> {
+    let decide = |id: String, decision: pb::ReviewDecision, answer: String, by: Reviewer| {
+        pb::DecideReviewRequest {
+            id,
+            decision: decision as i32,
+            answer,
+            reviewer: by.reviewer,
+            note: by.note,
+        }
+    };
+    let req = match cmd {
+        ReviewCmd::List {
+            status,
+            collection,
+            json,
+        } => {
+            let status = match status {
+                StatusArg::Pending => pb::ReviewStatus::Pending,
+                StatusArg::Approved => pb::ReviewStatus::Approved,
+                StatusArg::Rejected => pb::ReviewStatus::Rejected,
+                StatusArg::All => pb::ReviewStatus::Unspecified,
+            } as i32;
+            let mut out = std::io::stdout().lock();
+            for i in all_reviews(client, status, collection).await? {
+                if json {
+                    writeln!(out, "{}", review_json(&i))?;
+                } else {
+                    let status = pb::ReviewStatus::try_from(i.status).map_or("?", |s| {
+                        s.as_str_name().trim_start_matches("REVIEW_STATUS_")
+                    });
+                    writeln!(
+                        out,
+                        "{} {:<8} {:<16} Q: {}",
+                        i.id, status, i.collection, i.question
+                    )?;
+                    writeln!(
+                        out,
+                        "    A: {}",
+                        if i.answer.is_empty() {
+                            &i.draft
+                        } else {
+                            &i.answer
+                        }
+                    )?;
+                }
+            }
+            return Ok(());
+        }
+        ReviewCmd::Show { id } => {
+            let i = client
+                .rag
+                .get_review(pb::GetReviewRequest { id })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            println!("{}", review_json(&i));
+            return Ok(());
+        }
+        ReviewCmd::Export { output, collection } => {
+            let items = all_reviews(client, pb::ReviewStatus::Approved as i32, collection).await?;
+            let mut out = open_out(&output)?;
+            for i in &items {
+                let mut messages: Vec<Value> = i
+                    .prompt
+                    .iter()
+                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .collect();
+                messages.push(json!({"role": "assistant", "content": i.answer}));
+                writeln!(out, "{}", json!({"messages": messages}))?;
+            }
+            out.flush()?;
+            eprintln!("exported {} approved answers", items.len());
+            return Ok(());
+        }
+        ReviewCmd::Approve { id, by } => decide(id, pb::ReviewDecision::Approve, String::new(), by),
+        ReviewCmd::Reject { id, by } => decide(id, pb::ReviewDecision::Reject, String::new(), by),
+        ReviewCmd::Edit { id, answer, by } => decide(id, pb::ReviewDecision::Edit, answer, by),
+    };
+    let i = client
+        .rag
+        .decide_review(req)
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
+    println!("{}", review_json(&i));
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The in-process models (feature `local-models`): SmolLM2-135M-Instruct as the `local`
+//! generator and all-MiniLM-L6-v2 as the `local` embedder, loaded from the models directory on
+//! first use (`scripts/fetch-models.sh` puts them there). Nothing leaves the machine.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::embed::Embedder;
+use super::llm::Generator;
+use crate::error::{ApiError, ApiResult};
+
+/// Directory names under the models directory.
+pub const LLM_FILE: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The embedding model's directory.
+pub const EMBEDDER_DIR: &str = "all-minilm-l6-v2";
+
+/// Lazily loaded local models.
+pub struct LocalModels {
+    dir: PathBuf,
+    #[cfg(feature = "local-models")]
+    llm: std::sync::Mutex<Option<Arc<imp::LocalGenerator>>>,
+    #[cfg(feature = "local-models")]
+    embedder: std::sync::Mutex<Option<Arc<imp::LocalEmbedding>>>,
+}
+
+impl LocalModels {
+    /// Models under `dir` (nothing is read yet).
+    pub fn new(dir: PathBuf) -> Self {
+        LocalModels {
+            dir,
+            #[cfg(feature = "local-models")]
+            llm: std::sync::Mutex::new(None),
+            #[cfg(feature = "local-models")]
+            embedder: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The local generator (loaded on first use; call from a blocking thread).
+    #[cfg(feature = "local-models")]
+    pub fn generator(&self) -> ApiResult<Arc<dyn Generator>> {
+        let mut g = self.llm.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = &*g {
+            return Ok(Arc::clone(m) as Arc<dyn Generator>);
+        }
+        let path = self.dir.join(LLM_FILE);
+        let started = std::time::Instant::now();
+        let m = super::local::LocalLlm::load(&path)
+            .map_err(|e| ApiError::Precondition(format!("local generator: {e}")))?;
+        tracing::info!(model = m.model_name(), path = %path.display(), took_ms = started.elapsed().as_millis() as u64, "local generator loaded");
+        let m = Arc::new(imp::LocalGenerator(Arc::new(m)));
+        *g = Some(Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// The local embedder (loaded on first use).
+    #[cfg(feature = "local-models")]
+    pub fn embedder(&self) -> ApiResult<Arc<dyn Embedder>> {
+        let mut g = self.embedder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = &*g {
+            return Ok(Arc::clone(m) as Arc<dyn Embedder>);
+        }
+        let path = self.dir.join(EMBEDDER_DIR);
+        let m = super::local::LocalEmbedder::load(&path)
+            .map_err(|e| ApiError::Precondition(format!("local embedder: {e}")))?;
+        tracing::info!(path = %path.display(), "local embedder loaded");
+        let m = Arc::new(imp::LocalEmbedding(m));
+        *g = Some(Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// Without the feature: a clear refusal.
+    #[cfg(not(feature = "local-models"))]
+    pub fn generator(&self) -> ApiResult<Arc<dyn Generator>> {
+        Err(ApiError::Precondition(format!(
+            "the local generator needs a quiverd built with the local-models feature (models in {})",
+            self.dir.display()
+        )))
+    }
+
+    /// Without the feature: a clear refusal.
+    #[cfg(not(feature = "local-models"))]
+    pub fn embedder(&self) -> ApiResult<Arc<dyn Embedder>> {
+        Err(ApiError::Precondition(format!(
+            "the local embedder needs a quiverd built with the local-models feature (models in {})",
+            self.dir.display()
+        )))
+    }
+}
+
+#[cfg(feature = "local-models")]
+mod imp {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::mpsc::UnboundedSender;
+
+    use super::super::embed::{Embedded, Embedder};
+    use super::super::llm::{GenParams, Generation, Generator, LlmError, Prompt};
+    use super::super::local::{ChatMessage, LocalEmbedder, LocalLlm, Role};
+    use super::super::settings::Price;
+
+    /// SmolLM2 behind [`Generator`].
+    pub struct LocalGenerator(pub Arc<LocalLlm>);
+
+    /// Sets the flag when the generating future is dropped (the caller went away).
+    struct CancelOnDrop(Arc<AtomicBool>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Generator for LocalGenerator {
+        fn name(&self) -> &str {
+            "local"
+        }
+        fn model(&self) -> &str {
+            self.0.model_name()
+        }
+        fn system(&self) -> &str {
+            "quiver.local"
+        }
+        fn hosted(&self) -> bool {
+            false
+        }
+        fn price(&self) -> Price {
+            Price::default()
+        }
+        fn count_tokens(&self, text: &str) -> usize {
+            self.0.count_tokens(text)
+        }
+
+        async fn generate(
+            &self,
+            prompt: &Prompt,
+            p: GenParams,
+            tokens: Option<UnboundedSender<String>>,
+        ) -> Result<Generation, LlmError> {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let _guard = CancelOnDrop(Arc::clone(&cancel));
+            let model = Arc::clone(&self.0);
+            let messages = vec![
+                ChatMessage {
+                    role: Role::System,
+                    content: prompt.system.clone(),
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: prompt.user(),
+                },
+            ];
+            let out = tokio::task::spawn_blocking(move || {
+                let params = super::super::local::GenParams {
+                    max_tokens: p.max_tokens,
+                    temperature: p.temperature,
+                    seed: 42,
+                };
+                let mut on_token = |piece: &str| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    match &tokens {
+                        Some(t) => t.send(piece.to_owned()).is_ok(),
+                        None => true,
+                    }
+                };
+                model.generate(&messages, &params, &mut on_token)
+            })
+            .await
+            .map_err(|e| LlmError::Failed(format!("local generator thread: {e}")))?
+            .map_err(|e| LlmError::Failed(format!("local generator: {e}")))?;
+            if out.finish_reason == "cancelled" {
+                return Err(LlmError::Cancelled);
+            }
+            Ok(Generation {
+                text: out.text,
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.completion_tokens,
+                cached_tokens: 0,
+                estimated: false,
+                finish_reason: out.finish_reason.to_owned(),
+                first_token: out.first_token,
+                model: self.0.model_name().to_owned(),
+            })
+        }
+    }
+
+    /// MiniLM behind [`Embedder`].
+    pub struct LocalEmbedding(pub LocalEmbedder);
+
+    impl Embedder for LocalEmbedding {
+        fn name(&self) -> &str {
+            "local"
+        }
+        fn model(&self) -> &str {
+            "all-MiniLM-L6-v2"
+        }
+        fn dim(&self) -> usize {
+            self.0.dim()
+        }
+        fn hosted(&self) -> bool {
+            false
+        }
+        fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+            let vectors = self
+                .0
+                .embed(texts)
+                .map_err(|e| LlmError::Failed(format!("local embedder: {e}")))?;
+            Ok(Embedded {
+                vectors,
+                tokens: texts
+                    .iter()
+                    .map(|t| super::super::llm::estimate_tokens(t) as u32)
+                    .sum(),
+            })
+        }
+    }
+}
