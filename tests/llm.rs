@@ -13,7 +13,7 @@ const KEY: &str = "sk-test-123";
 
 /// A server whose config names the fake as `gpt` (OpenAI), `claude` (Anthropic), `slow`
 /// (OpenAI, 300 ms timeout, no retries) and the embedder `emb`.
-async fn setup(dir: &Path, extra: &str) -> (Server, FakeLlm) {
+async fn setup(dir: &Path, extra: &str, env: &[(&str, &str)]) -> (Server, FakeLlm) {
     let fake = FakeLlm::start().await;
     let cfg = dir.join("quiver.toml");
     std::fs::write(
@@ -59,11 +59,9 @@ api_key_env = "FAKE_KEY"
     )
     .unwrap();
     let data = dir.join("data");
-    let server = Server::start_with(
-        &data,
-        &[("QUIVER_CONFIG", cfg.to_str().unwrap()), ("FAKE_KEY", KEY)],
-    )
-    .await;
+    let mut vars = vec![("QUIVER_CONFIG", cfg.to_str().unwrap()), ("FAKE_KEY", KEY)];
+    vars.extend_from_slice(env);
+    let server = Server::start_with(&data, &vars).await;
     (server, fake)
 }
 
@@ -93,7 +91,7 @@ fn ask(server: &Server, q: &str, extra: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, fake) = setup(dir.path(), "").await;
+    let (server, fake) = setup(dir.path(), "", &[]).await;
     let file = corpus(dir.path());
     let r: Value = serde_json::from_str(&ok(&server.cli(&[
         "ingest-docs",
@@ -320,9 +318,16 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
     let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
     let (server, fake) = setup(
         dir.path(),
-        "token_budget_per_day = 100000\ntenant_budgets = { small = 1200 }",
+        "token_budget_per_day = 100000\ntenant_budgets = { small = 1200 }\nsemantic_cache_threshold = 0.95",
+        &[("QUIVER__SERVER__METRICS_LISTEN", &metrics_addr)],
     )
     .await;
     let file = corpus(dir.path());
@@ -556,4 +561,59 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
         &server.cli(&["rag", "config", "remote", "--policy", "local-only"]),
         &["FAILED_PRECONDITION"],
     );
+
+    // The semantic cache: the same question worded differently (case, punctuation) is served
+    // from the cache without a provider call.
+    let first = ask(
+        &server,
+        "Where can I pay with a card?",
+        &["--mode", "generate"],
+    );
+    assert_eq!(first["cached"], false);
+    let calls = fake.received_at("/chat/completions").len();
+    let second = ask(
+        &server,
+        "where can i pay with a card",
+        &["--mode", "generate"],
+    );
+    assert_eq!(second["cache"], "semantic", "{second}");
+    assert_eq!(second["answer"], first["answer"]);
+    assert_eq!(fake.received_at("/chat/completions").len(), calls);
+
+    // Metrics: LLM tokens, cost and cache results on /metrics; health endpoints.
+    let metrics = http_get(&metrics_addr, "/metrics").await;
+    for needle in [
+        "quiver_llm_tokens_total{provider=\"gpt\",model=\"fake-gpt\",kind=\"prompt\"}",
+        "quiver_llm_requests_total{provider=\"slow\",model=\"fake-gpt\",status=\"error\"} 1",
+        "quiver_rag_answer_cache_total{result=\"semantic\"} 1",
+        "quiver_embedding_requests_total{embedder=\"emb\",status=\"ok\"}",
+        "quiver_llm_cost_microdollars_total{provider=\"gpt\"",
+        "quiver_rag_budget_refusals_total 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
+    assert!(
+        http_get(&metrics_addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        http_get(&metrics_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response (status line, headers, body).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

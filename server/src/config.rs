@@ -43,6 +43,8 @@ pub struct ServerConfig {
     /// so a VM's vCPU is awake for the next one (see `idle_poll.rs`); 0 = off. Costs CPU time:
     /// not for pods with a CPU limit.
     pub idle_poll_us: u64,
+    /// HTTP address for Prometheus `/metrics`, `/healthz` and `/readyz` (empty = off).
+    pub metrics_listen: String,
 }
 
 /// `[storage]` section.
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             max_k: 10_000,
             shutdown_grace_secs: 20,
             idle_poll_us: 0,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Settings {
     pub max_k: u32,
     /// Shutdown drain limit.
     pub shutdown_grace: Duration,
+    /// Metrics/health HTTP address (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
     /// Idle-polling window (`None`: off).
     pub idle_poll: Option<Duration>,
     /// WAL fsync policy.
@@ -145,6 +150,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--listen`
     pub listen: Option<String>,
+    /// `--metrics-listen`
+    pub metrics_listen: Option<String>,
 }
 
 /// A configuration error, naming the key.
@@ -173,6 +180,9 @@ impl Config {
         if let Some(l) = &overrides.listen {
             cfg.server.listen = l.clone();
         }
+        if let Some(l) = &overrides.metrics_listen {
+            cfg.server.metrics_listen = l.clone();
+        }
         Ok(cfg)
     }
 
@@ -184,6 +194,14 @@ impl Config {
                 self.server.listen
             ))
         })?;
+        let metrics_listen = match self.server.metrics_listen.as_str() {
+            "" => None,
+            a => Some(a.parse().map_err(|e| {
+                ConfigError(format!(
+                    "server.metrics_listen = {a:?}: {e} (expected HOST:PORT with an IP address)"
+                ))
+            })?),
+        };
         if self.server.data_dir.as_os_str().is_empty() {
             return Err(ConfigError("server.data_dir is empty".into()));
         }
@@ -234,6 +252,7 @@ impl Config {
             max_payload_bytes: self.server.max_payload_bytes,
             max_k: self.server.max_k,
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+            metrics_listen,
             idle_poll: (self.server.idle_poll_us > 0)
                 .then(|| Duration::from_micros(self.server.idle_poll_us)),
             fsync,

@@ -57,6 +57,9 @@ pub enum ServerError {
     /// A RAG provider could not be set up.
     #[error(transparent)]
     Rag(#[from] rag::RagSetupError),
+    /// The metrics port cannot be bound.
+    #[error("metrics listener: {0}")]
+    MetricsListen(std::io::Error),
     /// The idle-polling thread could not start.
     #[error("idle poller: {0}")]
     Poller(std::io::Error),
@@ -100,6 +103,19 @@ pub async fn serve(
         req
     };
     let state = AppState::new(settings.clone());
+    let metrics_http = match settings.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(ServerError::MetricsListen)?;
+            tracing::info!(addr = %l.local_addr().map_err(ServerError::MetricsListen)?, "metrics on /metrics, /healthz, /readyz");
+            let st = Arc::clone(&state);
+            Some(tokio::spawn(telemetry::serve_http(l, move || {
+                st.engine().is_ok()
+            })))
+        }
+        None => None,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -197,6 +213,9 @@ pub async fn serve(
         },
     };
     if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(t) = metrics_http {
         t.abort();
     }
     tokio::task::spawn_blocking(move || engine.close()).await??;

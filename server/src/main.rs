@@ -16,6 +16,10 @@ struct Args {
     /// gRPC listen address, HOST:PORT (overrides server.listen); port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
+    /// HTTP address for Prometheus /metrics, /healthz and /readyz (overrides
+    /// server.metrics_listen).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// TOML configuration file; environment variables QUIVER__SECTION__KEY override it.
     #[arg(long, env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
@@ -53,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let overrides = Overrides {
         data_dir: args.data_dir,
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     let settings = config.validate()?;
