@@ -266,7 +266,7 @@ async fn openai_embeddings(
             .filter_map(|x| x.as_str().map(str::to_owned))
             .collect(),
         Value::String(s) => vec![s.clone()],
-        _ => Vec::new(),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::Object(_) => Vec::new(),
     };
     // A deterministic 8-d bag-of-letters embedding, L2-normalised; listed in reverse order
     // (clients must sort by `index`).

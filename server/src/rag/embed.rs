@@ -62,14 +62,17 @@ impl Embedder for RemoteEmbedder {
     }
 }
 
+/// Cached vectors by (model, text), and their insertion order for eviction.
+type Lru = (
+    HashMap<(String, String), Vec<f32>>,
+    VecDeque<(String, String)>,
+);
+
 /// Embeddings already computed, keyed by (model, text); bounded, oldest evicted first.
 #[derive(Debug)]
 pub struct EmbeddingCache {
     capacity: usize,
-    inner: Mutex<(
-        HashMap<(String, String), Vec<f32>>,
-        VecDeque<(String, String)>,
-    )>,
+    inner: Mutex<Lru>,
 }
 
 impl EmbeddingCache {

@@ -219,8 +219,9 @@ impl RagSection {
                         "{key}: timeout_ms and batch_size must be > 0"
                     )));
                 }
-                if !p.base_url.is_empty()
-                    && !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://"))
+                if !(p.base_url.is_empty()
+                    || p.base_url.starts_with("http://")
+                    || p.base_url.starts_with("https://"))
                 {
                     return Err(ConfigError(format!(
                         "{key}.base_url = {:?}: expected an http:// or https:// URL",
