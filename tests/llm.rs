@@ -617,3 +617,110 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// The in-process models: SmolLM2 answers a grounded question (streamed, tokens counted by its
+/// tokenizer, audited) and MiniLM retrieves by meaning. Needs `scripts/fetch-models.sh`
+/// (`scripts/test.sh` runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_models_answer_and_retrieve_without_leaving_the_machine() {
+    let models = std::env::var_os("QUIVER_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/quiver/models")
+        });
+    assert!(
+        models.join("smollm2-135m-instruct").is_dir() && models.join("all-minilm-l6-v2").is_dir(),
+        "local models missing in {}: run scripts/fetch-models.sh",
+        models.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let docs = dir.path().join("landmarks.jsonl");
+    std::fs::write(
+        &docs,
+        concat!(
+            r#"{"id": "eiffel", "text": "The Eiffel Tower is a wrought-iron tower in Paris. It was completed in 1889 for the World's Fair."}"#,
+            "\n",
+            r#"{"id": "liberty", "text": "The Statue of Liberty stands on Liberty Island in New York Harbor. It was dedicated in 1886."}"#,
+            "\n",
+            r#"{"id": "bridge", "text": "The Golden Gate Bridge spans the strait in San Francisco. It opened in 1937."}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let docs = docs.to_str().unwrap();
+    ok(&server.cli(&[
+        "ingest-docs",
+        "--collection",
+        "mini",
+        "--create",
+        "--embedder",
+        "local",
+        "--policy",
+        "local-only",
+        docs,
+    ]));
+    // MiniLM retrieves by meaning: no shared keyword with the right document but "Paris".
+    let hits = json_lines(&server.cli(&[
+        "ask",
+        "Which iron landmark in the French capital was finished for an exhibition?",
+        "--collection",
+        "mini",
+        "--mode",
+        "retrieve-only",
+        "--k",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(
+        hits[0]["citations"][0]["document_id"], "eiffel",
+        "{}",
+        hits[0]
+    );
+    // SmolLM2, streamed, under local_only: allowed (nothing leaves the machine).
+    let events = json_lines(&server.cli(&[
+        "ask",
+        "When was the Eiffel Tower completed?",
+        "--collection",
+        "mini",
+        "--mode",
+        "generate",
+        "--max-answer-tokens",
+        "40",
+        "--stream",
+        "--json",
+    ]));
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"retrieval"));
+    assert_eq!(kinds.last(), Some(&"done"));
+    assert!(
+        kinds.iter().filter(|k| **k == "token").count() >= 2,
+        "{kinds:?}"
+    );
+    let done = events.last().unwrap();
+    let answer = done["answer"].as_str().unwrap();
+    assert!(answer.contains("1889"), "{answer}");
+    let u = &done["usage"];
+    assert_eq!(u["provider"], "local");
+    assert_eq!(u["estimated"], false);
+    assert!(
+        u["completion_tokens"].as_u64().unwrap() > 0 && u["prompt_tokens"].as_u64().unwrap() > 100,
+        "{u}"
+    );
+    assert!(u["first_token_us"].as_u64().unwrap() > 0);
+    assert_eq!(u["cost_usd"], 0.0);
+    let audit = json_lines(&server.cli(&["audit", "list", "--operation", "chat", "--json"]));
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["provider"], "local");
+    assert_eq!(audit[0]["model"], "SmolLM2-135M-Instruct");
+    assert!(
+        audit[0]["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("The Eiffel Tower is a wrought-iron tower")
+    );
+    assert_eq!(audit[0]["completion_tokens"], u["completion_tokens"]);
+}

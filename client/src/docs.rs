@@ -357,6 +357,9 @@ pub async fn eval(
             "cache_hit_us": cached.cached.then_some(cached.took_us), "answer": answered.answer,
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "cost_usd": usage.cost_usd, "model_ms": usage.model_us as f64 / 1e3,
+            "first_token_ms": (usage.first_token_us > 0).then(|| usage.first_token_us as f64 / 1e3),
+            // The server's own work (embed, retrieve, prompt, checks), without the model.
+            "overhead_us": answered.took_us.saturating_sub(usage.model_us),
             "flags": answered.flags,
         });
         if per_question {
@@ -389,6 +392,12 @@ pub async fn eval(
         sorted("server_us"),
         sorted("cache_hit_us"),
     );
+    let model_ms: f64 = rows.iter().filter_map(|r| r["model_ms"].as_f64()).sum();
+    let generated: u64 = rows
+        .iter()
+        .filter_map(|r| r["completion_tokens"].as_u64())
+        .sum();
+    let tokens_per_s = (model_ms > 0.0).then(|| generated as f64 / (model_ms / 1e3));
     Ok(json!({
         "questions": rows.len(), "k": k,
         "recall_at_k": mean("recall_at_k"), "mrr": mean("reciprocal_rank"),
@@ -401,6 +410,10 @@ pub async fn eval(
         "completion_tokens": rows.iter().filter_map(|r| r["completion_tokens"].as_u64()).sum::<u64>(),
         "cost_usd": rows.iter().filter_map(|r| r["cost_usd"].as_f64()).sum::<f64>(),
         "model_ms_p50": pct(&sorted("model_ms"), 0.5),
+        "overhead_us_p50": pct(&sorted("overhead_us"), 0.5),
+        "overhead_us_p99": pct(&sorted("overhead_us"), 0.99),
+        "first_token_ms_p50": pct(&sorted("first_token_ms"), 0.5),
+        "tokens_per_s": tokens_per_s,
     }))
 }
 

@@ -1075,12 +1075,36 @@ mod tests {
             ("f16", Some(GgmlDType::F16)),
             ("q8_0", Some(GgmlDType::Q8_0)),
         ] {
+            // QUIVER_BENCH_FORMATS=f32,q8_0 runs only those.
+            if let Ok(only) = std::env::var("QUIVER_BENCH_FORMATS")
+                && !only.split(',').any(|f| label.starts_with(f))
+            {
+                continue;
+            }
             let t0 = Instant::now();
             let llm = LocalLlm::load_as(&path, dtype).expect("load");
             eprintln!("{label}: loaded in {:?}", t0.elapsed());
             let (out, _) = run(&llm, &rag_messages(), &GREEDY);
             eprintln!("{label}: RAG answer {:?}", out.text);
             run(&llm, &essay, &GREEDY);
+            // A RAG prompt of ~1000 tokens: time to first token is mostly the prompt's pass.
+            let chunk = "[doc2#3] Quiver stores vectors in segments, each with its own IVF \
+                         index; deletes are tombstones compacted in the background. ";
+            let long = [ChatMessage {
+                role: Role::User,
+                content: format!(
+                    "Context:\n{}\nQuestion: How are deletes handled?",
+                    chunk.repeat(40)
+                ),
+            }];
+            run(
+                &llm,
+                &long,
+                &GenParams {
+                    max_tokens: 16,
+                    ..GREEDY
+                },
+            );
         }
     }
 }
