@@ -246,6 +246,8 @@ pub struct EvalOptions {
     pub mode: i32,
     /// Generator for generate.
     pub provider: String,
+    /// Answer length limit (0 = server default).
+    pub max_answer_tokens: u32,
 }
 
 /// `quiver eval`: per question, retrieval recall@k and reciprocal rank of the expected documents
@@ -277,6 +279,7 @@ pub async fn eval(
             k,
             mode,
             provider: o.provider.clone(),
+            max_answer_tokens: o.max_answer_tokens,
             ..Default::default()
         };
         let started = std::time::Instant::now();

@@ -284,6 +284,9 @@ enum Cmd {
         /// Generator for --mode generate.
         #[arg(long, default_value = "")]
         provider: String,
+        /// Answer length limit for --mode generate (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        max_answer_tokens: u32,
     },
     /// A document collection's RAG settings.
     #[command(subcommand)]
@@ -1056,12 +1059,14 @@ async fn run(cli: Cli) -> Result<()> {
             per_question,
             mode,
             provider,
+            max_answer_tokens,
         } => {
             let opts = docs::EvalOptions {
                 k,
                 per_question,
                 mode: mode.proto(),
                 provider,
+                max_answer_tokens,
             };
             let totals = docs::eval(&mut client, &collection, &questions, &opts).await?;
             println!("{totals}");
