@@ -9,7 +9,7 @@
 #  3. The same questions answered by the local generator (SmolLM2-135M in-process) over the
 #     MiniLM collection: tokens/s, time to first token, RAG overhead without model time
 #     (embed + retrieve + prompt + checks), answer match -> rag_kjv_generate.json
-# Usage: benches/run_rag.sh [K] [MAX_ANSWER_TOKENS]
+# Usage: benches/run_rag.sh [K] [MAX_ANSWER_TOKENS]   (QUIVER_RAG_SKIP_WIKI=1 skips part 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 k="${1:-5}"; answer_tokens="${2:-64}"
@@ -29,9 +29,11 @@ q() { "$bin/quiver" --addr "$addr" "$@"; }
 timed() { local s; s=$(date +%s.%N); "$@" >&2; echo "  $(echo "$(date +%s.%N) - $s" | bc) s" >&2; }
 mkdir -p benches/results
 
-echo "wiki: ingest (builtin)" >&2
-timed q ingest-docs --collection wiki --create --json "$cache/wiki/docs.jsonl"
-q eval --collection wiki --questions "$cache/wiki/questions.jsonl" --k "$k" | tee benches/results/rag_wiki.json
+if [ -z "${QUIVER_RAG_SKIP_WIKI:-}" ]; then
+  echo "wiki: ingest (builtin)" >&2
+  timed q ingest-docs --collection wiki --create --json "$cache/wiki/docs.jsonl"
+  q eval --collection wiki --questions "$cache/wiki/questions.jsonl" --k "$k" | tee benches/results/rag_wiki.json
+fi
 
 for emb in builtin local; do
   echo "kjv: ingest ($emb embedder)" >&2
@@ -41,6 +43,8 @@ for emb in builtin local; do
 done
 
 echo "kjv: generate (local SmolLM2, k=3, max $answer_tokens answer tokens)" >&2
+# Warm-up: the model loads on first use (about 1.5 s); keep that out of the per-question figures.
+q ask "warm-up" --collection kjv_local --mode generate --provider local --max-answer-tokens 1 >/dev/null
 q eval --collection kjv_local --questions "$cache/kjv/questions.jsonl" --k 3 --mode generate \
   --provider local --max-answer-tokens "$answer_tokens" --per-question \
   > benches/results/rag_kjv_generate.jsonl

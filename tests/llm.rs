@@ -555,6 +555,18 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
     assert!(!got[0]["citations"].as_array().unwrap().is_empty());
     let embeds = fake.received_at("/embeddings");
     assert!(embeds.len() >= 3, "probe, documents, question");
+    for r in &embeds {
+        let body = r.body.to_string();
+        assert!(
+            !body.contains("ann.lee@example.com") && !body.contains("4111 1111 1111 1111"),
+            "PII sent to a hosted embedder: {body}"
+        );
+    }
+    assert!(
+        embeds
+            .iter()
+            .any(|r| r.body.to_string().contains("[EMAIL_1]"))
+    );
     assert!(embeds.iter().all(|r| r.body["model"] == "fake-embed"));
     // A hosted embedder cannot serve a local_only collection.
     fails_with(

@@ -357,6 +357,9 @@ pub async fn eval(
             "question": case.question, "recall_at_k": recall, "reciprocal_rank": rr,
             "answer_contains": contains, "answer_exact": exact, "citation_validity": valid,
             "latency_ms": latency_ms, "server_us": answered.took_us,
+            // The retrieve-only ask embeds the question (the answer's ask reuses the cached
+            // embedding): its server time is the full retrieval cost.
+            "retrieve_us": retrieved.took_us,
             "cache_hit_us": cached.cached.then_some(cached.took_us), "answer": answered.answer,
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "cost_usd": usage.cost_usd, "model_ms": usage.model_us as f64 / 1e3,
@@ -413,6 +416,8 @@ pub async fn eval(
         "completion_tokens": rows.iter().filter_map(|r| r["completion_tokens"].as_u64()).sum::<u64>(),
         "cost_usd": rows.iter().filter_map(|r| r["cost_usd"].as_f64()).sum::<f64>(),
         "model_ms_p50": pct(&sorted("model_ms"), 0.5),
+        "retrieve_us_p50": pct(&sorted("retrieve_us"), 0.5),
+        "retrieve_us_p99": pct(&sorted("retrieve_us"), 0.99),
         "overhead_us_p50": pct(&sorted("overhead_us"), 0.5),
         "overhead_us_p99": pct(&sorted("overhead_us"), 0.99),
         "first_token_ms_p50": pct(&sorted("first_token_ms"), 0.5),

@@ -31,12 +31,15 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError>;
 }
 
-/// An OpenAI-compatible embedding endpoint behind the blocking [`Embedder`] interface.
+/// An OpenAI-compatible embedding endpoint behind the blocking [`Embedder`] interface. Texts
+/// sent to a hosted endpoint are PII-redacted first (the placeholders are embedded instead).
 pub struct RemoteEmbedder {
     /// The client.
     pub inner: OpenAiEmbeddings,
     /// The runtime its futures run on.
     pub rt: tokio::runtime::Handle,
+    /// The redactor applied when the endpoint is hosted.
+    pub redactor: super::pii::Redactor,
 }
 
 impl Embedder for RemoteEmbedder {
@@ -53,7 +56,11 @@ impl Embedder for RemoteEmbedder {
         self.inner.remote().cfg.hosted
     }
     fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
-        let owned: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+        let owned: Vec<String> = if self.hosted() {
+            texts.iter().map(|t| self.redactor.redact(t).text).collect()
+        } else {
+            texts.iter().map(|t| (*t).to_owned()).collect()
+        };
         let (vectors, mut tokens) = self.rt.block_on(self.inner.embed(&owned))?;
         if tokens == 0 {
             tokens = texts.iter().map(|t| estimate_tokens(t) as u32).sum();

@@ -147,6 +147,10 @@ pub trait Generator: Send + Sync {
     fn count_tokens(&self, text: &str) -> usize {
         estimate_tokens(text)
     }
+    /// The model's context window in tokens, when known (prompt + answer must fit).
+    fn context_len(&self) -> Option<usize> {
+        None
+    }
     /// Answers `prompt`; each piece of text is also sent to `tokens` as it is generated
     /// (generation stops when the receiver is gone).
     async fn generate(

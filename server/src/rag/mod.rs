@@ -212,7 +212,11 @@ impl Rag {
                 })?;
                 let rt = tokio::runtime::Handle::current();
                 let inner = rt.block_on(llm::OpenAiEmbeddings::connect(r.clone()))?;
-                Arc::new(embed::RemoteEmbedder { inner, rt })
+                Arc::new(embed::RemoteEmbedder {
+                    inner,
+                    rt,
+                    redactor: pii::Redactor::default(),
+                })
             }
         };
         self.embedders

@@ -129,6 +129,9 @@ mod imp {
         fn count_tokens(&self, text: &str) -> usize {
             self.0.count_tokens(text)
         }
+        fn context_len(&self) -> Option<usize> {
+            Some(self.0.context_len())
+        }
 
         async fn generate(
             &self,

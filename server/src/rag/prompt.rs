@@ -145,6 +145,7 @@ fn looks_like_id(s: &str, shown: &BTreeSet<&str>) -> bool {
 }
 
 /// Finds `[id]` / `[id1, id2]` citations; keeps valid ones, strips invalid ones from the text.
+/// A shown chunk id quoted verbatim elsewhere in the answer also counts as a citation.
 pub fn check_citations(answer: &str, shown: &[String]) -> Checked {
     let shown: BTreeSet<&str> = shown.iter().map(String::as_str).collect();
     let mut out = Checked::default();
@@ -189,6 +190,13 @@ pub fn check_citations(answer: &str, shown: &[String]) -> Checked {
         rest = &rest[open + close_rel + 1..];
     }
     text.push_str(rest);
+    // Small models often name the chunk without brackets ("document Genesis 7#1 says"): an
+    // exact shown id anywhere in the answer is a citation too.
+    for id in &shown {
+        if !out.valid.iter().any(|v| v == id) && text.contains(id) {
+            out.valid.push((*id).to_owned());
+        }
+    }
     out.answer = text;
     out
 }
@@ -251,6 +259,8 @@ mod tests {
         assert_eq!(c.valid, ["a#0", "b#1"]);
         assert_eq!(c.invalid, ["zz#9", "made-up#3"]);
         assert_eq!(c.answer, "Paris [a#0]. Also [b#1] and. See [1] or [note].");
+        let bare = check_citations("The document \"b#1\" says so.", &shown);
+        assert_eq!(bare.valid, ["b#1"]);
         let none = check_citations("No idea.", &shown);
         assert!(none.valid.is_empty() && none.invalid.is_empty());
     }
