@@ -521,7 +521,9 @@ pub fn doc_collection(
     })
 }
 
-/// Chunks, flags, embeds and stores one message's documents; returns (chunks, flagged).
+/// Chunks, flags, embeds and stores one message's documents; returns (chunks, flagged). All
+/// chunks of the message are embedded in one call (the embedder batches), then written in one
+/// upsert.
 fn ingest(
     rag: &Rag,
     d: &DocCollection,
@@ -529,7 +531,7 @@ fn ingest(
     max_payload: usize,
     ctx: &CallContext,
 ) -> ApiResult<(u64, u64)> {
-    let (mut chunks, mut flagged) = (0u64, 0u64);
+    let mut parsed = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
         let field = format!("documents[{i}]");
         if doc.id.is_empty() || doc.id.len() > 1000 {
@@ -548,14 +550,25 @@ fn ingest(
             None => Map::new(),
         };
         let texts = chunk::chunk(&doc.text, ChunkParams::default());
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = if refs.is_empty() {
-            Vec::new()
-        } else {
-            rag.embed(d.embedder.as_ref(), &refs, ctx)?
-        };
-        let mut points = Vec::with_capacity(texts.len());
-        for (n, (text, vector)) in texts.iter().zip(vectors).enumerate() {
+        parsed.push((doc, meta, texts));
+    }
+    let refs: Vec<&str> = parsed
+        .iter()
+        .flat_map(|(_, _, texts)| texts.iter().map(String::as_str))
+        .collect();
+    let mut vectors = if refs.is_empty() {
+        Vec::new()
+    } else {
+        rag.embed(d.embedder.as_ref(), &refs, ctx)?
+    }
+    .into_iter();
+    let (mut points, mut flagged) = (Vec::with_capacity(refs.len()), 0u64);
+    let mut ends = Vec::with_capacity(parsed.len());
+    for (doc, meta, texts) in &parsed {
+        for (n, text) in texts.iter().enumerate() {
+            let vector = vectors.next().ok_or_else(|| {
+                ApiError::Internal("the embedder returned too few vectors".into())
+            })?;
             let reasons = inject::reasons(text);
             flagged += u64::from(!reasons.is_empty());
             let mut payload = meta.clone();
@@ -573,14 +586,16 @@ fn ingest(
                 payload: Some(Value::Object(payload).to_string().into_bytes()),
             });
         }
-        chunks += points.len() as u64;
-        // New chunks first (same ids overwrite), then the old ones past the new end: a crash in
-        // between leaves stale extra chunks, never a document with none.
-        let n = points.len() as i64;
-        if !points.is_empty() {
-            d.c.upsert(points)?;
-        }
-        d.c.delete_by_filter(&doc_filter(&doc.id, Some(n)))?;
+        ends.push((doc.id.as_str(), texts.len() as i64));
+    }
+    let chunks = points.len() as u64;
+    // New chunks first (same ids overwrite), then each document's old chunks past its new end:
+    // a crash in between leaves stale extra chunks, never a document with none.
+    if !points.is_empty() {
+        d.c.upsert(points)?;
+    }
+    for (id, n) in ends {
+        d.c.delete_by_filter(&doc_filter(id, Some(n)))?;
     }
     Ok((chunks, flagged))
 }
