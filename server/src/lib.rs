@@ -3,6 +3,7 @@
 //! WAL → close the metadata store.
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod error;

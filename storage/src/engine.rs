@@ -210,6 +210,19 @@ pub enum AuxSpace {
     App,
     /// Audit records (its own column family).
     Audit,
+    /// The replication log (its own column family).
+    Raft,
+}
+
+/// One write in an atomic [`AuxStore::batch`].
+#[derive(Debug, Clone)]
+pub enum AuxOp {
+    /// Set a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Vec<u8>),
+    /// Remove every key in `[from, to)`.
+    DeleteRange(Vec<u8>, Vec<u8>),
 }
 
 /// Durable key-value keyspaces that services above the engine use for their own state (RAG
@@ -224,6 +237,7 @@ fn space(s: AuxSpace) -> Space {
     match s {
         AuxSpace::App => Space::App,
         AuxSpace::Audit => Space::Audit,
+        AuxSpace::Raft => Space::Raft,
     }
 }
 
@@ -238,6 +252,20 @@ impl AuxStore {
         let ops = entries
             .into_iter()
             .map(|(k, v)| MetaOp::Put(space(s), k, v))
+            .collect();
+        self.meta.write_opt(ops, sync)
+    }
+
+    /// Applies puts, deletes and range deletes to one space atomically; synced when `sync`.
+    pub fn batch(&self, s: AuxSpace, ops: Vec<AuxOp>, sync: bool) -> Result<()> {
+        let sp = space(s);
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                AuxOp::Put(k, v) => MetaOp::Put(sp, k, v),
+                AuxOp::Delete(k) => MetaOp::Delete(sp, k),
+                AuxOp::DeleteRange(a, b) => MetaOp::DeleteRange(sp, a, b),
+            })
             .collect();
         self.meta.write_opt(ops, sync)
     }

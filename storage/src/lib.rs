@@ -20,7 +20,7 @@ pub mod types;
 pub mod wal;
 
 pub use collection::{Collection, CollectionStats};
-pub use engine::{AuxSpace, AuxStore, Engine, EngineOptions};
+pub use engine::{AuxOp, AuxSpace, AuxStore, Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use segment::RowKey;
 pub use types::{

@@ -32,6 +32,9 @@ pub enum Space {
     App,
     /// Audit records written by services above the engine; the engine never reads it.
     Audit,
+    /// The replication log and its metadata (vote, committed, purged); the engine never reads
+    /// it.
+    Raft,
 }
 
 /// One write in an atomic batch.

@@ -23,6 +23,7 @@ fn cf_name(space: Space) -> &'static str {
         Space::Payloads => "payloads",
         Space::App => "app",
         Space::Audit => "audit",
+        Space::Raft => "raft",
     }
 }
 
@@ -52,6 +53,7 @@ impl RocksStore {
             cf("payloads", DBCompressionType::Zstd),
             cf("app", DBCompressionType::Lz4),
             cf("audit", DBCompressionType::Zstd),
+            cf("raft", DBCompressionType::Lz4),
         ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(meta_err)?;
         Ok(RocksStore { db })
@@ -166,6 +168,7 @@ impl MetaStore for RocksStore {
             Space::Payloads,
             Space::App,
             Space::Audit,
+            Space::Raft,
         ] {
             self.db.flush_cf(self.cf(s)?).map_err(meta_err)?;
         }
