@@ -82,6 +82,28 @@ fn corpus(dir: &Path) -> String {
     p.to_str().unwrap().to_owned()
 }
 
+/// Checks `ask --stream --json` events: one retrieval, then at least `min_tokens` tokens and
+/// nothing else, then done. Returns the streamed text and the final event.
+fn stream_parts(events: &[Value], min_tokens: usize) -> (String, &Value) {
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"retrieval"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    let middle = &kinds[1..kinds.len() - 1];
+    assert!(
+        middle.iter().all(|k| *k == "token") && middle.len() >= min_tokens,
+        "{kinds:?}"
+    );
+    let streamed = events
+        .iter()
+        .filter(|e| e["event"] == "token")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    (streamed, &events[events.len() - 1])
+}
+
 fn ask(server: &Server, q: &str, extra: &[&str]) -> Value {
     let mut a = vec!["ask", q, "--collection", "docs", "--json", "--k", "3"];
     a.extend_from_slice(extra);
@@ -221,22 +243,7 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
         "claude",
         "--stream",
     ]));
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds.first(), Some(&"retrieval"));
-    assert_eq!(kinds.last(), Some(&"done"));
-    assert!(
-        kinds[1..kinds.len() - 1].iter().all(|k| *k == "token") && kinds.len() > 4,
-        "{kinds:?}"
-    );
-    let streamed: String = events
-        .iter()
-        .filter(|e| e["event"] == "token")
-        .map(|e| e["text"].as_str().unwrap())
-        .collect();
-    let done = events.last().unwrap();
+    let (streamed, done) = stream_parts(&events, 3);
     assert!(
         !streamed.contains("[EMAIL_1]"),
         "placeholders restored while streaming: {streamed}"
@@ -702,17 +709,7 @@ async fn local_models_answer_and_retrieve_without_leaving_the_machine() {
         "--stream",
         "--json",
     ]));
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds.first(), Some(&"retrieval"));
-    assert_eq!(kinds.last(), Some(&"done"));
-    assert!(
-        kinds.iter().filter(|k| **k == "token").count() >= 2,
-        "{kinds:?}"
-    );
-    let done = events.last().unwrap();
+    let (_, done) = stream_parts(&events, 2);
     let answer = done["answer"].as_str().unwrap();
     assert!(answer.contains("1889"), "{answer}");
     let u = &done["usage"];

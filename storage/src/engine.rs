@@ -249,11 +249,8 @@ impl AuxStore {
 
     /// Sets keys atomically; synced when `sync`.
     pub fn put(&self, s: AuxSpace, entries: Vec<(Vec<u8>, Vec<u8>)>, sync: bool) -> Result<()> {
-        let ops = entries
-            .into_iter()
-            .map(|(k, v)| MetaOp::Put(space(s), k, v))
-            .collect();
-        self.meta.write_opt(ops, sync)
+        let ops = entries.into_iter().map(|(k, v)| AuxOp::Put(k, v)).collect();
+        self.batch(s, ops, sync)
     }
 
     /// Applies puts, deletes and range deletes to one space atomically; synced when `sync`.
@@ -272,17 +269,16 @@ impl AuxStore {
 
     /// Removes one key (synced).
     pub fn delete(&self, s: AuxSpace, key: &[u8]) -> Result<()> {
-        self.meta
-            .write(vec![MetaOp::Delete(space(s), key.to_vec())])
+        self.batch(s, vec![AuxOp::Delete(key.to_vec())], true)
     }
 
     /// Removes every key in `[from, to)` (synced).
     pub fn delete_range(&self, s: AuxSpace, from: &[u8], to: &[u8]) -> Result<()> {
-        self.meta.write(vec![MetaOp::DeleteRange(
-            space(s),
-            from.to_vec(),
-            to.to_vec(),
-        )])
+        self.batch(
+            s,
+            vec![AuxOp::DeleteRange(from.to_vec(), to.to_vec())],
+            true,
+        )
     }
 
     /// A page of keys with `prefix` after `after` (see [`MetaStore::scan_page`]).

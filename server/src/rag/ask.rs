@@ -149,14 +149,8 @@ fn retrieve(rag: &Rag, engine: &Engine, a: &Asked, ctx: &CallContext) -> ApiResu
     let d = doc_collection(rag, engine, &a.r.collection, None, 0)?;
     // The LSN is read before retrieval: a write racing with this answer makes it stale at once.
     let lsn = d.c.last_lsn();
+    // The exact answer cache was consulted by the caller (without the blocking hop).
     let cacheable = a.mode != pb::AskMode::Review;
-    let key = Key {
-        uid: d.c.uid(),
-        request: a.key.clone(),
-    };
-    if cacheable && let Some(hit) = rag.answers.get(&key, lsn) {
-        return Ok(Found::Hit(hit, "exact"));
-    }
     let q = rag
         .embed(d.embedder.as_ref(), &[a.r.question.as_str()], ctx)?
         .pop()
@@ -508,8 +502,8 @@ async fn generate(
         }
         None => max_context,
     };
-    let (plain, shown) = prompt::build(&a.r.question, &chunks, max_context, &count);
-    let prompt_tokens = count(&plain.flat()) as u64;
+    let (plain, shown, context_tokens) = prompt::build(&a.r.question, &chunks, max_context, &count);
+    let prompt_tokens = (context_tokens + count(&plain.system) + count(&plain.question)) as u64;
     // Budget: refuse before spending when this call could exceed it.
     let budget = rag
         .cfg

@@ -130,19 +130,59 @@ pub fn estimate_tokens(text: &str) -> usize {
     text.len().div_ceil(4)
 }
 
+/// Who a generator is: for policy checks, prices, audit records and spans.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorInfo {
+    /// Name in configuration and audit records.
+    pub name: String,
+    /// Model name.
+    pub model: String,
+    /// The OpenTelemetry `gen_ai.system` value (`openai`, `anthropic`, `quiver.local`).
+    pub system: &'static str,
+    /// Text sent to it leaves our environment.
+    pub hosted: bool,
+    /// Prices for cost accounting.
+    pub price: Price,
+}
+
+impl GeneratorInfo {
+    /// The identity of a remote provider.
+    fn remote(r: &Remote, system: &'static str) -> Self {
+        GeneratorInfo {
+            name: r.name.clone(),
+            model: r.cfg.model.clone(),
+            system,
+            hosted: r.cfg.hosted,
+            price: r.cfg.price(),
+        }
+    }
+}
+
 /// Produces answers.
 #[tonic::async_trait]
 pub trait Generator: Send + Sync {
+    /// Its identity.
+    fn info(&self) -> &GeneratorInfo;
     /// Name in configuration and audit records.
-    fn name(&self) -> &str;
+    fn name(&self) -> &str {
+        &self.info().name
+    }
     /// Model name.
-    fn model(&self) -> &str;
-    /// The OpenTelemetry `gen_ai.system` value (`openai`, `anthropic`, `quiver.local`).
-    fn system(&self) -> &str;
+    fn model(&self) -> &str {
+        &self.info().model
+    }
+    /// The OpenTelemetry `gen_ai.system` value.
+    fn system(&self) -> &str {
+        self.info().system
+    }
     /// Text sent to it leaves our environment.
-    fn hosted(&self) -> bool;
+    fn hosted(&self) -> bool {
+        self.info().hosted
+    }
     /// Prices for cost accounting.
-    fn price(&self) -> Price;
+    fn price(&self) -> Price {
+        self.info().price
+    }
     /// Tokens of `text` in this model's vocabulary (an estimate when unknown).
     fn count_tokens(&self, text: &str) -> usize {
         estimate_tokens(text)
@@ -408,11 +448,22 @@ fn u32_of(v: &Value) -> u32 {
     v.as_u64().map_or(0, |n| n.min(u64::from(u32::MAX)) as u32)
 }
 
-/// Sends `piece` to the caller; false when the caller is gone.
-fn emit(tokens: &Option<UnboundedSender<String>>, piece: &str) -> bool {
+/// Adds a streamed piece to the answer (noting the first token's time) and sends it to the
+/// caller; false when the caller is gone.
+fn take_piece(
+    g: &mut Generation,
+    started: Instant,
+    tokens: &Option<UnboundedSender<String>>,
+    piece: &str,
+) -> bool {
+    if piece.is_empty() {
+        return true;
+    }
+    g.first_token.get_or_insert_with(|| started.elapsed());
+    g.text.push_str(piece);
     match tokens {
-        Some(t) if !piece.is_empty() => t.send(piece.to_owned()).is_ok(),
-        Some(_) | None => true,
+        Some(t) => t.send(piece.to_owned()).is_ok(),
+        None => true,
     }
 }
 
@@ -432,31 +483,23 @@ fn fill_estimates(g: &mut Generation, prompt: &Prompt) {
 #[derive(Debug)]
 pub struct OpenAiChat {
     r: Remote,
+    info: GeneratorInfo,
 }
 
 impl OpenAiChat {
     /// A generator over `r`.
     pub fn new(r: Remote) -> Self {
-        OpenAiChat { r }
+        OpenAiChat {
+            info: GeneratorInfo::remote(&r, "openai"),
+            r,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Generator for OpenAiChat {
-    fn name(&self) -> &str {
-        &self.r.name
-    }
-    fn model(&self) -> &str {
-        &self.r.cfg.model
-    }
-    fn system(&self) -> &str {
-        "openai"
-    }
-    fn hosted(&self) -> bool {
-        self.r.cfg.hosted
-    }
-    fn price(&self) -> Price {
-        self.r.cfg.price()
+    fn info(&self) -> &GeneratorInfo {
+        &self.info
     }
 
     async fn generate(
@@ -538,14 +581,10 @@ impl Generator for OpenAiChat {
                         g.finish_reason = f.to_owned();
                     }
                     if let Some(piece) = choice["delta"]["content"].as_str()
-                        && !piece.is_empty()
+                        && !take_piece(&mut g, started, &tokens, piece)
                     {
-                        g.first_token.get_or_insert_with(|| started.elapsed());
-                        g.text.push_str(piece);
-                        if !emit(&tokens, piece) {
-                            cancelled = true;
-                            return Ok(false);
-                        }
+                        cancelled = true;
+                        return Ok(false);
                     }
                     Ok(true)
                 })
@@ -565,31 +604,23 @@ impl Generator for OpenAiChat {
 #[derive(Debug)]
 pub struct AnthropicChat {
     r: Remote,
+    info: GeneratorInfo,
 }
 
 impl AnthropicChat {
     /// A generator over `r`.
     pub fn new(r: Remote) -> Self {
-        AnthropicChat { r }
+        AnthropicChat {
+            info: GeneratorInfo::remote(&r, "anthropic"),
+            r,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Generator for AnthropicChat {
-    fn name(&self) -> &str {
-        &self.r.name
-    }
-    fn model(&self) -> &str {
-        &self.r.cfg.model
-    }
-    fn system(&self) -> &str {
-        "anthropic"
-    }
-    fn hosted(&self) -> bool {
-        self.r.cfg.hosted
-    }
-    fn price(&self) -> Price {
-        self.r.cfg.price()
+    fn info(&self) -> &GeneratorInfo {
+        &self.info
     }
 
     async fn generate(
@@ -672,13 +703,11 @@ impl Generator for AnthropicChat {
                             }
                         }
                         "content_block_delta" => {
-                            if let Some(piece) = v["delta"]["text"].as_str() {
-                                g.first_token.get_or_insert_with(|| started.elapsed());
-                                g.text.push_str(piece);
-                                if !emit(&tokens, piece) {
-                                    cancelled = true;
-                                    return Ok(false);
-                                }
+                            if let Some(piece) = v["delta"]["text"].as_str()
+                                && !take_piece(&mut g, started, &tokens, piece)
+                            {
+                                cancelled = true;
+                                return Ok(false);
                             }
                         }
                         "message_delta" => {

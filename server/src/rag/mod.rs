@@ -138,7 +138,7 @@ impl Rag {
             generators: providers.generators,
             remote_embedders: providers.embedders,
             embedders: Mutex::new(HashMap::new()),
-            local: models::LocalModels::new(cfg.models_dir()),
+            local: models::LocalModels::new(cfg.models_dir(), cfg.local_price),
             redactor: pii::Redactor::default(),
             cfg,
         }

@@ -16,6 +16,9 @@ pub const EMBEDDER_DIR: &str = "all-minilm-l6-v2";
 /// Lazily loaded local models.
 pub struct LocalModels {
     dir: PathBuf,
+    /// `[rag] local_price`: what self-hosted compute is accounted at.
+    #[cfg_attr(not(feature = "local-models"), allow(dead_code))]
+    price: super::settings::Price,
     #[cfg(feature = "local-models")]
     llm: std::sync::Mutex<Option<Arc<imp::LocalGenerator>>>,
     #[cfg(feature = "local-models")]
@@ -24,9 +27,10 @@ pub struct LocalModels {
 
 impl LocalModels {
     /// Models under `dir` (nothing is read yet).
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf, price: super::settings::Price) -> Self {
         LocalModels {
             dir,
+            price,
             #[cfg(feature = "local-models")]
             llm: std::sync::Mutex::new(None),
             #[cfg(feature = "local-models")]
@@ -46,7 +50,14 @@ impl LocalModels {
         let m = super::local::LocalLlm::load(&path)
             .map_err(|e| ApiError::Precondition(format!("local generator: {e}")))?;
         tracing::info!(model = m.model_name(), path = %path.display(), took_ms = started.elapsed().as_millis() as u64, "local generator loaded");
-        let m = Arc::new(imp::LocalGenerator(Arc::new(m)));
+        let info = super::llm::GeneratorInfo {
+            name: "local".into(),
+            model: m.model_name().to_owned(),
+            system: "quiver.local",
+            hosted: false,
+            price: self.price,
+        };
+        let m = Arc::new(imp::LocalGenerator(Arc::new(m), info));
         *g = Some(Arc::clone(&m));
         Ok(m)
     }
@@ -94,12 +105,11 @@ mod imp {
     use tokio::sync::mpsc::UnboundedSender;
 
     use super::super::embed::{Embedded, Embedder};
-    use super::super::llm::{GenParams, Generation, Generator, LlmError, Prompt};
+    use super::super::llm::{GenParams, Generation, Generator, GeneratorInfo, LlmError, Prompt};
     use super::super::local::{ChatMessage, LocalEmbedder, LocalLlm, Role};
-    use super::super::settings::Price;
 
-    /// SmolLM2 behind [`Generator`].
-    pub struct LocalGenerator(pub Arc<LocalLlm>);
+    /// SmolLM2 behind [`Generator`], with its identity.
+    pub struct LocalGenerator(pub Arc<LocalLlm>, pub GeneratorInfo);
 
     /// Sets the flag when the generating future is dropped (the caller went away).
     struct CancelOnDrop(Arc<AtomicBool>);
@@ -111,20 +121,8 @@ mod imp {
 
     #[tonic::async_trait]
     impl Generator for LocalGenerator {
-        fn name(&self) -> &str {
-            "local"
-        }
-        fn model(&self) -> &str {
-            self.0.model_name()
-        }
-        fn system(&self) -> &str {
-            "quiver.local"
-        }
-        fn hosted(&self) -> bool {
-            false
-        }
-        fn price(&self) -> Price {
-            Price::default()
+        fn info(&self) -> &GeneratorInfo {
+            &self.1
         }
         fn count_tokens(&self, text: &str) -> usize {
             self.0.count_tokens(text)
