@@ -53,6 +53,10 @@ pub struct CollectionRecord {
     pub next_segment_id: SegmentId,
     /// Sealed segments, ascending id.
     pub segments: Vec<SegmentRecord>,
+    /// The highest external sequence number (Raft log index) of a write included as of the
+    /// checkpoint or a later catalog change; writes after it in the WAL carry their own.
+    #[serde(default)]
+    pub applied_seq: u64,
 }
 
 /// A sealed segment in the catalog.
@@ -109,10 +113,11 @@ struct Writer {
 
 /// A checkpoint that has been frozen but not yet committed (kept to retry after a failure).
 #[derive(Debug)]
-struct PendingSeal {
+pub(crate) struct PendingSeal {
     frozen: Shared<MutableSegment>,
     frozen_dead: RoaringBitmap,
     checkpoint: Lsn,
+    applied_seq: u64,
     tombstones: Vec<(SegmentId, RoaringBitmap)>,
 }
 
@@ -134,6 +139,8 @@ pub struct Collection {
     state: RwLock<State>,
     seal: Mutex<Option<PendingSeal>>,
     last_lsn: AtomicU64,
+    /// The highest sequence number applied (see [`CollectionRecord::applied_seq`]).
+    last_seq: AtomicU64,
     /// Declared payload fields (grows with `declare_fields`).
     schema: RwLock<Schema>,
 }
@@ -287,12 +294,14 @@ impl Collection {
         };
         let uid = record.uid;
         let mut last = record.checkpoint_lsn;
+        let mut last_seq = record.applied_seq;
         let wal = Wal::open(
             &dir.join("wal"),
             fsync,
             record.checkpoint_lsn,
-            |lsn, rec| {
+            |lsn, seq, rec| {
                 last = lsn;
+                last_seq = last_seq.max(seq);
                 apply(&mut state, meta.as_ref(), uid, rec).map(|_| ())
             },
         )?;
@@ -309,6 +318,7 @@ impl Collection {
             state: RwLock::new(state),
             seal: Mutex::new(None),
             last_lsn: AtomicU64::new(last),
+            last_seq: AtomicU64::new(last_seq),
             schema: RwLock::new(record.config.schema.clone()),
         })
     }
@@ -329,6 +339,13 @@ impl Collection {
         self.last_lsn.load(Ordering::Acquire)
     }
 
+    /// The highest external sequence number (Raft log index) applied to this collection: a
+    /// replicated write at or below it is already in, so re-applying the log after a crash can
+    /// skip it.
+    pub fn applied_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
     /// The directory holding the WAL and segments.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -343,16 +360,19 @@ impl Collection {
         Ok(v)
     }
 
-    fn log_and_apply(&self, rec: WalRecord) -> Result<(u64, Lsn)> {
+    fn log_and_apply(&self, rec: WalRecord, seq: u64) -> Result<(u64, Lsn)> {
         let mut w = lock(&self.writer);
         if w.dropped {
             return Err(Error::CollectionNotFound {
                 name: self.config.name.clone(),
             });
         }
-        let lsn = w.wal.append(&rec)?;
+        let lsn = w.wal.append_sequenced(&rec, seq)?;
         let n = apply(&mut write(&self.state), self.meta.as_ref(), self.uid, rec)?;
         self.last_lsn.store(lsn, Ordering::Release);
+        if seq != 0 {
+            self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        }
         drop(w);
         self.maybe_seal()?;
         Ok((n, lsn))
@@ -362,7 +382,12 @@ impl Collection {
     /// for cosine collections; within one batch the last occurrence of an id wins. Returns the
     /// batch's LSN once it is durable per the fsync policy.
     #[tracing::instrument(skip_all, fields(collection = %self.config.name, points = points.len()))]
-    pub fn upsert(&self, mut points: Vec<PointWrite>) -> Result<Lsn> {
+    pub fn upsert(&self, points: Vec<PointWrite>) -> Result<Lsn> {
+        self.upsert_seq(points, 0)
+    }
+
+    /// [`Collection::upsert`] stamped with sequence number `seq` (a Raft log index; 0 = none).
+    pub fn upsert_seq(&self, mut points: Vec<PointWrite>, seq: u64) -> Result<Lsn> {
         if points.is_empty() {
             return Ok(self.last_lsn.load(Ordering::Acquire));
         }
@@ -374,20 +399,25 @@ impl Collection {
                 normalize(&mut p.vector, &field)?;
             }
         }
-        self.log_and_apply(WalRecord::Upsert(points))
+        self.log_and_apply(WalRecord::Upsert(points), seq)
             .map(|(_, lsn)| lsn)
     }
 
     /// Deletes points by id; returns how many existed and the LSN.
     #[tracing::instrument(skip_all, fields(collection = %self.config.name, ids = ids.len()))]
     pub fn delete(&self, ids: Vec<PointId>) -> Result<(u64, Lsn)> {
+        self.delete_seq(ids, 0)
+    }
+
+    /// [`Collection::delete`] stamped with sequence number `seq` (0 = none).
+    pub fn delete_seq(&self, ids: Vec<PointId>, seq: u64) -> Result<(u64, Lsn)> {
         for (i, id) in ids.iter().enumerate() {
             id.validate(&format!("ids[{i}]"))?;
         }
         if ids.is_empty() {
             return Ok((0, self.last_lsn.load(Ordering::Acquire)));
         }
-        self.log_and_apply(WalRecord::Delete(ids))
+        self.log_and_apply(WalRecord::Delete(ids), seq)
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -780,25 +810,21 @@ impl Collection {
             return Ok(());
         }
         // Another thread sealing already: it will pick this up on the next write.
-        let Ok(guard) = self.seal.try_lock() else {
+        let Ok(mut guard) = self.seal.try_lock() else {
             return Ok(());
         };
-        self.seal_with(guard, false)
+        self.seal_with(&mut guard, false)
     }
 
     /// Seals the mutable segment to disk now (even if not full) and truncates the WAL behind
     /// it. Returns the checkpoint LSN.
     #[tracing::instrument(skip_all, fields(collection = %self.config.name))]
     pub fn flush(&self) -> Result<Lsn> {
-        self.seal_with(lock(&self.seal), true)?;
+        self.seal_with(&mut lock(&self.seal), true)?;
         Ok(read(&self.state).record.checkpoint_lsn)
     }
 
-    fn seal_with(
-        &self,
-        mut pending: MutexGuard<'_, Option<PendingSeal>>,
-        force: bool,
-    ) -> Result<()> {
+    pub(crate) fn seal_with(&self, pending: &mut Option<PendingSeal>, force: bool) -> Result<()> {
         if pending.is_none() {
             match self.freeze(force)? {
                 Some(p) => *pending = Some(p),
@@ -827,6 +853,7 @@ impl Collection {
             return Ok(None);
         }
         let checkpoint = last;
+        let applied_seq = self.last_seq.load(Ordering::Acquire);
         w.wal.rotate()?;
         let tombstones = std::mem::take(&mut st.dirty)
             .into_iter()
@@ -844,6 +871,7 @@ impl Collection {
             frozen,
             frozen_dead,
             checkpoint,
+            applied_seq,
             tombstones,
         }))
     }
@@ -919,6 +947,7 @@ impl Collection {
             });
         }
         record.checkpoint_lsn = p.checkpoint;
+        record.applied_seq = record.applied_seq.max(p.applied_seq);
         record.next_segment_id = frozen_id + 1;
         ops.push(MetaOp::Put(
             Space::Catalog,
@@ -975,6 +1004,16 @@ impl Collection {
     /// fsyncs the WAL (for the interval fsync policy and shutdown).
     pub fn sync(&self) -> Result<()> {
         lock(&self.writer).wal.sync()
+    }
+
+    /// The seal lock: held, no checkpoint of this collection can start or commit.
+    pub(crate) fn seal_lock(&self) -> MutexGuard<'_, Option<PendingSeal>> {
+        lock(&self.seal)
+    }
+
+    /// The sealed segments as of now, with their tombstone checkpoints.
+    pub(crate) fn segment_records(&self) -> Vec<SegmentRecord> {
+        read(&self.state).record.segments.clone()
     }
 
     /// Marks the collection dropped: later writes fail with `CollectionNotFound`.

@@ -12,6 +12,7 @@
 //! reach outside the data directory, and a dropped-then-recreated name never sees old files.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fs_err as fs;
@@ -46,44 +47,84 @@ pub struct Engine {
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     /// Serialises catalog changes (create, drop).
     catalog: Mutex<()>,
+    /// The sequence number (Raft log index) of the last catalog change applied.
+    catalog_seq: AtomicU64,
+    /// An import was interrupted: the data is partial and must be imported again.
+    import_pending: AtomicBool,
 }
 
 const NEXT_UID: &[u8] = b"next_uid";
+const CATALOG_SEQ: &[u8] = b"catalog_seq";
+const IMPORT_PENDING: &[u8] = b"import_pending";
+
+fn read_u64(meta: &dyn MetaStore, root: &Path, key: &[u8]) -> Result<Option<u64>> {
+    match meta.get(Space::Catalog, key)? {
+        Some(v) => Ok(Some(u64::from_le_bytes(v.as_slice().try_into().map_err(
+            |_| {
+                Error::corrupt(
+                    root.join("meta"),
+                    0,
+                    format!("{} is malformed", String::from_utf8_lossy(key)),
+                )
+            },
+        )?))),
+        None => Ok(None),
+    }
+}
+
+/// Opens every collection of the catalog and removes collection directories it does not list.
+fn open_catalog(
+    meta: &Arc<dyn MetaStore>,
+    root: &Path,
+    fsync: FsyncPolicy,
+) -> Result<BTreeMap<String, Arc<Collection>>> {
+    let mut collections = BTreeMap::new();
+    let mut known = std::collections::HashSet::new();
+    for (key, value) in meta.scan_prefix(Space::Catalog, b"c/")? {
+        let record: CollectionRecord = serde_json::from_slice(&value).map_err(|e| {
+            Error::corrupt(
+                root.join("meta"),
+                0,
+                format!("catalog entry {}: {e}", String::from_utf8_lossy(&key)),
+            )
+        })?;
+        known.insert(record.uid.to_string());
+        let name = record.config.name.clone();
+        let dir = root.join("collections").join(record.uid.to_string());
+        let c = Collection::open(record, dir, Arc::clone(meta), fsync)?;
+        collections.insert(name, Arc::new(c));
+    }
+    for entry in fs::read_dir(root.join("collections"))? {
+        let entry = entry?;
+        if !known.contains(&*entry.file_name().to_string_lossy()) {
+            tracing::warn!(dir = %entry.path().display(), "removing collection directory not in the catalog (interrupted create or drop)");
+            fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(collections)
+}
 
 impl Engine {
     /// Opens (or initialises) the data directory and every collection in it, replaying WALs.
     pub fn open(root: &Path, options: EngineOptions) -> Result<Engine> {
         fs::create_dir_all(root.join("collections"))?;
         let meta = meta::open_default(&root.join("meta"))?;
-        let mut collections = BTreeMap::new();
-        let mut known = std::collections::HashSet::new();
-        for (key, value) in meta.scan_prefix(Space::Catalog, b"c/")? {
-            let record: CollectionRecord = serde_json::from_slice(&value).map_err(|e| {
-                Error::corrupt(
-                    root.join("meta"),
-                    0,
-                    format!("catalog entry {}: {e}", String::from_utf8_lossy(&key)),
-                )
-            })?;
-            known.insert(record.uid.to_string());
-            let name = record.config.name.clone();
-            let dir = root.join("collections").join(record.uid.to_string());
-            let c = Collection::open(record, dir, Arc::clone(&meta), options.fsync)?;
-            collections.insert(name, Arc::new(c));
-        }
-        for entry in fs::read_dir(root.join("collections"))? {
-            let entry = entry?;
-            if !known.contains(&*entry.file_name().to_string_lossy()) {
-                tracing::warn!(dir = %entry.path().display(), "removing collection directory not in the catalog (interrupted create or drop)");
-                fs::remove_dir_all(entry.path())?;
-            }
-        }
+        let import_pending = meta.get(Space::Catalog, IMPORT_PENDING)?.is_some();
+        let collections = if import_pending {
+            tracing::warn!("an import was interrupted: no collection is opened until it is redone");
+            BTreeMap::new()
+        } else {
+            open_catalog(&meta, root, options.fsync)?
+        };
+        let catalog_seq = read_u64(meta.as_ref(), root, CATALOG_SEQ)?.unwrap_or(0);
         Ok(Engine {
             root: root.to_path_buf(),
             meta,
             options,
             collections: RwLock::new(collections),
             catalog: Mutex::new(()),
+            catalog_seq: AtomicU64::new(catalog_seq),
+            import_pending: AtomicBool::new(import_pending),
         })
     }
 
@@ -94,21 +135,42 @@ impl Engine {
         }
     }
 
+    /// The sequence number (Raft log index) of the last catalog change (create, drop) applied:
+    /// a replicated catalog change at or below it is already in.
+    pub fn catalog_seq(&self) -> u64 {
+        self.catalog_seq.load(Ordering::Acquire)
+    }
+
+    /// An [`Engine::import`] was interrupted: the engine holds no collection until an import
+    /// completes.
+    pub fn import_pending(&self) -> bool {
+        self.import_pending.load(Ordering::Acquire)
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Creates a collection.
-    #[tracing::instrument(skip_all, fields(collection = %config.name))]
     pub fn create_collection(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
+        self.create_collection_seq(config, 0)
+    }
+
+    /// [`Engine::create_collection`] stamped with sequence number `seq` (a Raft log index;
+    /// 0 = none), recorded atomically with the catalog change.
+    #[tracing::instrument(skip_all, fields(collection = %config.name))]
+    pub fn create_collection_seq(
+        &self,
+        config: CollectionConfig,
+        seq: u64,
+    ) -> Result<Arc<Collection>> {
         config.validate()?;
         let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
         if self.read().contains_key(&config.name) {
             return Err(Error::CollectionExists { name: config.name });
         }
-        let uid =
-            match self.meta.get(Space::Catalog, NEXT_UID)? {
-                Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
-                    Error::corrupt(self.root.join("meta"), 0, "next_uid is malformed")
-                })?),
-                None => 1,
-            };
+        let uid = read_u64(self.meta.as_ref(), &self.root, NEXT_UID)?.unwrap_or(1);
         let dir = self.root.join("collections").join(uid.to_string());
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
@@ -120,8 +182,9 @@ impl Engine {
             checkpoint_lsn: 0,
             next_segment_id: 1,
             segments: Vec::new(),
+            applied_seq: seq,
         };
-        self.meta.write(vec![
+        let mut ops = vec![
             MetaOp::Put(
                 Space::Catalog,
                 NEXT_UID.to_vec(),
@@ -132,7 +195,10 @@ impl Engine {
                 catalog_key(&config.name),
                 encode_record(&record)?,
             ),
-        ])?;
+        ];
+        ops.extend(self.seq_op(seq));
+        self.meta.write(ops)?;
+        self.note_seq(seq);
         let c = Arc::new(Collection::open(
             record,
             dir,
@@ -166,20 +232,42 @@ impl Engine {
         self.read().values().cloned().collect()
     }
 
+    fn seq_op(&self, seq: u64) -> Option<MetaOp> {
+        (seq != 0).then(|| {
+            MetaOp::Put(
+                Space::Catalog,
+                CATALOG_SEQ.to_vec(),
+                seq.max(self.catalog_seq()).to_le_bytes().to_vec(),
+            )
+        })
+    }
+
+    fn note_seq(&self, seq: u64) {
+        self.catalog_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
     /// Drops a collection and all its data.
-    #[tracing::instrument(skip_all, fields(collection = %name))]
     pub fn drop_collection(&self, name: &str) -> Result<()> {
+        self.drop_collection_seq(name, 0)
+    }
+
+    /// [`Engine::drop_collection`] stamped with sequence number `seq` (0 = none).
+    #[tracing::instrument(skip_all, fields(collection = %name))]
+    pub fn drop_collection_seq(&self, name: &str, seq: u64) -> Result<()> {
         validate_collection_name(name)?;
         let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
         let c = self.collection(name)?;
         let from = c.uid().to_be_bytes().to_vec();
         let to = (c.uid() + 1).to_be_bytes().to_vec();
         c.mark_dropped();
-        self.meta.write(vec![
+        let mut ops = vec![
             MetaOp::Delete(Space::Catalog, catalog_key(name)),
             MetaOp::DeleteRange(Space::Ids, from.clone(), to.clone()),
             MetaOp::DeleteRange(Space::Payloads, from, to),
-        ])?;
+        ];
+        ops.extend(self.seq_op(seq));
+        self.meta.write(ops)?;
+        self.note_seq(seq);
         self.write().remove(name);
         fs::remove_dir_all(c.dir())?;
         Ok(())
@@ -199,6 +287,9 @@ impl Engine {
         self.meta.flush()
     }
 }
+
+mod snapshot;
+pub use snapshot::{ExportInfo, pack, unpack};
 
 #[cfg(test)]
 mod tests;

@@ -80,7 +80,7 @@ impl Wal {
         dir: &Path,
         policy: FsyncPolicy,
         checkpoint: Lsn,
-        mut apply: impl FnMut(Lsn, WalRecord) -> Result<()>,
+        mut apply: impl FnMut(Lsn, u64, WalRecord) -> Result<()>,
     ) -> Result<Wal> {
         fs::create_dir_all(dir)?;
         let mut files = list_files(dir)?;
@@ -154,12 +154,18 @@ impl Wal {
     /// Appends one record and syncs it per the policy; returns its LSN. When this returns under
     /// [`FsyncPolicy::PerBatch`], the record is on stable storage.
     pub fn append(&mut self, rec: &WalRecord) -> Result<Lsn> {
+        self.append_sequenced(rec, 0)
+    }
+
+    /// [`Wal::append`] with the record stamped with an external sequence number (`seq`, a Raft
+    /// log index; 0 = none), which replay hands back.
+    pub fn append_sequenced(&mut self, rec: &WalRecord, seq: u64) -> Result<Lsn> {
         let lsn = self.next_lsn;
         let buf = &mut self.scratch;
         buf.clear();
         buf.extend_from_slice(&[0u8; FRAME_LEN]);
         buf.extend_from_slice(&lsn.to_le_bytes());
-        rec.encode_into(buf);
+        rec.encode_sequenced(seq, buf);
         let len = buf.len() - FRAME_LEN;
         if len > MAX_RECORD_BYTES {
             return Err(Error::invalid(
@@ -281,7 +287,7 @@ fn replay_file(
     first: Lsn,
     is_last: bool,
     checkpoint: Lsn,
-    apply: &mut impl FnMut(Lsn, WalRecord) -> Result<()>,
+    apply: &mut impl FnMut(Lsn, u64, WalRecord) -> Result<()>,
 ) -> Result<FileEnd> {
     let file = fs::File::open(path)?;
     let file_len = file.metadata()?.len();
@@ -367,8 +373,9 @@ fn replay_file(
             ));
         }
         if lsn > checkpoint {
-            let rec = WalRecord::decode(&body[8..]).map_err(|d| Error::corrupt(path, pos, d))?;
-            apply(lsn, rec)?;
+            let (seq, rec) = WalRecord::decode_sequenced(&body[8..])
+                .map_err(|d| Error::corrupt(path, pos, d))?;
+            apply(lsn, seq, rec)?;
         }
         next += 1;
         pos = record_end;
@@ -394,11 +401,28 @@ mod tests {
 
     fn replay(dir: &Path, checkpoint: Lsn) -> Result<(Wal, Vec<(Lsn, WalRecord)>)> {
         let mut got = Vec::new();
-        let wal = Wal::open(dir, FsyncPolicy::PerBatch, checkpoint, |lsn, r| {
+        let wal = Wal::open(dir, FsyncPolicy::PerBatch, checkpoint, |lsn, _, r| {
             got.push((lsn, r));
             Ok(())
         })?;
         Ok((wal, got))
+    }
+
+    #[test]
+    fn sequence_numbers_survive_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = replay(dir.path(), 0).unwrap();
+        wal.append_sequenced(&rec(1), 41).unwrap();
+        wal.append(&rec(2)).unwrap();
+        wal.append_sequenced(&rec(3), 43).unwrap();
+        drop(wal);
+        let mut got = Vec::new();
+        Wal::open(dir.path(), FsyncPolicy::PerBatch, 0, |lsn, seq, r| {
+            got.push((lsn, seq, r));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec![(1, 41, rec(1)), (2, 0, rec(2)), (3, 43, rec(3))]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (from field indexes where declared, from payloads otherwise), and the filtered reads and
 //! writes built on it (count, scroll, delete by filter, payload updates).
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use roaring::RoaringBitmap;
@@ -155,6 +156,11 @@ impl Collection {
     /// read payloads until then). Re-declaring a field with its type is a no-op; with another
     /// type it is an error.
     pub fn declare_fields(&self, fields: &Schema) -> Result<()> {
+        self.declare_fields_seq(fields, 0)
+    }
+
+    /// [`Collection::declare_fields`] stamped with sequence number `seq` (0 = none).
+    pub fn declare_fields_seq(&self, fields: &Schema, seq: u64) -> Result<()> {
         for (k, ty) in fields {
             validate_key(k, &format!("schema.{k}"))?;
             if let Some(old) = read(&self.schema).get(k)
@@ -173,7 +179,7 @@ impl Collection {
         // The seal lock keeps a concurrent checkpoint from writing an older record over this
         // one; the writer lock orders the change with writes to the mutable segment.
         let _seal = lock(&self.seal);
-        let _w = lock(&self.writer);
+        let mut w = lock(&self.writer);
         let mut schema = write(&self.schema);
         let mut merged = schema.clone();
         merged.extend(fields.iter().map(|(k, t)| (k.clone(), *t)));
@@ -183,6 +189,13 @@ impl Collection {
         let mut st = write(&self.state);
         let mut record = st.record.clone();
         record.config.schema = merged.clone();
+        if seq != 0 {
+            // The record will claim every write up to `seq`: make the WAL behind it durable
+            // first, so a crash cannot lose writes the record says are in.
+            w.wal.sync()?;
+            record.applied_seq = record.applied_seq.max(seq);
+            self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        }
         self.meta.write(vec![MetaOp::Put(
             Space::Catalog,
             catalog_key(&self.config.name),
@@ -390,6 +403,11 @@ impl Collection {
 
     /// Deletes every point passing `f`; returns how many and the LSN.
     pub fn delete_by_filter(&self, f: &Filter) -> Result<(u64, Lsn)> {
+        self.delete_by_filter_seq(f, 0)
+    }
+
+    /// [`Collection::delete_by_filter`] stamped with sequence number `seq` (0 = none).
+    pub fn delete_by_filter_seq(&self, f: &Filter, seq: u64) -> Result<(u64, Lsn)> {
         let snap = self.snapshot();
         let allowed = self.allowed_rows(&snap, f)?;
         let keys: Vec<RowKey> = allowed
@@ -402,7 +420,7 @@ impl Collection {
             .map(|p| p.id)
             .collect();
         drop(snap);
-        self.delete(ids)
+        self.delete_seq(ids, seq)
     }
 
     /// Updates the payloads of `ids`: `Merge` sets the keys of `set` and keeps the others,
@@ -415,6 +433,18 @@ impl Collection {
         set: &serde_json::Map<String, Value>,
         unset: &[String],
         mode: PayloadUpdate,
+    ) -> Result<(u64, Lsn)> {
+        self.update_payload_seq(ids, set, unset, mode, 0)
+    }
+
+    /// [`Collection::update_payload`] stamped with sequence number `seq` (0 = none).
+    pub fn update_payload_seq(
+        &self,
+        ids: &[PointId],
+        set: &serde_json::Map<String, Value>,
+        unset: &[String],
+        mode: PayloadUpdate,
+        seq: u64,
     ) -> Result<(u64, Lsn)> {
         let current = self.get(
             ids,
@@ -446,7 +476,7 @@ impl Collection {
             });
         }
         let n = writes.len() as u64;
-        let lsn = self.upsert(writes)?;
+        let lsn = self.upsert_seq(writes, seq)?;
         Ok((n, lsn))
     }
 }

@@ -778,3 +778,157 @@ fn aux_pages_forward_and_backward_within_a_prefix_and_survive_reopen() {
     assert_eq!(page.len(), 5);
     assert_eq!(page[0], (vec![b'a', 5], vec![5]));
 }
+
+fn points(range: std::ops::Range<u64>, dim: usize) -> Vec<PointWrite> {
+    range
+        .map(|i| PointWrite {
+            id: PointId::Num(i),
+            vector: (0..dim)
+                .map(|d| (i * 7 + d as u64) as f32 % 13.0 + 1.0)
+                .collect(),
+            payload: Some(format!("{{\"i\":{i}}}").into_bytes()),
+        })
+        .collect()
+}
+
+fn all_points(e: &Engine, name: &str) -> Vec<(PointId, Vec<f32>, Option<Vec<u8>>)> {
+    let c = e.collection(name).unwrap();
+    let ids: Vec<PointId> = (0..400).map(PointId::Num).collect();
+    let mut got: Vec<_> = c
+        .get(
+            &ids,
+            ReadOptions {
+                with_vectors: true,
+                with_payload: true,
+            },
+        )
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id, p.vector.unwrap(), p.payload))
+        .collect();
+    got.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+    got
+}
+
+#[test]
+fn sequence_numbers_survive_seal_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        e.create_collection_seq(config("a", 4, Metric::L2, 50), 3)
+            .unwrap();
+        assert_eq!(e.catalog_seq(), 3);
+        let c = e.collection("a").unwrap();
+        assert_eq!(c.applied_seq(), 3);
+        c.upsert_seq(points(0..60, 4), 5).unwrap(); // seals (50 rows per segment)
+        c.delete_seq(vec![PointId::Num(1)], 8).unwrap();
+        assert_eq!(c.applied_seq(), 8);
+        c.upsert(points(60..61, 4)).unwrap(); // unsequenced: leaves it alone
+        assert_eq!(c.applied_seq(), 8);
+    }
+    let e = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    assert_eq!(e.catalog_seq(), 3);
+    let c = e.collection("a").unwrap();
+    assert_eq!(c.applied_seq(), 8);
+    c.flush().unwrap();
+    drop(c);
+    drop(e);
+    let e = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    assert_eq!(e.collection("a").unwrap().applied_seq(), 8);
+    e.drop_collection_seq("a", 9).unwrap();
+    assert_eq!(e.catalog_seq(), 9);
+}
+
+#[test]
+fn export_pack_unpack_import_reproduces_the_data() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Engine::open(src_dir.path(), EngineOptions::default()).unwrap();
+    src.create_collection_seq(config("a", 4, Metric::L2, 100), 1)
+        .unwrap();
+    src.create_collection_seq(config("b", 3, Metric::Cosine, 1000), 2)
+        .unwrap();
+    let a = src.collection("a").unwrap();
+    a.upsert_seq(points(0..250, 4), 3).unwrap();
+    a.delete_seq(vec![PointId::Num(7), PointId::Num(120)], 4)
+        .unwrap();
+    src.collection("b")
+        .unwrap()
+        .upsert_seq(points(0..30, 3), 5)
+        .unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let info = src.export(&work.path().join("x")).unwrap();
+    assert_eq!(info.catalog_seq, 2);
+    assert_eq!(info.collections.len(), 2);
+    // Writes after the export are not in it.
+    a.upsert_seq(points(300..310, 4), 6).unwrap();
+    let archive = work.path().join("snap.bin");
+    pack(&work.path().join("x"), &archive).unwrap();
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Engine::open(dst_dir.path(), EngineOptions::default()).unwrap();
+    dst.create_collection(config("stale", 2, Metric::L2, 16))
+        .unwrap();
+    unpack(&archive, &dst_dir.path().join("incoming")).unwrap();
+    dst.import(&dst_dir.path().join("incoming")).unwrap();
+    assert!(dst.collection("stale").is_err());
+    assert_eq!(dst.catalog_seq(), 2);
+    assert_eq!(dst.collection("a").unwrap().applied_seq(), 4);
+    assert_eq!(dst.collection("a").unwrap().count(), 248);
+    assert_eq!(dst.collection("b").unwrap().count(), 30);
+    let want: Vec<_> = all_points(&src, "a")
+        .into_iter()
+        .filter(|p| !matches!(p.0, PointId::Num(n) if n >= 300))
+        .collect();
+    assert_eq!(all_points(&dst, "a"), want);
+    assert_eq!(all_points(&dst, "b"), all_points(&src, "b"));
+    drop(dst);
+    // It survives a reopen, and the importer's writes continue after it.
+    let dst = Engine::open(dst_dir.path(), EngineOptions::default()).unwrap();
+    assert!(!dst.import_pending());
+    assert_eq!(all_points(&dst, "b"), all_points(&src, "b"));
+    dst.create_collection(config("c", 2, Metric::L2, 16))
+        .unwrap();
+}
+
+#[test]
+fn unpack_rejects_damage() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Engine::open(src_dir.path(), EngineOptions::default()).unwrap();
+    src.create_collection(config("a", 4, Metric::L2, 100))
+        .unwrap();
+    src.collection("a")
+        .unwrap()
+        .upsert(points(0..150, 4))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    src.export(&work.path().join("x")).unwrap();
+    let archive = work.path().join("snap.bin");
+    pack(&work.path().join("x"), &archive).unwrap();
+    let bytes = std::fs::read(&archive).unwrap();
+    // Truncated.
+    let cut = work.path().join("cut.bin");
+    std::fs::write(&cut, &bytes[..bytes.len() - 5]).unwrap();
+    let e = unpack(&cut, &work.path().join("u1")).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+    // A flipped byte in the middle.
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x5a;
+    let flipped = work.path().join("flip.bin");
+    std::fs::write(&flipped, &bad).unwrap();
+    assert!(unpack(&flipped, &work.path().join("u2")).is_err());
+    // A path escaping the target.
+    let mut evil = b"QSNAPv1\n".to_vec();
+    let p = b"../escape";
+    evil.extend_from_slice(&(p.len() as u16).to_le_bytes());
+    evil.extend_from_slice(p);
+    evil.extend_from_slice(&1u64.to_le_bytes());
+    evil.push(b'x');
+    evil.extend_from_slice(&crc32fast::hash(b"x").to_le_bytes());
+    let ev = work.path().join("evil.bin");
+    std::fs::write(&ev, &evil).unwrap();
+    let e = unpack(&ev, &work.path().join("u3")).unwrap_err();
+    assert!(e.to_string().contains("unsafe path"), "{e}");
+    assert!(!work.path().join("escape").exists());
+}

@@ -161,6 +161,12 @@ impl MetaStore for RocksStore {
         Ok(out)
     }
 
+    fn checkpoint(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(meta_err)
+    }
+
     fn flush(&self) -> Result<()> {
         for s in [
             Space::Catalog,

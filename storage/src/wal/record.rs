@@ -4,7 +4,7 @@
 //!
 //! | field | type | notes |
 //! |---|---|---|
-//! | tag | u8 | 1 = upsert, 2 = delete |
+//! | tag | u8 | 1 = upsert, 2 = delete, 3 = sequenced (then a u64 LE sequence number and a whole body) |
 //! | count | u32 | number of points / ids |
 //! | dim | u32 | upsert only |
 //! | per point: id_len | u16 | then `id_len` bytes of [`PointId::encode_into`] |
@@ -23,6 +23,7 @@ pub enum WalRecord {
 
 const TAG_UPSERT: u8 = 1;
 const TAG_DELETE: u8 = 2;
+const TAG_SEQUENCED: u8 = 3;
 const NO_PAYLOAD: u32 = u32::MAX;
 
 fn put_id(out: &mut Vec<u8>, id: &PointId) {
@@ -61,6 +62,33 @@ impl WalRecord {
                     put_id(out, id);
                 }
             }
+        }
+    }
+
+    /// Appends the body of `self` stamped with an external sequence number `seq` (a Raft log
+    /// index; 0 = none).
+    pub fn encode_sequenced(&self, seq: u64, out: &mut Vec<u8>) {
+        if seq != 0 {
+            out.push(TAG_SEQUENCED);
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        self.encode_into(out);
+    }
+
+    /// Decodes a body that may carry a sequence number: `(seq or 0, record)`.
+    pub fn decode_sequenced(body: &[u8]) -> Result<(u64, WalRecord), String> {
+        match body.split_first() {
+            Some((&TAG_SEQUENCED, rest)) => {
+                let (seq, inner) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or("sequenced record shorter than its sequence number")?;
+                let seq = u64::from_le_bytes(*seq);
+                if seq == 0 {
+                    return Err("sequenced record with sequence number 0".into());
+                }
+                Ok((seq, WalRecord::decode(inner)?))
+            }
+            _ => Ok((0, WalRecord::decode(body)?)),
         }
     }
 

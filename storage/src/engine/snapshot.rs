@@ -1,0 +1,386 @@
+//! A point-in-time copy of the whole engine ([`Engine::export`]), packed into one checksummed
+//! archive ([`pack`], [`unpack`]) and loaded in place of a node's data ([`Engine::import`]):
+//! what a Raft snapshot is made of, so a new or wiped replica catches up without replaying
+//! the world.
+//!
+//! An export directory holds:
+//!
+//! | path | what |
+//! |---|---|
+//! | `engine.json` | [`ExportInfo`] |
+//! | `meta.ckpt/` | a RocksDB checkpoint (hard links), replaced by `meta.kv` when packed |
+//! | `meta.kv` | catalog, id map and payload key-values: `u8 space, u32 key len, key, u32 value len, value` |
+//! | `collections/{uid}/segments/{id}/…` | hard links to the sealed segment files |
+//!
+//! Every collection is checkpointed first, so sealed files plus metadata are its whole state:
+//! no WAL travels.
+//!
+//! Archive format: `b"QSNAPv1\n"`, then per file `u16` path length, the relative `/`-separated
+//! path, `u64` length, the bytes, `u32` CRC32 of the bytes; then a `u16` 0 and the `u64` file
+//! count. [`unpack`] rejects absolute paths, `..`, bad checksums and a missing end, before
+//! anything touches live data.
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fs_err as fs;
+use serde::{Deserialize, Serialize};
+
+use super::{CATALOG_SEQ, Engine, IMPORT_PENDING, open_catalog};
+use crate::error::{Error, Result};
+use crate::meta::{MetaOp, MetaStore, Space};
+
+const MAGIC: &[u8; 8] = b"QSNAPv1\n";
+const SPACES: [(u8, Space); 3] = [(1, Space::Catalog), (2, Space::Ids), (3, Space::Payloads)];
+
+/// What an export holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportInfo {
+    /// The exporting engine's [`Engine::catalog_seq`].
+    pub catalog_seq: u64,
+    /// Collections: name → uid.
+    pub collections: BTreeMap<String, u64>,
+}
+
+fn link_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".tmp") {
+            continue; // a file still being written (an index build); the importer rebuilds it
+        }
+        if entry.file_type()?.is_dir() {
+            link_dir(&entry.path(), &to.join(&name))?;
+        } else {
+            fs::hard_link(entry.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Checkpoints every collection and writes a consistent copy of the engine's data to `dir`
+    /// (created; must not exist): a metadata checkpoint and hard links to the sealed files.
+    /// Cheap in time and space; writes applied after it returns are not in it. Catalog changes
+    /// and checkpoints wait while it runs.
+    pub fn export(&self, dir: &Path) -> Result<ExportInfo> {
+        if dir.exists() {
+            return Err(Error::invalid(
+                "export",
+                format!("{} already exists", dir.display()),
+            ));
+        }
+        fs::create_dir_all(dir.join("collections"))?;
+        let _catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let cols = self.list();
+        let mut guards: Vec<_> = cols.iter().map(|c| c.seal_lock()).collect();
+        for (c, g) in cols.iter().zip(guards.iter_mut()) {
+            c.seal_with(g, true)?;
+        }
+        self.meta.checkpoint(&dir.join("meta.ckpt"))?;
+        let mut collections = BTreeMap::new();
+        for c in &cols {
+            let to = dir.join("collections").join(c.uid().to_string());
+            fs::create_dir_all(to.join("segments"))?;
+            for s in c.segment_records() {
+                let id = s.id.to_string();
+                link_dir(
+                    &c.dir().join("segments").join(&id),
+                    &to.join("segments").join(&id),
+                )?;
+            }
+            collections.insert(c.config().name.clone(), c.uid());
+        }
+        drop(guards);
+        let info = ExportInfo {
+            catalog_seq: self.catalog_seq(),
+            collections,
+        };
+        fs::write(
+            dir.join("engine.json"),
+            serde_json::to_vec(&info).map_err(|e| Error::invalid("export", e.to_string()))?,
+        )?;
+        Ok(info)
+    }
+
+    /// Replaces every collection with the content of an unpacked export in `dir` (consumed:
+    /// its files are moved in). Crash-safe by redo: until it completes, a marker makes
+    /// [`Engine::open`] open no collection and report [`Engine::import_pending`].
+    pub fn import(&self, dir: &Path) -> Result<ExportInfo> {
+        let info: ExportInfo = serde_json::from_slice(&fs::read(dir.join("engine.json"))?)
+            .map_err(|e| Error::corrupt(dir.join("engine.json"), 0, e.to_string()))?;
+        let kv = dir.join("meta.kv");
+        if !kv.exists() {
+            return Err(Error::corrupt(&kv, 0, "missing (was the export packed?)"));
+        }
+        let _catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        self.meta.write(vec![MetaOp::Put(
+            Space::Catalog,
+            IMPORT_PENDING.to_vec(),
+            vec![1],
+        )])?;
+        self.import_pending.store(true, Ordering::Release);
+        let old = std::mem::take(&mut *self.write());
+        for c in old.values() {
+            c.mark_dropped();
+        }
+        let cols = self.root.join("collections");
+        for entry in fs::read_dir(&cols)? {
+            fs::remove_dir_all(entry?.path())?;
+        }
+        let all = (Vec::new(), vec![0xff; 16]);
+        self.meta.write(
+            SPACES
+                .iter()
+                .map(|(_, s)| MetaOp::DeleteRange(*s, all.0.clone(), all.1.clone()))
+                .chain([MetaOp::Put(
+                    Space::Catalog,
+                    IMPORT_PENDING.to_vec(),
+                    vec![1],
+                )])
+                .collect(),
+        )?;
+        read_kv(&kv, |batch| self.meta.write_opt(batch, false))?;
+        for (name, uid) in &info.collections {
+            let from = dir.join("collections").join(uid.to_string());
+            if !from.is_dir() {
+                return Err(Error::corrupt(
+                    &from,
+                    0,
+                    format!("collection {name} has no files in the export"),
+                ));
+            }
+            fs::rename(&from, cols.join(uid.to_string()))?;
+        }
+        crate::wal::sync_dir(&cols)?;
+        self.meta.write(vec![
+            MetaOp::Delete(Space::Catalog, IMPORT_PENDING.to_vec()),
+            MetaOp::Put(
+                Space::Catalog,
+                CATALOG_SEQ.to_vec(),
+                info.catalog_seq.to_le_bytes().to_vec(),
+            ),
+        ])?;
+        let opened = open_catalog(&self.meta, &self.root, self.options.fsync)?;
+        *self.write() = opened;
+        self.catalog_seq.store(info.catalog_seq, Ordering::Release);
+        self.import_pending.store(false, Ordering::Release);
+        tracing::info!(
+            collections = info.collections.len(),
+            catalog_seq = info.catalog_seq,
+            "import complete"
+        );
+        Ok(info)
+    }
+}
+
+fn corrupt(path: &Path, what: impl Into<String>) -> Error {
+    Error::corrupt(path, 0, what.into())
+}
+
+/// Reads `meta.kv`, handing `f` batches of puts.
+fn read_kv(path: &Path, mut f: impl FnMut(Vec<MetaOp>) -> Result<()>) -> Result<()> {
+    let mut r = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
+    let mut batch = Vec::new();
+    let mut space = [0u8; 1];
+    loop {
+        match r.read(&mut space)? {
+            0 => break,
+            _ => {
+                let sp = SPACES
+                    .iter()
+                    .find(|(t, _)| *t == space[0])
+                    .map(|(_, s)| *s)
+                    .ok_or_else(|| corrupt(path, format!("unknown space tag {}", space[0])))?;
+                let k = read_bytes(&mut r, path)?;
+                let v = read_bytes(&mut r, path)?;
+                batch.push(MetaOp::Put(sp, k, v));
+                if batch.len() >= 50_000 {
+                    f(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        f(batch)?;
+    }
+    Ok(())
+}
+
+fn read_bytes(r: &mut impl Read, path: &Path) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .map_err(|_| corrupt(path, "truncated length"))?;
+    let mut v = vec![0u8; u32::from_le_bytes(len) as usize];
+    r.read_exact(&mut v)
+        .map_err(|_| corrupt(path, "truncated record"))?;
+    Ok(v)
+}
+
+/// Turns the metadata checkpoint of an export into `meta.kv` (only the engine's own spaces).
+fn write_kv(dir: &Path) -> Result<()> {
+    let ckpt = dir.join("meta.ckpt");
+    if !ckpt.exists() {
+        return Ok(());
+    }
+    let store: Arc<dyn MetaStore> = crate::meta::open_default(&ckpt)?;
+    let mut w = BufWriter::with_capacity(1 << 20, fs::File::create(dir.join("meta.kv"))?);
+    for (tag, space) in SPACES {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.scan_page(space, b"", after.as_deref(), 10_000, false)?;
+            for (k, v) in &page {
+                if space == Space::Catalog && k.as_slice() == IMPORT_PENDING {
+                    continue;
+                }
+                w.write_all(&[tag])?;
+                for b in [k, v] {
+                    w.write_all(&(b.len() as u32).to_le_bytes())?;
+                    w.write_all(b)?;
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 10_000 => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+    }
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    drop(store);
+    fs::remove_dir_all(&ckpt)?;
+    Ok(())
+}
+
+fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            files_under(root, &path, out)?;
+        } else {
+            let rel = path
+                .strip_prefix(root)
+                .map_err(|_| corrupt(&path, "outside the export"))?;
+            let rel: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push((rel.join("/"), path));
+        }
+    }
+    Ok(())
+}
+
+/// Packs the export in `dir` into one archive file at `out` (synced); returns its size.
+pub fn pack(dir: &Path, out: &Path) -> Result<u64> {
+    write_kv(dir)?;
+    let mut files = Vec::new();
+    files_under(dir, dir, &mut files)?;
+    let mut w = BufWriter::with_capacity(1 << 20, fs::File::create(out)?);
+    w.write_all(MAGIC)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (rel, path) in &files {
+        let mut f = fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        w.write_all(&(rel.len() as u16).to_le_bytes())?;
+        w.write_all(rel.as_bytes())?;
+        w.write_all(&len.to_le_bytes())?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(corrupt(path, "file shrank while packing"));
+            }
+            crc.update(&buf[..n]);
+            w.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        w.write_all(&crc.finalize().to_le_bytes())?;
+    }
+    w.write_all(&0u16.to_le_bytes())?;
+    w.write_all(&(files.len() as u64).to_le_bytes())?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    Ok(f.metadata()?.len())
+}
+
+/// A relative archive path made only of normal components.
+fn safe_path(rel: &str, archive: &Path) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(corrupt(archive, format!("unsafe path {rel:?} in archive")));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Unpacks an archive made by [`pack`] into `dir` (created; must not exist), verifying every
+/// checksum and the end marker.
+pub fn unpack(archive: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Err(Error::invalid(
+            "unpack",
+            format!("{} already exists", dir.display()),
+        ));
+    }
+    let mut r = BufReader::with_capacity(1 << 20, fs::File::open(archive)?);
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)
+        .map_err(|_| corrupt(archive, "truncated header"))?;
+    if &magic != MAGIC {
+        return Err(corrupt(archive, "not a Quiver snapshot archive"));
+    }
+    fs::create_dir_all(dir)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut count = 0u64;
+    loop {
+        let mut l = [0u8; 2];
+        r.read_exact(&mut l)
+            .map_err(|_| corrupt(archive, "truncated (no end marker)"))?;
+        let plen = u16::from_le_bytes(l) as usize;
+        if plen == 0 {
+            let mut n = [0u8; 8];
+            r.read_exact(&mut n)
+                .map_err(|_| corrupt(archive, "truncated end marker"))?;
+            if u64::from_le_bytes(n) != count {
+                return Err(corrupt(archive, "file count mismatch"));
+            }
+            return Ok(());
+        }
+        let mut rel = vec![0u8; plen];
+        r.read_exact(&mut rel)
+            .map_err(|_| corrupt(archive, "truncated path"))?;
+        let rel = String::from_utf8(rel).map_err(|_| corrupt(archive, "path is not UTF-8"))?;
+        let path = dir.join(safe_path(&rel, archive)?);
+        let mut n = [0u8; 8];
+        r.read_exact(&mut n)
+            .map_err(|_| corrupt(archive, format!("{rel}: truncated length")))?;
+        let mut left = u64::from_le_bytes(n);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut w = BufWriter::new(fs::File::create(&path)?);
+        let mut crc = crc32fast::Hasher::new();
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            r.read_exact(&mut buf[..want])
+                .map_err(|_| corrupt(archive, format!("{rel}: truncated")))?;
+            crc.update(&buf[..want]);
+            w.write_all(&buf[..want])?;
+            left -= want as u64;
+        }
+        let mut c = [0u8; 4];
+        r.read_exact(&mut c)
+            .map_err(|_| corrupt(archive, format!("{rel}: truncated checksum")))?;
+        if u32::from_le_bytes(c) != crc.finalize() {
+            return Err(corrupt(archive, format!("{rel}: checksum mismatch")));
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        count += 1;
+    }
+}
