@@ -51,6 +51,7 @@ fn exact_search(c: &mut Criterion) {
             index: Default::default(),
             segment_max_rows: 50_000,
             schema: Default::default(),
+            labels: Default::default(),
         })
         .expect("create");
     for (chunk_no, chunk) in random(n, dim, &mut rng).chunks(10_000).enumerate() {

@@ -121,6 +121,7 @@ impl Loaded {
             index,
             segment_max_rows: base.len() as u32 + 1,
             schema,
+            labels: Default::default(),
         })?;
         for (b, chunk) in base.chunks(10_000).enumerate() {
             c.upsert(

@@ -34,6 +34,7 @@ async fn verify(server: &Server, model: &Model, in_flight: &[(u64, Option<u64>)]
             ids: chunk.iter().map(|i| num_id(*i)).collect(),
             with_vectors: true,
             with_payload: false,
+            ..Default::default()
         };
         for p in c
             .points
@@ -203,6 +204,7 @@ async fn kill9_loses_no_acknowledged_write() {
                     ids: vec![num_id(*id)],
                     with_vectors: true,
                     with_payload: false,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 pub use quiver_proto::v1 as pb;
+use quiver_proto::v1::cluster_client::ClusterClient;
 use quiver_proto::v1::collections_client::CollectionsClient;
 use quiver_proto::v1::points_client::PointsClient;
 use quiver_proto::v1::rag_client::RagClient;
@@ -105,6 +106,8 @@ pub struct Client {
     pub search: SearchClient<Transport>,
     /// `quiver.v1.Rag`
     pub rag: RagClient<Transport>,
+    /// `quiver.v1.Cluster`
+    pub cluster: ClusterClient<Transport>,
     /// The underlying channel (for health checks).
     pub channel: Channel,
 }
@@ -149,6 +152,7 @@ impl Client {
             rag: RagClient::new(t(&channel))
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
+            cluster: ClusterClient::new(t(&channel)),
             channel,
         }
     }
@@ -207,7 +211,7 @@ impl Client {
             .points
             .count(pb::CountRequest {
                 collection: collection.into(),
-                filter: None,
+                ..Default::default()
             })
             .await?
             .into_inner()

@@ -26,8 +26,21 @@ struct Cli {
     /// per tenant.
     #[arg(long, global = true, env = "QUIVER_TENANT")]
     tenant: Option<String>,
+    /// Read consistency of get, count, search and ask on a replicated cluster: `local` (the
+    /// answering replica's state) or `leader` (linearizable: everything committed before the
+    /// read).
+    #[arg(long, global = true, value_enum, default_value = "local")]
+    consistency: ConsistencyArg,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    /// Served from the replica's own state.
+    Local,
+    /// Linearizable (read-index through the leader).
+    Leader,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,6 +96,9 @@ enum Cmd {
     /// Manage collections.
     #[command(subcommand)]
     Collection(CollectionCmd),
+    /// Replication: status and membership.
+    #[command(subcommand)]
+    Cluster(ops::ClusterCmd),
     /// Upsert points from a JSONL file: {"id": 7 | "key", "vector": [..], "payload": {..}} per line.
     Upsert {
         /// Target collection.
@@ -764,6 +780,10 @@ async fn run(cli: Cli) -> Result<()> {
         None => quiver_client::Headers::default(),
     };
     let mut client = Client::connect_with(&cli.addr, headers).await?;
+    let consistency = match cli.consistency {
+        ConsistencyArg::Local => pb::Consistency::Local,
+        ConsistencyArg::Leader => pb::Consistency::Leader,
+    } as i32;
     match cli.cmd {
         Cmd::Collection(c) => match c {
             CollectionCmd::Create {
@@ -905,6 +925,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ids,
                     with_vectors,
                     with_payload: true,
+                    consistency,
                 })
                 .await
                 .map_err(ClientError::from)?
@@ -937,6 +958,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .count(pb::CountRequest {
                     collection,
                     filter: text_filter(filter),
+                    consistency,
                 })
                 .await
                 .map_err(ClientError::from)?
@@ -1072,6 +1094,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{totals}");
         }
         Cmd::Rag(c) => ops::rag(&mut client, c).await?,
+        Cmd::Cluster(c) => ops::cluster(&mut client, c).await?,
         Cmd::Audit(c) => ops::audit(&mut client, c).await?,
         Cmd::Review(c) => ops::review(&mut client, c).await?,
         Cmd::DeleteDoc { collection, id } => {
@@ -1109,6 +1132,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_context_tokens,
                 max_answer_tokens,
                 temperature,
+                consistency,
             };
             if stream {
                 return docs::ask_stream(&mut client, req, json).await;
@@ -1230,6 +1254,7 @@ async fn run(cli: Cli) -> Result<()> {
                 refine_factor: refine,
                 target_recall,
                 filter: text_filter(filter),
+                consistency,
             };
             if let Some(path) = queries {
                 let name = path.display().to_string();
@@ -1304,6 +1329,7 @@ async fn run(cli: Cli) -> Result<()> {
                                 ids: vec![parse_id(&id)],
                                 with_vectors: true,
                                 with_payload: false,
+                                consistency,
                             })
                             .await
                             .map_err(ClientError::from)?

@@ -7,5 +7,10 @@ pub mod v1 {
     tonic::include_proto!("quiver.v1");
 }
 
+/// `quiver.internal.v1`: node-to-node replication traffic (not a public API).
+pub mod internal {
+    tonic::include_proto!("quiver.internal.v1");
+}
+
 /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quiver_descriptor");

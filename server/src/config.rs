@@ -21,6 +21,219 @@ pub struct Config {
     pub log: LogConfig,
     /// `[rag]`
     pub rag: crate::rag::settings::RagSection,
+    /// `[cluster]`
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]` section: replication (off unless `listen` is set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id: a positive integer, or `auto` = StatefulSet pod ordinal + 1 from the
+    /// hostname (`quiver-2` → 3).
+    pub node_id: String,
+    /// Node-to-node gRPC listen address (`HOST:PORT`); empty = a single node, no replication.
+    pub listen: String,
+    /// Every voter at bootstrap, by cluster address: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    pub peers: String,
+    /// `SERVICE:REPLICAS`: derive `peers` from a StatefulSet's headless service instead:
+    /// `{id} = {pod}-{ordinal}.{SERVICE}:{listen port}` for every ordinal below REPLICAS.
+    pub statefulset: String,
+    /// Leader heartbeat, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout (randomised between this and twice this), milliseconds.
+    pub election_timeout_ms: u64,
+    /// Build a snapshot (and compact the log behind it) after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (so slightly lagging followers need no snapshot).
+    pub keep_logs: u64,
+    /// How long a write may wait for a leader and a quorum before UNAVAILABLE, milliseconds.
+    pub write_timeout_ms: u64,
+    /// Timeout of one node-to-node call, milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// Readiness: a follower is ready when it is at most this many entries behind the leader.
+    pub max_ready_lag: u64,
+    /// Applied state is made durable (WALs synced, applied index recorded) at least this
+    /// often, milliseconds; acknowledged writes are durable at once in the Raft log.
+    pub durable_every_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            listen: String::new(),
+            peers: String::new(),
+            statefulset: String::new(),
+            heartbeat_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_every: 20_000,
+            keep_logs: 1000,
+            write_timeout_ms: 10_000,
+            rpc_timeout_ms: 3000,
+            max_ready_lag: 1000,
+            durable_every_ms: 1000,
+        }
+    }
+}
+
+/// Validated `[cluster]` settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node.
+    pub node_id: u64,
+    /// Node-to-node listen address.
+    pub listen: SocketAddr,
+    /// Bootstrap voters: id → cluster address.
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// The section as given.
+    pub raw: ClusterConfig,
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+}
+
+/// `quiver-2` → (`quiver`, 2).
+fn pod_ordinal(host: &str) -> Option<(&str, u64)> {
+    let short = host.split('.').next()?;
+    let (prefix, ord) = short.rsplit_once('-')?;
+    Some((prefix, ord.parse().ok()?))
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<Option<ClusterSettings>, ConfigError> {
+        if self.listen.is_empty() {
+            if !self.peers.is_empty() || !self.statefulset.is_empty() {
+                return Err(ConfigError(
+                    "cluster.peers/cluster.statefulset need cluster.listen (--cluster-listen)"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            ConfigError(format!(
+                "cluster.listen = {:?}: {e} (expected HOST:PORT with an IP address)",
+                self.listen
+            ))
+        })?;
+        let node_id = match self.node_id.as_str() {
+            "auto" => {
+                let host = hostname().ok_or_else(|| {
+                    ConfigError("cluster.node_id = \"auto\" but the hostname is unknown".into())
+                })?;
+                let (_, ord) = pod_ordinal(&host).ok_or_else(|| {
+                    ConfigError(format!(
+                        "cluster.node_id = \"auto\": hostname {host:?} does not end in -ORDINAL"
+                    ))
+                })?;
+                ord + 1
+            }
+            "" => {
+                return Err(ConfigError(
+                    "cluster.node_id is required with cluster.listen (--node-id N or auto)".into(),
+                ));
+            }
+            n => match n.parse::<u64>() {
+                Ok(v) if v > 0 => v,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "cluster.node_id = {n:?}: expected a positive integer or auto"
+                    )));
+                }
+            },
+        };
+        let mut peers = std::collections::BTreeMap::new();
+        match (self.peers.is_empty(), self.statefulset.is_empty()) {
+            (false, false) => {
+                return Err(ConfigError(
+                    "set cluster.peers or cluster.statefulset, not both".into(),
+                ));
+            }
+            (false, true) => {
+                for part in self
+                    .peers
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    let (id, addr) = part.split_once('=').ok_or_else(|| {
+                        ConfigError(format!("cluster.peers: {part:?} is not ID=HOST:PORT"))
+                    })?;
+                    let id: u64 = id.trim().parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                        ConfigError(format!("cluster.peers: {id:?} is not a positive node id"))
+                    })?;
+                    let addr = addr.trim();
+                    if addr
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_none()
+                    {
+                        return Err(ConfigError(format!(
+                            "cluster.peers: {addr:?} is not HOST:PORT"
+                        )));
+                    }
+                    if peers.insert(id, addr.to_owned()).is_some() {
+                        return Err(ConfigError(format!(
+                            "cluster.peers: node {id} appears twice"
+                        )));
+                    }
+                }
+            }
+            (true, false) => {
+                let (service, replicas) = self.statefulset.split_once(':').ok_or_else(|| {
+                    ConfigError("cluster.statefulset: expected SERVICE:REPLICAS".into())
+                })?;
+                let replicas: u64 = replicas.parse().ok().filter(|r| *r > 0).ok_or_else(|| {
+                    ConfigError(format!(
+                        "cluster.statefulset: {replicas:?} is not a replica count"
+                    ))
+                })?;
+                let host = hostname().unwrap_or_default();
+                let (prefix, _) = pod_ordinal(&host).ok_or_else(|| {
+                    ConfigError(format!(
+                        "cluster.statefulset: hostname {host:?} does not end in -ORDINAL"
+                    ))
+                })?;
+                for ord in 0..replicas {
+                    peers.insert(
+                        ord + 1,
+                        format!("{prefix}-{ord}.{service}:{}", listen.port()),
+                    );
+                }
+            }
+            (true, true) => {}
+        }
+        if !peers.is_empty() && !peers.contains_key(&node_id) {
+            return Err(ConfigError(format!(
+                "cluster.peers does not list this node ({node_id})"
+            )));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
+            return Err(ConfigError(
+                "cluster.election_timeout_ms must be above cluster.heartbeat_ms (> 0)".into(),
+            ));
+        }
+        if self.write_timeout_ms == 0 || self.rpc_timeout_ms == 0 || self.snapshot_every == 0 {
+            return Err(ConfigError(
+                "cluster.write_timeout_ms, rpc_timeout_ms and snapshot_every must be > 0".into(),
+            ));
+        }
+        Ok(Some(ClusterSettings {
+            node_id,
+            listen,
+            peers,
+            raw: self.clone(),
+        }))
+    }
 }
 
 /// `[server]` section.
@@ -141,6 +354,8 @@ pub struct Settings {
     pub log_level: String,
     /// The `[rag]` section (validated).
     pub rag: crate::rag::settings::RagSection,
+    /// Replication (`None`: a single node).
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// CLI values that override everything else.
@@ -152,6 +367,14 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--metrics-listen`
     pub metrics_listen: Option<String>,
+    /// `--node-id`
+    pub node_id: Option<String>,
+    /// `--cluster-listen`
+    pub cluster_listen: Option<String>,
+    /// `--peers`
+    pub peers: Option<String>,
+    /// `--statefulset`
+    pub statefulset: Option<String>,
 }
 
 /// A configuration error, naming the key.
@@ -182,6 +405,17 @@ impl Config {
         }
         if let Some(l) = &overrides.metrics_listen {
             cfg.server.metrics_listen = l.clone();
+        }
+        let c = &mut cfg.cluster;
+        for (flag, field) in [
+            (&overrides.node_id, &mut c.node_id),
+            (&overrides.cluster_listen, &mut c.listen),
+            (&overrides.peers, &mut c.peers),
+            (&overrides.statefulset, &mut c.statefulset),
+        ] {
+            if let Some(v) = flag {
+                field.clone_from(v);
+            }
         }
         Ok(cfg)
     }
@@ -263,6 +497,7 @@ impl Config {
                 self.rag.validate()?;
                 self.rag.clone()
             },
+            cluster: self.cluster.validate()?,
         })
     }
 }
@@ -286,6 +521,33 @@ mod tests {
         );
         c.server.idle_poll_us = 2_000_000;
         assert!(c.validate().unwrap_err().0.contains("server.idle_poll_us"));
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let mut c = Config::default();
+        c.cluster.listen = "127.0.0.1:7100".into();
+        assert!(c.validate().unwrap_err().0.contains("node_id"));
+        c.cluster.node_id = "2".into();
+        c.cluster.peers = "1=a:1,2=127.0.0.1:7100,3=c:3".into();
+        let s = c.validate().unwrap().cluster.unwrap();
+        assert_eq!(s.node_id, 2);
+        assert_eq!(s.peers.len(), 3);
+        c.cluster.peers = "1=a:1,3=c:3".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .0
+                .contains("does not list this node")
+        );
+        c.cluster.peers = "1=a".into();
+        assert!(c.validate().unwrap_err().0.contains("HOST:PORT"));
+        assert_eq!(
+            pod_ordinal("quiver-12.quiver-headless"),
+            Some(("quiver", 12))
+        );
+        assert_eq!(pod_ordinal("my-db-0"), Some(("my-db", 0)));
+        assert_eq!(pod_ordinal("laptop"), None);
     }
 
     #[test]

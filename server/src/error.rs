@@ -33,6 +33,9 @@ pub enum ApiError {
     /// A bug or a lost worker thread.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A status decided elsewhere (the replicated state machine, the leader).
+    #[error("{}", .0.message())]
+    Status(Status),
 }
 
 impl ApiError {
@@ -62,6 +65,9 @@ fn storage_code(e: &quiver_storage::Error) -> Code {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
+        if let ApiError::Status(s) = e {
+            return s;
+        }
         let code = match &e {
             ApiError::Storage(s) => storage_code(s),
             ApiError::BadRequest { .. } => Code::InvalidArgument,
@@ -71,6 +77,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::Deadline(_) => Code::DeadlineExceeded,
             ApiError::Internal(_) => Code::Internal,
+            ApiError::Status(s) => s.code(),
         };
         if code == Code::Internal || code == Code::DataLoss {
             tracing::error!(error = %e, "request failed");

@@ -1,13 +1,17 @@
 //! gRPC services, one file per service. Handlers stay thin: convert → engine (off the async
 //! runtime) → convert.
+pub mod cluster;
 pub mod collections;
 pub mod points;
 pub mod search;
 
 use std::sync::{Arc, OnceLock};
 
+use quiver_proto::v1 as pb;
 use quiver_storage::Engine;
 
+use crate::cluster::Cluster;
+use crate::cluster::command::{Outcome, Write};
 use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
 
@@ -15,6 +19,7 @@ use crate::error::{ApiError, ApiResult};
 #[derive(Debug)]
 pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
+    cluster: OnceLock<Arc<Cluster>>,
     /// Validated settings.
     pub settings: Settings,
 }
@@ -24,6 +29,7 @@ impl AppState {
     pub fn new(settings: Settings) -> Arc<AppState> {
         Arc::new(AppState {
             engine: OnceLock::new(),
+            cluster: OnceLock::new(),
             settings,
         })
     }
@@ -31,6 +37,62 @@ impl AppState {
     /// Publishes the opened engine.
     pub fn set_engine(&self, engine: Arc<Engine>) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Publishes the started replication handle.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The replication handle (`None`: a single node).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Applies a write: through the replicated log on a cluster (forwarded to the leader,
+    /// acknowledged once committed), directly on a single node.
+    pub async fn write(&self, w: Write) -> ApiResult<Outcome> {
+        let engine = self.engine()?;
+        match self.cluster.get() {
+            Some(c) => {
+                precheck(&engine, &w)?;
+                c.write(w).await
+            }
+            None => blocking(move || Ok(w.apply(&engine, 0)?)).await,
+        }
+    }
+
+    /// [`AppState::write`] from blocking code (a `spawn_blocking` closure).
+    pub fn write_blocking(&self, w: Write) -> ApiResult<Outcome> {
+        let engine = self.engine()?;
+        match self.cluster.get() {
+            Some(c) => {
+                precheck(&engine, &w)?;
+                tokio::runtime::Handle::current().block_on(c.write(w))
+            }
+            None => Ok(w.apply(&engine, 0)?),
+        }
+    }
+
+    /// Ready for traffic: storage open and, on a cluster, a leader known and this node caught
+    /// up.
+    pub fn ready(&self) -> bool {
+        self.engine.get().is_some() && self.cluster.get().is_none_or(|c| c.is_ready())
+    }
+
+    /// Waits until a read at `consistency` may be served here.
+    pub async fn read_barrier(&self, consistency: i32) -> ApiResult<()> {
+        match pb::Consistency::try_from(consistency) {
+            Err(_) => Err(ApiError::bad(
+                "consistency",
+                format!("unknown value {consistency}; expected LOCAL (0) or LEADER (1)"),
+            )),
+            Ok(pb::Consistency::Local) => Ok(()),
+            Ok(pb::Consistency::Leader) => match self.cluster.get() {
+                Some(c) => c.read_barrier().await,
+                None => Ok(()),
+            },
+        }
     }
 
     /// The engine, or UNAVAILABLE while storage is still opening.
@@ -48,4 +110,21 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("worker thread failed: {e}")))?
+}
+
+/// Rejects, before it enters the replicated log, a write the engine would refuse for its
+/// shape (so the log holds no batch that fails on every replica, and the error names the
+/// field exactly as on a single node).
+fn precheck(engine: &Engine, w: &Write) -> ApiResult<()> {
+    if let Write::Upsert { collection, points } = w {
+        let dim = match engine.collection(collection) {
+            Ok(c) => c.config().dim,
+            Err(_) => points.first().map_or(0, |p| p.vector.len()),
+        };
+        for (i, p) in points.iter().enumerate() {
+            quiver_storage::types::validate_vector(&p.vector, dim, &format!("points[{i}].vector"))?;
+            p.id.validate(&format!("points[{i}].id"))?;
+        }
+    }
+    Ok(())
 }

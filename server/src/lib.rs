@@ -33,12 +33,18 @@ use crate::grpc::points::PointsService;
 use crate::grpc::search::SearchService;
 
 /// Names reported by the health service (plus `""` for the whole server).
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "quiver.v1.Collections",
     "quiver.v1.Points",
     "quiver.v1.Search",
     "quiver.v1.Rag",
+    "quiver.v1.Cluster",
 ];
+
+/// The health service name Kubernetes readiness probes ask for: SERVING once storage is open
+/// and, on a cluster, the node has a leader and is caught up (see [`cluster::Cluster::is_ready`]).
+/// The empty name ("") is SERVING whenever the process serves (liveness).
+pub const READINESS: &str = "quiver.readiness";
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +70,9 @@ pub enum ServerError {
     /// The idle-polling thread could not start.
     #[error("idle poller: {0}")]
     Poller(std::io::Error),
+    /// Replication could not start.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// tonic's decoder reports an oversized request as OUT_OF_RANGE; the API (and gRPC's own
@@ -93,6 +102,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let api_addr = listener.local_addr().map_err(ServerError::MetricsListen)?;
     let poller = match settings.idle_poll {
         Some(window) => Some(idle_poll::IdlePoller::start(window).map_err(ServerError::Poller)?),
         None => None,
@@ -111,14 +121,15 @@ pub async fn serve(
                 .map_err(ServerError::MetricsListen)?;
             tracing::info!(addr = %l.local_addr().map_err(ServerError::MetricsListen)?, "metrics on /metrics, /healthz, /readyz");
             let st = Arc::clone(&state);
-            Some(tokio::spawn(telemetry::serve_http(l, move || {
-                st.engine().is_ok()
-            })))
+            Some(tokio::spawn(telemetry::serve_http(l, move || st.ready())))
         }
         None => None,
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     set_all(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(READINESS, ServingStatus::NotServing)
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quiver_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -155,7 +166,10 @@ pub async fn serve(
             quiver_proto::v1::rag_server::RagServer::new(rag::RagService::new(Arc::clone(&state))?)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        );
+        )
+        .add_service(quiver_proto::v1::cluster_server::ClusterServer::new(
+            grpc::cluster::ClusterService::new(Arc::clone(&state)),
+        ));
     // gRPC answers are several small HTTP/2 frames: never let Nagle's algorithm hold them back.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         if let Ok(c) = &conn
@@ -172,11 +186,46 @@ pub async fn serve(
     // Open storage while health says NOT_SERVING (WAL replay can take a while).
     let dir = settings.data_dir.clone();
     let opts = EngineOptions {
-        fsync: settings.fsync,
+        // On a cluster every acknowledged write is already fsynced in the Raft log on a
+        // quorum; the engine's WALs are synced when the applied index is recorded.
+        fsync: if settings.cluster.is_some() {
+            FsyncPolicy::Never
+        } else {
+            settings.fsync
+        },
     };
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(&dir, opts)).await??);
     state.set_engine(Arc::clone(&engine));
+    let cluster = match settings.cluster.clone() {
+        Some(cs) => {
+            let (c, task) =
+                cluster::Cluster::start(Arc::clone(&engine), cs, api_addr.to_string()).await?;
+            state.set_cluster(Arc::clone(&c));
+            Some((c, task))
+        }
+        None => None,
+    };
     set_all(&reporter, ServingStatus::Serving).await;
+    let readiness = {
+        let (st, rep) = (Arc::clone(&state), reporter.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let now = st.ready();
+                if last != Some(now) {
+                    let s = if now {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    rep.set_service_status(READINESS, s).await;
+                    last = Some(now);
+                }
+            }
+        })
+    };
     tracing::info!(data_dir = %settings.data_dir.display(), collections = engine.list().len(), "storage open, serving");
 
     let ticker = if let FsyncPolicy::Interval(every) = settings.fsync {
@@ -200,7 +249,11 @@ pub async fn serve(
         r = &mut server => Some(r),
     };
     tracing::info!("shutting down: health NOT_SERVING, draining requests");
+    readiness.abort();
     set_all(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(READINESS, ServingStatus::NotServing)
+        .await;
     let _ = stop_tx.send(());
     let served = match early {
         Some(r) => r,
@@ -218,6 +271,10 @@ pub async fn serve(
     }
     if let Some(t) = metrics_http {
         t.abort();
+    }
+    if let Some((c, task)) = cluster {
+        c.shutdown().await;
+        task.abort();
     }
     tokio::task::spawn_blocking(move || engine.close()).await??;
     tracing::info!("storage closed");

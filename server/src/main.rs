@@ -20,6 +20,21 @@ struct Args {
     /// server.metrics_listen).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// This node's id in a replicated cluster (a positive integer, or `auto` = StatefulSet pod
+    /// ordinal + 1 from the hostname); overrides cluster.node_id.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Node-to-node listen address HOST:PORT; enables replication (overrides cluster.listen).
+    #[arg(long)]
+    cluster_listen: Option<String>,
+    /// Bootstrap voters by cluster address: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT (overrides
+    /// cluster.peers).
+    #[arg(long)]
+    peers: Option<String>,
+    /// SERVICE:REPLICAS: peers from a StatefulSet's headless service (overrides
+    /// cluster.statefulset).
+    #[arg(long)]
+    statefulset: Option<String>,
     /// TOML configuration file; environment variables QUIVER__SECTION__KEY override it.
     #[arg(long, env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
@@ -58,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         metrics_listen: args.metrics_listen,
+        node_id: args.node_id,
+        cluster_listen: args.cluster_listen,
+        peers: args.peers,
+        statefulset: args.statefulset,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     let settings = config.validate()?;

@@ -185,6 +185,10 @@ pub struct CollectionConfig {
     /// Declared payload fields (indexed per segment) at creation; more can be declared later.
     #[serde(default)]
     pub schema: crate::filter::Schema,
+    /// Settings of services above the engine kept with the collection (e.g. its RAG
+    /// configuration): replicated, snapshotted and dropped with it. The engine never reads them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl CollectionConfig {

@@ -4,7 +4,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `l` + index (u64 BE) | the entry (JSON) |
+//! | `l` + index (u64 BE) | the entry (bincode) |
 //! | `m/vote` | the vote |
 //! | `m/committed` | the last committed log id |
 //! | `m/purged` | the last purged log id |
@@ -122,7 +122,7 @@ where
                 if !range.contains(&i) {
                     return Ok(out);
                 }
-                out.push(serde_json::from_slice(&v).map_err(|e| StorageIOError::read_logs(&e))?);
+                out.push(bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?);
                 after = Some(k);
             }
             if !full {
@@ -148,7 +148,7 @@ where
         let last_log_id = match last.first() {
             Some((_, v)) => {
                 let e: C::Entry =
-                    serde_json::from_slice(v).map_err(|e| StorageIOError::read_logs(&e))?;
+                    bincode::deserialize(v).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.get_log_id().clone())
             }
             None => purged.clone(),
@@ -198,7 +198,7 @@ where
     {
         let mut ops = Vec::new();
         for e in entries {
-            let v = serde_json::to_vec(&e).map_err(|err| StorageIOError::write_logs(&err))?;
+            let v = bincode::serialize(&e).map_err(|err| StorageIOError::write_logs(&err))?;
             ops.push(AuxOp::Put(entry_key(e.get_log_id().index), v));
         }
         // One synced batch: durable before openraft is told so.

@@ -1,6 +1,676 @@
-//! Replication (issue 7, in progress): the Raft log store so far. See the README's
-//! "Replication" section for the design.
+//! Replication: every mutating operation goes through an openraft log, and every node applies
+//! the committed log to its engine. See the README's "Replication" section.
+//!
+//! - [`log_store`]: the Raft log, vote and commit index in the engine's RocksDB.
+//! - [`sm`]: the engine as the state machine (apply, durable applied index, snapshots).
+//! - [`command`]: writes as log entries.
+//! - [`net`]: the internal gRPC transport.
+//! - [`Cluster`]: what the API handlers use: replicated writes (forwarded to the leader from
+//!   a follower), read barriers, status, membership changes, readiness.
+#![allow(clippy::result_large_err)] // openraft's error types are large
+
+pub mod command;
 pub mod log_store;
+pub mod net;
+pub mod sm;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use quiver_proto::internal::RaftBytes;
+use quiver_proto::internal::raft_server::{Raft as RaftRpc, RaftServer};
+use quiver_proto::v1 as pb;
+use quiver_storage::Engine;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+use self::command::{Command, Failure, Outcome, Reply, Write};
+use self::log_store::RocksLog;
+use self::net::{decode, encode};
+use self::sm::EngineSm;
+use crate::config::ClusterSettings;
+use crate::error::{ApiError, ApiResult};
+
+// `Cursor` is the macro's default snapshot type; ours is a file.
+#[allow(unused_imports)]
+use Cursor as _;
+
+openraft::declare_raft_types!(
+    /// Quiver's Raft types: [`Command`] entries, [`Reply`] responses, snapshot files.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+);
+
+/// A follower's request to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+enum Forward {
+    Write(Command),
+    ReadIndex,
+    AddNode {
+        id: u64,
+        addr: String,
+        learner_only: bool,
+    },
+    RemoveNode {
+        id: u64,
+    },
+}
+
+/// The leader's answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum Forwarded {
+    Write(Reply),
+    ReadIndex(u64),
+    Done,
+}
+
+/// One node's own view, answered by `LocalStatus`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalView {
+    id: u64,
+    role: String,
+    term: u64,
+    last_log_index: u64,
+    applied_index: u64,
+    snapshot_index: u64,
+    leader: Option<u64>,
+    api_addr: String,
+}
+
+/// The replication handle the API uses.
+pub struct Cluster {
+    /// The Raft node.
+    pub raft: Raft<TypeConfig>,
+    id: u64,
+    settings: ClusterSettings,
+    sm: EngineSm,
+    api_addr: String,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("id", &self.id).finish()
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn failure_status(f: Failure) -> ApiError {
+    ApiError::Status(Status::new(tonic::Code::from_i32(f.code), f.message))
+}
+
+/// Why a forwarded call failed.
+enum ForwardError {
+    /// It never reached a leader: safe to retry.
+    Retry(String),
+    /// It may have been applied, or was refused: report.
+    Fail(Status),
+}
+
+impl Cluster {
+    /// Opens the Raft node over `engine`, serves the internal port, and bootstraps a new
+    /// cluster from the peer list when this is its first start.
+    pub async fn start(
+        engine: Arc<Engine>,
+        settings: ClusterSettings,
+        api_addr: String,
+    ) -> Result<(Arc<Cluster>, tokio::task::JoinHandle<()>), crate::ServerError> {
+        let raw = &settings.raw;
+        let config = openraft::Config {
+            cluster_name: "quiver".into(),
+            heartbeat_interval: raw.heartbeat_ms,
+            election_timeout_min: raw.election_timeout_ms,
+            election_timeout_max: raw.election_timeout_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raw.snapshot_every),
+            max_in_snapshot_log_to_keep: raw.keep_logs,
+            purge_batch_size: 256,
+            snapshot_max_chunk_size: 4 << 20,
+            install_snapshot_timeout: raw.rpc_timeout_ms.max(10_000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| crate::ServerError::Cluster(format!("raft config: {e}")))?;
+        let dir = engine.root().join("raft").join("snapshots");
+        let durable_every = ms(raw.durable_every_ms);
+        let e = Arc::clone(&engine);
+        let sm =
+            tokio::task::spawn_blocking(move || EngineSm::open(e, dir, durable_every)).await??;
+        let log = RocksLog::<TypeConfig>::new(engine.aux());
+        let network = net::Network {
+            timeout: ms(raw.rpc_timeout_ms),
+        };
+        let raft = Raft::new(settings.node_id, Arc::new(config), network, log, sm.clone())
+            .await
+            .map_err(|e| crate::ServerError::Cluster(format!("raft: {e}")))?;
+        let cluster = Arc::new(Cluster {
+            raft,
+            id: settings.node_id,
+            settings,
+            sm,
+            api_addr,
+            ready: AtomicBool::new(false),
+        });
+        let listener = tokio::net::TcpListener::bind(cluster.settings.listen)
+            .await
+            .map_err(|e| {
+                crate::ServerError::Cluster(format!(
+                    "cannot listen on {}: {e}",
+                    cluster.settings.listen
+                ))
+            })?;
+        tracing::info!(node = cluster.id, addr = %cluster.settings.listen, "cluster listener up");
+        let svc = RaftServer::new(Service(Arc::clone(&cluster)))
+            .max_decoding_message_size(net::MAX_MESSAGE)
+            .max_encoding_message_size(net::MAX_MESSAGE);
+        let server = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!(error = %e, "cluster listener failed");
+            }
+        });
+        let c = Arc::clone(&cluster);
+        tokio::spawn(async move { c.bootstrap().await });
+        let c = Arc::clone(&cluster);
+        tokio::spawn(async move { c.background().await });
+        Ok((cluster, server))
+    }
+
+    /// First start of a new cluster: the lowest-numbered peer initialises it, unless another
+    /// peer already holds a log (then this node was wiped and rejoins through the leader).
+    async fn bootstrap(&self) {
+        let peers = &self.settings.peers;
+        if peers.is_empty() || peers.keys().next() != Some(&self.id) {
+            return;
+        }
+        match self.raft.is_initialized().await {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+        for (id, addr) in peers {
+            if *id == self.id {
+                continue;
+            }
+            if let Ok(v) = self.local_view_of(addr, ms(1000)).await
+                && (v.last_log_index > 0 || v.leader.is_some())
+            {
+                tracing::info!(
+                    peer = id,
+                    "a peer already has a log: not initialising; waiting for the leader"
+                );
+                return;
+            }
+        }
+        let members: BTreeMap<u64, BasicNode> = peers
+            .iter()
+            .map(|(id, a)| (*id, BasicNode::new(a)))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => tracing::info!(voters = peers.len(), "cluster initialised"),
+            Err(e) => tracing::warn!(error = %e, "cluster initialisation skipped"),
+        }
+    }
+
+    /// Readiness and periodic durability.
+    async fn background(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ms(500));
+        loop {
+            tick.tick().await;
+            let sm = self.sm.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.make_durable_if_due()).await
+            {
+                tracing::error!(error = %e, "recording the applied index failed");
+            }
+            let ready = self.compute_ready().await;
+            if ready != self.ready.swap(ready, Ordering::AcqRel) {
+                tracing::info!(ready, "cluster readiness changed");
+            }
+        }
+    }
+
+    async fn compute_ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(leader) = m.current_leader else {
+            return false;
+        };
+        if leader == self.id {
+            return true;
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        match self.leader_addr(leader) {
+            Some(addr) => match self.local_view_of(&addr, ms(1000)).await {
+                Ok(v) => {
+                    v.last_log_index.saturating_sub(applied) <= self.settings.raw.max_ready_lag
+                }
+                Err(_) => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Member of a cluster with a leader, and caught up within `max_ready_lag` entries.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn leader_addr(&self, leader: u64) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    fn local_view(&self) -> LocalView {
+        let m = self.raft.metrics().borrow().clone();
+        LocalView {
+            id: self.id,
+            role: role(m.state).into(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            leader: m.current_leader,
+            api_addr: self.api_addr.clone(),
+        }
+    }
+
+    async fn local_view_of(&self, addr: &str, timeout: Duration) -> Result<LocalView, Status> {
+        let mut c = net::client(addr, timeout).map_err(Status::invalid_argument)?;
+        let mut req = Request::new(RaftBytes::default());
+        req.set_timeout(timeout);
+        decode(c.local_status(req).await?.get_ref())
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        f: &Forward,
+        timeout: Duration,
+    ) -> Result<Forwarded, ForwardError> {
+        let timeout = timeout.max(ms(100));
+        let mut c = net::client(addr, timeout).map_err(ForwardError::Retry)?;
+        let mut req = Request::new(encode(f).map_err(ForwardError::Fail)?);
+        req.set_timeout(timeout);
+        match c.forward(req).await {
+            Ok(resp) => {
+                let out: Result<Forwarded, Failure> =
+                    decode(resp.get_ref()).map_err(ForwardError::Fail)?;
+                out.map_err(|f| {
+                    let s = Status::new(tonic::Code::from_i32(f.code), f.message);
+                    if net::unreachable(&s) || s.message().contains("not the leader") {
+                        ForwardError::Retry(s.message().to_owned())
+                    } else {
+                        ForwardError::Fail(s)
+                    }
+                })
+            }
+            Err(s) if net::unreachable(&s) => Err(ForwardError::Retry(s.message().to_owned())),
+            Err(s) => Err(ForwardError::Fail(s)),
+        }
+    }
+
+    /// Runs `f` on the leader: locally when this node leads, else forwarded to it; waits for
+    /// a leader until `deadline`.
+    async fn on_leader(&self, f: Forward, deadline: Instant) -> ApiResult<Forwarded> {
+        let mut last_err = String::from("no leader elected");
+        loop {
+            let leader = self.raft.metrics().borrow().current_leader;
+            match leader {
+                Some(l) if l == self.id => match self.lead(&f, deadline).await {
+                    Ok(out) => return Ok(out),
+                    Err(LeadError::NotLeader) => last_err = "leadership moved".into(),
+                    Err(LeadError::Fail(e)) => return Err(e),
+                },
+                Some(l) => match self.leader_addr(l) {
+                    Some(addr) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match self.forward(&addr, &f, left).await {
+                            Ok(out) => return Ok(out),
+                            Err(ForwardError::Retry(m)) => {
+                                last_err = format!("leader {l} at {addr}: {m}")
+                            }
+                            Err(ForwardError::Fail(s)) => return Err(ApiError::Status(s)),
+                        }
+                    }
+                    None => last_err = format!("leader {l} has no known address"),
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                let voters = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count();
+                return Err(ApiError::Unavailable(format!(
+                    "no leader could take the request within {} ms ({last_err}); a majority of the {voters} voters must be up and connected",
+                    self.settings.raw.write_timeout_ms
+                )));
+            }
+            tokio::time::sleep(ms(50)).await;
+        }
+    }
+
+    /// Executes a forwarded request as the leader.
+    async fn lead(&self, f: &Forward, deadline: Instant) -> Result<Forwarded, LeadError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timed_out = || {
+            LeadError::Fail(ApiError::Unavailable(format!(
+                "not committed within {} ms: a quorum of replicas did not answer (the request may still take effect)",
+                left.as_millis()
+            )))
+        };
+        match f {
+            Forward::Write(cmd) => {
+                match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Ok(resp)) => Ok(Forwarded::Write(resp.data)),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        Err(LeadError::NotLeader)
+                    }
+                    Ok(Err(e)) => Err(LeadError::Fail(ApiError::Unavailable(e.to_string()))),
+                }
+            }
+            Forward::ReadIndex => {
+                match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Ok(id)) => Ok(Forwarded::ReadIndex(id.map_or(0, |l| l.index))),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                        Err(LeadError::NotLeader)
+                    }
+                    Ok(Err(e)) => Err(LeadError::Fail(ApiError::Unavailable(e.to_string()))),
+                }
+            }
+            Forward::AddNode {
+                id,
+                addr,
+                learner_only,
+            } => {
+                self.raft
+                    .add_learner(*id, BasicNode::new(addr), true)
+                    .await
+                    .map_err(membership_err)?;
+                if !learner_only {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
+                        .await
+                        .map_err(membership_err)?;
+                }
+                Ok(Forwarded::Done)
+            }
+            Forward::RemoveNode { id } => {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([*id])), false)
+                    .await
+                    .map_err(membership_err)?;
+                Ok(Forwarded::Done)
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .is_ok()
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + ms(self.settings.raw.write_timeout_ms)
+    }
+
+    /// Replicates a write and returns once it is committed and applied on the leader and on
+    /// this node (so the caller reads its own write here).
+    pub async fn write(&self, w: Write) -> ApiResult<Outcome> {
+        let cmd = w.encode();
+        let deadline = self.deadline();
+        match self.on_leader(Forward::Write(cmd), deadline).await? {
+            Forwarded::Write(reply) => {
+                let out = reply.map_err(failure_status)?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait_applied(out.index, left.max(ms(100))).await;
+                Ok(out)
+            }
+            Forwarded::ReadIndex(_) | Forwarded::Done => {
+                Err(ApiError::Internal("unexpected answer to a write".into()))
+            }
+        }
+    }
+
+    /// A linearizable read point: returns once this node has applied everything the leader
+    /// had committed when the read arrived (confirmed by a quorum).
+    pub async fn read_barrier(&self) -> ApiResult<()> {
+        let deadline = self.deadline();
+        match self.on_leader(Forward::ReadIndex, deadline).await? {
+            Forwarded::ReadIndex(index) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if self.wait_applied(index, left.max(ms(100))).await {
+                    Ok(())
+                } else {
+                    Err(ApiError::Unavailable(format!(
+                        "this replica did not apply log index {index} in time"
+                    )))
+                }
+            }
+            Forwarded::Write(_) | Forwarded::Done => Err(ApiError::Internal(
+                "unexpected answer to a read index".into(),
+            )),
+        }
+    }
+
+    /// Adds a node (as a learner, caught up, then a voter unless `learner_only`).
+    pub async fn add_node(&self, id: u64, addr: String, learner_only: bool) -> ApiResult<()> {
+        if id == 0 {
+            return Err(ApiError::bad("id", "node ids start at 1"));
+        }
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(ApiError::bad(
+                "cluster_addr",
+                format!("{addr:?} is not HOST:PORT"),
+            ));
+        }
+        let f = Forward::AddNode {
+            id,
+            addr,
+            learner_only,
+        };
+        self.on_leader(
+            f,
+            Instant::now() + ms(self.settings.raw.write_timeout_ms.max(60_000)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a node from the voters and the cluster.
+    pub async fn remove_node(&self, id: u64) -> ApiResult<()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!("node {id} is not a member")));
+        }
+        self.on_leader(Forward::RemoveNode { id }, self.deadline())
+            .await
+            .map(|_| ())
+    }
+
+    /// Every member's view, asked concurrently (unreachable members are marked).
+    pub async fn status(&self) -> pb::ClusterStatusResponse {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let timeout = ms(self.settings.raw.rpc_timeout_ms.min(2000));
+        let asks = membership.nodes().map(|(id, node)| {
+            let id = *id;
+            let addr = node.addr.clone();
+            async move {
+                let view = if id == self.id {
+                    Ok(self.local_view())
+                } else {
+                    self.local_view_of(&addr, timeout).await
+                };
+                (id, addr, view)
+            }
+        });
+        let views = futures::future::join_all(asks).await;
+        let leader = m.current_leader.unwrap_or(0);
+        let commit = views
+            .iter()
+            .find_map(|(id, _, v)| match v {
+                Ok(v) if *id == leader => Some(v.last_log_index),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let nodes = views
+            .into_iter()
+            .map(|(id, addr, v)| match v {
+                Ok(v) => pb::ClusterNode {
+                    id,
+                    cluster_addr: addr,
+                    api_addr: v.api_addr,
+                    role: v.role,
+                    voter: voters.contains(&id),
+                    term: v.term,
+                    last_log_index: v.last_log_index,
+                    applied_index: v.applied_index,
+                    snapshot_index: v.snapshot_index,
+                    lag: commit.saturating_sub(v.applied_index),
+                    error: String::new(),
+                },
+                Err(e) => pb::ClusterNode {
+                    id,
+                    cluster_addr: addr,
+                    role: "unreachable".into(),
+                    voter: voters.contains(&id),
+                    error: e.message().to_owned(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        pb::ClusterStatusResponse {
+            enabled: true,
+            node_id: self.id,
+            leader_id: leader,
+            term: m.current_term,
+            commit_index: commit,
+            nodes,
+        }
+    }
+
+    /// Records the applied index and stops the Raft node (shutdown).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let sm = self.sm.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sm.make_durable()).await {
+            tracing::error!(error = %e, "recording the applied index at shutdown failed");
+        }
+    }
+}
+
+enum LeadError {
+    NotLeader,
+    Fail(ApiError),
+}
+
+fn membership_err(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> LeadError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => LeadError::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            LeadError::Fail(ApiError::Precondition(format!("membership change: {e}")))
+        }
+        RaftError::Fatal(e) => LeadError::Fail(ApiError::Unavailable(format!("raft: {e}"))),
+    }
+}
+
+impl From<LeadError> for Failure {
+    fn from(e: LeadError) -> Failure {
+        match e {
+            LeadError::NotLeader => Failure {
+                code: tonic::Code::Unavailable as i32,
+                message: "not the leader".into(),
+            },
+            LeadError::Fail(e) => {
+                let s: Status = e.into();
+                Failure {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                }
+            }
+        }
+    }
+}
+
+/// The internal gRPC service.
+struct Service(Arc<Cluster>);
+
+#[tonic::async_trait]
+impl RaftRpc for Service {
+    async fn append_entries(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let r = self.0.raft.append_entries(decode(req.get_ref())?).await;
+        Ok(Response::new(encode(&r)?))
+    }
+
+    async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let r = self.0.raft.vote(decode(req.get_ref())?).await;
+        Ok(Response::new(encode(&r)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let r = self.0.raft.install_snapshot(decode(req.get_ref())?).await;
+        Ok(Response::new(encode(&r)?))
+    }
+
+    async fn forward(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let f: Forward = decode(req.get_ref())?;
+        let deadline = self.0.deadline();
+        let out: Result<Forwarded, Failure> =
+            self.0.lead(&f, deadline).await.map_err(Failure::from);
+        Ok(Response::new(encode(&out)?))
+    }
+
+    async fn local_status(&self, _req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        Ok(Response::new(encode(&self.0.local_view())?))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ use quiver_proto::v1::collections_server::Collections;
 use quiver_storage::{Collection, CollectionConfig, DEFAULT_PQ_BITS, IndexConfig, IndexKind};
 use tonic::{Request, Response, Status};
 
+use crate::cluster::command::Write;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
@@ -120,8 +121,12 @@ impl Collections for CollectionsService {
                 .segment_max_rows
                 .unwrap_or(self.state.settings.segment_max_rows),
             schema: convert::schema(&r.schema)?,
+            labels: Default::default(),
         };
-        let out = blocking(move || Ok(info(engine.create_collection(config)?.as_ref()))).await?;
+        config.validate().map_err(ApiError::from)?;
+        let name = config.name.clone();
+        self.state.write(Write::CreateCollection(config)).await?;
+        let out = blocking(move || Ok(info(engine.collection(&name)?.as_ref()))).await?;
         Ok(Response::new(out))
     }
 
@@ -149,9 +154,9 @@ impl Collections for CollectionsService {
         &self,
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
-        let engine = self.state.engine()?;
         let name = req.into_inner().name;
-        blocking(move || Ok(engine.drop_collection(&name)?)).await?;
+        quiver_storage::types::validate_collection_name(&name).map_err(ApiError::from)?;
+        self.state.write(Write::DropCollection(name)).await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }
 
@@ -174,12 +179,13 @@ impl Collections for CollectionsService {
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let fields = convert::schema(&r.fields)?;
-        let out = blocking(move || {
-            let c = engine.collection(&r.name)?;
-            c.declare_fields(&fields)?;
-            Ok(info(c.as_ref()))
-        })
-        .await?;
+        self.state
+            .write(Write::DeclareFields {
+                collection: r.name.clone(),
+                fields,
+            })
+            .await?;
+        let out = blocking(move || Ok(info(engine.collection(&r.name)?.as_ref()))).await?;
         Ok(Response::new(out))
     }
 }

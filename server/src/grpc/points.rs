@@ -4,11 +4,11 @@ use std::sync::Arc;
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::points_server::Points;
 use quiver_storage::ReadOptions;
-use quiver_storage::collection::PayloadUpdate;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::cluster::command::Write;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
@@ -26,11 +26,16 @@ impl PointsService {
     }
 
     async fn upsert_batch(&self, r: pb::UpsertRequest) -> ApiResult<(u64, u64)> {
-        let engine = self.state.engine()?;
         let n = r.points.len() as u64;
-        let writes = convert::points(r.points, self.state.settings.max_payload_bytes)?;
-        let lsn = blocking(move || Ok(engine.collection(&r.collection)?.upsert(writes)?)).await?;
-        Ok((n, lsn))
+        let points = convert::points(r.points, self.state.settings.max_payload_bytes)?;
+        let out = self
+            .state
+            .write(Write::Upsert {
+                collection: r.collection,
+                points,
+            })
+            .await?;
+        Ok((n, out.lsn))
     }
 }
 
@@ -112,6 +117,7 @@ impl Points for PointsService {
         req: Request<pb::GetPointsRequest>,
     ) -> Result<Response<pb::GetPointsResponse>, Status> {
         let r = req.into_inner();
+        self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
         let ids = convert::point_ids(&r.ids, "ids")?;
         let opts = ReadOptions {
@@ -130,29 +136,36 @@ impl Points for PointsService {
         req: Request<pb::DeletePointsRequest>,
     ) -> Result<Response<pb::DeletePointsResponse>, Status> {
         let r = req.into_inner();
-        let engine = self.state.engine()?;
         let ids = convert::point_ids(&r.ids, "ids")?;
         let filter = convert::filter(r.filter.as_ref())?;
         if filter.is_some() && !ids.is_empty() {
             return Err(ApiError::bad("filter", "set ids or a filter, not both").into());
         }
-        let (deleted, lsn) = blocking(move || {
-            let c = engine.collection(&r.collection)?;
-            Ok(match &filter {
-                Some(f) => c.delete_by_filter(f)?,
-                None => c.delete(ids)?,
-            })
-        })
-        .await?;
-        Ok(Response::new(pb::DeletePointsResponse { deleted, lsn }))
+        if let Some(f) = &filter {
+            // A malformed filter is refused here, not in the log.
+            let engine = self.state.engine()?;
+            let c = engine.collection(&r.collection).map_err(ApiError::from)?;
+            c.check_filter(f).map_err(ApiError::from)?;
+        }
+        let collection = r.collection;
+        let w = match filter {
+            Some(filter) => Write::DeleteByFilter { collection, filter },
+            None => Write::Delete { collection, ids },
+        };
+        let out = self.state.write(w).await?;
+        Ok(Response::new(pb::DeletePointsResponse {
+            deleted: out.count,
+            lsn: out.lsn,
+        }))
     }
 
     async fn count(
         &self,
         req: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
-        let engine = self.state.engine()?;
         let r = req.into_inner();
+        self.state.read_barrier(r.consistency).await?;
+        let engine = self.state.engine()?;
         let filter = convert::filter(r.filter.as_ref())?;
         let count = blocking(move || {
             let c = engine.collection(&r.collection)?;
@@ -207,7 +220,6 @@ impl Points for PointsService {
         req: Request<pb::UpdatePayloadRequest>,
     ) -> Result<Response<pb::UpdatePayloadResponse>, Status> {
         let r = req.into_inner();
-        let engine = self.state.engine()?;
         let ids = convert::point_ids(&r.ids, "ids")?;
         let set = match convert::payload(
             (!r.set_json.is_empty()).then_some(r.set_json.as_str()),
@@ -220,17 +232,19 @@ impl Points for PointsService {
             }
             None => serde_json::Map::new(),
         };
-        let mode = if r.overwrite {
-            PayloadUpdate::Overwrite
-        } else {
-            PayloadUpdate::Merge
-        };
-        let (updated, lsn) = blocking(move || {
-            Ok(engine
-                .collection(&r.collection)?
-                .update_payload(&ids, &set, &r.unset, mode)?)
-        })
-        .await?;
-        Ok(Response::new(pb::UpdatePayloadResponse { updated, lsn }))
+        let out = self
+            .state
+            .write(Write::UpdatePayload {
+                collection: r.collection,
+                ids,
+                set,
+                unset: r.unset,
+                overwrite: r.overwrite,
+            })
+            .await?;
+        Ok(Response::new(pb::UpdatePayloadResponse {
+            updated: out.count,
+            lsn: out.lsn,
+        }))
     }
 }

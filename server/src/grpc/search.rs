@@ -121,8 +121,10 @@ impl Search for SearchService {
         &self,
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = req.into_inner();
+        self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
-        let q = query(req.into_inner(), self.state.settings.max_k)?;
+        let q = query(r, self.state.settings.max_k)?;
         // A hop to the blocking pool costs tens of microseconds, more than an index probe:
         // cheap searches run on the async worker, long exact scans on the pool.
         let cheap = engine
@@ -144,8 +146,11 @@ impl Search for SearchService {
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
         let engine = self.state.engine()?;
         let max_k = self.state.settings.max_k;
-        let queries = req
-            .into_inner()
+        let r = req.into_inner();
+        // One barrier for the batch: the strictest consistency any search asks for.
+        let strictest = r.searches.iter().map(|q| q.consistency).max().unwrap_or(0);
+        self.state.read_barrier(strictest).await?;
+        let queries = r
             .searches
             .into_iter()
             .enumerate()

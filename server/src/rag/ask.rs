@@ -146,7 +146,7 @@ fn validate(r: pb::AskRequest) -> ApiResult<Asked> {
 }
 
 fn retrieve(rag: &Rag, engine: &Engine, a: &Asked, ctx: &CallContext) -> ApiResult<Found> {
-    let d = doc_collection(rag, engine, &a.r.collection, None, 0)?;
+    let d = doc_collection(None, rag, engine, &a.r.collection, None, 0)?;
     // The LSN is read before retrieval: a write racing with this answer makes it stale at once.
     let lsn = d.c.last_lsn();
     // The exact answer cache was consulted by the caller (without the blocking hop).

@@ -35,6 +35,7 @@ use serde_json::{Map, Value, json};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cluster::command::Write;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
@@ -457,6 +458,7 @@ fn check_policy(rag: &Rag, cfg: &pb::RagConfig) -> ApiResult<()> {
 
 /// The collection for documents, created on request with the embedder's dimension.
 pub fn doc_collection(
+    app: Option<&AppState>,
     rag: &Rag,
     engine: &Engine,
     name: &str,
@@ -472,7 +474,7 @@ pub fn doc_collection(
             }
             check_policy(rag, &cfg)?;
             let e = rag.embedder(&cfg.embedder)?;
-            let c = engine.create_collection(CollectionConfig {
+            let config = CollectionConfig {
                 name: name.into(),
                 dim: e.dim(),
                 metric: Metric::Cosine,
@@ -485,8 +487,12 @@ pub fn doc_collection(
                     ("flagged".to_owned(), FieldType::Bool),
                 ]
                 .into(),
-            })?;
-            rag.state.set_config(c.uid(), &cfg)?;
+                labels: [(state::RAG_LABEL.to_owned(), state::config_label(&cfg))].into(),
+            };
+            // Settings travel with the collection, in the same replicated write.
+            app.ok_or_else(|| ApiError::Internal("creating a collection without a writer".into()))?
+                .write_blocking(Write::CreateCollection(config))?;
+            let c = engine.collection(name)?;
             return Ok(DocCollection {
                 c,
                 cfg,
@@ -495,7 +501,7 @@ pub fn doc_collection(
         }
         (Err(err), _) => return Err(err.into()),
     };
-    let cfg = rag.state.config(c.uid())?;
+    let cfg = rag.state.config(&c)?;
     if let Some(wanted) = create
         && !wanted.embedder.is_empty()
         && wanted.embedder != cfg.embedder
@@ -525,6 +531,7 @@ pub fn doc_collection(
 /// chunks of the message are embedded in one call (the embedder batches), then written in one
 /// upsert.
 fn ingest(
+    app: &AppState,
     rag: &Rag,
     d: &DocCollection,
     docs: Vec<pb::Document>,
@@ -592,10 +599,16 @@ fn ingest(
     // New chunks first (same ids overwrite), then each document's old chunks past its new end:
     // a crash in between leaves stale extra chunks, never a document with none.
     if !points.is_empty() {
-        d.c.upsert(points)?;
+        app.write_blocking(Write::Upsert {
+            collection: d.c.config().name.clone(),
+            points,
+        })?;
     }
     for (id, n) in ends {
-        d.c.delete_by_filter(&doc_filter(id, Some(n)))?;
+        app.write_blocking(Write::DeleteByFilter {
+            collection: d.c.config().name.clone(),
+            filter: doc_filter(id, Some(n)),
+        })?;
     }
     Ok((chunks, flagged))
 }
@@ -627,9 +640,10 @@ impl RagRpc for RagService {
         while let Some(item) = inbound.next().await {
             message += 1;
             let r = item?;
-            let (engine, rag, ndocs) = (
+            let (engine, rag, app, ndocs) = (
                 Arc::clone(&engine),
                 Arc::clone(&rag),
+                Arc::clone(&self.app),
                 r.documents.len() as u64,
             );
             let ctx = CallContext {
@@ -639,8 +653,15 @@ impl RagRpc for RagService {
             };
             let (chunks, flagged) = blocking(move || {
                 let create = r.create.then(|| r.config.clone().unwrap_or_default());
-                let d = doc_collection(&rag, &engine, &r.collection, create.as_ref(), seg_rows)?;
-                ingest(&rag, &d, r.documents, max_payload, &ctx)
+                let d = doc_collection(
+                    Some(&app),
+                    &rag,
+                    &engine,
+                    &r.collection,
+                    create.as_ref(),
+                    seg_rows,
+                )?;
+                ingest(&app, &rag, &d, r.documents, max_payload, &ctx)
             })
             .await
             .map_err(|e| {
@@ -670,9 +691,14 @@ impl RagRpc for RagService {
         let r = req.into_inner();
         let engine = self.app.engine()?;
         let rag = self.rag()?;
+        let app = Arc::clone(&self.app);
         let chunks = blocking(move || {
-            let d = doc_collection(&rag, &engine, &r.collection, None, 0)?;
-            Ok(d.c.delete_by_filter(&doc_filter(&r.document_id, None))?.0)
+            let d = doc_collection(Some(&app), &rag, &engine, &r.collection, None, 0)?;
+            let out = app.write_blocking(Write::DeleteByFilter {
+                collection: d.c.config().name.clone(),
+                filter: doc_filter(&r.document_id, None),
+            })?;
+            Ok(out.count)
         })
         .await?;
         Ok(Response::new(pb::DeleteDocumentResponse { chunks }))
@@ -680,8 +706,10 @@ impl RagRpc for RagService {
 
     async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<pb::AskResponse>, Status> {
         let tenant = tenant_of(&req)?;
+        let r = req.into_inner();
+        self.app.read_barrier(r.consistency).await?;
         let (engine, rag) = (self.app.engine()?, self.rag()?);
-        let a = ask::ask(rag, engine, req.into_inner(), tenant, None).await?;
+        let a = ask::ask(rag, engine, r, tenant, None).await?;
         Ok(Response::new(a.response))
     }
 
@@ -693,9 +721,10 @@ impl RagRpc for RagService {
         req: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let tenant = tenant_of(&req)?;
+        let r = req.into_inner();
+        self.app.read_barrier(r.consistency).await?;
         let (engine, rag) = (self.app.engine()?, self.rag()?);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let r = req.into_inner();
         tokio::spawn(async move {
             let sink = tx.clone();
             let done = match ask::ask(rag, engine, r, tenant, Some(sink)).await {
@@ -719,7 +748,7 @@ impl RagRpc for RagService {
         let r = req.into_inner();
         let cfg = blocking(move || {
             let c = engine.collection(&r.collection)?;
-            rag.state.config(c.uid())
+            rag.state.config(&c)
         })
         .await?;
         Ok(Response::new(cfg))
@@ -729,11 +758,11 @@ impl RagRpc for RagService {
         &self,
         req: Request<pb::SetRagConfigRequest>,
     ) -> Result<Response<pb::RagConfig>, Status> {
-        let (engine, rag) = (self.app.engine()?, self.rag()?);
+        let (engine, rag, app) = (self.app.engine()?, self.rag()?, Arc::clone(&self.app));
         let r = req.into_inner();
         let cfg = blocking(move || {
             let c = engine.collection(&r.collection)?;
-            let mut cfg = rag.state.config(c.uid())?;
+            let mut cfg = rag.state.config(&c)?;
             if let Some(p) = r.policy {
                 pb::RagPolicy::try_from(p)
                     .map_err(|_| ApiError::bad("policy", format!("unknown policy {p}")))?;
@@ -743,7 +772,11 @@ impl RagRpc for RagService {
                 cfg.generator = g;
             }
             check_policy(&rag, &cfg)?;
-            rag.state.set_config(c.uid(), &cfg)?;
+            app.write_blocking(Write::SetLabel {
+                collection: r.collection.clone(),
+                key: state::RAG_LABEL.into(),
+                value: Some(state::config_label(&cfg)),
+            })?;
             tracing::info!(collection = %r.collection, policy = policy_name(cfg.policy), generator = %cfg.generator, "RAG settings changed");
             Ok(cfg)
         })

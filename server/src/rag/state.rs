@@ -21,6 +21,27 @@ pub struct RagState {
     usage: Mutex<HashMap<(String, u64), u64>>,
 }
 
+/// The collection label holding its RAG settings (replicated and dropped with it).
+pub const RAG_LABEL: &str = "rag";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RagLabel {
+    embedder: String,
+    policy: i32,
+    #[serde(default)]
+    generator: String,
+}
+
+/// A collection's settings as its `rag` label value.
+pub fn config_label(c: &pb::RagConfig) -> String {
+    serde_json::to_string(&RagLabel {
+        embedder: c.embedder.clone(),
+        policy: c.policy,
+        generator: c.generator.clone(),
+    })
+    .unwrap_or_default()
+}
+
 fn config_key(uid: u64) -> Vec<u8> {
     let mut k = b"coll/".to_vec();
     k.extend_from_slice(&uid.to_be_bytes());
@@ -50,8 +71,23 @@ impl RagState {
         }
     }
 
-    /// A collection's settings (defaults when never set).
-    pub fn config(&self, uid: u64) -> ApiResult<pb::RagConfig> {
+    /// A collection's settings: its `rag` label, else (data written before settings moved into
+    /// the catalog) the `app` keyspace, else defaults.
+    pub fn config(&self, c: &quiver_storage::Collection) -> ApiResult<pb::RagConfig> {
+        if let Some(label) = c.label(RAG_LABEL) {
+            let l: RagLabel = serde_json::from_str(&label).map_err(|e| {
+                ApiError::Internal(format!(
+                    "RAG settings of collection {}: {e}",
+                    c.config().name
+                ))
+            })?;
+            return Ok(pb::RagConfig {
+                embedder: l.embedder,
+                policy: l.policy,
+                generator: l.generator,
+            });
+        }
+        let uid = c.uid();
         Ok(match self.store.get(AuxSpace::App, &config_key(uid))? {
             Some(b) => pb::RagConfig::decode(b.as_slice()).map_err(|e| {
                 ApiError::Internal(format!("RAG settings of collection {uid}: {e}"))
@@ -62,20 +98,6 @@ impl RagState {
                 generator: String::new(),
             },
         })
-    }
-
-    /// Stores a collection's settings (synced).
-    pub fn set_config(&self, uid: u64, c: &pb::RagConfig) -> ApiResult<()> {
-        Ok(self.store.put(
-            AuxSpace::App,
-            vec![(config_key(uid), c.encode_to_vec())],
-            true,
-        )?)
-    }
-
-    /// Forgets a dropped collection's settings.
-    pub fn forget(&self, uid: u64) -> ApiResult<()> {
-        Ok(self.store.delete(AuxSpace::App, &config_key(uid))?)
     }
 
     /// Queues an item for review; returns its id (time-ordered).

@@ -214,6 +214,39 @@ impl Collection {
         Ok(())
     }
 
+    /// A label (see [`crate::CollectionConfig::labels`]).
+    pub fn label(&self, key: &str) -> Option<String> {
+        read(&self.state).record.config.labels.get(key).cloned()
+    }
+
+    /// Sets (or with `None` removes) a label, stamped with sequence number `seq` (0 = none);
+    /// durable when this returns.
+    pub fn set_label_seq(&self, key: &str, value: Option<&str>, seq: u64) -> Result<()> {
+        if key.is_empty() || key.len() > 256 {
+            return Err(Error::invalid("label", "keys are 1 to 256 bytes"));
+        }
+        let _seal = lock(&self.seal);
+        let mut w = lock(&self.writer);
+        let mut st = write(&self.state);
+        let mut record = st.record.clone();
+        match value {
+            Some(v) => record.config.labels.insert(key.to_owned(), v.to_owned()),
+            None => record.config.labels.remove(key),
+        };
+        if seq != 0 {
+            w.wal.sync()?;
+            record.applied_seq = record.applied_seq.max(seq);
+            self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        }
+        self.meta.write(vec![MetaOp::Put(
+            Space::Catalog,
+            catalog_key(&self.config.name),
+            encode_record(&record)?,
+        )])?;
+        st.record = record;
+        Ok(())
+    }
+
     /// (sealed segments whose field indexes cover the schema, sealed segments).
     pub fn fields_progress(&self) -> (usize, usize) {
         let schema = read(&self.schema).clone();

@@ -17,6 +17,7 @@ fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig 
         index: Default::default(),
         segment_max_rows: seg,
         schema: Default::default(),
+        labels: Default::default(),
     }
 }
 

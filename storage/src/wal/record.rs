@@ -38,30 +38,36 @@ impl WalRecord {
     /// Appends the encoded body to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
-            WalRecord::Upsert(points) => {
-                out.push(TAG_UPSERT);
-                out.extend_from_slice(&(points.len() as u32).to_le_bytes());
-                let dim = points.first().map_or(0, |p| p.vector.len());
-                out.extend_from_slice(&(dim as u32).to_le_bytes());
-                for p in points {
-                    put_id(out, &p.id);
-                    out.extend_from_slice(bytemuck::cast_slice(&p.vector));
-                    match &p.payload {
-                        Some(bytes) => {
-                            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                            out.extend_from_slice(bytes);
-                        }
-                        None => out.extend_from_slice(&NO_PAYLOAD.to_le_bytes()),
-                    }
+            WalRecord::Upsert(points) => Self::encode_points(points, out),
+            WalRecord::Delete(ids) => Self::encode_ids(ids, out),
+        }
+    }
+
+    /// Appends the body of an upsert of `points` (without building the record).
+    pub fn encode_points(points: &[PointWrite], out: &mut Vec<u8>) {
+        out.push(TAG_UPSERT);
+        out.extend_from_slice(&(points.len() as u32).to_le_bytes());
+        let dim = points.first().map_or(0, |p| p.vector.len());
+        out.extend_from_slice(&(dim as u32).to_le_bytes());
+        for p in points {
+            put_id(out, &p.id);
+            out.extend_from_slice(bytemuck::cast_slice(&p.vector));
+            match &p.payload {
+                Some(bytes) => {
+                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    out.extend_from_slice(bytes);
                 }
+                None => out.extend_from_slice(&NO_PAYLOAD.to_le_bytes()),
             }
-            WalRecord::Delete(ids) => {
-                out.push(TAG_DELETE);
-                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-                for id in ids {
-                    put_id(out, id);
-                }
-            }
+        }
+    }
+
+    /// Appends the body of a delete of `ids`.
+    pub fn encode_ids(ids: &[PointId], out: &mut Vec<u8>) {
+        out.push(TAG_DELETE);
+        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for id in ids {
+            put_id(out, id);
         }
     }
 
