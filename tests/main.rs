@@ -2,6 +2,7 @@
 //! free 127.0.0.1 port with a temporary data directory.
 mod bad_input;
 mod basic;
+mod cluster;
 mod crash;
 mod filters;
 mod index;

@@ -31,6 +31,7 @@ pub struct Config {
 pub struct ClusterConfig {
     /// This node's id: a positive integer, or `auto` = StatefulSet pod ordinal + 1 from the
     /// hostname (`quiver-2` → 3).
+    #[serde(deserialize_with = "string_or_int")]
     pub node_id: String,
     /// Node-to-node gRPC listen address (`HOST:PORT`); empty = a single node, no replication.
     pub listen: String,
@@ -88,6 +89,20 @@ pub struct ClusterSettings {
     pub peers: std::collections::BTreeMap<u64, String>,
     /// The section as given.
     pub raw: ClusterConfig,
+}
+
+/// Accepts `node_id = 2` and `node_id = "auto"` alike (environment values arrive typed).
+fn string_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(u64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::S(s) => s,
+        Either::N(n) => n.to_string(),
+    })
 }
 
 fn hostname() -> Option<String> {

@@ -493,3 +493,107 @@ impl RaftStateMachine<TypeConfig> for EngineSm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use quiver_storage::{
+        CollectionConfig, EngineOptions, FsyncPolicy, Metric, PointId, PointWrite,
+    };
+
+    use super::*;
+
+    fn entry(index: u64, w: Write) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(w.encode()),
+        }
+    }
+
+    /// Re-applying the log from an older durable index after a crash must not apply a write
+    /// twice: here a delete-by-filter applied again after a later payload change would delete
+    /// a point that must survive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reapplying_after_a_crash_skips_what_the_engine_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EngineOptions {
+            fsync: FsyncPolicy::Never,
+        };
+        let log = |from: u64| -> Vec<Entry<TypeConfig>> {
+            let ws = vec![
+                Write::CreateCollection(CollectionConfig {
+                    name: "c".into(),
+                    dim: 2,
+                    metric: Metric::L2,
+                    index: Default::default(),
+                    segment_max_rows: 1000,
+                    schema: Default::default(),
+                    labels: Default::default(),
+                }),
+                Write::Upsert {
+                    collection: "c".into(),
+                    points: vec![PointWrite {
+                        id: PointId::Num(1),
+                        vector: vec![1.0, 2.0],
+                        payload: Some(br#"{"color":"blue","size":1}"#.to_vec()),
+                    }],
+                },
+                Write::DeleteByFilter {
+                    collection: "c".into(),
+                    filter: quiver_storage::filter::parse(r#"color = "red""#).unwrap(),
+                },
+                Write::UpdatePayload {
+                    collection: "c".into(),
+                    ids: vec![PointId::Num(1)],
+                    set: serde_json::from_str(r#"{"color":"red"}"#).unwrap(),
+                    unset: vec![],
+                    overwrite: false,
+                },
+            ];
+            ws.into_iter()
+                .enumerate()
+                .map(|(i, w)| entry(i as u64 + 1, w))
+                .filter(|e| e.log_id.index >= from)
+                .collect()
+        };
+        {
+            let engine = Arc::new(Engine::open(dir.path(), opts.clone()).unwrap());
+            let mut sm = EngineSm::open(
+                Arc::clone(&engine),
+                dir.path().join("snaps"),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+            let replies = sm.apply(log(1)).await.unwrap();
+            assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+            // "Crash": the applied index was never recorded; the WAL reached the OS.
+            engine.sync_all().unwrap();
+        }
+        let engine = Arc::new(Engine::open(dir.path(), opts).unwrap());
+        let mut sm = EngineSm::open(
+            Arc::clone(&engine),
+            dir.path().join("snaps"),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        // openraft re-applies everything after the recorded (absent) applied index.
+        let replies = sm.apply(log(1)).await.unwrap();
+        assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+        let c = engine.collection("c").unwrap();
+        assert_eq!(c.count(), 1, "the point survives the replay");
+        let p = c
+            .get(
+                &[PointId::Num(1)],
+                quiver_storage::ReadOptions {
+                    with_vectors: false,
+                    with_payload: true,
+                },
+            )
+            .unwrap();
+        let payload: serde_json::Value =
+            serde_json::from_slice(p[0].payload.as_deref().unwrap()).unwrap();
+        assert_eq!(payload, serde_json::json!({"color": "red", "size": 1}));
+        assert_eq!(sm.applied_index(), 4);
+    }
+}
