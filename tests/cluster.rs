@@ -340,7 +340,7 @@ async fn restarted_and_wiped_replicas_catch_up_the_wiped_one_by_snapshot() {
         3,
         &[
             ("QUIVER__CLUSTER__SNAPSHOT_EVERY", "40"),
-            ("QUIVER__CLUSTER__KEEP_LOGS", "0"),
+            ("QUIVER__CLUSTER__KEEP_LOGS", "5"),
             ("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "500"),
         ],
     )
@@ -382,6 +382,20 @@ async fn restarted_and_wiped_replicas_catch_up_the_wiped_one_by_snapshot() {
         live.to_string()
     );
 
+    // The leader snapshots and compacts its log behind the snapshot (in the background).
+    let started = Instant::now();
+    loop {
+        let st = c.status(leader).await;
+        let me = st.nodes.iter().find(|n| n.id == leader as u64 + 1).unwrap();
+        if me.snapshot_index > 0 && me.purged_index > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the leader did not compact its log: {me:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A follower's data directory wiped: it rejoins and receives a snapshot (the leader's log
     // behind its snapshot is purged, so replaying the log is impossible).
     c.stop(b);
@@ -389,13 +403,6 @@ async fn restarted_and_wiped_replicas_catch_up_the_wiped_one_by_snapshot() {
     for _ in 0..50 {
         upsert(&mut cl, batch(20, &mut next)).await.unwrap();
     }
-    let leader_status = c.status(leader).await;
-    let me = leader_status
-        .nodes
-        .iter()
-        .find(|n| n.id == leader as u64 + 1)
-        .unwrap();
-    assert!(me.snapshot_index > 0, "the leader built a snapshot: {me:?}");
     c.up(b).await;
     c.wait_caught_up(Duration::from_secs(30)).await;
     let live = next - 10;
@@ -435,6 +442,7 @@ async fn a_minority_refuses_writes_and_loses_nothing() {
     for id in &acked {
         upsert(&mut cl, vec![point(*id, *id as f32)]).await.unwrap();
     }
+    c.wait_caught_up(Duration::from_secs(10)).await;
     // Two of three nodes down: the survivor (whichever it is) cannot commit.
     let survivor = (leader + 1) % 3;
     for i in 0..3 {

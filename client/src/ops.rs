@@ -519,6 +519,7 @@ fn cluster_json(s: &pb::ClusterStatusResponse) -> Value {
             "last_log_index": n.last_log_index,
             "applied_index": n.applied_index,
             "snapshot_index": n.snapshot_index,
+            "purged_index": n.purged_index,
             "lag": n.lag,
             "error": n.error,
         })).collect::<Vec<_>>(),

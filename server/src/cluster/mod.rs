@@ -83,6 +83,7 @@ pub struct LocalView {
     last_log_index: u64,
     applied_index: u64,
     snapshot_index: u64,
+    purged_index: u64,
     leader: Option<u64>,
     api_addr: String,
 }
@@ -146,7 +147,6 @@ impl Cluster {
             election_timeout_max: raw.election_timeout_ms * 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raw.snapshot_every),
             max_in_snapshot_log_to_keep: raw.keep_logs,
-            purge_batch_size: 256,
             snapshot_max_chunk_size: 4 << 20,
             install_snapshot_timeout: raw.rpc_timeout_ms.max(10_000),
             ..Default::default()
@@ -296,6 +296,7 @@ impl Cluster {
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             leader: m.current_leader,
             api_addr: self.api_addr.clone(),
         }
@@ -568,6 +569,7 @@ impl Cluster {
                     last_log_index: v.last_log_index,
                     applied_index: v.applied_index,
                     snapshot_index: v.snapshot_index,
+                    purged_index: v.purged_index,
                     lag: commit.saturating_sub(v.applied_index),
                     error: String::new(),
                 },
