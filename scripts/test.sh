@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Quiver's whole test suite: unit tests, property tests, and the end-to-end tests that
-# start real quiverd processes on 127.0.0.1 (including the kill -9 crash test).
+# start real quiverd processes on 127.0.0.1 (including the kill -9 crash test and the 3-node
+# replication tests), and the deploy/ checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -9,4 +10,6 @@ cargo fmt --all -- --check
 bash scripts/fetch-models.sh
 # The end-to-end tests run the real binaries: build them first.
 cargo build --workspace --bins --locked
+# deploy/: Kubernetes manifests against the API schemas, the Dockerfile, the ConfigMap's config.
+bash scripts/check-deploy.sh
 cargo test --workspace --locked
