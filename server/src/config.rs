@@ -42,7 +42,9 @@ pub struct ClusterConfig {
     pub statefulset: String,
     /// Leader heartbeat, milliseconds.
     pub heartbeat_ms: u64,
-    /// Election timeout (randomised between this and twice this), milliseconds.
+    /// Election timeout, milliseconds: a follower that hears no leader for this long (plus a
+    /// random part up to half of it) stands for election. A leader's lease lasts 1.5× this, so
+    /// a dead leader is replaced after about 2.5–3× this.
     pub election_timeout_ms: u64,
     /// Build a snapshot (and compact the log behind it) after this many log entries.
     pub snapshot_every: u64,
@@ -67,7 +69,7 @@ impl Default for ClusterConfig {
             peers: String::new(),
             statefulset: String::new(),
             heartbeat_ms: 100,
-            election_timeout_ms: 1000,
+            election_timeout_ms: 500,
             snapshot_every: 20_000,
             keep_logs: 1000,
             write_timeout_ms: 10_000,

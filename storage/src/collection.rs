@@ -1006,6 +1006,16 @@ impl Collection {
         lock(&self.writer).wal.sync()
     }
 
+    /// Makes every write applied so far durable without holding up writers while the disk
+    /// works: the WAL file is fsynced through a second handle, outside the writer lock.
+    pub fn sync_concurrently(&self) -> Result<()> {
+        let handle = lock(&self.writer).wal.sync_handle()?;
+        if let Some(f) = handle {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// The seal lock: held, no checkpoint of this collection can start or commit.
     pub(crate) fn seal_lock(&self) -> MutexGuard<'_, Option<PendingSeal>> {
         lock(&self.seal)

@@ -281,6 +281,16 @@ impl Engine {
         Ok(())
     }
 
+    /// fsyncs every collection's WAL without blocking writers (see
+    /// [`Collection::sync_concurrently`]): every write applied before the call is durable
+    /// when it returns.
+    pub fn sync_all_concurrently(&self) -> Result<()> {
+        for c in self.list() {
+            c.sync_concurrently()?;
+        }
+        Ok(())
+    }
+
     /// Syncs WALs and flushes the metadata store; call on shutdown.
     pub fn close(&self) -> Result<()> {
         self.sync_all()?;
@@ -356,6 +366,12 @@ impl AuxStore {
             })
             .collect();
         self.meta.write_opt(ops, sync)
+    }
+
+    /// Makes every write so far durable, in every space (one fsync for any number of unsynced
+    /// batches before it).
+    pub fn sync(&self) -> Result<()> {
+        self.meta.sync_wal()
     }
 
     /// Removes one key (synced).

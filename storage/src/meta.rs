@@ -75,6 +75,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn write_opt(&self, ops: Vec<MetaOp>, sync: bool) -> Result<()>;
     /// Flushes memtables (on shutdown).
     fn flush(&self) -> Result<()>;
+    /// Makes every write so far durable (fsyncs the write-ahead log): group commit for writes
+    /// made with `sync = false`.
+    fn sync_wal(&self) -> Result<()>;
     /// Writes a consistent point-in-time copy of the whole store to `dir` (which must not
     /// exist), hard-linking immutable files where it can.
     fn checkpoint(&self, dir: &Path) -> Result<()>;

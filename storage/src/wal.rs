@@ -202,6 +202,16 @@ impl Wal {
         Ok(())
     }
 
+    /// A second handle on the active file, to fsync it without holding the WAL (`None` when
+    /// nothing was written since the last sync). Older files were synced when they were
+    /// rotated out.
+    pub fn sync_handle(&self) -> Result<Option<std::fs::File>> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        Ok(Some(self.active.file().try_clone()?))
+    }
+
     /// Closes the active file (synced) and starts a new one at the next LSN, so that a later
     /// checkpoint at `next_lsn − 1` can delete every older file.
     pub fn rotate(&mut self) -> Result<()> {

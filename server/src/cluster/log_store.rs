@@ -1,6 +1,8 @@
 //! The Raft log, vote and commit index in the engine's `raft` column family (openraft 0.9
-//! `storage-v2`). One RocksDB for data and log: an append is one synced write batch, and only
-//! then does openraft hear that the entries are durable (`LogFlushed`). Keys:
+//! `storage-v2`). One RocksDB for data and log. An append is one write batch, readable at once;
+//! a flusher thread then fsyncs RocksDB's WAL once for every append queued since its last
+//! fsync (group commit) and only then tells openraft the entries are durable (`LogFlushed`).
+//! The vote is written synced. Keys:
 //!
 //! | key | value |
 //! |---|---|
@@ -17,6 +19,7 @@
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Condvar, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -44,9 +47,66 @@ fn index_of(key: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
+/// Appends waiting for the next fsync.
+struct Queue<C: RaftTypeConfig> {
+    pending: Vec<LogFlushed<C>>,
+    closed: bool,
+}
+
+struct Flusher<C: RaftTypeConfig> {
+    queue: Mutex<Queue<C>>,
+    wake: Condvar,
+}
+
+impl<C: RaftTypeConfig> Flusher<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<C>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The flusher thread: one fsync per round, for every append queued before it.
+    fn run(&self, store: &AuxStore) {
+        loop {
+            let batch = {
+                let mut q = self.lock();
+                while q.pending.is_empty() && !q.closed {
+                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                if q.pending.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut q.pending)
+            };
+            match store.sync() {
+                Ok(()) => {
+                    for cb in batch {
+                        cb.log_io_completed(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fsync of the Raft log failed");
+                    for cb in batch {
+                        cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops the flusher thread when the last handle goes.
+struct FlusherHandle<C: RaftTypeConfig>(Arc<Flusher<C>>);
+
+impl<C: RaftTypeConfig> Drop for FlusherHandle<C> {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.wake.notify_all();
+    }
+}
+
 /// The Raft log in RocksDB (cheap to clone: a handle).
 pub struct RocksLog<C: RaftTypeConfig> {
     store: AuxStore,
+    flusher: Arc<FlusherHandle<C>>,
     _c: PhantomData<C>,
 }
 
@@ -54,6 +114,7 @@ impl<C: RaftTypeConfig> Clone for RocksLog<C> {
     fn clone(&self) -> Self {
         RocksLog {
             store: self.store.clone(),
+            flusher: Arc::clone(&self.flusher),
             _c: PhantomData,
         }
     }
@@ -66,12 +127,24 @@ impl<C: RaftTypeConfig> Debug for RocksLog<C> {
 }
 
 impl<C: RaftTypeConfig> RocksLog<C> {
-    /// The log kept in `store`'s raft keyspace.
-    pub fn new(store: AuxStore) -> Self {
-        RocksLog {
+    /// The log kept in `store`'s raft keyspace; starts its flusher thread.
+    pub fn new(store: AuxStore) -> std::io::Result<Self> {
+        let flusher = Arc::new(Flusher {
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                closed: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let (f, s) = (Arc::clone(&flusher), store.clone());
+        std::thread::Builder::new()
+            .name("raft-log-fsync".into())
+            .spawn(move || f.run(&s))?;
+        Ok(RocksLog {
             store,
+            flusher: Arc::new(FlusherHandle(flusher)),
             _c: PhantomData,
-        }
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<C::NodeId>> {
@@ -201,14 +274,16 @@ where
             let v = bincode::serialize(&e).map_err(|err| StorageIOError::write_logs(&err))?;
             ops.push(AuxOp::Put(entry_key(e.get_log_id().index), v));
         }
-        // One synced batch: durable before openraft is told so.
+        // One batch, readable now; durable (and openraft told so) at the flusher's next fsync.
         let r = self
             .store
-            .batch(AuxSpace::Raft, ops, true)
+            .batch(AuxSpace::Raft, ops, false)
             .map_err(std::io::Error::other);
         match r {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                let f = &self.flusher.0;
+                f.lock().pending.push(callback);
+                f.wake.notify_one();
                 Ok(())
             }
             Err(e) => {

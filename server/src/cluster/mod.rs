@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use quiver_proto::internal::RaftBytes;
+use quiver_proto::internal::raft_client::RaftClient;
 use quiver_proto::internal::raft_server::{Raft as RaftRpc, RaftServer};
 use quiver_proto::v1 as pb;
 use quiver_storage::Engine;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use self::command::{Command, Failure, Outcome, Reply, Write};
@@ -97,6 +99,8 @@ pub struct Cluster {
     sm: EngineSm,
     api_addr: String,
     ready: AtomicBool,
+    /// One HTTP/2 channel per peer address, for forwarding and status calls.
+    peers: std::sync::Mutex<std::collections::HashMap<String, RaftClient<Channel>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -144,7 +148,9 @@ impl Cluster {
             cluster_name: "quiver".into(),
             heartbeat_interval: raw.heartbeat_ms,
             election_timeout_min: raw.election_timeout_ms,
-            election_timeout_max: raw.election_timeout_ms * 2,
+            // openraft's leader lease is election_timeout_max, and a follower waits lease +
+            // timeout before standing: a narrow range keeps failover near 2.5× the timeout.
+            election_timeout_max: raw.election_timeout_ms * 3 / 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raw.snapshot_every),
             max_in_snapshot_log_to_keep: raw.keep_logs,
             snapshot_max_chunk_size: 4 << 20,
@@ -158,7 +164,8 @@ impl Cluster {
         let e = Arc::clone(&engine);
         let sm =
             tokio::task::spawn_blocking(move || EngineSm::open(e, dir, durable_every)).await??;
-        let log = RocksLog::<TypeConfig>::new(engine.aux());
+        let log = RocksLog::<TypeConfig>::new(engine.aux())
+            .map_err(|e| crate::ServerError::Cluster(format!("raft log flusher: {e}")))?;
         let network = net::Network {
             timeout: ms(raw.rpc_timeout_ms),
         };
@@ -172,6 +179,7 @@ impl Cluster {
             sm,
             api_addr,
             ready: AtomicBool::new(false),
+            peers: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(cluster.settings.listen)
             .await
@@ -186,7 +194,17 @@ impl Cluster {
             .max_decoding_message_size(net::MAX_MESSAGE)
             .max_encoding_message_size(net::MAX_MESSAGE);
         let server = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            use tokio_stream::StreamExt;
+            // Small frames (votes, acks) must not wait for Nagle's algorithm: a 40 ms stall
+            // against delayed ACKs otherwise.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                if let Ok(c) = &conn
+                    && let Err(e) = c.set_nodelay(true)
+                {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+                conn
+            });
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming(incoming)
@@ -302,8 +320,19 @@ impl Cluster {
         }
     }
 
+    /// The (shared, lazily connected) client of the node at `addr`.
+    fn peer(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = net::client(addr, ms(self.settings.raw.rpc_timeout_ms))?;
+        peers.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
     async fn local_view_of(&self, addr: &str, timeout: Duration) -> Result<LocalView, Status> {
-        let mut c = net::client(addr, timeout).map_err(Status::invalid_argument)?;
+        let mut c = self.peer(addr).map_err(Status::invalid_argument)?;
         let mut req = Request::new(RaftBytes::default());
         req.set_timeout(timeout);
         decode(c.local_status(req).await?.get_ref())
@@ -316,7 +345,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Forwarded, ForwardError> {
         let timeout = timeout.max(ms(100));
-        let mut c = net::client(addr, timeout).map_err(ForwardError::Retry)?;
+        let mut c = self.peer(addr).map_err(ForwardError::Retry)?;
         let mut req = Request::new(encode(f).map_err(ForwardError::Fail)?);
         req.set_timeout(timeout);
         match c.forward(req).await {
@@ -666,6 +695,11 @@ impl RaftRpc for Service {
         let deadline = self.0.deadline();
         let out: Result<Forwarded, Failure> =
             self.0.lead(&f, deadline).await.map_err(Failure::from);
+        if let Ok(Forwarded::Write(_)) = &out {
+            // The forwarding follower waits to apply the write before it answers its client:
+            // send the new commit index now rather than with the next heartbeat.
+            let _ = self.0.raft.trigger().heartbeat().await;
+        }
         Ok(Response::new(encode(&out)?))
     }
 
@@ -853,7 +887,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
             let engine = quiver_storage::Engine::open(dir.path(), Default::default())
                 .map_err(|e| StorageIOError::write(&e))?;
-            let log = RocksLog::new(engine.aux());
+            let log = RocksLog::new(engine.aux()).map_err(|e| StorageIOError::write(&e))?;
             self.0.lock().expect("lock").push(dir);
             Ok(((), log, StateMachine::default()))
         }

@@ -203,8 +203,9 @@ impl Shared {
             let st = lock(&self.state);
             (st.last_applied, st.membership.clone())
         };
-        // Everything applied up to `applied` is in the WALs: make it durable, then say so.
-        self.engine.sync_all()?;
+        // Everything applied up to `applied` is in the WALs: make it durable (without
+        // stalling the apply path), then say so.
+        self.engine.sync_all_concurrently()?;
         let index = applied.map_or(0, |l| l.index);
         if index > *recorded || applied.is_none() {
             self.record(applied, membership)?;
@@ -273,10 +274,8 @@ impl Shared {
             lock(&self.state).last_applied = Some(log_id);
             replies.push(reply);
         }
-        let due = lock(&self.state).durable_at.elapsed() >= self.durable_every;
-        if due {
-            self.make_durable().map_err(io)?;
-        }
+        // Durability of the applied index is the background ticker's job (EngineSm::
+        // make_durable_if_due), off this path.
         Ok(replies)
     }
 

@@ -161,6 +161,10 @@ impl MetaStore for RocksStore {
         Ok(out)
     }
 
+    fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(meta_err)
+    }
+
     fn checkpoint(&self, dir: &Path) -> Result<()> {
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dir))
