@@ -150,6 +150,33 @@ impl TestCluster {
     }
 }
 
+/// Waits until the readiness health service reports `want`; returns the last state seen.
+async fn wait_ready(s: &Server, want: bool, limit: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let ch = tonic::transport::Endpoint::from_shared(s.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+        let ready = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "quiver.readiness".into(),
+            })
+            .await
+            .map(|r| {
+                r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            })
+            .unwrap_or(false);
+        if ready == want || started.elapsed() > limit {
+            return ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn point(id: u64, value: f32) -> pb::Point {
     let mut v = vector(id, DIM);
     v[0] = value;
@@ -220,6 +247,7 @@ async fn writes_on_any_node_are_read_on_all_and_survive_a_leader_kill() {
     for i in 0..3 {
         let got = ok(&c.node(i).cli(&["count", "--collection", "r"]));
         assert_eq!(got, "3", "node {} sees every write", i + 1);
+        assert!(wait_ready(c.node(i), true, Duration::from_secs(10)).await);
     }
     // Documents ingested through a follower (embedded there, written through the log) are
     // answered from another node, with the collection's RAG settings replicated with it.
@@ -469,6 +497,8 @@ async fn a_minority_refuses_writes_and_loses_nothing() {
         .await
         .unwrap_err();
     assert_eq!(lin.code(), tonic::Code::Unavailable);
+    // Not ready (no leader), though alive.
+    assert!(!wait_ready(c.node(survivor), false, Duration::from_secs(10)).await);
     assert_eq!(
         ok(&c.node(survivor).cli(&["count", "--collection", "r"])),
         "50"
@@ -645,4 +675,72 @@ async fn a_randomized_history_is_linearizable() {
     for o in writes.values().filter(|o| o.ok) {
         assert!(fin.contains_key(&o.key), "acknowledged {o:?} vanished");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_are_added_and_removed_through_the_cli() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    create(c.node(leader)).await;
+    let mut cl = c.node(leader).client().await;
+    upsert(&mut cl, (0..50).map(|i| point(i, i as f32)).collect())
+        .await
+        .unwrap();
+    // A fourth node, started with its own id and cluster port and no peers: it waits.
+    let port = free_port();
+    let dir = c.dirs[0].parent().unwrap().join("n4");
+    let n4 = Server::start_with(
+        &dir,
+        &[
+            ("QUIVER__CLUSTER__NODE_ID", "4"),
+            ("QUIVER__CLUSTER__LISTEN", &format!("127.0.0.1:{port}")),
+            ("QUIVER__CLUSTER__HEARTBEAT_MS", "50"),
+            ("QUIVER__CLUSTER__ELECTION_TIMEOUT_MS", "400"),
+        ],
+    )
+    .await;
+    let addr = format!("127.0.0.1:{port}");
+    // Added through a follower (forwarded to the leader): caught up, then a voter.
+    let follower = (leader + 1) % 3;
+    let st: serde_json::Value = serde_json::from_str(&ok(&c
+        .node(follower)
+        .cli(&["cluster", "add", "4", &addr, "--json"])))
+    .unwrap();
+    let n = st["nodes"].as_array().unwrap();
+    assert_eq!(n.len(), 4, "{st}");
+    assert!(n.iter().all(|n| n["voter"] == true), "{st}");
+    assert_eq!(ok(&n4.cli(&["count", "--collection", "r"])), "50");
+    // Writes reach it.
+    upsert(&mut cl, vec![point(77, 77.0)]).await.unwrap();
+    assert_eq!(
+        ok(&n4.cli(&["--consistency", "leader", "count", "--collection", "r"])),
+        "51"
+    );
+    // Bad input is refused with the field named.
+    fails_with(
+        &c.node(follower).cli(&["cluster", "add", "5", "nohost"]),
+        &["INVALID_ARGUMENT", "cluster_addr"],
+    );
+    fails_with(
+        &c.node(follower).cli(&["cluster", "remove", "9"]),
+        &["NOT_FOUND", "node 9"],
+    );
+    // Removed: three voters again, and the cluster keeps committing.
+    let st: serde_json::Value = serde_json::from_str(&ok(&c
+        .node(leader)
+        .cli(&["cluster", "remove", "4", "--json"])))
+    .unwrap();
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
+    upsert(&mut cl, vec![point(78, 78.0)]).await.unwrap();
+    c.wait_caught_up(Duration::from_secs(10)).await;
+    // A single node answers that replication is off.
+    let single = Server::start(&c.dirs[0].parent().unwrap().join("single")).await;
+    assert_eq!(
+        ok(&single.cli(&["cluster", "status"])),
+        "replication off (a single node)"
+    );
+    fails_with(
+        &single.cli(&["cluster", "add", "2", "127.0.0.1:1"]),
+        &["FAILED_PRECONDITION", "--cluster-listen"],
+    );
 }
