@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, a module per area. Every test starts its own `quiverd` on a
 //! free 127.0.0.1 port with a temporary data directory.
+mod auth;
 mod bad_input;
 mod basic;
 mod cluster;

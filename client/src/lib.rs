@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use quiver_proto::v1 as pb;
 use quiver_proto::v1::cluster_client::ClusterClient;
 use quiver_proto::v1::collections_client::CollectionsClient;
+use quiver_proto::v1::keys_client::KeysClient;
 use quiver_proto::v1::points_client::PointsClient;
 use quiver_proto::v1::rag_client::RagClient;
 use quiver_proto::v1::search_client::SearchClient;
@@ -108,6 +109,8 @@ pub struct Client {
     pub rag: RagClient<Transport>,
     /// `quiver.v1.Cluster`
     pub cluster: ClusterClient<Transport>,
+    /// `quiver.v1.Keys`
+    pub keys: KeysClient<Transport>,
     /// The underlying channel (for health checks).
     pub channel: Channel,
 }
@@ -153,6 +156,7 @@ impl Client {
                 .max_decoding_message_size(m)
                 .max_encoding_message_size(m),
             cluster: ClusterClient::new(t(&channel)),
+            keys: KeysClient::new(t(&channel)),
             channel,
         }
     }

@@ -26,6 +26,9 @@ struct Cli {
     /// per tenant.
     #[arg(long, global = true, env = "QUIVER_TENANT")]
     tenant: Option<String>,
+    /// API key sent with every call (servers started with --auth require one).
+    #[arg(long, global = true, env = "QUIVER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Read consistency of get, count, search and ask on a replicated cluster: `local` (the
     /// answering replica's state) or `leader` (linearizable: everything committed before the
     /// read).
@@ -99,6 +102,9 @@ enum Cmd {
     /// Replication: status and membership.
     #[command(subcommand)]
     Cluster(ops::ClusterCmd),
+    /// API keys (admin): create, list, revoke.
+    #[command(subcommand)]
+    Key(ops::KeyCmd),
     /// Upsert points from a JSONL file: {"id": 7 | "key", "vector": [..], "payload": {..}} per line.
     Upsert {
         /// Target collection.
@@ -773,12 +779,16 @@ fn print_hits(hits: &[pb::ScoredPoint], as_json: bool, with_vectors: bool) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let headers = match &cli.tenant {
-        Some(t) => {
-            quiver_client::Headers::new(&[("x-quiver-tenant", t)]).map_err(|e| anyhow!(e))?
-        }
-        None => quiver_client::Headers::default(),
-    };
+    let bearer = cli.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if let Some(t) = &cli.tenant {
+        pairs.push(("x-quiver-tenant", t));
+    }
+    if let Some(b) = &bearer {
+        pairs.push(("authorization", b));
+    }
+    let headers =
+        quiver_client::Headers::new(&pairs).map_err(|e| anyhow!("--api-key/--tenant: {e}"))?;
     let mut client = Client::connect_with(&cli.addr, headers).await?;
     let consistency = match cli.consistency {
         ConsistencyArg::Local => pb::Consistency::Local,
@@ -1095,6 +1105,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Rag(c) => ops::rag(&mut client, c).await?,
         Cmd::Cluster(c) => ops::cluster(&mut client, c).await?,
+        Cmd::Key(c) => ops::key(&mut client, c).await?,
         Cmd::Audit(c) => ops::audit(&mut client, c).await?,
         Cmd::Review(c) => ops::review(&mut client, c).await?,
         Cmd::DeleteDoc { collection, id } => {

@@ -23,6 +23,17 @@ pub struct Config {
     pub rag: crate::rag::settings::RagSection,
     /// `[cluster]`
     pub cluster: ClusterConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require an API key on every RPC except health (the bootstrap admin key comes from
+    /// `QUIVER_ADMIN_KEY`).
+    pub enabled: bool,
 }
 
 /// `[cluster]` section: replication (off unless `listen` is set).
@@ -373,6 +384,8 @@ pub struct Settings {
     pub rag: crate::rag::settings::RagSection,
     /// Replication (`None`: a single node).
     pub cluster: Option<ClusterSettings>,
+    /// API keys required (`Some(bootstrap admin key, if set)`), or `None`: auth off.
+    pub auth: Option<Option<String>>,
 }
 
 /// CLI values that override everything else.
@@ -392,6 +405,8 @@ pub struct Overrides {
     pub peers: Option<String>,
     /// `--statefulset`
     pub statefulset: Option<String>,
+    /// `--auth`
+    pub auth: bool,
 }
 
 /// A configuration error, naming the key.
@@ -422,6 +437,9 @@ impl Config {
         }
         if let Some(l) = &overrides.metrics_listen {
             cfg.server.metrics_listen = l.clone();
+        }
+        if overrides.auth {
+            cfg.auth.enabled = true;
         }
         let c = &mut cfg.cluster;
         for (flag, field) in [
@@ -515,6 +533,22 @@ impl Config {
                 self.rag.clone()
             },
             cluster: self.cluster.validate()?,
+            auth: if self.auth.enabled {
+                let key = std::env::var(crate::auth::ADMIN_KEY_ENV)
+                    .ok()
+                    .filter(|k| !k.is_empty());
+                if let Some(k) = &key
+                    && k.len() < 16
+                {
+                    return Err(ConfigError(format!(
+                        "{} must be at least 16 characters",
+                        crate::auth::ADMIN_KEY_ENV
+                    )));
+                }
+                Some(key)
+            } else {
+                None
+            },
         })
     }
 }

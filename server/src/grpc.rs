@@ -2,6 +2,7 @@
 //! runtime) → convert.
 pub mod cluster;
 pub mod collections;
+pub mod keys;
 pub mod points;
 pub mod search;
 
@@ -20,6 +21,7 @@ use crate::error::{ApiError, ApiResult};
 pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
     cluster: OnceLock<Arc<Cluster>>,
+    auth: OnceLock<Arc<crate::auth::Auth>>,
     /// Validated settings.
     pub settings: Settings,
 }
@@ -30,6 +32,7 @@ impl AppState {
         Arc::new(AppState {
             engine: OnceLock::new(),
             cluster: OnceLock::new(),
+            auth: OnceLock::new(),
             settings,
         })
     }
@@ -37,6 +40,16 @@ impl AppState {
     /// Publishes the opened engine.
     pub fn set_engine(&self, engine: Arc<Engine>) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Publishes the auth state (auth on).
+    pub fn set_auth(&self, auth: Arc<crate::auth::Auth>) {
+        let _ = self.auth.set(auth);
+    }
+
+    /// Whether API keys are required.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.get().is_some()
     }
 
     /// Publishes the started replication handle.

@@ -3,6 +3,7 @@
 //! WAL → close the metadata store.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod convert;
@@ -33,12 +34,13 @@ use crate::grpc::points::PointsService;
 use crate::grpc::search::SearchService;
 
 /// Names reported by the health service (plus `""` for the whole server).
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "quiver.v1.Collections",
     "quiver.v1.Points",
     "quiver.v1.Search",
     "quiver.v1.Rag",
     "quiver.v1.Cluster",
+    "quiver.v1.Keys",
 ];
 
 /// The health service name Kubernetes readiness probes ask for: SERVING once storage is open
@@ -140,10 +142,19 @@ pub async fn serve(
         .build_v1alpha()?;
     let max = settings.max_message_bytes;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let auth = settings.auth.clone().map(auth::Auth::new);
+    if let Some(a) = &auth {
+        tracing::info!(
+            bootstrap_admin_key = settings.auth.as_ref().is_some_and(|k| k.is_some()),
+            "API keys required"
+        );
+        state.set_auth(Arc::clone(a));
+    }
     let router = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(oversized_status))
         .layer(tower::util::MapRequestLayer::new(touch))
+        .layer(auth::AuthLayer::new(auth.clone()))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -169,6 +180,9 @@ pub async fn serve(
         )
         .add_service(quiver_proto::v1::cluster_server::ClusterServer::new(
             grpc::cluster::ClusterService::new(Arc::clone(&state)),
+        ))
+        .add_service(quiver_proto::v1::keys_server::KeysServer::new(
+            grpc::keys::KeysService::new(Arc::clone(&state)),
         ));
     // gRPC answers are several small HTTP/2 frames: never let Nagle's algorithm hold them back.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -196,6 +210,9 @@ pub async fn serve(
     };
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(&dir, opts)).await??);
     state.set_engine(Arc::clone(&engine));
+    if let Some(a) = &auth {
+        a.set_store(auth::KeyStore::new(engine.aux()));
+    }
     let cluster = match settings.cluster.clone() {
         Some(cs) => {
             let (c, task) =

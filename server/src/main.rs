@@ -35,6 +35,9 @@ struct Args {
     /// cluster.statefulset).
     #[arg(long)]
     statefulset: Option<String>,
+    /// Require API keys (overrides auth.enabled); the bootstrap admin key is QUIVER_ADMIN_KEY.
+    #[arg(long)]
+    auth: bool,
     /// TOML configuration file; environment variables QUIVER__SECTION__KEY override it.
     #[arg(long, env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
@@ -77,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_listen: args.cluster_listen,
         peers: args.peers,
         statefulset: args.statefulset,
+        auth: args.auth,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     let settings = config.validate()?;

@@ -299,7 +299,7 @@ impl Engine {
 }
 
 mod snapshot;
-pub use snapshot::{ExportInfo, pack, unpack};
+pub use snapshot::{ExportInfo, REPLICATED_PREFIX, pack, unpack};
 
 #[cfg(test)]
 mod tests;

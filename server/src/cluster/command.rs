@@ -55,6 +55,14 @@ pub enum Write {
         /// Value (`None` removes it).
         value: Option<String>,
     },
+    /// Set (or with `None` remove) a replicated service record, e.g. an API key: stored in the
+    /// engine's `app` keyspace under [`REPLICATED_PREFIX`] and carried by snapshots.
+    PutRecord {
+        /// Key (without the prefix).
+        key: String,
+        /// Value.
+        value: Option<Vec<u8>>,
+    },
     /// Update payloads.
     UpdatePayload {
         /// Collection.
@@ -128,7 +136,14 @@ enum Op {
         key: String,
         value: Option<String>,
     },
+    PutRecord {
+        key: String,
+        present: bool,
+    },
 }
+
+/// Where replicated service records live in the `app` keyspace.
+pub const REPLICATED_PREFIX: &str = quiver_storage::engine::REPLICATED_PREFIX;
 
 /// A [`Write`] encoded for the Raft log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +168,7 @@ impl Write {
             | Write::DeleteByFilter { collection, .. }
             | Write::SetLabel { collection, .. }
             | Write::UpdatePayload { collection, .. } => collection,
+            Write::PutRecord { .. } => "",
         }
     }
 
@@ -194,6 +210,15 @@ impl Write {
                 key: key.clone(),
                 value: value.clone(),
             },
+            Write::PutRecord { key, value } => {
+                if let Some(v) = value {
+                    data.extend_from_slice(v);
+                }
+                Op::PutRecord {
+                    key: key.clone(),
+                    present: value.is_some(),
+                }
+            }
             Write::UpdatePayload {
                 collection,
                 ids,
@@ -251,6 +276,10 @@ impl Write {
                 key,
                 value,
             },
+            Op::PutRecord { key, present } => Write::PutRecord {
+                key,
+                value: present.then(|| c.data.clone()),
+            },
             Op::UpdatePayload {
                 collection,
                 set,
@@ -270,6 +299,8 @@ impl Write {
     /// applied before a crash and is being re-applied from the log).
     pub fn already_applied(&self, engine: &Engine, seq: u64) -> bool {
         match self {
+            // A blind put: applying it again leaves the same state.
+            Write::PutRecord { .. } => false,
             Write::CreateCollection(_) | Write::DropCollection(_) => seq <= engine.catalog_seq(),
             Write::DeclareFields { .. }
             | Write::Upsert { .. }
@@ -317,6 +348,17 @@ impl Write {
                     .collection(&collection)?
                     .delete_by_filter_seq(&filter, seq)?;
                 Ok(done(n, lsn))
+            }
+            Write::PutRecord { key, value } => {
+                let k = format!("{REPLICATED_PREFIX}{key}").into_bytes();
+                let op = match value {
+                    Some(v) => quiver_storage::AuxOp::Put(k, v),
+                    None => quiver_storage::AuxOp::Delete(k),
+                };
+                engine
+                    .aux()
+                    .batch(quiver_storage::AuxSpace::App, vec![op], true)?;
+                Ok(done(0, 0))
             }
             Write::SetLabel {
                 collection,

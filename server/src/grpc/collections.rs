@@ -110,6 +110,7 @@ impl Collections for CollectionsService {
         &self,
         req: Request<pb::CreateCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let config = CollectionConfig {
@@ -135,6 +136,7 @@ impl Collections for CollectionsService {
         req: Request<pb::GetCollectionRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
         let engine = self.state.engine()?;
+        crate::auth::check_collection(&req, &req.get_ref().name)?;
         let name = req.into_inner().name;
         let out = blocking(move || Ok(info(engine.collection(&name)?.as_ref()))).await?;
         Ok(Response::new(out))
@@ -142,11 +144,24 @@ impl Collections for CollectionsService {
 
     async fn list(
         &self,
-        _req: Request<pb::ListCollectionsRequest>,
+        req: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
         let engine = self.state.engine()?;
-        let collections =
-            blocking(move || Ok(engine.list().iter().map(|c| info(c)).collect())).await?;
+        // A key limited to some collections sees only those.
+        let principal = req.extensions().get::<crate::auth::Principal>().cloned();
+        let collections = blocking(move || {
+            Ok(engine
+                .list()
+                .iter()
+                .filter(|c| {
+                    principal
+                        .as_ref()
+                        .is_none_or(|p| p.allows(&c.config().name))
+                })
+                .map(|c| info(c))
+                .collect())
+        })
+        .await?;
         Ok(Response::new(pb::ListCollectionsResponse { collections }))
     }
 
@@ -154,6 +169,7 @@ impl Collections for CollectionsService {
         &self,
         req: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().name)?;
         let name = req.into_inner().name;
         quiver_storage::types::validate_collection_name(&name).map_err(ApiError::from)?;
         self.state.write(Write::DropCollection(name)).await?;
@@ -165,6 +181,7 @@ impl Collections for CollectionsService {
         req: Request<pb::FlushCollectionRequest>,
     ) -> Result<Response<pb::FlushCollectionResponse>, Status> {
         let engine = self.state.engine()?;
+        crate::auth::check_collection(&req, &req.get_ref().name)?;
         let name = req.into_inner().name;
         let checkpoint_lsn = blocking(move || Ok(engine.collection(&name)?.flush()?)).await?;
         Ok(Response::new(pb::FlushCollectionResponse {
@@ -176,6 +193,7 @@ impl Collections for CollectionsService {
         &self,
         req: Request<pb::DeclareFieldsRequest>,
     ) -> Result<Response<pb::CollectionInfo>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let fields = convert::schema(&r.fields)?;

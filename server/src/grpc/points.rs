@@ -56,6 +56,7 @@ impl Points for PointsService {
         &self,
         req: Request<pb::UpsertRequest>,
     ) -> Result<Response<pb::UpsertResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let (upserted, lsn) = self.upsert_batch(req.into_inner()).await?;
         Ok(Response::new(pb::UpsertResponse { upserted, lsn }))
     }
@@ -66,6 +67,7 @@ impl Points for PointsService {
         &self,
         req: Request<Streaming<pb::UpsertRequest>>,
     ) -> Result<Response<AckStream>, Status> {
+        let principal = req.extensions().get::<crate::auth::Principal>().cloned();
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
@@ -84,6 +86,10 @@ impl Points for PointsService {
                     }
                 };
                 let batch_id = r.batch_id;
+                if let Err(s) = crate::auth::check_principal(principal.as_ref(), &r.collection) {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
                 match this.upsert_batch(r).await {
                     Ok((n, lsn)) => {
                         total += n;
@@ -116,6 +122,7 @@ impl Points for PointsService {
         &self,
         req: Request<pb::GetPointsRequest>,
     ) -> Result<Response<pb::GetPointsResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
@@ -135,6 +142,7 @@ impl Points for PointsService {
         &self,
         req: Request<pb::DeletePointsRequest>,
     ) -> Result<Response<pb::DeletePointsResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let ids = convert::point_ids(&r.ids, "ids")?;
         let filter = convert::filter(r.filter.as_ref())?;
@@ -163,6 +171,7 @@ impl Points for PointsService {
         &self,
         req: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
@@ -182,6 +191,7 @@ impl Points for PointsService {
         &self,
         req: Request<pb::ScrollRequest>,
     ) -> Result<Response<pb::ScrollResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let engine = self.state.engine()?;
         let cursor = convert::cursor(&r.cursor)?;
@@ -219,6 +229,7 @@ impl Points for PointsService {
         &self,
         req: Request<pb::UpdatePayloadRequest>,
     ) -> Result<Response<pb::UpdatePayloadResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let ids = convert::point_ids(&r.ids, "ids")?;
         let set = match convert::payload(

@@ -121,6 +121,7 @@ impl Search for SearchService {
         &self,
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
@@ -146,6 +147,9 @@ impl Search for SearchService {
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
         let engine = self.state.engine()?;
         let max_k = self.state.settings.max_k;
+        for q in &req.get_ref().searches {
+            crate::auth::check_collection(&req, &q.collection)?;
+        }
         let r = req.into_inner();
         // One barrier for the batch: the strictest consistency any search asks for.
         let strictest = r.searches.iter().map(|q| q.consistency).max().unwrap_or(0);

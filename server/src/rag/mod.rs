@@ -321,8 +321,12 @@ pub fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// The tenant of a request: the `x-quiver-tenant` header (letters, digits, `._-`, at most 128).
+/// The tenant of a request: with API keys, the key (`key:<id>`; a header cannot claim another
+/// tenant); otherwise the `x-quiver-tenant` header (letters, digits, `._-`, at most 128).
 pub fn tenant_of<T>(req: &Request<T>) -> ApiResult<String> {
+    if let Some(p) = req.extensions().get::<crate::auth::Principal>() {
+        return Ok(format!("key:{}", p.key_id));
+    }
     match req.metadata().get("x-quiver-tenant") {
         None => Ok("default".into()),
         Some(v) => {
@@ -627,6 +631,7 @@ impl RagRpc for RagService {
         req: Request<Streaming<pb::IngestDocumentsRequest>>,
     ) -> Result<Response<pb::IngestDocumentsResponse>, Status> {
         let tenant = tenant_of(&req)?;
+        let principal = req.extensions().get::<crate::auth::Principal>().cloned();
         let mut inbound = req.into_inner();
         let engine = self.app.engine()?;
         let rag = self.rag()?;
@@ -640,6 +645,7 @@ impl RagRpc for RagService {
         while let Some(item) = inbound.next().await {
             message += 1;
             let r = item?;
+            crate::auth::check_principal(principal.as_ref(), &r.collection)?;
             let (engine, rag, app, ndocs) = (
                 Arc::clone(&engine),
                 Arc::clone(&rag),
@@ -688,6 +694,7 @@ impl RagRpc for RagService {
         &self,
         req: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let engine = self.app.engine()?;
         let rag = self.rag()?;
@@ -706,6 +713,7 @@ impl RagRpc for RagService {
 
     async fn ask(&self, req: Request<pb::AskRequest>) -> Result<Response<pb::AskResponse>, Status> {
         let tenant = tenant_of(&req)?;
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         self.app.read_barrier(r.consistency).await?;
         let (engine, rag) = (self.app.engine()?, self.rag()?);
@@ -721,6 +729,7 @@ impl RagRpc for RagService {
         req: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let tenant = tenant_of(&req)?;
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         self.app.read_barrier(r.consistency).await?;
         let (engine, rag) = (self.app.engine()?, self.rag()?);
@@ -745,6 +754,7 @@ impl RagRpc for RagService {
         req: Request<pb::GetRagConfigRequest>,
     ) -> Result<Response<pb::RagConfig>, Status> {
         let (engine, rag) = (self.app.engine()?, self.rag()?);
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let cfg = blocking(move || {
             let c = engine.collection(&r.collection)?;
@@ -759,6 +769,7 @@ impl RagRpc for RagService {
         req: Request<pb::SetRagConfigRequest>,
     ) -> Result<Response<pb::RagConfig>, Status> {
         let (engine, rag, app) = (self.app.engine()?, self.rag()?, Arc::clone(&self.app));
+        crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let cfg = blocking(move || {
             let c = engine.collection(&r.collection)?;

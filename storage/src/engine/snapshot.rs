@@ -33,7 +33,22 @@ use crate::error::{Error, Result};
 use crate::meta::{MetaOp, MetaStore, Space};
 
 const MAGIC: &[u8; 8] = b"QSNAPv1\n";
+/// Spaces exported whole, by tag.
 const SPACES: [(u8, Space); 3] = [(1, Space::Catalog), (2, Space::Ids), (3, Space::Payloads)];
+/// Tag of the replicated part of the `app` space (keys under [`REPLICATED_PREFIX`]).
+const APP_TAG: u8 = 4;
+
+/// Keys of the `app` space under this prefix are replicated service records (e.g. API keys):
+/// exported and imported with the engine's data. The rest of `app` is node-local.
+pub const REPLICATED_PREFIX: &str = "repl/";
+
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut end = p.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
 
 /// What an export holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -132,15 +147,15 @@ impl Engine {
             fs::remove_dir_all(entry?.path())?;
         }
         let all = (Vec::new(), vec![0xff; 16]);
+        let repl = REPLICATED_PREFIX.as_bytes();
         self.meta.write(
             SPACES
                 .iter()
                 .map(|(_, s)| MetaOp::DeleteRange(*s, all.0.clone(), all.1.clone()))
-                .chain([MetaOp::Put(
-                    Space::Catalog,
-                    IMPORT_PENDING.to_vec(),
-                    vec![1],
-                )])
+                .chain([
+                    MetaOp::DeleteRange(Space::App, repl.to_vec(), prefix_end(repl)),
+                    MetaOp::Put(Space::Catalog, IMPORT_PENDING.to_vec(), vec![1]),
+                ])
                 .collect(),
         )?;
         read_kv(&kv, |batch| self.meta.write_opt(batch, false))?;
@@ -194,6 +209,7 @@ fn read_kv(path: &Path, mut f: impl FnMut(Vec<MetaOp>) -> Result<()>) -> Result<
                     .iter()
                     .find(|(t, _)| *t == space[0])
                     .map(|(_, s)| *s)
+                    .or((space[0] == APP_TAG).then_some(Space::App))
                     .ok_or_else(|| corrupt(path, format!("unknown space tag {}", space[0])))?;
                 let k = read_bytes(&mut r, path)?;
                 let v = read_bytes(&mut r, path)?;
@@ -228,10 +244,16 @@ fn write_kv(dir: &Path) -> Result<()> {
     }
     let store: Arc<dyn MetaStore> = crate::meta::open_default(&ckpt)?;
     let mut w = BufWriter::with_capacity(1 << 20, fs::File::create(dir.join("meta.kv"))?);
-    for (tag, space) in SPACES {
+    let app = [(APP_TAG, Space::App)];
+    for (tag, space) in SPACES.iter().chain(app.iter()).copied() {
+        let prefix: &[u8] = if space == Space::App {
+            REPLICATED_PREFIX.as_bytes()
+        } else {
+            b""
+        };
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = store.scan_page(space, b"", after.as_deref(), 10_000, false)?;
+            let page = store.scan_page(space, prefix, after.as_deref(), 10_000, false)?;
             for (k, v) in &page {
                 if space == Space::Catalog && k.as_slice() == IMPORT_PENDING {
                     continue;

@@ -1,0 +1,500 @@
+//! API keys and roles.
+//!
+//! With `[auth] enabled` (or `quiverd --auth`), every RPC except health and reflection needs a
+//! key, sent as `authorization: Bearer <key>` or `x-api-key: <key>`. Missing or unknown keys
+//! get UNAUTHENTICATED; a key whose role or collection list does not allow the call gets
+//! PERMISSION_DENIED.
+//!
+//! - **Keys** look like `qk_<id>_<secret>`. The id (8 random bytes, hex) finds the record; the
+//!   secret (32 random bytes, hex) is stored only as its SHA-256, compared in constant time.
+//!   Records are replicated service records (`repl/auth/key/<id>` in the `app` keyspace,
+//!   written through the replicated log, carried by snapshots).
+//! - **The bootstrap admin key** comes from `QUIVER_ADMIN_KEY` and is never stored.
+//! - **Roles:** `read` (queries), `write` (queries, point and document writes, creating
+//!   collections and declaring fields), `admin` (everything). A key may be limited to a list of
+//!   collections; handlers check that with [`check_collection`].
+//! - **The audit trail:** every write and admin call is logged (target `quiver::audit`: key id,
+//!   role, method, status) and counted in `quiver_rpc_audited_total`.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quiver_proto::v1 as pb;
+use quiver_storage::{AuxSpace, AuxStore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Status};
+
+use crate::cluster::command::REPLICATED_PREFIX;
+
+/// Environment variable holding the bootstrap admin key.
+pub const ADMIN_KEY_ENV: &str = "QUIVER_ADMIN_KEY";
+const KEY_PREFIX: &str = "auth/key/";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Queries.
+    Read,
+    /// Queries and data writes.
+    Write,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// From the API enum.
+    pub fn from_proto(r: i32) -> Option<Role> {
+        match pb::Role::try_from(r).ok()? {
+            pb::Role::Read => Some(Role::Read),
+            pb::Role::Write => Some(Role::Write),
+            pb::Role::Admin => Some(Role::Admin),
+        }
+    }
+
+    /// To the API enum.
+    pub fn proto(self) -> i32 {
+        (match self {
+            Role::Read => pb::Role::Read,
+            Role::Write => pb::Role::Write,
+            Role::Admin => pb::Role::Admin,
+        }) as i32
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A stored key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRecord {
+    /// Public id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Collections it may touch (empty: all).
+    pub collections: Vec<String>,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Revoked keys are refused.
+    pub revoked: bool,
+}
+
+impl KeyRecord {
+    /// As the API shows it (never the hash).
+    pub fn info(&self) -> pb::KeyInfo {
+        pb::KeyInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role.proto(),
+            collections: self.collections.clone(),
+            created_ms: self.created_ms,
+            revoked: self.revoked,
+        }
+    }
+}
+
+/// Who is calling (in each request's extensions when auth is on).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// Key id (`bootstrap` for the admin key from the environment).
+    pub key_id: String,
+    /// Role.
+    pub role: Role,
+    /// Allowed collections (empty: all).
+    pub collections: Vec<String>,
+}
+
+impl Principal {
+    /// Whether it may touch `collection`.
+    pub fn allows(&self, collection: &str) -> bool {
+        self.collections.is_empty() || self.collections.iter().any(|c| c == collection)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// A new key: (the secret to show once, its record).
+pub fn new_key(name: String, role: Role, collections: Vec<String>) -> (String, KeyRecord) {
+    let id = hex(&rand::random::<[u8; 8]>());
+    let secret = hex(&rand::random::<[u8; 32]>());
+    let record = KeyRecord {
+        id: id.clone(),
+        name,
+        role,
+        collections,
+        secret_sha256: sha256_hex(&secret),
+        created_ms: crate::rag::audit::now_ms(),
+        revoked: false,
+    };
+    (format!("qk_{id}_{secret}"), record)
+}
+
+/// The record's key in the `app` keyspace (after the replicated prefix).
+pub fn record_key(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}")
+}
+
+/// Reads key records.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    store: AuxStore,
+}
+
+impl KeyStore {
+    /// Over the engine's `app` keyspace.
+    pub fn new(store: AuxStore) -> Self {
+        KeyStore { store }
+    }
+
+    /// One record.
+    pub fn get(&self, id: &str) -> Result<Option<KeyRecord>, quiver_storage::Error> {
+        let k = format!("{REPLICATED_PREFIX}{}", record_key(id));
+        Ok(self
+            .store
+            .get(AuxSpace::App, k.as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Every record.
+    pub fn list(&self) -> Result<Vec<KeyRecord>, quiver_storage::Error> {
+        let prefix = format!("{REPLICATED_PREFIX}{KEY_PREFIX}");
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan(
+                AuxSpace::App,
+                prefix.as_bytes(),
+                after.as_deref(),
+                500,
+                false,
+            )?;
+            out.extend(
+                page.iter()
+                    .filter_map(|(_, v)| serde_json::from_slice::<KeyRecord>(v).ok()),
+            );
+            match page.last() {
+                Some((k, _)) if page.len() == 500 => after = Some(k.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Authentication state shared by the layer.
+#[derive(Debug)]
+pub struct Auth {
+    admin_key: Option<String>,
+    keys: std::sync::OnceLock<KeyStore>,
+}
+
+impl Auth {
+    /// Auth with an optional bootstrap admin key.
+    pub fn new(admin_key: Option<String>) -> Arc<Auth> {
+        Arc::new(Auth {
+            admin_key,
+            keys: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Publishes the key store once storage is open.
+    pub fn set_store(&self, keys: KeyStore) {
+        let _ = self.keys.set(keys);
+    }
+
+    /// Checks a presented key.
+    pub fn verify(&self, token: &str) -> Result<Principal, Status> {
+        if let Some(admin) = &self.admin_key
+            && bool::from(token.as_bytes().ct_eq(admin.as_bytes()))
+        {
+            return Ok(Principal {
+                key_id: "bootstrap".into(),
+                role: Role::Admin,
+                collections: Vec::new(),
+            });
+        }
+        let bad = || Status::unauthenticated("invalid API key");
+        let rest = token.strip_prefix("qk_").ok_or_else(bad)?;
+        let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let store = self
+            .keys
+            .get()
+            .ok_or_else(|| Status::unavailable("storage is still opening"))?;
+        let rec = store
+            .get(id)
+            .map_err(|e| Status::internal(format!("key store: {e}")))?
+            .ok_or_else(bad)?;
+        let given = sha256_hex(secret);
+        if !bool::from(given.as_bytes().ct_eq(rec.secret_sha256.as_bytes())) {
+            return Err(bad());
+        }
+        if rec.revoked {
+            return Err(Status::unauthenticated(format!("API key {id} is revoked")));
+        }
+        Ok(Principal {
+            key_id: rec.id,
+            role: rec.role,
+            collections: rec.collections,
+        })
+    }
+}
+
+/// The role a method needs; `None` = open (health, reflection).
+pub fn required_role(path: &str) -> Option<Role> {
+    // Anything unparseable needs admin (default deny).
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return Some(Role::Admin);
+    };
+    match service {
+        "grpc.health.v1.Health"
+        | "grpc.reflection.v1.ServerReflection"
+        | "grpc.reflection.v1alpha.ServerReflection" => None,
+        "quiver.v1.Search" => Some(Role::Read),
+        "quiver.v1.Collections" => Some(match method {
+            "Get" | "List" => Role::Read,
+            "Create" | "DeclareFields" | "Flush" => Role::Write,
+            _ => Role::Admin,
+        }),
+        "quiver.v1.Points" => Some(match method {
+            "Get" | "Count" | "Scroll" => Role::Read,
+            "Upsert" | "UpsertStream" | "Delete" | "UpdatePayload" => Role::Write,
+            _ => Role::Admin,
+        }),
+        "quiver.v1.Rag" => Some(match method {
+            "Ask" | "AskStream" | "GetRagConfig" => Role::Read,
+            "IngestDocuments" | "DeleteDocument" => Role::Write,
+            _ => Role::Admin,
+        }),
+        "quiver.v1.Cluster" => Some(match method {
+            "Status" => Role::Read,
+            _ => Role::Admin,
+        }),
+        // Keys, and anything not listed: admin.
+        _ => Some(Role::Admin),
+    }
+}
+
+fn token<B>(req: &http::Request<B>) -> Option<&str> {
+    let h = req.headers();
+    if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
+        return v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim);
+    }
+    h.get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// Decides one HTTP request: `Ok(Some(p))` authenticated, `Ok(None)` open method.
+pub fn authorize<B>(auth: &Auth, req: &http::Request<B>) -> Result<Option<Principal>, Status> {
+    let path = req.uri().path();
+    let Some(need) = required_role(path) else {
+        return Ok(None);
+    };
+    let tok = token(req).ok_or_else(|| {
+        Status::unauthenticated(
+            "an API key is required: send `authorization: Bearer <key>` (quiver --api-key or QUIVER_API_KEY)",
+        )
+    })?;
+    let p = auth.verify(tok)?;
+    if p.role < need {
+        return Err(Status::permission_denied(format!(
+            "API key {} has role {}; {path} needs {}",
+            p.key_id,
+            p.role.name(),
+            need.name()
+        )));
+    }
+    Ok(Some(p))
+}
+
+/// Refuses a call on `collection` by a key limited to other collections.
+pub fn check_collection<T>(req: &Request<T>, collection: &str) -> Result<(), Status> {
+    check_principal(req.extensions().get::<Principal>(), collection)
+}
+
+/// [`check_collection`] on an extracted principal (streams check every message).
+pub fn check_principal(p: Option<&Principal>, collection: &str) -> Result<(), Status> {
+    match p {
+        Some(p) if !p.allows(collection) => Err(Status::permission_denied(format!(
+            "API key {} may not access collection {collection:?}",
+            p.key_id
+        ))),
+        Some(_) | None => Ok(()),
+    }
+}
+
+/// The tower layer enforcing [`authorize`] in front of every service.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    auth: Option<Arc<Auth>>,
+}
+
+impl AuthLayer {
+    /// `None`: auth off (every request passes).
+    pub fn new(auth: Option<Arc<Auth>>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Option<Arc<Auth>>,
+}
+
+type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFut<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let Some(auth) = &self.auth else {
+            return Box::pin(self.inner.call(req));
+        };
+        let path = req.uri().path().to_owned();
+        match authorize(auth, &req) {
+            Err(status) => {
+                metrics::counter!("quiver_auth_refused_total", "code" => format!("{:?}", status.code())).increment(1);
+                tracing::warn!(target: "quiver::audit", method = %path, code = ?status.code(), reason = %status.message(), "refused");
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+            Ok(principal) => {
+                let audited = required_role(&path)
+                    .is_some_and(|r| r >= Role::Write)
+                    .then(|| principal.clone())
+                    .flatten();
+                if let Some(p) = principal {
+                    req.extensions_mut().insert(p);
+                }
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let resp = fut.await?;
+                    if let Some(p) = audited {
+                        let status = resp
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("0 (streamed)")
+                            .to_owned();
+                        metrics::counter!("quiver_rpc_audited_total", "role" => p.role.name())
+                            .increment(1);
+                        tracing::info!(target: "quiver::audit", key = %p.key_id, role = p.role.name(), method = %path, grpc_status = %status, "call");
+                    }
+                    Ok(resp)
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_by_method() {
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(required_role("/quiver.v1.Search/Search"), Some(Role::Read));
+        assert_eq!(required_role("/quiver.v1.Points/Upsert"), Some(Role::Write));
+        assert_eq!(required_role("/quiver.v1.Points/Count"), Some(Role::Read));
+        assert_eq!(
+            required_role("/quiver.v1.Collections/Delete"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role("/quiver.v1.Keys/Create"), Some(Role::Admin));
+        assert_eq!(required_role("/quiver.v1.Unknown/X"), Some(Role::Admin));
+        assert_eq!(required_role("garbage"), Some(Role::Admin));
+    }
+
+    #[test]
+    fn keys_verify_in_constant_time_and_only_when_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = quiver_storage::Engine::open(dir.path(), Default::default()).unwrap();
+        let (secret, rec) = new_key("ci".into(), Role::Write, vec!["a".into()]);
+        engine
+            .aux()
+            .put(
+                AuxSpace::App,
+                vec![(
+                    format!("{REPLICATED_PREFIX}{}", record_key(&rec.id)).into_bytes(),
+                    serde_json::to_vec(&rec).unwrap(),
+                )],
+                true,
+            )
+            .unwrap();
+        let auth = Auth::new(Some("boot-admin".into()));
+        auth.set_store(KeyStore::new(engine.aux()));
+        let p = auth.verify(&secret).unwrap();
+        assert_eq!(p.role, Role::Write);
+        assert!(p.allows("a") && !p.allows("b"));
+        assert_eq!(auth.verify("boot-admin").unwrap().role, Role::Admin);
+        let mut wrong = secret.clone();
+        wrong.pop();
+        wrong.push('0');
+        assert_eq!(
+            auth.verify(&wrong).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.verify("qk_zz_1").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.verify("").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(
+            !rec.secret_sha256.contains(&secret[20..40]),
+            "only the hash is stored"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! `quiver.v1.Keys`: API key management (admin keys only; enforced by the auth layer).
+use std::sync::Arc;
+
+use quiver_proto::v1 as pb;
+use quiver_proto::v1::keys_server::Keys;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{self, KeyStore, Role};
+use crate::cluster::command::Write;
+use crate::error::ApiError;
+use crate::grpc::{AppState, blocking};
+
+/// The Keys service.
+#[derive(Debug, Clone)]
+pub struct KeysService {
+    state: Arc<AppState>,
+}
+
+impl KeysService {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        KeysService { state }
+    }
+
+    fn store(&self) -> Result<KeyStore, Status> {
+        Ok(KeyStore::new(self.state.engine()?.aux()))
+    }
+}
+
+fn put(record: &auth::KeyRecord) -> Result<Write, Status> {
+    Ok(Write::PutRecord {
+        key: auth::record_key(&record.id),
+        value: Some(serde_json::to_vec(record).map_err(|e| ApiError::Internal(e.to_string()))?),
+    })
+}
+
+#[tonic::async_trait]
+impl Keys for KeysService {
+    async fn create(
+        &self,
+        req: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let r = req.into_inner();
+        let role = Role::from_proto(r.role)
+            .ok_or_else(|| ApiError::bad("role", format!("unknown role {}", r.role)))?;
+        for (i, c) in r.collections.iter().enumerate() {
+            quiver_storage::types::validate_collection_name(c)
+                .map_err(|e| ApiError::bad(format!("collections[{i}]"), e.to_string()))?;
+        }
+        if r.name.len() > 200 {
+            return Err(ApiError::bad("name", "at most 200 bytes").into());
+        }
+        let (secret, record) = auth::new_key(r.name, role, r.collections);
+        self.state.write(put(&record)?).await?;
+        tracing::info!(target: "quiver::audit", key = %record.id, role = ?record.role, "API key created");
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: secret,
+            info: Some(record.info()),
+        }))
+    }
+
+    async fn list(
+        &self,
+        _req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let store = self.store()?;
+        let keys = blocking(move || Ok(store.list()?)).await?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.iter().map(auth::KeyRecord::info).collect(),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::KeyInfo>, Status> {
+        let id = req.into_inner().id;
+        let store = self.store()?;
+        let lookup = id.clone();
+        let mut record = blocking(move || Ok(store.get(&lookup)?))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no API key {id:?}")))?;
+        record.revoked = true;
+        self.state.write(put(&record)?).await?;
+        tracing::info!(target: "quiver::audit", key = %record.id, "API key revoked");
+        Ok(Response::new(record.info()))
+    }
+}
