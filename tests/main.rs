@@ -10,3 +10,4 @@ mod index;
 mod ingest;
 mod llm;
 mod rag;
+mod tls;

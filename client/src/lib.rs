@@ -138,6 +138,35 @@ impl Client {
         Ok(Client::from_channel(c.channel, headers))
     }
 
+    /// Connects to an `https://` address: the server's certificate must chain to `ca_pem`
+    /// (PEM); `identity` (certificate, key; PEM) is presented for mutual TLS.
+    pub async fn connect_tls(
+        addr: &str,
+        headers: Headers,
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Result<Client, ClientError> {
+        let err = |source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        let channel = Endpoint::from_shared(addr.to_owned())
+            .map_err(err)?
+            .tls_config(tls)
+            .map_err(err)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(err)?;
+        Ok(Client::from_channel(channel, headers))
+    }
+
     /// Wraps an existing channel.
     pub fn from_channel(channel: Channel, headers: Headers) -> Client {
         let m = MAX_MESSAGE_BYTES;

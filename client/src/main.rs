@@ -29,6 +29,15 @@ struct Cli {
     /// API key sent with every call (servers started with --auth require one).
     #[arg(long, global = true, env = "QUIVER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// CA certificate (PEM) that an https:// server's certificate must chain to.
+    #[arg(long, global = true, env = "QUIVER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require mutual TLS (with --tls-key).
+    #[arg(long, global = true, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Client private key (PEM), with --tls-cert.
+    #[arg(long, global = true, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Read consistency of get, count, search and ask on a replicated cluster: `local` (the
     /// answering replica's state) or `leader` (linearizable: everything committed before the
     /// read).
@@ -789,7 +798,28 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let headers =
         quiver_client::Headers::new(&pairs).map_err(|e| anyhow!("--api-key/--tenant: {e}"))?;
-    let mut client = Client::connect_with(&cli.addr, headers).await?;
+    let mut client = if cli.addr.starts_with("https://") || cli.tls_ca.is_some() {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).with_context(|| format!("{what} {}", p.display()))
+        };
+        let ca = match &cli.tls_ca {
+            Some(p) => read(p, "--tls-ca")?,
+            None => bail!("an https:// address needs --tls-ca (the CA certificate, PEM)"),
+        };
+        let identity = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(c), Some(k)) => Some((read(c, "--tls-cert")?, read(k, "--tls-key")?)),
+            _ => None,
+        };
+        Client::connect_tls(
+            &cli.addr,
+            headers,
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .await?
+    } else {
+        Client::connect_with(&cli.addr, headers).await?
+    };
     let consistency = match cli.consistency {
         ConsistencyArg::Local => pb::Consistency::Local,
         ConsistencyArg::Leader => pb::Consistency::Leader,

@@ -25,6 +25,33 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[auth]`
     pub auth: AuthConfig,
+    /// `[tls]`
+    pub tls: TlsConfig,
+}
+
+/// `[tls]` section: TLS on the gRPC port (off unless `cert` is set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// CA bundle for client certificates (mutual TLS); empty = none required.
+    pub client_ca: PathBuf,
+    /// Seconds between checks of the files for changes (hot reload).
+    pub reload_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            reload_secs: 5,
+        }
+    }
 }
 
 /// `[auth]` section.
@@ -386,6 +413,8 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// API keys required (`Some(bootstrap admin key, if set)`), or `None`: auth off.
     pub auth: Option<Option<String>>,
+    /// TLS on the gRPC port (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// CLI values that override everything else.
@@ -533,6 +562,25 @@ impl Config {
                 self.rag.clone()
             },
             cluster: self.cluster.validate()?,
+            tls: match (
+                self.tls.cert.as_os_str().is_empty(),
+                self.tls.key.as_os_str().is_empty(),
+            ) {
+                (true, true) if self.tls.client_ca.as_os_str().is_empty() => None,
+                (false, false) => Some(crate::tls::TlsFiles {
+                    cert: self.tls.cert.clone(),
+                    key: self.tls.key.clone(),
+                    client_ca: (!self.tls.client_ca.as_os_str().is_empty())
+                        .then(|| self.tls.client_ca.clone()),
+                    reload: Duration::from_secs(self.tls.reload_secs.max(1)),
+                }),
+                _ => {
+                    return Err(ConfigError(
+                        "tls.cert and tls.key are set together (and tls.client_ca needs them)"
+                            .into(),
+                    ));
+                }
+            },
             auth: if self.auth.enabled {
                 let key = std::env::var(crate::auth::ADMIN_KEY_ENV)
                     .ok()

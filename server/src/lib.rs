@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod idle_poll;
 pub mod rag;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub enum ServerError {
     /// Replication could not start.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The TLS files cannot be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// tonic's decoder reports an oversized request as OUT_OF_RANGE; the API (and gRPC's own
@@ -184,18 +188,32 @@ pub async fn serve(
         .add_service(quiver_proto::v1::keys_server::KeysServer::new(
             grpc::keys::KeysService::new(Arc::clone(&state)),
         ));
-    // gRPC answers are several small HTTP/2 frames: never let Nagle's algorithm hold them back.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn
-            && let Err(e) = c.set_nodelay(true)
-        {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-        conn
-    });
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let stopped = async {
         let _ = stop_rx.await;
-    }));
+    };
+    let mut tls_watcher = None;
+    let mut server = match &settings.tls {
+        Some(files) => {
+            let reloader = tls::Reloader::new(files.clone()).map_err(ServerError::Tls)?;
+            tls_watcher = Some(reloader.spawn_watcher());
+            tracing::info!(cert = %files.cert.display(), mutual = files.client_ca.is_some(), "TLS on the gRPC port");
+            let incoming = reloader.incoming(listener);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => {
+            // gRPC answers are several small HTTP/2 frames: never let Nagle's algorithm hold
+            // them back.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                if let Ok(c) = &conn
+                    && let Err(e) = c.set_nodelay(true)
+                {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+                conn
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
 
     // Open storage while health says NOT_SERVING (WAL replay can take a while).
     let dir = settings.data_dir.clone();
@@ -287,6 +305,9 @@ pub async fn serve(
         t.abort();
     }
     if let Some(t) = metrics_http {
+        t.abort();
+    }
+    if let Some(t) = tls_watcher {
         t.abort();
     }
     if let Some((c, task)) = cluster {
