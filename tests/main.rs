@@ -8,6 +8,7 @@ mod crash;
 mod filters;
 mod index;
 mod ingest;
+mod limits;
 mod llm;
 mod rag;
 mod tls;

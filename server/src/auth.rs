@@ -346,16 +346,120 @@ pub fn check_principal(p: Option<&Principal>, collection: &str) -> Result<(), St
     }
 }
 
-/// The tower layer enforcing [`authorize`] in front of every service.
+/// Per-caller request budgets: a token bucket (rate, burst) and an in-flight cap.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: crate::config::LimitsConfig,
+    callers: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+    in_flight: u32,
+}
+
+/// Releases an in-flight slot when the call's response is ready.
+pub struct Slot {
+    limiter: Arc<Limiter>,
+    caller: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self
+            .limiter
+            .callers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = m.get_mut(&self.caller) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+fn exhausted(msg: String, retry: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    metrics::counter!("quiver_rate_limited_total").increment(1);
+    Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        msg,
+        ErrorDetails::with_retry_info(Some(retry)),
+    )
+}
+
+impl Limiter {
+    /// `None` when no limit is configured.
+    pub fn new(limits: crate::config::LimitsConfig) -> Option<Arc<Limiter>> {
+        (limits.requests_per_second > 0.0 || limits.max_concurrent > 0).then(|| {
+            Arc::new(Limiter {
+                limits,
+                callers: Default::default(),
+            })
+        })
+    }
+
+    /// Takes a token and an in-flight slot for `caller`, or says when to retry.
+    pub fn admit(self: &Arc<Self>, caller: &str) -> Result<Slot, Status> {
+        let l = self.limits;
+        let burst = if l.burst > 0.0 {
+            l.burst
+        } else {
+            l.requests_per_second.max(1.0)
+        };
+        let mut m = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let b = m.entry(caller.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+            in_flight: 0,
+        });
+        if l.max_concurrent > 0 && b.in_flight >= l.max_concurrent {
+            return Err(exhausted(
+                format!(
+                    "{caller}: {} requests already in flight (limits.max_concurrent)",
+                    b.in_flight
+                ),
+                std::time::Duration::from_millis(50),
+            ));
+        }
+        if l.requests_per_second > 0.0 {
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * l.requests_per_second)
+                .min(burst);
+            b.at = now;
+            if b.tokens < 1.0 {
+                let wait = (1.0 - b.tokens) / l.requests_per_second;
+                return Err(exhausted(
+                    format!(
+                        "{caller}: over {} requests per second (limits.requests_per_second); retry in {} ms",
+                        l.requests_per_second,
+                        (wait * 1000.0).ceil()
+                    ),
+                    std::time::Duration::from_secs_f64(wait),
+                ));
+            }
+            b.tokens -= 1.0;
+        }
+        b.in_flight += 1;
+        Ok(Slot {
+            limiter: Arc::clone(self),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+/// The tower layer enforcing [`authorize`] and the [`Limiter`] in front of every service.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Option<Arc<Auth>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl AuthLayer {
-    /// `None`: auth off (every request passes).
-    pub fn new(auth: Option<Arc<Auth>>) -> Self {
-        AuthLayer { auth }
+    /// `auth: None`: auth off (every request passes); `limiter: None`: no budgets.
+    pub fn new(auth: Option<Arc<Auth>>, limiter: Option<Arc<Limiter>>) -> Self {
+        AuthLayer { auth, limiter }
     }
 }
 
@@ -365,6 +469,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -374,6 +479,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Option<Arc<Auth>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
@@ -397,11 +503,31 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let Some(auth) = &self.auth else {
-            return Box::pin(self.inner.call(req));
-        };
         let path = req.uri().path().to_owned();
-        match authorize(auth, &req) {
+        let decided = match &self.auth {
+            Some(auth) => authorize(auth, &req),
+            None => Ok(None),
+        };
+        // Budgets, per key (all callers together without auth); health is never limited.
+        let slot = match (&self.limiter, &decided) {
+            (Some(l), Ok(p)) if required_role(&path).is_some() => {
+                let caller = p.as_ref().map_or("anonymous", |p| p.key_id.as_str());
+                match l.admit(caller) {
+                    Ok(s) => Some(s),
+                    Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+                }
+            }
+            _ => None,
+        };
+        if self.auth.is_none() {
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                let r = fut.await;
+                drop(slot);
+                r
+            });
+        }
+        match decided {
             Err(status) => {
                 metrics::counter!("quiver_auth_refused_total", "code" => format!("{:?}", status.code())).increment(1);
                 tracing::warn!(target: "quiver::audit", method = %path, code = ?status.code(), reason = %status.message(), "refused");
@@ -417,7 +543,9 @@ where
                 }
                 let fut = self.inner.call(req);
                 Box::pin(async move {
-                    let resp = fut.await?;
+                    let resp = fut.await;
+                    drop(slot);
+                    let resp = resp?;
                     if let Some(p) = audited {
                         let status = resp
                             .headers()
@@ -496,5 +624,45 @@ mod tests {
             !rec.secret_sha256.contains(&secret[20..40]),
             "only the hash is stored"
         );
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+    use crate::config::LimitsConfig;
+
+    #[test]
+    fn in_flight_cap_and_token_bucket() {
+        let l = Limiter::new(LimitsConfig {
+            max_concurrent: 1,
+            ..LimitsConfig::default()
+        })
+        .unwrap();
+        let a = l.admit("k1").unwrap();
+        let e = l.admit("k1").err().unwrap();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(l.admit("k2").is_ok(), "per caller");
+        drop(a);
+        assert!(l.admit("k1").is_ok(), "released with the response");
+
+        let l = Limiter::new(LimitsConfig {
+            requests_per_second: 2.0,
+            burst: 3.0,
+            ..LimitsConfig::default()
+        })
+        .unwrap();
+        for _ in 0..3 {
+            drop(l.admit("k").unwrap());
+        }
+        let e = l.admit("k").err().unwrap();
+        use tonic_types::StatusExt;
+        let retry = e.get_details_retry_info().unwrap().retry_delay.unwrap();
+        assert!(
+            retry > std::time::Duration::ZERO && retry <= std::time::Duration::from_millis(500)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(550));
+        assert!(l.admit("k").is_ok(), "refilled at 2/s");
+        assert!(Limiter::new(LimitsConfig::default()).is_none());
     }
 }

@@ -27,6 +27,34 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[tls]`
     pub tls: TlsConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]` section: per-caller request budgets (per API key; all callers together when
+/// auth is off). 0 = unlimited.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per key.
+    pub requests_per_second: f64,
+    /// Requests a key may make at once above the sustained rate (default: one second's worth).
+    pub burst: f64,
+    /// Requests in flight per key.
+    pub max_concurrent: u32,
+    /// Rows (points, ids, documents, queries) in one request.
+    pub max_batch_rows: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            requests_per_second: 0.0,
+            burst: 0.0,
+            max_concurrent: 0,
+            max_batch_rows: 100_000,
+        }
+    }
 }
 
 /// `[tls]` section: TLS on the gRPC port (off unless `cert` is set).
@@ -415,6 +443,8 @@ pub struct Settings {
     pub auth: Option<Option<String>>,
     /// TLS on the gRPC port (`None`: plaintext).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Request budgets.
+    pub limits: LimitsConfig,
 }
 
 /// CLI values that override everything else.
@@ -562,6 +592,19 @@ impl Config {
                 self.rag.clone()
             },
             cluster: self.cluster.validate()?,
+            limits: {
+                let l = self.limits;
+                if !(l.requests_per_second >= 0.0 && l.burst >= 0.0)
+                    || !l.requests_per_second.is_finite()
+                    || !l.burst.is_finite()
+                {
+                    return Err(ConfigError(
+                        "limits.requests_per_second and limits.burst must be finite and >= 0"
+                            .into(),
+                    ));
+                }
+                l
+            },
             tls: match (
                 self.tls.cert.as_os_str().is_empty(),
                 self.tls.key.as_os_str().is_empty(),

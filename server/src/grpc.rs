@@ -93,6 +93,17 @@ impl AppState {
         self.engine.get().is_some() && self.cluster.get().is_none_or(|c| c.is_ready())
     }
 
+    /// Refuses a request carrying more than `limits.max_batch_rows` rows in `field`.
+    pub fn check_rows(&self, field: &str, n: usize) -> ApiResult<()> {
+        let max = self.settings.limits.max_batch_rows;
+        if max > 0 && n > max as usize {
+            return Err(ApiError::TooLarge(format!(
+                "{field}: {n} rows in one request; the limit is {max} (limits.max_batch_rows)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Waits until a read at `consistency` may be served here.
     pub async fn read_barrier(&self, consistency: i32) -> ApiResult<()> {
         match pb::Consistency::try_from(consistency) {

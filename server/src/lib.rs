@@ -158,7 +158,10 @@ pub async fn serve(
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(tower::util::MapResponseLayer::new(oversized_status))
         .layer(tower::util::MapRequestLayer::new(touch))
-        .layer(auth::AuthLayer::new(auth.clone()))
+        .layer(auth::AuthLayer::new(
+            auth.clone(),
+            auth::Limiter::new(settings.limits),
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

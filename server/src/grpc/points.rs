@@ -26,6 +26,7 @@ impl PointsService {
     }
 
     async fn upsert_batch(&self, r: pb::UpsertRequest) -> ApiResult<(u64, u64)> {
+        self.state.check_rows("points", r.points.len())?;
         let n = r.points.len() as u64;
         let points = convert::points(r.points, self.state.settings.max_payload_bytes)?;
         let out = self
@@ -144,6 +145,7 @@ impl Points for PointsService {
     ) -> Result<Response<pb::DeletePointsResponse>, Status> {
         crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
+        self.state.check_rows("ids", r.ids.len())?;
         let ids = convert::point_ids(&r.ids, "ids")?;
         let filter = convert::filter(r.filter.as_ref())?;
         if filter.is_some() && !ids.is_empty() {
@@ -231,6 +233,7 @@ impl Points for PointsService {
     ) -> Result<Response<pb::UpdatePayloadResponse>, Status> {
         crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
+        self.state.check_rows("ids", r.ids.len())?;
         let ids = convert::point_ids(&r.ids, "ids")?;
         let set = match convert::payload(
             (!r.set_json.is_empty()).then_some(r.set_json.as_str()),

@@ -151,6 +151,7 @@ impl Search for SearchService {
             crate::auth::check_collection(&req, &q.collection)?;
         }
         let r = req.into_inner();
+        self.state.check_rows("searches", r.searches.len())?;
         // One barrier for the batch: the strictest consistency any search asks for.
         let strictest = r.searches.iter().map(|q| q.consistency).max().unwrap_or(0);
         self.state.read_barrier(strictest).await?;

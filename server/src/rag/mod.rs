@@ -646,6 +646,7 @@ impl RagRpc for RagService {
             message += 1;
             let r = item?;
             crate::auth::check_principal(principal.as_ref(), &r.collection)?;
+            self.app.check_rows("documents", r.documents.len())?;
             let (engine, rag, app, ndocs) = (
                 Arc::clone(&engine),
                 Arc::clone(&rag),
