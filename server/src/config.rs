@@ -594,10 +594,8 @@ impl Config {
             cluster: self.cluster.validate()?,
             limits: {
                 let l = self.limits;
-                if !(l.requests_per_second >= 0.0 && l.burst >= 0.0)
-                    || !l.requests_per_second.is_finite()
-                    || !l.burst.is_finite()
-                {
+                let valid = |v: f64| v.is_finite() && v >= 0.0;
+                if !valid(l.requests_per_second) || !valid(l.burst) {
                     return Err(ConfigError(
                         "limits.requests_per_second and limits.burst must be finite and >= 0"
                             .into(),
