@@ -608,6 +608,10 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
         "quiver_embedding_requests_total{embedder=\"emb\",status=\"ok\"}",
         "quiver_llm_cost_microdollars_total{provider=\"gpt\"",
         "quiver_rag_budget_refusals_total 1",
+        // Every RPC by method and status, with latency.
+        "quiver_rpc_requests_total{method=\"/quiver.v1.Rag/Ask\",code=\"Ok\"}",
+        "quiver_rpc_requests_total{method=\"/quiver.v1.Rag/Ask\",code=\"ResourceExhausted\"}",
+        "quiver_rpc_duration_seconds_count{method=\"/quiver.v1.Rag/Ask\"}",
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }

@@ -484,6 +484,25 @@ pub struct AuthService<S> {
 
 type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
+/// Counts an answered call by method and status, and its latency by method (for streams:
+/// until the response headers).
+fn observe(method: &str, code: &str, started: std::time::Instant) {
+    metrics::counter!("quiver_rpc_requests_total", "method" => method.to_owned(), "code" => code.to_owned()).increment(1);
+    metrics::histogram!("quiver_rpc_duration_seconds", "method" => method.to_owned())
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn code_of(resp: &http::Response<tonic::body::Body>) -> String {
+    match resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(c) => format!("{:?}", tonic::Code::from_bytes(c.as_bytes())),
+        None => "Ok".to_owned(),
+    }
+}
+
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
@@ -503,6 +522,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let started = std::time::Instant::now();
         let path = req.uri().path().to_owned();
         let decided = match &self.auth {
             Some(auth) => authorize(auth, &req),
@@ -514,7 +534,10 @@ where
                 let caller = p.as_ref().map_or("anonymous", |p| p.key_id.as_str());
                 match l.admit(caller) {
                     Ok(s) => Some(s),
-                    Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+                    Err(status) => {
+                        observe(&path, &format!("{:?}", status.code()), started);
+                        return Box::pin(std::future::ready(Ok(status.into_http())));
+                    }
                 }
             }
             _ => None,
@@ -524,6 +547,9 @@ where
             return Box::pin(async move {
                 let r = fut.await;
                 drop(slot);
+                if let Ok(resp) = &r {
+                    observe(&path, &code_of(resp), started);
+                }
                 r
             });
         }
@@ -531,6 +557,7 @@ where
             Err(status) => {
                 metrics::counter!("quiver_auth_refused_total", "code" => format!("{:?}", status.code())).increment(1);
                 tracing::warn!(target: "quiver::audit", method = %path, code = ?status.code(), reason = %status.message(), "refused");
+                observe(&path, &format!("{:?}", status.code()), started);
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
             Ok(principal) => {
@@ -546,6 +573,7 @@ where
                     let resp = fut.await;
                     drop(slot);
                     let resp = resp?;
+                    observe(&path, &code_of(&resp), started);
                     if let Some(p) = audited {
                         let status = resp
                             .headers()

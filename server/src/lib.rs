@@ -244,6 +244,31 @@ pub async fn serve(
         None => None,
     };
     set_all(&reporter, ServingStatus::Serving).await;
+    // Per-collection gauges for /metrics.
+    let gauges = {
+        let e = Arc::clone(&engine);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let e = Arc::clone(&e);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for c in e.list() {
+                        let s = c.stats();
+                        let name = c.config().name.clone();
+                        metrics::gauge!("quiver_collection_points", "collection" => name.clone()).set(s.points as f64);
+                        metrics::gauge!("quiver_collection_segments", "collection" => name.clone()).set(f64::from(s.sealed_segments));
+                        metrics::gauge!("quiver_collection_wal_bytes", "collection" => name.clone()).set(s.wal_bytes as f64);
+                        metrics::gauge!("quiver_collection_disk_bytes", "collection" => name.clone()).set(s.bytes_on_disk as f64);
+                        let (built, total) = c.index_progress();
+                        metrics::gauge!("quiver_index_segments_built", "collection" => name.clone()).set(built as f64);
+                        metrics::gauge!("quiver_index_segments_total", "collection" => name).set(total as f64);
+                    }
+                })
+                .await;
+            }
+        })
+    };
     let readiness = {
         let (st, rep) = (Arc::clone(&state), reporter.clone());
         tokio::spawn(async move {
@@ -288,6 +313,7 @@ pub async fn serve(
     };
     tracing::info!("shutting down: health NOT_SERVING, draining requests");
     readiness.abort();
+    gauges.abort();
     set_all(&reporter, ServingStatus::NotServing).await;
     reporter
         .set_service_status(READINESS, ServingStatus::NotServing)
