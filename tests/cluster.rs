@@ -744,3 +744,63 @@ async fn nodes_are_added_and_removed_through_the_cli() {
         &["FAILED_PRECONDITION", "--cluster-listen"],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_speak_mutual_tls_on_the_cluster_port() {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let certs = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut node = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    node.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node_key = KeyPair::generate().unwrap();
+    let node = node.signed_by(&node_key, &ca, &ca_key).unwrap();
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(p("node.pem"), node.pem()).unwrap();
+    std::fs::write(p("node.key"), node_key.serialize_pem()).unwrap();
+    let (cert, key, cap) = (p("node.pem"), p("node.key"), p("ca.pem"));
+    let c = TestCluster::start(
+        3,
+        &[
+            ("QUIVER__CLUSTER__TLS_CERT", &cert),
+            ("QUIVER__CLUSTER__TLS_KEY", &key),
+            ("QUIVER__CLUSTER__TLS_CA", &cap),
+        ],
+    )
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    create(c.node(follower)).await;
+    let mut cl = c.node(follower).client().await;
+    upsert(&mut cl, vec![point(1, 1.0), point(2, 2.0)])
+        .await
+        .unwrap();
+    c.wait_caught_up(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        assert_eq!(ok(&c.node(i).cli(&["count", "--collection", "r"])), "2");
+    }
+    // A plaintext peer gets nothing from the cluster port.
+    let port = c.envs[0]
+        .iter()
+        .find(|(k, _)| k == "QUIVER__CLUSTER__LISTEN")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut rc = quiver_proto::internal::raft_client::RaftClient::new(ch);
+        assert!(
+            rc.local_status(quiver_proto::internal::RaftBytes::default())
+                .await
+                .is_err()
+        );
+    }
+}

@@ -125,6 +125,14 @@ pub struct ClusterConfig {
     /// Applied state is made durable (WALs synced, applied index recorded) at least this
     /// often, milliseconds; acknowledged writes are durable at once in the Raft log.
     pub durable_every_ms: u64,
+    /// Node-to-node TLS: this node's certificate chain (PEM). With `tls_key` and `tls_ca`, the
+    /// cluster port speaks mutual TLS: every node presents its certificate and verifies the
+    /// other's against `tls_ca`. Reloaded when the files change (for new connections).
+    pub tls_cert: PathBuf,
+    /// This node's private key (PEM).
+    pub tls_key: PathBuf,
+    /// CA bundle the other nodes' certificates must chain to (PEM).
+    pub tls_ca: PathBuf,
 }
 
 impl Default for ClusterConfig {
@@ -142,6 +150,9 @@ impl Default for ClusterConfig {
             rpc_timeout_ms: 3000,
             max_ready_lag: 1000,
             durable_every_ms: 1000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_ca: PathBuf::new(),
         }
     }
 }
@@ -157,6 +168,8 @@ pub struct ClusterSettings {
     pub peers: std::collections::BTreeMap<u64, String>,
     /// The section as given.
     pub raw: ClusterConfig,
+    /// Mutual TLS between nodes (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Accepts `node_id = 2` and `node_id = "auto"` alike (environment values arrive typed).
@@ -310,11 +323,27 @@ impl ClusterConfig {
                 "cluster.write_timeout_ms, rpc_timeout_ms and snapshot_every must be > 0".into(),
             ));
         }
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        let tls = match (set(&self.tls_cert), set(&self.tls_key), set(&self.tls_ca)) {
+            (false, false, false) => None,
+            (true, true, true) => Some(crate::tls::TlsFiles {
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                client_ca: Some(self.tls_ca.clone()),
+                reload: Duration::from_secs(5),
+            }),
+            _ => {
+                return Err(ConfigError(
+                    "cluster.tls_cert, cluster.tls_key and cluster.tls_ca are set together".into(),
+                ));
+            }
+        };
         Ok(Some(ClusterSettings {
             node_id,
             listen,
             peers,
             raw: self.clone(),
+            tls,
         }))
     }
 }

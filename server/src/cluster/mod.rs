@@ -168,6 +168,7 @@ impl Cluster {
             .map_err(|e| crate::ServerError::Cluster(format!("raft log flusher: {e}")))?;
         let network = net::Network {
             timeout: ms(raw.rpc_timeout_ms),
+            tls: settings.tls.clone(),
         };
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log, sm.clone())
             .await
@@ -193,23 +194,40 @@ impl Cluster {
         let svc = RaftServer::new(Service(Arc::clone(&cluster)))
             .max_decoding_message_size(net::MAX_MESSAGE)
             .max_encoding_message_size(net::MAX_MESSAGE);
+        let reloader = match &cluster.settings.tls {
+            Some(files) => Some(
+                crate::tls::Reloader::new(files.clone())
+                    .map_err(|e| crate::ServerError::Tls(format!("cluster port: {e}")))?,
+            ),
+            None => None,
+        };
         let server = tokio::spawn(async move {
             use tokio_stream::StreamExt;
-            // Small frames (votes, acks) must not wait for Nagle's algorithm: a 40 ms stall
-            // against delayed ACKs otherwise.
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-                if let Ok(c) = &conn
-                    && let Err(e) = c.set_nodelay(true)
-                {
-                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            let builder = tonic::transport::Server::builder().add_service(svc);
+            let served = match reloader {
+                // Mutual TLS between nodes, certificates reloaded when the files change.
+                Some(r) => {
+                    let watcher = r.spawn_watcher();
+                    let out = builder.serve_with_incoming(r.incoming(listener)).await;
+                    watcher.abort();
+                    out
                 }
-                conn
-            });
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await
-            {
+                None => {
+                    // Small frames (votes, acks) must not wait for Nagle's algorithm: a 40 ms
+                    // stall against delayed ACKs otherwise.
+                    let incoming =
+                        tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                            if let Ok(c) = &conn
+                                && let Err(e) = c.set_nodelay(true)
+                            {
+                                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                            }
+                            conn
+                        });
+                    builder.serve_with_incoming(incoming).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "cluster listener failed");
             }
         });
@@ -326,7 +344,11 @@ impl Cluster {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let c = net::client(addr, ms(self.settings.raw.rpc_timeout_ms))?;
+        let c = net::client(
+            addr,
+            ms(self.settings.raw.rpc_timeout_ms),
+            self.settings.tls.as_ref(),
+        )?;
         peers.insert(addr.to_owned(), c.clone());
         Ok(c)
     }

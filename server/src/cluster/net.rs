@@ -24,10 +24,31 @@ use super::TypeConfig;
 /// Largest internal message (snapshot chunks and entry batches stay well below).
 pub const MAX_MESSAGE: usize = 256 << 20;
 
-/// A lazily connecting client to the node at `addr` (HOST:PORT).
-pub fn client(addr: &str, timeout: Duration) -> Result<RaftClient<Channel>, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?
+/// A lazily connecting client to the node at `addr` (HOST:PORT); over mutual TLS when `tls`
+/// is set (the files are read now, so a new client picks up rotated certificates).
+pub fn client(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::TlsFiles>,
+) -> Result<RaftClient<Channel>, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("bad cluster address {addr:?}: {e}"))?;
+    if let Some(t) = tls {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let ca = t.client_ca.as_deref().ok_or("cluster TLS without a CA")?;
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&t.cert)?,
+                read(&t.key)?,
+            ));
+        ep = ep
+            .tls_config(cfg)
+            .map_err(|e| format!("cluster TLS: {e}"))?;
+    }
+    let ep = ep
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -60,6 +81,8 @@ pub fn unreachable(s: &tonic::Status) -> bool {
 pub struct Network {
     /// Deadline of one call (openraft's per-RPC TTL applies when shorter).
     pub timeout: Duration,
+    /// Node-to-node TLS.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -71,6 +94,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             client: None,
             timeout: self.timeout,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -81,6 +105,7 @@ pub struct Peer {
     addr: String,
     client: Option<RaftClient<Channel>>,
     timeout: Duration,
+    tls: Option<crate::tls::TlsFiles>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -100,7 +125,7 @@ impl Peer {
         let client = match &self.client {
             Some(c) => c.clone(),
             None => {
-                let c = client(&self.addr, self.timeout).map_err(|e| {
+                let c = client(&self.addr, self.timeout, self.tls.as_ref()).map_err(|e| {
                     RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
                 })?;
                 self.client = Some(c.clone());
