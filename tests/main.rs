@@ -11,4 +11,5 @@ mod ingest;
 mod limits;
 mod llm;
 mod rag;
+mod snapshots;
 mod tls;

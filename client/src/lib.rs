@@ -11,6 +11,7 @@ use quiver_proto::v1::keys_client::KeysClient;
 use quiver_proto::v1::points_client::PointsClient;
 use quiver_proto::v1::rag_client::RagClient;
 use quiver_proto::v1::search_client::SearchClient;
+use quiver_proto::v1::snapshots_client::SnapshotsClient;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -111,6 +112,8 @@ pub struct Client {
     pub cluster: ClusterClient<Transport>,
     /// `quiver.v1.Keys`
     pub keys: KeysClient<Transport>,
+    /// `quiver.v1.Snapshots`
+    pub snapshots: SnapshotsClient<Transport>,
     /// The underlying channel (for health checks).
     pub channel: Channel,
 }
@@ -186,6 +189,7 @@ impl Client {
                 .max_encoding_message_size(m),
             cluster: ClusterClient::new(t(&channel)),
             keys: KeysClient::new(t(&channel)),
+            snapshots: SnapshotsClient::new(t(&channel)).max_decoding_message_size(m),
             channel,
         }
     }

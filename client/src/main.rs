@@ -114,6 +114,9 @@ enum Cmd {
     /// API keys (admin): create, list, revoke.
     #[command(subcommand)]
     Key(ops::KeyCmd),
+    /// Snapshots of the whole database (admin): create, list, download, restore, delete.
+    #[command(subcommand)]
+    Snapshot(ops::SnapshotCmd),
     /// Upsert points from a JSONL file: {"id": 7 | "key", "vector": [..], "payload": {..}} per line.
     Upsert {
         /// Target collection.
@@ -1136,6 +1139,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Rag(c) => ops::rag(&mut client, c).await?,
         Cmd::Cluster(c) => ops::cluster(&mut client, c).await?,
         Cmd::Key(c) => ops::key(&mut client, c).await?,
+        Cmd::Snapshot(c) => ops::snapshot(&mut client, c).await?,
         Cmd::Audit(c) => ops::audit(&mut client, c).await?,
         Cmd::Review(c) => ops::review(&mut client, c).await?,
         Cmd::DeleteDoc { collection, id } => {

@@ -751,3 +751,127 @@ pub async fn key(client: &mut Client, cmd: KeyCmd) -> Result<()> {
     }
     Ok(())
 }
+
+/// `quiver snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Take a consistent snapshot now, online (default name: snap-<time>).
+    Create {
+        /// Name (letters, digits, '_', '-').
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots, oldest first.
+    List {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream a snapshot as one checksummed archive into a file.
+    Download {
+        /// Name.
+        name: String,
+        /// Output file.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Replace every collection with a snapshot's (its checksums are verified first).
+    Restore {
+        /// Name.
+        name: String,
+    },
+    /// Delete a snapshot.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+fn snapshot_json(s: &pb::SnapshotInfo) -> Value {
+    json!({"name": s.name, "created_ms": s.created_ms, "bytes": s.bytes, "collections": s.collections})
+}
+
+/// Runs a `quiver snapshot` command.
+pub async fn snapshot(client: &mut Client, cmd: SnapshotCmd) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Create { name, json } => {
+            let s = client
+                .snapshots
+                .create(pb::CreateSnapshotRequest {
+                    name: name.unwrap_or_default(),
+                })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            if json {
+                println!("{}", snapshot_json(&s));
+            } else {
+                println!("{}", s.name);
+                eprintln!(
+                    "snapshot {}: {} collections, {} bytes referenced",
+                    s.name,
+                    s.collections.len(),
+                    s.bytes
+                );
+            }
+        }
+        SnapshotCmd::List { json } => {
+            let r = client
+                .snapshots
+                .list(pb::ListSnapshotsRequest {})
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            for s in &r.snapshots {
+                if json {
+                    println!("{}", snapshot_json(s));
+                } else {
+                    println!("{}  {} bytes  {}", s.name, s.bytes, s.collections.join(","));
+                }
+            }
+        }
+        SnapshotCmd::Download { name, output } => {
+            let mut stream = client
+                .snapshots
+                .download(pb::DownloadSnapshotRequest { name })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            let tmp = output.with_extension("part");
+            let mut f = std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            let mut total = 0u64;
+            while let Some(chunk) = stream.message().await.map_err(ClientError::from)? {
+                f.write_all(&chunk.data)?;
+                total += chunk.data.len() as u64;
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, &output)?;
+            eprintln!("wrote {} bytes to {}", total, output.display());
+        }
+        SnapshotCmd::Restore { name } => {
+            let s = client
+                .snapshots
+                .restore(pb::RestoreSnapshotRequest { name })
+                .await
+                .map_err(ClientError::from)?
+                .into_inner();
+            eprintln!(
+                "restored snapshot {} ({} collections)",
+                s.name,
+                s.collections.len()
+            );
+        }
+        SnapshotCmd::Delete { name } => {
+            client
+                .snapshots
+                .delete(pb::DeleteSnapshotRequest { name: name.clone() })
+                .await
+                .map_err(ClientError::from)?;
+            eprintln!("deleted snapshot {name}");
+        }
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@ pub mod collections;
 pub mod keys;
 pub mod points;
 pub mod search;
+pub mod snapshots;
 
 use std::sync::{Arc, OnceLock};
 

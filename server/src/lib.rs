@@ -190,7 +190,13 @@ pub async fn serve(
         ))
         .add_service(quiver_proto::v1::keys_server::KeysServer::new(
             grpc::keys::KeysService::new(Arc::clone(&state)),
-        ));
+        ))
+        .add_service(
+            quiver_proto::v1::snapshots_server::SnapshotsServer::new(
+                grpc::snapshots::SnapshotsService::new(Arc::clone(&state)),
+            )
+            .max_encoding_message_size(max),
+        );
     let stopped = async {
         let _ = stop_rx.await;
     };

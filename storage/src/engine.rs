@@ -299,7 +299,7 @@ impl Engine {
 }
 
 mod snapshot;
-pub use snapshot::{ExportInfo, REPLICATED_PREFIX, pack, unpack};
+pub use snapshot::{ExportInfo, REPLICATED_PREFIX, pack, seal_export, unpack, verify_export};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,241 @@
+//! `quiver.v1.Snapshots`: consistent online snapshots of the whole database, stored as
+//! directories of hard links under `data_dir/snapshots/` (unchanged sealed segments are shared:
+//! incremental), downloadable as one checksummed archive, restorable after verification.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use quiver_proto::v1 as pb;
+use quiver_proto::v1::snapshots_server::Snapshots;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::{ApiError, ApiResult};
+use crate::grpc::{AppState, blocking};
+
+/// The Snapshots service.
+#[derive(Debug, Clone)]
+pub struct SnapshotsService {
+    state: Arc<AppState>,
+}
+
+impl SnapshotsService {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        SnapshotsService { state }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.state.settings.data_dir.join("snapshots")
+    }
+}
+
+/// Snapshot names are 1–64 of `[A-Za-z0-9_-]`: they can never leave the snapshots directory.
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ApiError::bad(
+            "name",
+            format!("{name:?}: 1 to 64 letters, digits, '_' or '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn info_of(dir: &std::path::Path) -> ApiResult<pb::SnapshotInfo> {
+    let b = std::fs::read(dir.join("info.json"))
+        .map_err(|_| ApiError::NotFound(format!("no snapshot at {}", dir.display())))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&b).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(pb::SnapshotInfo {
+        name: v["name"].as_str().unwrap_or_default().to_owned(),
+        created_ms: v["created_ms"].as_u64().unwrap_or(0),
+        bytes: v["bytes"].as_u64().unwrap_or(0),
+        collections: v["collections"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+fn existing(root: &std::path::Path, name: &str) -> ApiResult<PathBuf> {
+    check_name(name)?;
+    let d = root.join(name);
+    if !d.join("info.json").is_file() {
+        return Err(ApiError::NotFound(format!("no snapshot named {name:?}")));
+    }
+    Ok(d)
+}
+
+type ChunkStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotsService {
+    async fn create(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let mut name = req.into_inner().name;
+        if name.is_empty() {
+            name = format!("snap-{}", crate::rag::audit::now_ms());
+        }
+        check_name(&name)?;
+        let (engine, root) = (self.state.engine()?, self.dir());
+        let info = blocking(move || {
+            std::fs::create_dir_all(&root).map_err(quiver_storage::Error::from)?;
+            let dst = root.join(&name);
+            if dst.exists() {
+                return Err(ApiError::Status(Status::already_exists(format!(
+                    "snapshot {name:?} exists"
+                ))));
+            }
+            let tmp = root.join(format!(".{name}.tmp"));
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(quiver_storage::Error::from)?;
+            }
+            let started = std::time::Instant::now();
+            let export = engine.export(&tmp)?;
+            let bytes = quiver_storage::engine::seal_export(&tmp)?;
+            let created_ms = crate::rag::audit::now_ms();
+            let info = serde_json::json!({
+                "name": name,
+                "created_ms": created_ms,
+                "bytes": bytes,
+                "collections": export.collections.keys().collect::<Vec<_>>(),
+            });
+            std::fs::write(tmp.join("info.json"), info.to_string())
+                .map_err(quiver_storage::Error::from)?;
+            std::fs::rename(&tmp, &dst).map_err(quiver_storage::Error::from)?;
+            tracing::info!(target: "quiver::audit", snapshot = %name, bytes, ms = started.elapsed().as_millis() as u64, "snapshot created");
+            info_of(&dst)
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list(
+        &self,
+        _req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let root = self.dir();
+        let snapshots = blocking(move || {
+            let mut out = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(&root) {
+                for e in rd.flatten() {
+                    if let Ok(i) = info_of(&e.path()) {
+                        out.push(i);
+                    }
+                }
+            }
+            out.sort_by_key(|i| i.created_ms);
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let d = existing(&self.dir(), &req.into_inner().name)?;
+        let info = blocking(move || {
+            let info = info_of(&d)?;
+            std::fs::remove_dir_all(&d).map_err(quiver_storage::Error::from)?;
+            Ok(info)
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+
+    type DownloadStream = ChunkStream;
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadSnapshotRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let d = existing(&self.dir(), &req.into_inner().name)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let archive = d.with_extension("download.tmp");
+            let run = || -> Result<(), Status> {
+                quiver_storage::engine::verify_export(&d).map_err(ApiError::from)?;
+                quiver_storage::engine::pack(&d, &archive).map_err(ApiError::from)?;
+                let mut f =
+                    std::fs::File::open(&archive).map_err(|e| Status::internal(e.to_string()))?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f
+                        .read(&mut buf)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let chunk = pb::SnapshotChunk {
+                        data: buf[..n].to_vec(),
+                    };
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return Ok(()); // client went away
+                    }
+                }
+            };
+            if let Err(s) = run() {
+                let _ = tx.blocking_send(Err(s));
+            }
+            let _ = std::fs::remove_file(&archive);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<pb::RestoreSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        if self.state.cluster().is_some() {
+            return Err(ApiError::Precondition(
+                "restore replaces this node's data; on a cluster, restore on a single node and let the others catch up from it (replicas copy each other by Raft snapshots)".into(),
+            )
+            .into());
+        }
+        let d = existing(&self.dir(), &req.into_inner().name)?;
+        let (engine, root) = (self.state.engine()?, self.dir());
+        let info = blocking(move || {
+            // Nothing live is touched until every file is proven intact.
+            quiver_storage::engine::verify_export(&d)?;
+            let staging = root.join(".restore.tmp");
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(quiver_storage::Error::from)?;
+            }
+            link_tree(&d, &staging).map_err(quiver_storage::Error::from)?;
+            engine.import(&staging)?;
+            let _ = std::fs::remove_dir_all(&staging);
+            let info = info_of(&d)?;
+            tracing::info!(target: "quiver::audit", snapshot = %info.name, "snapshot restored");
+            Ok(info)
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+}
+
+/// Hard-links a directory tree (the import consumes its input; the snapshot stays intact).
+fn link_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            link_tree(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::hard_link(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
