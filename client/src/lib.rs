@@ -121,24 +121,35 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`http://host:port`).
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::open(addr, None, Headers::default()).await
+    }
+
+    /// Connects to `addr`, over TLS when `tls` is given.
+    async fn open(
+        addr: &str,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        headers: Headers,
+    ) -> Result<Client, ClientError> {
         let err = |source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
         };
-        let channel = Endpoint::from_shared(addr.to_owned())
-            .map_err(err)?
+        let mut ep = Endpoint::from_shared(addr.to_owned()).map_err(err)?;
+        if let Some(t) = tls {
+            ep = ep.tls_config(t).map_err(err)?;
+        }
+        let channel = ep
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await
             .map_err(err)?;
-        Ok(Client::from_channel(channel, Headers::default()))
+        Ok(Client::from_channel(channel, headers))
     }
 
     /// Connects, sending `headers` with every call.
     pub async fn connect_with(addr: &str, headers: Headers) -> Result<Client, ClientError> {
-        let c = Client::connect(addr).await?;
-        Ok(Client::from_channel(c.channel, headers))
+        Client::open(addr, None, headers).await
     }
 
     /// Connects to an `https://` address: the server's certificate must chain to `ca_pem`
@@ -149,25 +160,12 @@ impl Client {
         ca_pem: &[u8],
         identity: Option<(&[u8], &[u8])>,
     ) -> Result<Client, ClientError> {
-        let err = |source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        };
         let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
         if let Some((cert, key)) = identity {
             tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
-        let channel = Endpoint::from_shared(addr.to_owned())
-            .map_err(err)?
-            .tls_config(tls)
-            .map_err(err)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(err)?;
-        Ok(Client::from_channel(channel, headers))
+        Client::open(addr, Some(tls), headers).await
     }
 
     /// Wraps an existing channel.

@@ -189,18 +189,7 @@ impl Collection {
         let mut st = write(&self.state);
         let mut record = st.record.clone();
         record.config.schema = merged.clone();
-        if seq != 0 {
-            // The record will claim every write up to `seq`: make the WAL behind it durable
-            // first, so a crash cannot lose writes the record says are in.
-            w.wal.sync()?;
-            record.applied_seq = record.applied_seq.max(seq);
-            self.last_seq.fetch_max(seq, Ordering::AcqRel);
-        }
-        self.meta.write(vec![MetaOp::Put(
-            Space::Catalog,
-            catalog_key(&self.config.name),
-            encode_record(&record)?,
-        )])?;
+        self.write_record(&mut w.wal, &mut record, seq)?;
         st.record = record;
         *schema = merged.clone();
         write(&st.mutable).set_schema(&merged);
@@ -212,6 +201,27 @@ impl Collection {
         }
         tracing::info!(collection = %self.config.name, fields = ?fields.keys().collect::<Vec<_>>(), "payload fields declared");
         Ok(())
+    }
+
+    /// Stores a changed catalog record (under the seal and writer locks), stamped with `seq`:
+    /// the record will then claim every write up to `seq`, so the WAL behind it is made
+    /// durable first and a crash cannot lose writes the record says are in.
+    fn write_record(
+        &self,
+        wal: &mut crate::wal::Wal,
+        record: &mut super::CollectionRecord,
+        seq: u64,
+    ) -> Result<()> {
+        if seq != 0 {
+            wal.sync()?;
+            record.applied_seq = record.applied_seq.max(seq);
+            self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        }
+        self.meta.write(vec![MetaOp::Put(
+            Space::Catalog,
+            catalog_key(&self.config.name),
+            encode_record(record)?,
+        )])
     }
 
     /// A label (see [`crate::CollectionConfig::labels`]).
@@ -233,16 +243,7 @@ impl Collection {
             Some(v) => record.config.labels.insert(key.to_owned(), v.to_owned()),
             None => record.config.labels.remove(key),
         };
-        if seq != 0 {
-            w.wal.sync()?;
-            record.applied_seq = record.applied_seq.max(seq);
-            self.last_seq.fetch_max(seq, Ordering::AcqRel);
-        }
-        self.meta.write(vec![MetaOp::Put(
-            Space::Catalog,
-            catalog_key(&self.config.name),
-            encode_record(&record)?,
-        )])?;
+        self.write_record(&mut w.wal, &mut record, seq)?;
         st.record = record;
         Ok(())
     }
