@@ -29,14 +29,17 @@ use crate::index::ivf::{self, IvfPqIndex, IvfPqParams};
 use crate::meta::{MetaOp, MetaStore, Space};
 use crate::segment::mutable::MutableSegment;
 use crate::segment::sealed::{SealedSegment, tombstone_file_name, write_segment, write_tombstones};
-use crate::segment::{RowKey, SegmentId};
+use crate::segment::{RowKey, SEGMENT_ID_STRIDE, SegmentId};
 use crate::types::{
     CollectionConfig, DEFAULT_PQ_BITS, DEFAULT_REFINE, Hit, IndexKind, MIN_INDEXED_ROWS, Metric,
     PointId, PointRecord, PointWrite, ReadOptions, SearchParams, normalize, validate_vector,
 };
 use crate::wal::{FsyncPolicy, Lsn, Wal, WalRecord};
 
+mod compaction;
 mod filtering;
+pub use compaction::{CompactionOptions, CompactionReport};
+use compaction::{Moved, translate};
 pub use filtering::PayloadUpdate;
 use filtering::build_fields;
 
@@ -79,6 +82,8 @@ pub struct CollectionStats {
     pub sealed_segments: u32,
     /// Live points in memory (mutable + sealing).
     pub mutable_points: u64,
+    /// Deleted or overwritten rows still held by sealed segments (compaction reclaims them).
+    pub dead_points: u64,
     /// Segment files + WAL.
     pub bytes_on_disk: u64,
     /// WAL files.
@@ -128,6 +133,12 @@ struct Snapshot {
     sealed: Vec<Arc<SealedSegment>>,
 }
 
+impl Snapshot {
+    fn has_sealed(&self, id: SegmentId) -> bool {
+        self.sealed.binary_search_by_key(&id, |s| s.id).is_ok()
+    }
+}
+
 /// One collection. Cheap to share (`Arc`); all methods take `&self`.
 #[derive(Debug)]
 pub struct Collection {
@@ -143,6 +154,11 @@ pub struct Collection {
     last_seq: AtomicU64,
     /// Declared payload fields (grows with `declare_fields`).
     schema: RwLock<Schema>,
+    /// Where recent compactions moved rows: the id map in the metadata store and a reader's
+    /// segment list can be on either side of a compaction for a moment.
+    moves: RwLock<Vec<Arc<Moved>>>,
+    /// Held by the one compaction of this collection that may run at a time.
+    compacting: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,7 +209,13 @@ impl State {
 
 /// Applies one logged record to the in-memory state (live writes and WAL replay alike).
 /// Returns how many ids existed (for deletes) or were written (for upserts).
-fn apply(state: &mut State, meta: &dyn MetaStore, uid: u64, rec: WalRecord) -> Result<u64> {
+fn apply(
+    state: &mut State,
+    meta: &dyn MetaStore,
+    uid: u64,
+    moves: &[Arc<Moved>],
+    rec: WalRecord,
+) -> Result<u64> {
     // The sealed location of each id, as of the checkpoint, fetched in one batch.
     let ids: Vec<&PointId> = match &rec {
         WalRecord::Upsert(points) => points.iter().map(|p| &p.id).collect(),
@@ -208,7 +230,11 @@ fn apply(state: &mut State, meta: &dyn MetaStore, uid: u64, rec: WalRecord) -> R
     let located: HashMap<PointId, (SegmentId, u32)> = ids
         .iter()
         .zip(&locations)
-        .filter_map(|(id, l)| Some(((*id).clone(), decode_location(l.as_deref()?)?)))
+        .filter_map(|(id, l)| {
+            let (seg, row) = decode_location(l.as_deref()?)?;
+            let at = translate(moves, |s| state.sealed(s).is_some(), seg, row)?;
+            Some(((*id).clone(), at))
+        })
         .collect();
     drop(ids);
 
@@ -302,7 +328,7 @@ impl Collection {
             |lsn, seq, rec| {
                 last = lsn;
                 last_seq = last_seq.max(seq);
-                apply(&mut state, meta.as_ref(), uid, rec).map(|_| ())
+                apply(&mut state, meta.as_ref(), uid, &[], rec).map(|_| ())
             },
         )?;
         tracing::info!(collection = %record.config.name, checkpoint = record.checkpoint_lsn, replayed = last - record.checkpoint_lsn, segments = state.sealed.len(), "collection opened");
@@ -320,6 +346,8 @@ impl Collection {
             last_lsn: AtomicU64::new(last),
             last_seq: AtomicU64::new(last_seq),
             schema: RwLock::new(record.config.schema.clone()),
+            moves: RwLock::new(Vec::new()),
+            compacting: Mutex::new(()),
         })
     }
 
@@ -368,7 +396,14 @@ impl Collection {
             });
         }
         let lsn = w.wal.append_sequenced(&rec, seq)?;
-        let n = apply(&mut write(&self.state), self.meta.as_ref(), self.uid, rec)?;
+        let moves = read(&self.moves).clone();
+        let n = apply(
+            &mut write(&self.state),
+            self.meta.as_ref(),
+            self.uid,
+            &moves,
+            rec,
+        )?;
         self.last_lsn.store(lsn, Ordering::Release);
         if seq != 0 {
             self.last_seq.fetch_max(seq, Ordering::AcqRel);
@@ -748,6 +783,11 @@ impl Collection {
             points: self.count(),
             sealed_segments: snap.sealed.len() as u32,
             mutable_points,
+            dead_points: snap
+                .sealed
+                .iter()
+                .map(|s| u64::from(s.rows()) - s.live_count())
+                .sum(),
             bytes_on_disk: wal_bytes + snap.sealed.iter().map(|s| s.bytes_on_disk()).sum::<u64>(),
             wal_bytes,
             index_bytes: snap
@@ -860,7 +900,7 @@ impl Collection {
             .filter_map(|id| st.sealed(id).map(|s| (id, s.tombstones())))
             .collect();
         let next = MutableSegment::new(
-            read(&st.mutable).id + 1,
+            read(&st.mutable).id + SEGMENT_ID_STRIDE,
             self.config.dim,
             &read(&self.schema),
         );
@@ -929,7 +969,7 @@ impl Collection {
         let mut stale_files = Vec::new();
         for s in record.segments.iter_mut() {
             if p.tombstones.iter().any(|(id, _)| *id == s.id) {
-                if let Some(old) = s.tombstones {
+                if let Some(old) = s.tombstones.filter(|old| *old != p.checkpoint) {
                     stale_files.push(
                         seg_dir
                             .join(s.id.to_string())
@@ -948,7 +988,7 @@ impl Collection {
         }
         record.checkpoint_lsn = p.checkpoint;
         record.applied_seq = record.applied_seq.max(p.applied_seq);
-        record.next_segment_id = frozen_id + 1;
+        record.next_segment_id = frozen_id + SEGMENT_ID_STRIDE;
         ops.push(MetaOp::Put(
             Space::Catalog,
             catalog_key(&self.config.name),
@@ -1139,7 +1179,7 @@ fn search_index(
     }
 }
 
-/// Serialises index builds: each uses every core through rayon already.
+/// Serialises index builds: each uses the whole background pool already.
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Loads a sealed segment's index file, or builds it on a background thread. A damaged file
@@ -1169,8 +1209,10 @@ fn load_or_build_index(seg: &Arc<SealedSegment>, config: &CollectionConfig) {
         let Some(seg) = weak.upgrade() else { return };
         let started = std::time::Instant::now();
         let params = IvfPqParams::for_data(seg.rows() as usize, dim, nlist, m, bits);
-        let built = ivf::build(seg.dir(), seg.vectors(), dim, metric, params)
-            .and_then(|()| IvfPqIndex::open(seg.dir(), dim, metric, seg.rows() as usize));
+        let built = crate::background::run(|| {
+            ivf::build(seg.dir(), seg.vectors(), dim, metric, params)
+                .and_then(|()| IvfPqIndex::open(seg.dir(), dim, metric, seg.rows() as usize))
+        });
         match built {
             Ok(Some(idx)) => {
                 tracing::info!(collection = %name, segment = seg.id, rows = seg.rows(), nlist = idx.nlist(), m = idx.m(), bits = idx.bits(), ms = started.elapsed().as_millis() as u64, "IVF-PQ index built");

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod background;
 pub mod collection;
 pub mod distance;
 pub mod engine;

@@ -6,9 +6,15 @@ pub mod sealed;
 use crate::distance::{TopK, distance};
 use crate::types::Metric;
 
-/// Identifies a segment within a collection. Ids increase: a segment with a larger id holds
-/// newer rows; the mutable segment keeps its id when it is sealed.
+/// Identifies a segment within a collection; also its directory name. The mutable segment
+/// keeps its id when it is sealed, and each new mutable segment takes the next multiple of
+/// [`SEGMENT_ID_STRIDE`], so sealed segments in id order hold rows in write order. Compaction
+/// writes the merge of consecutive segments as the last victim's id + 1: ids stay unique and in
+/// the same order, and no id is ever reused.
 pub type SegmentId = u64;
+
+/// The gap between the ids of successive mutable segments (room for compacted generations).
+pub const SEGMENT_ID_STRIDE: SegmentId = 1 << 16;
 
 /// A candidate's key in a search: (segment id, row within it). Ordered, so ties are deterministic.
 pub type RowKey = (SegmentId, u32);

@@ -9,7 +9,8 @@ use roaring::RoaringBitmap;
 use serde_json::Value;
 
 use super::{
-    Collection, Snapshot, catalog_key, decode_location, encode_record, lock, point_key, read, write,
+    Collection, Snapshot, catalog_key, decode_location, encode_record, lock, point_key, read,
+    translate, write,
 };
 use crate::error::{Error, Result};
 use crate::filter::{Condition, Filter, Schema, validate_key};
@@ -79,7 +80,7 @@ pub(super) fn build_fields(
 }
 
 /// Every row's parsed payload (dead rows included; callers mask them).
-fn sealed_payloads(
+pub(super) fn sealed_payloads(
     seg: &SealedSegment,
     meta: &dyn MetaStore,
     uid: u64,
@@ -298,7 +299,11 @@ impl Collection {
                 .into_iter()
                 .zip(self.meta.multi_get(Space::Ids, &mk)?)
             {
-                if let Some((seg, row)) = v.as_deref().and_then(decode_location)
+                let moves = read(&self.moves);
+                if let Some((seg, row)) = v
+                    .as_deref()
+                    .and_then(decode_location)
+                    .and_then(|(seg, row)| translate(&moves, |s| snap.has_sealed(s), seg, row))
                     && snap.sealed.iter().any(|s| s.id == seg && s.is_live(row))
                 {
                     keys[i] = Some((seg, row));

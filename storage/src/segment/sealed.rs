@@ -83,13 +83,26 @@ pub struct SealedSegment {
 }
 
 fn write_file(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<FileEntry> {
+    write_file_paced(dir, name, parts, &mut |_| {})
+}
+
+/// Writes a file in 1 MiB pieces, reporting each piece to `pace` (which may sleep).
+fn write_file_paced(
+    dir: &Path,
+    name: &str,
+    parts: &[&[u8]],
+    pace: &mut dyn FnMut(usize),
+) -> Result<FileEntry> {
     let path = dir.join(name);
     let mut f = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&path)?);
     let mut crc = crc32fast::Hasher::new();
     let mut bytes = 0u64;
     for p in parts {
-        f.write_all(p)?;
-        crc.update(p);
+        for piece in p.chunks(1 << 20) {
+            f.write_all(piece)?;
+            crc.update(piece);
+            pace(piece.len());
+        }
         bytes += p.len() as u64;
     }
     let f = f.into_inner().map_err(|e| e.into_error())?;
@@ -148,6 +161,20 @@ pub fn write_segment(
     ids: &[PointId],
     deleted: &RoaringBitmap,
 ) -> Result<()> {
+    write_segment_paced(segments_dir, id, dim, vectors, ids, deleted, &mut |_| {})
+}
+
+/// [`write_segment`] reporting the bytes it writes to `pace` as it goes (background work
+/// holds its disk traffic to a budget this way).
+pub fn write_segment_paced(
+    segments_dir: &Path,
+    id: SegmentId,
+    dim: usize,
+    vectors: &[f32],
+    ids: &[PointId],
+    deleted: &RoaringBitmap,
+    pace: &mut dyn FnMut(usize),
+) -> Result<()> {
     let rows = ids.len() as u64;
     debug_assert_eq!(vectors.len(), ids.len() * dim);
     let tmp = segments_dir.join(format!("{id}.tmp"));
@@ -161,7 +188,12 @@ pub fn write_segment(
     vh[4..8].copy_from_slice(&FORMAT.to_le_bytes());
     vh[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
     vh[12..20].copy_from_slice(&rows.to_le_bytes());
-    let vec_entry = write_file(&tmp, "vectors.f32", &[&vh, bytemuck::cast_slice(vectors)])?;
+    let vec_entry = write_file_paced(
+        &tmp,
+        "vectors.f32",
+        &[&vh, bytemuck::cast_slice(vectors)],
+        pace,
+    )?;
 
     let mut blob = Vec::new();
     let mut offsets = Vec::with_capacity(ids.len() + 1);
@@ -175,7 +207,7 @@ pub fn write_segment(
     ih[4..8].copy_from_slice(&FORMAT.to_le_bytes());
     ih[8..16].copy_from_slice(&rows.to_le_bytes());
     let offset_bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-    let ids_entry = write_file(&tmp, "ids.bin", &[&ih, &offset_bytes, &blob])?;
+    let ids_entry = write_file_paced(&tmp, "ids.bin", &[&ih, &offset_bytes, &blob], pace)?;
 
     let del_entry = write_tombstones(&tmp, &tombstone_file_name(None), deleted)?;
     let manifest = Manifest {

@@ -1,0 +1,482 @@
+//! Compaction (vacuum): rewrites runs of consecutive sealed segments that hold many dead rows
+//! (deleted or overwritten), or that are small, as one segment of their live rows, with its
+//! index and field indexes built before it goes live. The victims' memory and disk are then
+//! released, and searches touch fewer rows and segments.
+//!
+//! Build, without any collection lock: the victims' tombstones are copied (time `D0`), their
+//! live rows written as segment `last victim id + 1` (ids stay ordered and unique, see
+//! [`SEGMENT_ID_STRIDE`](crate::segment::SEGMENT_ID_STRIDE)), and the index built in the
+//! background pool, with disk traffic paced to the configured budget.
+//!
+//! Commit, under the seal lock (no checkpoint, field declaration or export meanwhile), in
+//! three steps:
+//! 1. The move is published (old row ↔ new row), so writers and readers that find either
+//!    location in the id map reach the row wherever it lives right now.
+//! 2. One synced metadata batch points the id map at the new rows that are still live and
+//!    replaces the victims with the new segment in the catalog record. Moved rows that died
+//!    since `D0` are written as the new segment's tombstone file first: their ids may already
+//!    map to newer rows, and replaying the WAL after a crash must not bring them back.
+//! 3. Under the writer lock, every row now dead in a victim is tombstoned in the new segment
+//!    and the segment list swapped. Readers holding the old list keep their memory maps.
+//!
+//! The result is equivalent to the state before for every read and for WAL replay: a crash
+//! before step 2 keeps the old segments (the new directory is removed at the next open),
+//! after it the new one.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fs_err as fs;
+use roaring::RoaringBitmap;
+
+use super::filtering::sealed_payloads;
+use super::{
+    BUILD_LOCK, Collection, SegmentRecord, catalog_key, encode_location, encode_record, lock,
+    point_key, read, write,
+};
+use crate::background::{self, Pacer};
+use crate::error::Result;
+use crate::index::ivf::{self, IvfPqIndex, IvfPqParams};
+use crate::meta::{MetaOp, Space};
+use crate::payload_index::FieldIndexes;
+use crate::segment::sealed::{
+    SealedSegment, tombstone_file_name, write_segment_paced, write_tombstones,
+};
+use crate::segment::{RowKey, SegmentId};
+use crate::types::{DEFAULT_PQ_BITS, IndexKind, MIN_INDEXED_ROWS};
+
+/// How long a move stays published after its commit: a reader's segment list lives for one
+/// request, far less than this.
+const MOVE_TTL: Duration = Duration::from_secs(60);
+
+/// What counts as worth compacting, and the disk budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionOptions {
+    /// A segment whose dead rows reach this fraction of its rows is rewritten.
+    pub min_dead_fraction: f64,
+    /// Disk traffic (bytes read and written) per second; 0 = unlimited.
+    pub io_bytes_per_sec: u64,
+    /// Rewrite every segment with a dead row, whatever the fraction.
+    pub force: bool,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> Self {
+        CompactionOptions {
+            min_dead_fraction: 0.2,
+            io_bytes_per_sec: 0,
+            force: false,
+        }
+    }
+}
+
+/// One compaction's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionReport {
+    /// The segments replaced.
+    pub victims: Vec<SegmentId>,
+    /// The segment written (`None`: every row was dead, nothing to write).
+    pub new_segment: Option<SegmentId>,
+    /// Rows (live and dead) of the victims.
+    pub rows_before: u64,
+    /// Rows written.
+    pub rows_after: u64,
+    /// Bytes on disk of the victims (vectors, ids, index).
+    pub bytes_before: u64,
+    /// Bytes on disk of the new segment.
+    pub bytes_after: u64,
+    /// Bytes read and written, as paced.
+    pub io_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Time asleep to stay within the disk budget.
+    pub paced: Duration,
+}
+
+/// Where one compaction moved rows.
+#[derive(Debug)]
+pub(crate) struct Moved {
+    new_id: SegmentId,
+    /// New row → its old location.
+    origin: Vec<RowKey>,
+    /// Victim → (old row → new row; `u32::MAX` for rows that were dead).
+    forward: HashMap<SegmentId, Vec<u32>>,
+    published: Instant,
+}
+
+const GONE: u32 = u32::MAX;
+
+/// The current location of the row the id map says is at (`seg`, `row`), given which sealed
+/// segments the caller sees (`has`): the same place, or across a recent compaction (in either
+/// direction). `None`: the row is not in any segment the caller sees.
+pub(crate) fn translate(
+    moves: &[Arc<Moved>],
+    has: impl Fn(SegmentId) -> bool,
+    seg: SegmentId,
+    row: u32,
+) -> Option<RowKey> {
+    if has(seg) {
+        return Some((seg, row));
+    }
+    for m in moves {
+        if let Some(map) = m.forward.get(&seg)
+            && has(m.new_id)
+        {
+            let r = *map.get(row as usize)?;
+            return (r != GONE).then_some((m.new_id, r));
+        }
+        if m.new_id == seg {
+            let (old, r) = *m.origin.get(row as usize)?;
+            if has(old) {
+                return Some((old, r));
+            }
+        }
+    }
+    None
+}
+
+/// Picks the first run of consecutive segments worth rewriting: it holds a segment with many
+/// dead rows, or at least two small ones, and its live rows fit in one segment. Runs with no
+/// free id after them (data written before ids had gaps) are skipped.
+fn plan(
+    sealed: &[Arc<SealedSegment>],
+    next_id: SegmentId,
+    max_rows: u64,
+    opts: CompactionOptions,
+) -> Option<std::ops::Range<usize>> {
+    let live: Vec<u64> = sealed.iter().map(|s| s.live_count()).collect();
+    let heavy = |i: usize| {
+        let rows = u64::from(sealed[i].rows());
+        let dead = rows - live[i];
+        dead > 0
+            && (live[i] == 0 || opts.force || dead as f64 >= opts.min_dead_fraction * rows as f64)
+    };
+    let small = |i: usize| live[i] * 2 < max_rows;
+    for i in 0..sealed.len() {
+        if !heavy(i) && !small(i) {
+            continue;
+        }
+        let (mut j, mut total) = (i, live[i]);
+        while j + 1 < sealed.len()
+            && (heavy(j + 1) || small(j + 1))
+            && total + live[j + 1] <= max_rows
+        {
+            j += 1;
+            total += live[j];
+        }
+        if !(i..=j).any(heavy) && j == i {
+            continue;
+        }
+        let limit = sealed.get(j + 1).map_or(next_id, |s| s.id);
+        if total > 0 && sealed[j].id + 1 >= limit {
+            continue;
+        }
+        return Some(i..j + 1);
+    }
+    None
+}
+
+impl Collection {
+    /// Runs one compaction if any run of segments is worth it (see [`CompactionOptions`]);
+    /// `None` when there is nothing to do, or another compaction or a retried checkpoint of
+    /// this collection is in progress.
+    pub fn compact_once(&self, opts: CompactionOptions) -> Result<Option<CompactionReport>> {
+        let Ok(_one) = self.compacting.try_lock() else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let snap = self.snapshot();
+        let next_id = read(&snap.mutable).id;
+        let Some(range) = plan(
+            &snap.sealed,
+            next_id,
+            u64::from(self.config.segment_max_rows),
+            opts,
+        ) else {
+            return Ok(None);
+        };
+        let victims: Vec<Arc<SealedSegment>> = snap.sealed[range].to_vec();
+        drop(snap);
+        let dim = self.config.dim;
+        let seg_dir = self.dir.join("segments");
+        let new_id = victims.last().expect("invariant: a plan is not empty").id + 1;
+        let mut pacer = Pacer::new(opts.io_bytes_per_sec);
+
+        // Build: the live rows as of now, in segment and row order.
+        let mut vectors = Vec::new();
+        let mut ids = Vec::new();
+        let mut origin = Vec::new();
+        let mut forward = HashMap::new();
+        for v in &victims {
+            let dead = v.tombstones();
+            let mut map = vec![GONE; v.rows() as usize];
+            for row in 0..v.rows() {
+                if dead.contains(row) {
+                    continue;
+                }
+                map[row as usize] = origin.len() as u32;
+                origin.push((v.id, row));
+                ids.push(v.id(row));
+                vectors.extend_from_slice(v.vector(row));
+                pacer.pace(dim * 4);
+            }
+            forward.insert(v.id, map);
+        }
+        let new_seg = if ids.is_empty() {
+            None
+        } else {
+            write_segment_paced(
+                &seg_dir,
+                new_id,
+                dim,
+                &vectors,
+                &ids,
+                &RoaringBitmap::new(),
+                &mut |n| pacer.pace(n),
+            )?;
+            drop(vectors);
+            let seg = Arc::new(SealedSegment::open(&seg_dir, new_id, dim, None)?);
+            self.build_indexes(&seg)?;
+            Some(seg)
+        };
+        let moved = Arc::new(Moved {
+            new_id,
+            origin,
+            forward,
+            published: Instant::now(),
+        });
+        let rows_after = ids.len() as u64;
+        drop(ids);
+
+        // Commit.
+        let seal = lock(&self.seal);
+        let abandon = |why: &str| -> Result<Option<CompactionReport>> {
+            tracing::info!(collection = %self.config.name, segment = new_id, why, "compaction abandoned");
+            let _ = fs::remove_dir_all(seg_dir.join(new_id.to_string()));
+            Ok(None)
+        };
+        if seal.is_some() {
+            return abandon("a checkpoint is being retried");
+        }
+        if lock(&self.writer).dropped {
+            return abandon("the collection was dropped");
+        }
+        let mut record = read(&self.state).record.clone();
+        let still_there = victims.iter().all(|v| {
+            read(&self.state)
+                .sealed(v.id)
+                .is_some_and(|s| Arc::ptr_eq(s, v))
+        });
+        if !still_there || record.segments.iter().any(|s| s.id == new_id) {
+            return abandon("the segments changed");
+        }
+        self.publish_move(&moved);
+        let result = self.commit_move(&victims, new_seg.as_ref(), &moved, &mut record);
+        if let Err(e) = result {
+            write(&self.moves).retain(|m| !Arc::ptr_eq(m, &moved));
+            let _ = fs::remove_dir_all(seg_dir.join(new_id.to_string()));
+            return Err(e);
+        }
+        drop(seal);
+        for v in &victims {
+            let _ = fs::remove_dir_all(v.dir());
+        }
+        let report = CompactionReport {
+            victims: victims.iter().map(|v| v.id).collect(),
+            new_segment: new_seg.as_ref().map(|s| s.id),
+            rows_before: victims.iter().map(|v| u64::from(v.rows())).sum(),
+            rows_after,
+            bytes_before: victims.iter().map(|v| v.bytes_on_disk()).sum(),
+            bytes_after: new_seg.as_ref().map_or(0, |s| s.bytes_on_disk()),
+            io_bytes: pacer.bytes(),
+            elapsed: started.elapsed(),
+            paced: pacer.slept(),
+        };
+        tracing::info!(collection = %self.config.name, victims = ?report.victims, segment = ?report.new_segment, rows_before = report.rows_before, rows_after = report.rows_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after, ms = report.elapsed.as_millis() as u64, paced_ms = report.paced.as_millis() as u64, "segments compacted");
+        Ok(Some(report))
+    }
+
+    /// Compacts until nothing is worth it; returns every compaction done.
+    pub fn compact(&self, opts: CompactionOptions) -> Result<Vec<CompactionReport>> {
+        let mut out = Vec::new();
+        // Each round removes at least one segment or dead row; the bound only guards
+        // against a concurrent writer that keeps creating work.
+        let rounds = read(&self.state).sealed.len() * 2;
+        for _ in 0..=rounds {
+            match self.compact_once(opts)? {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IVF-PQ index and field indexes of a compacted segment, built before it goes live
+    /// so searches never fall back to an exact scan of it.
+    fn build_indexes(&self, seg: &Arc<SealedSegment>) -> Result<()> {
+        let cfg = &self.config;
+        if cfg.index.kind == IndexKind::IvfPq && seg.rows() >= MIN_INDEXED_ROWS {
+            let params = IvfPqParams::for_data(
+                seg.rows() as usize,
+                cfg.dim,
+                cfg.index.nlist.map(|n| n as usize),
+                cfg.index.pq_m.map(|m| m as usize),
+                cfg.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS),
+            );
+            let _guard = lock(&BUILD_LOCK);
+            let idx = background::run(|| {
+                ivf::build(seg.dir(), seg.vectors(), cfg.dim, cfg.metric, params)?;
+                IvfPqIndex::open(seg.dir(), cfg.dim, cfg.metric, seg.rows() as usize)
+            })?;
+            if let Some(idx) = idx {
+                seg.set_index(Arc::new(idx));
+            }
+        }
+        let schema = self.schema();
+        if !schema.is_empty() {
+            let payloads = sealed_payloads(seg, self.meta.as_ref(), self.uid)?;
+            let mut f = FieldIndexes::build(
+                &schema,
+                payloads
+                    .iter()
+                    .enumerate()
+                    .map(|(r, p)| (r as u32, p.as_ref())),
+            );
+            f.set_rows(seg.rows());
+            seg.set_fields(Arc::new(f));
+        }
+        Ok(())
+    }
+
+    fn publish_move(&self, moved: &Arc<Moved>) {
+        let mut moves = write(&self.moves);
+        moves.retain(|m| m.published.elapsed() < MOVE_TTL);
+        moves.push(Arc::clone(moved));
+    }
+
+    /// Steps 2 and 3 of the commit (see the module docs); the seal lock is held.
+    fn commit_move(
+        &self,
+        victims: &[Arc<SealedSegment>],
+        new_seg: Option<&Arc<SealedSegment>>,
+        moved: &Moved,
+        record: &mut super::CollectionRecord,
+    ) -> Result<()> {
+        let new_id = moved.new_id;
+        // Moved rows dead by now, and the id-map entries of the others.
+        let mut dead_now = RoaringBitmap::new();
+        let mut ops = Vec::new();
+        for v in victims {
+            let dead = v.tombstones();
+            for (old, &new) in moved.forward[&v.id].iter().enumerate() {
+                if new == GONE {
+                    continue;
+                }
+                if dead.contains(old as u32) {
+                    dead_now.insert(new);
+                } else {
+                    ops.push(MetaOp::Put(
+                        Space::Ids,
+                        point_key(self.uid, &v.id(old as u32)),
+                        encode_location(new_id, new),
+                    ));
+                }
+            }
+        }
+        let tombstones = if dead_now.is_empty() {
+            None
+        } else {
+            let lsn = record.checkpoint_lsn;
+            let dir = self.dir.join("segments").join(new_id.to_string());
+            write_tombstones(&dir, &tombstone_file_name(Some(lsn)), &dead_now)?;
+            Some(lsn)
+        };
+        let first = victims[0].id;
+        let at = record
+            .segments
+            .iter()
+            .position(|s| s.id == first)
+            .expect("invariant: victims checked under the seal lock");
+        record
+            .segments
+            .retain(|s| !victims.iter().any(|v| v.id == s.id));
+        if let Some(s) = new_seg {
+            record.segments.insert(
+                at,
+                SegmentRecord {
+                    id: s.id,
+                    rows: s.rows(),
+                    tombstones,
+                },
+            );
+        }
+        ops.push(MetaOp::Put(
+            Space::Catalog,
+            catalog_key(&self.config.name),
+            encode_record(record)?,
+        ));
+        self.meta.write(ops)?;
+
+        // Swap, with the rows that died meanwhile.
+        let _w = lock(&self.writer);
+        let mut st = write(&self.state);
+        let mut transferred = RoaringBitmap::new();
+        for v in victims {
+            for old in v.tombstones().iter() {
+                match moved.forward[&v.id].get(old as usize) {
+                    Some(&new) if new != GONE => {
+                        transferred.insert(new);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        st.sealed.retain(|s| !victims.iter().any(|v| v.id == s.id));
+        st.dirty.retain(|id| !victims.iter().any(|v| v.id == *id));
+        if let Some(s) = new_seg {
+            for r in &transferred {
+                s.delete(r);
+            }
+            let pos = st.sealed.partition_point(|x| x.id < s.id);
+            st.sealed.insert(pos, Arc::clone(s));
+            if transferred != dead_now {
+                st.mark_dirty(s.id);
+            }
+        }
+        st.record = record.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved() -> Vec<Arc<Moved>> {
+        // Segments 10 (rows 0..3, row 1 dead) and 20 (rows 0..2) merged into 21.
+        vec![Arc::new(Moved {
+            new_id: 21,
+            origin: vec![(10, 0), (10, 2), (20, 0), (20, 1)],
+            forward: HashMap::from([(10, vec![0, GONE, 1]), (20, vec![2, 3])]),
+            published: Instant::now(),
+        })]
+    }
+
+    #[test]
+    fn translate_follows_a_move_both_ways() {
+        let m = moved();
+        // A reader that sees the new segment, given old locations.
+        let after = |s: SegmentId| s == 21;
+        assert_eq!(translate(&m, after, 10, 2), Some((21, 1)));
+        assert_eq!(translate(&m, after, 20, 1), Some((21, 3)));
+        assert_eq!(translate(&m, after, 10, 1), None);
+        assert_eq!(translate(&m, after, 21, 0), Some((21, 0)));
+        // A reader that still sees the victims, given new locations.
+        let before = |s: SegmentId| s == 10 || s == 20;
+        assert_eq!(translate(&m, before, 21, 2), Some((20, 0)));
+        assert_eq!(translate(&m, before, 10, 1), Some((10, 1)));
+        // Unknown segments and rows out of range.
+        assert_eq!(translate(&m, after, 7, 0), None);
+        assert_eq!(translate(&m, before, 21, 99), None);
+    }
+}
