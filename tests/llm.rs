@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use quiver_tests::fake_llm::FakeLlm;
-use quiver_tests::{Server, fails_with, json_lines, ok};
+use quiver_tests::{Server, fails_with, http_get, json_lines, ok};
 use serde_json::Value;
 
 const KEY: &str = "sk-test-123";
@@ -625,20 +625,6 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
             .await
             .starts_with("HTTP/1.1 200")
     );
-}
-
-/// A plain HTTP/1.1 GET; returns the whole response (status line, headers, body).
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// The in-process models: SmolLM2 answers a grounded question (streamed, tokens counted by its

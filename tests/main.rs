@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod basic;
 mod cluster;
+mod compaction;
 mod crash;
 mod filters;
 mod index;

@@ -483,6 +483,18 @@ enum CollectionCmd {
         /// Name.
         name: String,
     },
+    /// Compact now: rewrite sealed segments holding many deleted or overwritten rows (or
+    /// small ones) on the node you call, within the server's background budget.
+    Compact {
+        /// Name.
+        name: String,
+        /// Rewrite every segment with a dead row, not only those past the threshold.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_field(s: &str) -> Result<pb::FieldSchema, String> {
@@ -550,7 +562,7 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
         "schema": c.schema.iter().map(|f| (f.key.clone(), json!(pb::FieldType::try_from(f.r#type).map_or("unknown", |t| t.as_str_name())))).collect::<serde_json::Map<_, _>>(),
         "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m), "index_pq_bits": auto(ix.pq_bits),
-        "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points,
+        "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points, "dead_points": s.dead_points,
         "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index_bytes": s.index_bytes, "index": s.index_state,
         "last_lsn": s.last_lsn, "checkpoint_lsn": s.checkpoint_lsn,
     })
@@ -947,6 +959,32 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(ClientError::from)?
                     .into_inner();
                 eprintln!("flushed; checkpoint at LSN {}", r.checkpoint_lsn);
+            }
+            CollectionCmd::Compact { name, force, json } => {
+                let r = client
+                    .collections
+                    .compact(pb::CompactCollectionRequest { name, force })
+                    .await
+                    .map_err(ClientError::from)?
+                    .into_inner();
+                if json {
+                    println!(
+                        "{}",
+                        json!({"compactions": r.compactions, "segments_before": r.segments_before,
+                            "segments_after": r.segments_after, "rows_reclaimed": r.rows_reclaimed,
+                            "bytes_reclaimed": r.bytes_reclaimed, "seconds": r.seconds})
+                    );
+                } else {
+                    eprintln!(
+                        "{} compactions in {:.2} s: {} -> {} sealed segments, {} dead rows and {} bytes reclaimed",
+                        r.compactions,
+                        r.seconds,
+                        r.segments_before,
+                        r.segments_after,
+                        r.rows_reclaimed,
+                        r.bytes_reclaimed
+                    );
+                }
             }
         },
         Cmd::Upsert {

@@ -272,7 +272,7 @@ pub fn required_role(path: &str) -> Option<Role> {
         "quiver.v1.Search" => Some(Role::Read),
         "quiver.v1.Collections" => Some(match method {
             "Get" | "List" => Role::Read,
-            "Create" | "DeclareFields" | "Flush" => Role::Write,
+            "Create" | "DeclareFields" | "Flush" | "Compact" => Role::Write,
             _ => Role::Admin,
         }),
         "quiver.v1.Points" => Some(match method {

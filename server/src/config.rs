@@ -29,6 +29,64 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[limits]`
     pub limits: LimitsConfig,
+    /// `[compaction]`
+    pub compaction: CompactionConfig,
+}
+
+/// `[compaction]` section: the background compactor and the budget of background work.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Run the compactor (manual `Compact` calls work either way).
+    pub enabled: bool,
+    /// Seconds between checks of every collection.
+    pub interval_secs: u64,
+    /// A sealed segment whose deleted or overwritten rows reach this fraction is rewritten.
+    pub min_dead_fraction: f64,
+    /// Disk traffic of a compaction (read and written), MiB per second; 0 = unlimited.
+    pub io_mb_per_sec: f64,
+    /// Threads for background work (compaction and index builds); 0 = half the cores.
+    pub threads: u32,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval_secs: 10,
+            min_dead_fraction: 0.2,
+            io_mb_per_sec: 64.0,
+            threads: 0,
+        }
+    }
+}
+
+impl CompactionConfig {
+    fn validate(self) -> Result<CompactionConfig, ConfigError> {
+        if !(self.min_dead_fraction > 0.0 && self.min_dead_fraction <= 1.0) {
+            return Err(ConfigError(
+                "compaction.min_dead_fraction must be in (0, 1]".into(),
+            ));
+        }
+        if !(self.io_mb_per_sec.is_finite() && self.io_mb_per_sec >= 0.0) {
+            return Err(ConfigError(
+                "compaction.io_mb_per_sec must be finite and >= 0".into(),
+            ));
+        }
+        if self.interval_secs == 0 {
+            return Err(ConfigError("compaction.interval_secs must be >= 1".into()));
+        }
+        Ok(self)
+    }
+
+    /// The storage options of a compaction run.
+    pub fn options(&self, force: bool) -> quiver_storage::collection::CompactionOptions {
+        quiver_storage::collection::CompactionOptions {
+            min_dead_fraction: self.min_dead_fraction,
+            io_bytes_per_sec: (self.io_mb_per_sec * 1024.0 * 1024.0) as u64,
+            force,
+        }
+    }
 }
 
 /// `[limits]` section: per-caller request budgets (per API key; all callers together when
@@ -474,6 +532,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Request budgets.
     pub limits: LimitsConfig,
+    /// The compactor and the background-work budget.
+    pub compaction: CompactionConfig,
 }
 
 /// CLI values that override everything else.
@@ -621,6 +681,7 @@ impl Config {
                 self.rag.clone()
             },
             cluster: self.cluster.validate()?,
+            compaction: self.compaction.validate()?,
             limits: {
                 let l = self.limits;
                 let valid = |v: f64| v.is_finite() && v >= 0.0;

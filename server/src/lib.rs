@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod compactor;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -235,6 +236,9 @@ pub async fn serve(
             settings.fsync
         },
     };
+    if settings.compaction.threads > 0 {
+        quiver_storage::background::set_threads(settings.compaction.threads as usize);
+    }
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(&dir, opts)).await??);
     state.set_engine(Arc::clone(&engine));
     if let Some(a) = &auth {
@@ -266,6 +270,7 @@ pub async fn serve(
                         metrics::gauge!("quiver_collection_segments", "collection" => name.clone()).set(f64::from(s.sealed_segments));
                         metrics::gauge!("quiver_collection_wal_bytes", "collection" => name.clone()).set(s.wal_bytes as f64);
                         metrics::gauge!("quiver_collection_disk_bytes", "collection" => name.clone()).set(s.bytes_on_disk as f64);
+                        metrics::gauge!("quiver_collection_dead_points", "collection" => name.clone()).set(s.dead_points as f64);
                         let (built, total) = c.index_progress();
                         metrics::gauge!("quiver_index_segments_built", "collection" => name.clone()).set(built as f64);
                         metrics::gauge!("quiver_index_segments_total", "collection" => name).set(total as f64);
@@ -275,6 +280,7 @@ pub async fn serve(
             }
         })
     };
+    let compactor = compactor::spawn(Arc::clone(&engine), settings.compaction);
     let readiness = {
         let (st, rep) = (Arc::clone(&state), reporter.clone());
         tokio::spawn(async move {
@@ -320,6 +326,9 @@ pub async fn serve(
     tracing::info!("shutting down: health NOT_SERVING, draining requests");
     readiness.abort();
     gauges.abort();
+    if let Some(c) = &compactor {
+        c.abort();
+    }
     set_all(&reporter, ServingStatus::NotServing).await;
     reporter
         .set_service_status(READINESS, ServingStatus::NotServing)

@@ -63,6 +63,7 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
             bytes_on_disk: s.bytes_on_disk,
             wal_bytes: s.wal_bytes,
             index_bytes: s.index_bytes,
+            dead_points: s.dead_points,
             index_state: s.index_state,
             last_lsn: s.last_lsn,
             checkpoint_lsn: s.checkpoint_lsn,
@@ -186,6 +187,35 @@ impl Collections for CollectionsService {
         let checkpoint_lsn = blocking(move || Ok(engine.collection(&name)?.flush()?)).await?;
         Ok(Response::new(pb::FlushCollectionResponse {
             checkpoint_lsn,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactCollectionRequest>,
+    ) -> Result<Response<pb::CompactCollectionResponse>, Status> {
+        let engine = self.state.engine()?;
+        crate::auth::check_collection(&req, &req.get_ref().name)?;
+        let r = req.into_inner();
+        let opts = self.state.settings.compaction.options(r.force);
+        let started = std::time::Instant::now();
+        let (before, reports, after) = blocking(move || {
+            let c = engine.collection(&r.name)?;
+            let before = c.stats().sealed_segments;
+            let reports = crate::compactor::compact(&c, opts)?;
+            Ok((before, reports, c.stats().sealed_segments))
+        })
+        .await?;
+        Ok(Response::new(pb::CompactCollectionResponse {
+            compactions: reports.len() as u32,
+            segments_before: before,
+            segments_after: after,
+            rows_reclaimed: reports.iter().map(|r| r.rows_before - r.rows_after).sum(),
+            bytes_reclaimed: reports
+                .iter()
+                .map(|r| r.bytes_before.saturating_sub(r.bytes_after))
+                .sum(),
+            seconds: started.elapsed().as_secs_f64(),
         }))
     }
 
