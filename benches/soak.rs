@@ -1,6 +1,11 @@
 //! Soak: mixed search/upsert traffic on loopback against one quiverd for a fixed time at a
 //! fraction of the measured maximum rate. Prints one JSON line per 10 s window (QPS, p50/p99,
 //! errors, server RSS) and a summary, so memory growth and errors over time are visible.
+//!
+//! With `--compaction`, measures instead what a compaction costs the searches running beside
+//! it: search-only traffic at `load` × the maximum, before, during and after one compaction of
+//! an IVF-PQ collection whose segments hold `--overwrite-pct` overwritten rows, within the
+//! background budget given by `--bg-threads` and `--io-mb`.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -35,6 +40,21 @@ struct Args {
     /// Percentage of operations that are upserts (of 10 points); the rest are searches (k=10).
     #[arg(long, default_value_t = 10)]
     upsert_pct: u64,
+    /// Measure search latency during a compaction instead of soaking.
+    #[arg(long)]
+    compaction: bool,
+    /// Compaction mode: percentage of the loaded points overwritten before the compaction.
+    #[arg(long, default_value_t = 50)]
+    overwrite_pct: u64,
+    /// Compaction mode: `[compaction] threads` of the server (0 = its default).
+    #[arg(long, default_value_t = 0)]
+    bg_threads: u32,
+    /// Compaction mode: `[compaction] io_mb_per_sec` of the server (0 = unlimited).
+    #[arg(long, default_value_t = 64.0)]
+    io_mb: f64,
+    /// Compaction mode: seconds of each phase without compaction.
+    #[arg(long, default_value_t = 20)]
+    phase_secs: u64,
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -146,13 +166,19 @@ async fn main() -> Result<()> {
     let base = quiver_benches::read_fvecs(&a.data.join("base.fvecs"))?;
     let queries = quiver_benches::read_fvecs(&a.data.join("query.fvecs"))?;
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(&a.quiverd)
-        .args([
-            "--data-dir",
-            dir.path().to_str().context("path")?,
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut cmd = Command::new(&a.quiverd);
+    cmd.args([
+        "--data-dir",
+        dir.path().to_str().context("path")?,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    if a.compaction {
+        cmd.env("QUIVER__COMPACTION__ENABLED", "false")
+            .env("QUIVER__COMPACTION__THREADS", a.bg_threads.to_string())
+            .env("QUIVER__COMPACTION__IO_MB_PER_SEC", a.io_mb.to_string());
+    }
+    let mut child = cmd
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -178,7 +204,22 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    c.create_collection("soak", 50, pb::Metric::Cosine).await?;
+    if a.compaction {
+        c.collections
+            .create(pb::CreateCollectionRequest {
+                name: "soak".into(),
+                dim: 50,
+                metric: pb::Metric::Cosine as i32,
+                index: Some(pb::IndexParams {
+                    kind: pb::IndexKind::IvfPq as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+    } else {
+        c.create_collection("soak", 50, pb::Metric::Cosine).await?;
+    }
     for from in (0..a.points.min(base.len())).step_by(1000) {
         let points = (from..(from + 1000).min(a.points))
             .map(|j| pb::Point {
@@ -194,6 +235,12 @@ async fn main() -> Result<()> {
                 ..Default::default()
             })
             .await?;
+    }
+    if a.compaction {
+        let r = compaction_phases(&a, &addr, &mut c, base, queries).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        return r;
     }
     let s = Arc::new(Shared {
         base,
@@ -265,5 +312,133 @@ async fn main() -> Result<()> {
     );
     let _ = child.kill();
     let _ = child.wait();
+    Ok(())
+}
+
+/// Search-only traffic at `load` × max before, during and after one compaction.
+async fn compaction_phases(
+    a: &Args,
+    addr: &str,
+    c: &mut Client,
+    base: Vec<Vec<f32>>,
+    queries: Vec<Vec<f32>>,
+) -> Result<()> {
+    let n = a.points.min(base.len());
+    // Overwrite a spread of the points (every k-th), so every segment has dead rows.
+    let every = (100 / a.overwrite_pct.clamp(1, 100)) as usize;
+    let ids: Vec<usize> = (0..n).step_by(every).collect();
+    for chunk in ids.chunks(1000) {
+        let points = chunk
+            .iter()
+            .map(|&j| pb::Point {
+                id: Some(num_id(j as u64)),
+                vector: base[(j + 1) % n].clone(),
+                payload_json: None,
+            })
+            .collect();
+        c.points
+            .upsert(pb::UpsertRequest {
+                collection: "soak".into(),
+                points,
+                ..Default::default()
+            })
+            .await?;
+    }
+    c.collections
+        .flush(pb::FlushCollectionRequest {
+            name: "soak".into(),
+        })
+        .await?;
+    // Wait for the indexes of the sealed segments.
+    loop {
+        let info = c
+            .collections
+            .get(pb::GetCollectionRequest {
+                name: "soak".into(),
+            })
+            .await?
+            .into_inner();
+        let st = info.stats.unwrap_or_default();
+        if st.index_state.contains(" ready") {
+            println!(
+                "{}",
+                json!({"phase": "loaded", "points": st.points, "dead_points": st.dead_points, "segments": st.sealed_segments, "index": st.index_state})
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let s = Arc::new(Shared {
+        base,
+        queries,
+        lat_us: Default::default(),
+        errors: AtomicU64::new(0),
+        next_id: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let tasks = drive(addr, &s, a.clients, 0.0, 0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    take_window(&s);
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let max = take_window(&s).len() as f64 / t.elapsed().as_secs_f64();
+    s.stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await?;
+    }
+    let target = max * a.load;
+    println!(
+        "{}",
+        json!({"phase": "max", "qps": max, "target_qps": target, "clients": a.clients})
+    );
+    s.stop.store(false, Ordering::Release);
+    let tasks = drive(addr, &s, a.clients, target / a.clients as f64, 0).await?;
+    let report = |phase: &str, v: &[u64], secs: f64, extra: serde_json::Value| {
+        let mut o = json!({"phase": phase, "qps": v.len() as f64 / secs, "p50_ms": pct(v, 0.5),
+            "p99_ms": pct(v, 0.99), "max_ms": pct(v, 1.0), "errors": s.errors.load(Ordering::Relaxed),
+            "bg_threads": a.bg_threads, "io_mb": a.io_mb});
+        if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        println!("{o}");
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    take_window(&s);
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.phase_secs)).await;
+    report(
+        "before",
+        &take_window(&s),
+        t.elapsed().as_secs_f64(),
+        json!({}),
+    );
+    let t = Instant::now();
+    let r = c
+        .collections
+        .compact(pb::CompactCollectionRequest {
+            name: "soak".into(),
+            force: false,
+        })
+        .await?
+        .into_inner();
+    report(
+        "during",
+        &take_window(&s),
+        t.elapsed().as_secs_f64(),
+        json!({"compaction_s": r.seconds, "compactions": r.compactions, "rows_reclaimed": r.rows_reclaimed,
+               "segments_before": r.segments_before, "segments_after": r.segments_after}),
+    );
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.phase_secs)).await;
+    report(
+        "after",
+        &take_window(&s),
+        t.elapsed().as_secs_f64(),
+        json!({}),
+    );
+    s.stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await?;
+    }
     Ok(())
 }

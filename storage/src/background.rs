@@ -1,7 +1,8 @@
 //! The budget of background work (index builds, compaction): a bounded thread pool for the
 //! parallel parts, and a pacer that holds disk traffic to a byte rate. Foreground searches run
 //! on the global rayon pool and the server's runtime; background work is confined here so a
-//! rebuild or a merge cannot take every core from them.
+//! rebuild or a merge cannot take every core from them, and its threads run at a lower CPU
+//! priority (nice 10), so on a busy machine the scheduler gives queries the cores first.
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -30,11 +31,28 @@ fn build(threads: usize) -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .thread_name(|i| format!("quiver-bg-{i}"))
+        .start_handler(|_| lower_priority())
         .build()
         .map_err(|e| {
             tracing::error!(error = %e, "cannot start the background pool; background work runs on its own thread");
         })
         .ok()
+}
+
+/// Nice value of the background threads.
+const NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority (Linux schedules threads individually).
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers and only affect the calling thread's
+    // scheduling; a failure (e.g. no permission) is reported through the return value.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the priority of a background thread");
+    }
 }
 
 fn pool() -> Option<&'static rayon::ThreadPool> {

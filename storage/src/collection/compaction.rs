@@ -31,8 +31,8 @@ use roaring::RoaringBitmap;
 
 use super::filtering::sealed_payloads;
 use super::{
-    BUILD_LOCK, Collection, SegmentRecord, catalog_key, encode_location, encode_record, lock,
-    point_key, read, write,
+    Collection, SegmentRecord, catalog_key, encode_location, encode_record, lock, point_key, read,
+    write,
 };
 use crate::background::{self, Pacer};
 use crate::error::Result;
@@ -180,7 +180,12 @@ impl Collection {
     /// Runs one compaction if any run of segments is worth it (see [`CompactionOptions`]);
     /// `None` when there is nothing to do, or another compaction or a retried checkpoint of
     /// this collection is in progress.
+    /// Runs on the background pool's (lower-priority) threads.
     pub fn compact_once(&self, opts: CompactionOptions) -> Result<Option<CompactionReport>> {
+        background::run(|| self.compact_once_here(opts))
+    }
+
+    fn compact_once_here(&self, opts: CompactionOptions) -> Result<Option<CompactionReport>> {
         let Ok(_one) = self.compacting.try_lock() else {
             return Ok(None);
         };
@@ -323,7 +328,8 @@ impl Collection {
                 cfg.index.pq_m.map(|m| m as usize),
                 cfg.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS),
             );
-            let _guard = lock(&BUILD_LOCK);
+            // Already on the background pool: no BUILD_LOCK (an index build that holds it may be
+            // waiting for this very thread).
             let idx = background::run(|| {
                 ivf::build(seg.dir(), seg.vectors(), cfg.dim, cfg.metric, params)?;
                 IvfPqIndex::open(seg.dir(), cfg.dim, cfg.metric, seg.rows() as usize)
