@@ -99,6 +99,7 @@ fn main() -> Result<()> {
                 nprobe: p.nprobe.map(|n| n as usize),
                 refine: Some(p.refine as usize),
                 target_recall_bp: None,
+                deadline: None,
             };
             let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
                 let t = Instant::now();

@@ -74,6 +74,7 @@ fn main() -> Result<()> {
             target_recall_bp: point
                 .target_recall
                 .map(|t| (f64::from(t) * 10_000.0).round() as u16),
+            deadline: None,
         };
         let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
             let t = Instant::now();

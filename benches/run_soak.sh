@@ -2,10 +2,11 @@
 # Soak: mixed search (90%) / upsert (10%) traffic on loopback at 80% of the measured maximum
 # rate, for MINUTES (default 10), against a release quiverd holding 100k GloVe-50 points.
 # Writes benches/results/soak_<time>.jsonl and a PNG of QPS, p99 and RSS over time.
-# Usage: benches/run_soak.sh [MINUTES]
+# Usage: benches/run_soak.sh [MINUTES] [soak-bench options, e.g. --id-space 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
+shift || true
 cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
 py=$(bash scripts/fetch-glove.sh "$cache")
 data="$cache/glove50"
@@ -15,7 +16,7 @@ cargo build --release --locked -p quiver-server -p quiver-benches --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 mkdir -p benches/results
 out="benches/results/soak_$(date -u +%Y%m%dT%H%M)"
-"$bin/soak-bench" --quiverd "$bin/quiverd" --data "$data" --minutes "$minutes" | tee "$out.jsonl"
+"$bin/soak-bench" --quiverd "$bin/quiverd" --data "$data" --minutes "$minutes" "$@" | tee "$out.jsonl"
 "$py" - "$out.jsonl" "$out.png" <<'PY'
 import json, sys
 import matplotlib

@@ -40,6 +40,10 @@ struct Args {
     /// Percentage of operations that are upserts (of 10 points); the rest are searches (k=10).
     #[arg(long, default_value_t = 10)]
     upsert_pct: u64,
+    /// Upserts cycle through ids 0..id_space: 200,000 (twice the loaded points) lets the live
+    /// set double during the run; the loaded count keeps it constant (pure overwrites).
+    #[arg(long, default_value_t = 200_000)]
+    id_space: u64,
     /// Measure search latency during a compaction instead of soaking.
     #[arg(long)]
     compaction: bool,
@@ -69,6 +73,7 @@ fn rss_mb(pid: u32) -> f64 {
 }
 
 struct Shared {
+    id_space: u64,
     base: Vec<Vec<f32>>,
     queries: Vec<Vec<f32>>,
     lat_us: std::sync::Mutex<Vec<u64>>,
@@ -82,7 +87,7 @@ async fn one_op(c: &mut Client, s: &Shared, i: u64, upsert_pct: u64) -> Result<(
         let id = s.next_id.fetch_add(10, Ordering::Relaxed);
         let points = (id..id + 10)
             .map(|j| pb::Point {
-                id: Some(num_id(j % 200_000)),
+                id: Some(num_id(j % s.id_space)),
                 vector: s.base[(j as usize) % s.base.len()].clone(),
                 payload_json: None,
             })
@@ -243,6 +248,7 @@ async fn main() -> Result<()> {
         return r;
     }
     let s = Arc::new(Shared {
+        id_space: a.id_space.max(1),
         base,
         queries,
         lat_us: Default::default(),
@@ -369,6 +375,7 @@ async fn compaction_phases(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let s = Arc::new(Shared {
+        id_space: a.id_space.max(1),
         base,
         queries,
         lat_us: Default::default(),

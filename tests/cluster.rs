@@ -733,6 +733,28 @@ async fn nodes_are_added_and_removed_through_the_cli() {
     assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
     upsert(&mut cl, vec![point(78, 78.0)]).await.unwrap();
     c.wait_caught_up(Duration::from_secs(10)).await;
+    // One collection restored from a follower's snapshot goes through the log: every node
+    // gets it back.
+    ok(&c.node(follower).cli(&["snapshot", "create", "before-drop"]));
+    ok(&c.node(leader).cli(&["collection", "drop", "r"]));
+    ok(&c
+        .node(follower)
+        .cli(&["snapshot", "restore", "before-drop", "--collection", "r"]));
+    for i in 0..3 {
+        assert_eq!(
+            ok(&c
+                .node(i)
+                .cli(&["--consistency", "leader", "count", "--collection", "r"])),
+            "52",
+            "node {i}"
+        );
+    }
+    // Restoring every collection stays a single-node operation.
+    fails_with(
+        &c.node(follower)
+            .cli(&["snapshot", "restore", "before-drop"]),
+        &["FAILED_PRECONDITION"],
+    );
     // A single node answers that replication is off.
     let single = Server::start(&c.dirs[0].parent().unwrap().join("single")).await;
     assert_eq!(

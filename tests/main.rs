@@ -11,6 +11,7 @@ mod index;
 mod ingest;
 mod limits;
 mod llm;
+mod otlp;
 mod rag;
 mod snapshots;
 mod tls;

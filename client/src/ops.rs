@@ -781,6 +781,13 @@ pub enum SnapshotCmd {
     Restore {
         /// Name.
         name: String,
+        /// Restore only this collection (through the write path: on a cluster every replica
+        /// gets it). Without it, every collection of this node is replaced.
+        #[arg(long)]
+        collection: Option<String>,
+        /// With --collection: restore it under this name (default: its own, replacing it).
+        #[arg(long = "as", requires = "collection")]
+        as_name: Option<String>,
     },
     /// Delete a snapshot.
     Delete {
@@ -851,18 +858,34 @@ pub async fn snapshot(client: &mut Client, cmd: SnapshotCmd) -> Result<()> {
             std::fs::rename(&tmp, &output)?;
             eprintln!("wrote {} bytes to {}", total, output.display());
         }
-        SnapshotCmd::Restore { name } => {
+        SnapshotCmd::Restore {
+            name,
+            collection,
+            as_name,
+        } => {
+            let one = collection.clone();
             let s = client
                 .snapshots
-                .restore(pb::RestoreSnapshotRequest { name })
+                .restore(pb::RestoreSnapshotRequest {
+                    name,
+                    collection: collection.unwrap_or_default(),
+                    as_name: as_name.clone().unwrap_or_default(),
+                })
                 .await
                 .map_err(ClientError::from)?
                 .into_inner();
-            eprintln!(
-                "restored snapshot {} ({} collections)",
-                s.name,
-                s.collections.len()
-            );
+            match one {
+                Some(c) => eprintln!(
+                    "restored collection {c} from snapshot {} as {}",
+                    s.name,
+                    as_name.as_deref().unwrap_or(&c)
+                ),
+                None => eprintln!(
+                    "restored snapshot {} ({} collections)",
+                    s.name,
+                    s.collections.len()
+                ),
+            }
         }
         SnapshotCmd::Delete { name } => {
             client

@@ -450,6 +450,12 @@ pub struct LogConfig {
     pub format: String,
     /// An `EnvFilter` directive, e.g. `info` or `quiver=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// OTLP/gRPC collector for trace export, e.g. `http://otel-collector:4317`; empty = off.
+    pub otlp_endpoint: String,
+    /// Fraction of traces exported (the caller's sampling decision wins when it sends one).
+    pub otlp_sample_ratio: f64,
+    /// `service.name` of the exported traces.
+    pub service_name: String,
 }
 
 impl Default for ServerConfig {
@@ -482,6 +488,9 @@ impl Default for LogConfig {
         LogConfig {
             format: "text".into(),
             level: "info".into(),
+            otlp_endpoint: String::new(),
+            otlp_sample_ratio: 1.0,
+            service_name: "quiverd".into(),
         }
     }
 }
@@ -522,6 +531,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// OTLP trace export (`None`: off).
+    pub otlp: Option<OtlpSettings>,
     /// The `[rag]` section (validated).
     pub rag: crate::rag::settings::RagSection,
     /// Replication (`None`: a single node).
@@ -534,6 +545,17 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// The compactor and the background-work budget.
     pub compaction: CompactionConfig,
+}
+
+/// Where and how traces are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSettings {
+    /// Collector endpoint (OTLP/gRPC).
+    pub endpoint: String,
+    /// Fraction of root traces sampled.
+    pub sample_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
 }
 
 /// CLI values that override everything else.
@@ -676,6 +698,33 @@ impl Config {
             segment_max_rows: self.storage.segment_max_rows,
             log_format,
             log_level: self.log.level.clone(),
+            otlp: if self.log.otlp_endpoint.is_empty() {
+                None
+            } else {
+                let e = &self.log.otlp_endpoint;
+                if !(e.starts_with("http://") || e.starts_with("https://"))
+                    || e.parse::<http::Uri>().is_err()
+                {
+                    return Err(ConfigError(format!(
+                        "log.otlp_endpoint = {e:?}: expected a URL such as http://collector:4317"
+                    )));
+                }
+                let r = self.log.otlp_sample_ratio;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(ConfigError(
+                        "log.otlp_sample_ratio must be in [0, 1]".into(),
+                    ));
+                }
+                Some(OtlpSettings {
+                    endpoint: e.clone(),
+                    sample_ratio: r,
+                    service_name: if self.log.service_name.is_empty() {
+                        "quiverd".into()
+                    } else {
+                        self.log.service_name.clone()
+                    },
+                })
+            },
             rag: {
                 self.rag.validate()?;
                 self.rag.clone()

@@ -60,6 +60,7 @@ fn storage_code(e: &quiver_storage::Error) -> Code {
         E::Io(io) if io.raw_os_error() == Some(28) => Code::ResourceExhausted, // ENOSPC
         E::Io(_) | E::Meta(_) => Code::Internal,
         E::Closed => Code::Unavailable,
+        E::DeadlineExceeded { .. } => Code::DeadlineExceeded,
     }
 }
 

@@ -132,7 +132,9 @@ impl AppState {
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
+    // The caller's span follows the work, so storage spans nest under the RPC in traces.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ApiError::Internal(format!("worker thread failed: {e}")))?
 }

@@ -156,7 +156,16 @@ pub async fn serve(
         state.set_auth(Arc::clone(a));
     }
     let router = Server::builder()
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .trace_fn(|req| {
+            let span = tracing::info_span!(
+                "rpc",
+                method = %req.uri().path(),
+                otel.name = %req.uri().path().trim_start_matches('/'),
+                otel.kind = "server"
+            );
+            telemetry::link_remote_parent(&span, req.headers());
+            span
+        })
         .layer(tower::util::MapResponseLayer::new(oversized_status))
         .layer(tower::util::MapRequestLayer::new(touch))
         .layer(auth::AuthLayer::new(

@@ -524,6 +524,13 @@ impl Collection {
         params: SearchParams,
         filter: Option<&Filter>,
     ) -> Vec<Result<Vec<Hit>>> {
+        let started = std::time::Instant::now();
+        let expired = || Error::DeadlineExceeded {
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        if params.expired() {
+            return queries.iter().map(|_| Err(expired())).collect();
+        }
         let snap = self.snapshot();
         let allowed = match filter.map(|f| self.allowed_rows(&snap, f)).transpose() {
             Ok(a) => a,
@@ -540,6 +547,10 @@ impl Collection {
             .collect();
         let ks: Vec<usize> = valid.iter().map(|i| queries[*i].1).collect();
         let metric = self.config.metric;
+        if params.expired() {
+            return queries.iter().map(|_| Err(expired())).collect();
+        }
+        let stopped = std::sync::atomic::AtomicBool::new(false);
         // Queries per pass: their vectors should stay in L1 (~32 KiB) next to the row.
         let group = (32 * 1024 / (4 * self.config.dim)).clamp(1, 64);
         // Thread hand-offs cost tens of microseconds: worth it for exact scans of several
@@ -552,6 +563,10 @@ impl Collection {
             let fresh = || ks.iter().map(|k| TopK::new(*k)).collect::<Vec<_>>();
             let one = |s: &Arc<SealedSegment>| {
                 let mut t = fresh();
+                if params.expired() {
+                    stopped.store(true, Ordering::Relaxed);
+                    return t;
+                }
                 let index = s.index().filter(|_| !params.exact);
                 match (allowed.as_ref().map(|a| a.get(&s.id)), index) {
                     (None, Some(idx)) => {
@@ -625,6 +640,9 @@ impl Collection {
                 .flat_map_iter(|(qs, ks)| scan_group(qs, ks))
                 .collect()
         };
+        if stopped.load(Ordering::Relaxed) {
+            return queries.iter().map(|_| Err(expired())).collect();
+        }
         // `tops` holds one entry per valid query, in order.
         let mut tops = tops.into_iter();
         checked

@@ -299,7 +299,9 @@ impl Engine {
 }
 
 mod snapshot;
-pub use snapshot::{ExportInfo, REPLICATED_PREFIX, pack, seal_export, unpack, verify_export};
+pub use snapshot::{
+    ExportInfo, ExportedCollection, REPLICATED_PREFIX, pack, seal_export, unpack, verify_export,
+};
 
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,12 @@ pub enum Error {
     /// The engine is shutting down or was closed.
     #[error("engine is closed")]
     Closed,
+    /// The caller's deadline passed; the work was stopped.
+    #[error("deadline exceeded after {elapsed_ms} ms; the search was stopped")]
+    DeadlineExceeded {
+        /// Time spent before stopping.
+        elapsed_ms: u64,
+    },
 }
 
 impl Error {
@@ -103,6 +109,9 @@ impl Error {
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
             Error::Meta(m) => Error::Meta(m.clone()),
             Error::Closed => Error::Closed,
+            Error::DeadlineExceeded { elapsed_ms } => Error::DeadlineExceeded {
+                elapsed_ms: *elapsed_ms,
+            },
         }
     }
 

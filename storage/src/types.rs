@@ -163,6 +163,18 @@ pub struct SearchParams {
     /// Target recall@10 in basis points (9500 = 0.95): each segment probes the nprobe its
     /// calibration measured for that recall. Ignored when `nprobe` is set.
     pub target_recall_bp: Option<u16>,
+    /// Stop (with [`crate::Error::DeadlineExceeded`]) once this instant passes: checked
+    /// before each segment and each filter evaluation, so an abandoned search stops using
+    /// cores within about one segment scan.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl SearchParams {
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+    }
 }
 
 /// Default number of rows in the mutable segment before it is sealed.

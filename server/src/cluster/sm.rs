@@ -99,7 +99,7 @@ fn deterministic(e: &quiver_storage::Error) -> bool {
         | E::InvalidArgument { .. }
         | E::CollectionNotFound { .. }
         | E::CollectionExists { .. } => true,
-        E::Corrupt { .. } | E::Io(_) | E::Meta(_) | E::Closed => false,
+        E::Corrupt { .. } | E::Io(_) | E::Meta(_) | E::Closed | E::DeadlineExceeded { .. } => false,
     }
 }
 

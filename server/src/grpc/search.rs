@@ -39,6 +39,24 @@ struct Query {
     filter: Option<Filter>,
 }
 
+/// The caller's deadline from its `grpc-timeout` header (`<digits><H|M|S|m|u|n>`): searches
+/// stop working once it passes, not only stop answering.
+pub fn deadline(meta: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let d = match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
+}
+
 fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
     let nprobe = match r.nprobe {
         Some(0) => return Err(ApiError::bad("nprobe", "must be at least 1")),
@@ -84,6 +102,7 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
             nprobe,
             refine,
             target_recall_bp,
+            deadline: None,
         },
     })
 }
@@ -122,10 +141,12 @@ impl Search for SearchService {
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         crate::auth::check_collection(&req, &req.get_ref().collection)?;
+        let until = deadline(req.metadata());
         let r = req.into_inner();
         self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
-        let q = query(r, self.state.settings.max_k)?;
+        let mut q = query(r, self.state.settings.max_k)?;
+        q.params.deadline = until;
         // A hop to the blocking pool costs tens of microseconds, more than an index probe:
         // cheap searches run on the async worker, long exact scans on the pool.
         let cheap = engine
@@ -150,6 +171,7 @@ impl Search for SearchService {
         for q in &req.get_ref().searches {
             crate::auth::check_collection(&req, &q.collection)?;
         }
+        let until = deadline(req.metadata());
         let r = req.into_inner();
         self.state.check_rows("searches", r.searches.len())?;
         // One barrier for the batch: the strictest consistency any search asks for.
@@ -159,7 +181,14 @@ impl Search for SearchService {
             .searches
             .into_iter()
             .enumerate()
-            .map(|(i, r)| query(r, max_k).map_err(|e| with_index(i, e.into())))
+            .map(|(i, r)| {
+                query(r, max_k)
+                    .map(|mut q| {
+                        q.params.deadline = until;
+                        q
+                    })
+                    .map_err(|e| with_index(i, e.into()))
+            })
             .collect::<Result<Vec<_>, Status>>()?;
         let results = blocking(move || Ok(run_batch(&engine, &queries))).await?;
         let results = results

@@ -199,13 +199,23 @@ impl Snapshots for SnapshotsService {
         &self,
         req: Request<pb::RestoreSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let r = req.into_inner();
+        if !r.collection.is_empty() {
+            let d = existing(&self.dir(), &r.name)?;
+            return Ok(Response::new(
+                self.restore_collection(d, r.collection, r.as_name).await?,
+            ));
+        }
+        if !r.as_name.is_empty() {
+            return Err(ApiError::bad("as_name", "needs collection (the one to restore)").into());
+        }
         if self.state.cluster().is_some() {
             return Err(ApiError::Precondition(
                 "restore replaces this node's data; on a cluster, restore on a single node and let the others catch up from it (replicas copy each other by Raft snapshots)".into(),
             )
             .into());
         }
-        let d = existing(&self.dir(), &req.into_inner().name)?;
+        let d = existing(&self.dir(), &r.name)?;
         let (engine, root) = (self.state.engine()?, self.dir());
         let info = blocking(move || {
             // Nothing live is touched until every file is proven intact.
@@ -223,6 +233,90 @@ impl Snapshots for SnapshotsService {
         })
         .await?;
         Ok(Response::new(info))
+    }
+}
+
+impl SnapshotsService {
+    /// Restores one collection of snapshot `d` as `as_name` (or its own name) through the
+    /// normal write path: replicated on a cluster, durable like any write. The snapshot is
+    /// verified first; an existing collection of another name is never overwritten.
+    async fn restore_collection(
+        &self,
+        d: PathBuf,
+        collection: String,
+        as_name: String,
+    ) -> ApiResult<pb::SnapshotInfo> {
+        let target = if as_name.is_empty() {
+            collection.clone()
+        } else {
+            as_name
+        };
+        quiver_storage::types::validate_collection_name(&target)?;
+        let engine = self.state.engine()?;
+        let scratch = self.dir().join(format!(".restore-{target}.tmp"));
+        let (dd, sc) = (d.clone(), scratch.clone());
+        let src = blocking(move || {
+            quiver_storage::engine::verify_export(&dd)?;
+            if sc.exists() {
+                std::fs::remove_dir_all(&sc).map_err(quiver_storage::Error::from)?;
+            }
+            Ok(Arc::new(quiver_storage::engine::ExportedCollection::open(
+                &dd,
+                &collection,
+                &sc,
+            )?))
+        })
+        .await?;
+        let result = self.load_collection(&engine, &src, &target).await;
+        drop(src);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let points = result?;
+        let info = info_of(&d)?;
+        tracing::info!(target: "quiver::audit", snapshot = %info.name, collection = %target, points, "collection restored from a snapshot");
+        Ok(info)
+    }
+
+    async fn load_collection(
+        &self,
+        engine: &quiver_storage::Engine,
+        src: &Arc<quiver_storage::engine::ExportedCollection>,
+        target: &str,
+    ) -> ApiResult<u64> {
+        use crate::cluster::command::Write;
+        let source = src.config().name.clone();
+        if engine.collection(target).is_ok() {
+            if target != source {
+                return Err(ApiError::Precondition(format!(
+                    "collection {target} exists: drop it first, or restore under another name"
+                )));
+            }
+            self.state
+                .write(Write::DropCollection(target.to_owned()))
+                .await?;
+        }
+        let mut config = src.config().clone();
+        config.name = target.to_owned();
+        // Pages of about 4 MiB of vectors: one log entry each on a cluster.
+        let page = (4 << 20) / (config.dim * 4).max(1);
+        let page = page.clamp(1, 1000);
+        self.state.write(Write::CreateCollection(config)).await?;
+        let mut cursor = Some((0, 0));
+        let mut n = 0;
+        while let Some(c) = cursor {
+            let s = Arc::clone(src);
+            let (points, next) = blocking(move || Ok(s.page(c, page)?)).await?;
+            n += points.len() as u64;
+            if !points.is_empty() {
+                self.state
+                    .write(Write::Upsert {
+                        collection: target.to_owned(),
+                        points,
+                    })
+                    .await?;
+            }
+            cursor = next;
+        }
+        Ok(n)
     }
 }
 

@@ -470,3 +470,120 @@ pub fn unpack(archive: &Path, dir: &Path) -> Result<()> {
         count += 1;
     }
 }
+
+/// A page of an exported collection's points and the cursor of the next page.
+pub type ExportPage = (Vec<crate::types::PointWrite>, Option<(usize, u32)>);
+
+/// One collection of a sealed export (a snapshot), read page by page without touching the
+/// live engine: what restoring a single collection (under its name or another) is built on.
+/// Its id map and payloads are loaded into a scratch metadata store, so memory stays flat
+/// whatever the collection's size.
+#[derive(Debug)]
+pub struct ExportedCollection {
+    record: crate::collection::CollectionRecord,
+    segments: Vec<crate::segment::sealed::SealedSegment>,
+    meta: Arc<dyn MetaStore>,
+}
+
+impl ExportedCollection {
+    /// Opens collection `name` of the export in `dir`, using `scratch` (created, and left for
+    /// the caller to remove) for its metadata. Call [`verify_export`] first.
+    pub fn open(dir: &Path, name: &str, scratch: &Path) -> Result<ExportedCollection> {
+        let info: ExportInfo = serde_json::from_slice(&fs::read(dir.join("engine.json"))?)
+            .map_err(|e| Error::corrupt(dir.join("engine.json"), 0, e.to_string()))?;
+        let uid = *info
+            .collections
+            .get(name)
+            .ok_or_else(|| Error::CollectionNotFound {
+                name: name.to_owned(),
+            })?;
+        let meta = crate::meta::open_default(&scratch.join("meta"))?;
+        let prefix = uid.to_be_bytes();
+        let catalog = crate::collection::catalog_key(name);
+        read_kv(&dir.join("meta.kv"), |batch| {
+            let mine: Vec<MetaOp> = batch
+                .into_iter()
+                .filter(|op| match op {
+                    MetaOp::Put(Space::Ids | Space::Payloads, k, _) => k.starts_with(&prefix),
+                    MetaOp::Put(Space::Catalog, k, _) => *k == catalog,
+                    MetaOp::Put(..) | MetaOp::Delete(..) | MetaOp::DeleteRange(..) => false,
+                })
+                .collect();
+            meta.write_opt(mine, false)
+        })?;
+        let raw = meta
+            .get(Space::Catalog, &catalog)?
+            .ok_or_else(|| Error::corrupt(dir.join("meta.kv"), 0, "no catalog record"))?;
+        let record: crate::collection::CollectionRecord = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt(dir.join("meta.kv"), 0, e.to_string()))?;
+        let seg_dir = dir
+            .join("collections")
+            .join(uid.to_string())
+            .join("segments");
+        let segments = record
+            .segments
+            .iter()
+            .map(|s| {
+                crate::segment::sealed::SealedSegment::open(
+                    &seg_dir,
+                    s.id,
+                    record.config.dim,
+                    s.tombstones,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ExportedCollection {
+            record,
+            segments,
+            meta,
+        })
+    }
+
+    /// The collection's configuration (name, dimension, metric, index, schema, labels).
+    pub fn config(&self) -> &crate::types::CollectionConfig {
+        &self.record.config
+    }
+
+    /// Live points.
+    pub fn points(&self) -> u64 {
+        self.segments.iter().map(|s| s.live_count()).sum()
+    }
+
+    /// Up to `limit` live points from `cursor` (segment index, row) with vectors and payloads,
+    /// and the cursor of the next page (`None` when done).
+    pub fn page(&self, cursor: (usize, u32), limit: usize) -> Result<ExportPage> {
+        let (mut seg, mut row) = cursor;
+        let mut rows = Vec::with_capacity(limit);
+        while let Some(s) = self.segments.get(seg) {
+            if row >= s.rows() {
+                (seg, row) = (seg + 1, 0);
+                continue;
+            }
+            if rows.len() == limit {
+                break;
+            }
+            if s.is_live(row) {
+                rows.push((s, row));
+            }
+            row += 1;
+        }
+        let next = (seg < self.segments.len()).then_some((seg, row));
+        let ids: Vec<crate::types::PointId> = rows.iter().map(|(s, r)| s.id(*r)).collect();
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| crate::collection::point_key(self.record.uid, id))
+            .collect();
+        let payloads = self.meta.multi_get(Space::Payloads, &keys)?;
+        let points = rows
+            .into_iter()
+            .zip(ids)
+            .zip(payloads)
+            .map(|(((s, r), id), payload)| crate::types::PointWrite {
+                id,
+                vector: s.vector(r).to_vec(),
+                payload,
+            })
+            .collect();
+        Ok((points, next))
+    }
+}

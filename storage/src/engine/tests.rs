@@ -1111,3 +1111,34 @@ fn compacted_segments_are_indexed_before_they_go_live() {
     assert_eq!(run(&c), before);
     assert_eq!(c.stats().dead_points, 0);
 }
+
+/// A search whose deadline has passed stops with `DeadlineExceeded` instead of scanning on;
+/// one with time left answers as usual.
+#[test]
+fn searches_stop_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine
+        .create_collection(config("d", 8, Metric::L2, 500))
+        .unwrap();
+    for start in (0..5000u64).step_by(500) {
+        c.upsert(points(start..start + 500, 8)).unwrap();
+    }
+    let q = vec![1.0f32; 8];
+    let at = |deadline| SearchParams {
+        exact: true,
+        deadline: Some(deadline),
+        ..Default::default()
+    };
+    let now = std::time::Instant::now();
+    match c.search(&q, 5, ReadOptions::default(), at(now)) {
+        Err(Error::DeadlineExceeded { .. }) => {}
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    let later = now + std::time::Duration::from_secs(60);
+    assert_eq!(
+        c.search(&q, 5, ReadOptions::default(), at(later)).unwrap(),
+        c.search(&q, 5, ReadOptions::default(), SearchParams::default())
+            .unwrap()
+    );
+}

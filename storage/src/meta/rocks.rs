@@ -31,6 +31,9 @@ fn meta_err(e: rocksdb::Error) -> Error {
     Error::Meta(e.into_string())
 }
 
+/// Memtable memory of the whole database.
+const MEMTABLE_BUDGET: usize = 64 << 20;
+
 impl RocksStore {
     /// Opens or creates the database in `dir`.
     pub fn open(dir: &Path) -> Result<RocksStore> {
@@ -39,8 +42,13 @@ impl RocksStore {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // Memtables of all column families together stay under 64 MiB (flushed beyond it):
+        // without a cap each of the six may hold 2 x 64 MiB, and a process rewriting id maps
+        // (seals, compactions) grows by that much.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cf = |name: &str, compression: DBCompressionType| {
             let mut o = Options::default();
+            o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
             o.set_compression_type(compression);
             let mut table = BlockBasedOptions::default();
             table.set_bloom_filter(10.0, false);
