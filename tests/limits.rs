@@ -95,13 +95,17 @@ async fn every_limit_returns_its_status() {
         "{}",
         e.message()
     );
-    // A deadline the work cannot meet.
-    let mut req = tonic::Request::new(pb::CountRequest {
+    // A deadline the work cannot meet. A search checks the caller's deadline itself before
+    // scanning, so it fails even when the work would be quick enough to beat tonic's timer.
+    let mut req = tonic::Request::new(pb::SearchRequest {
         collection: "l".into(),
+        vector: vec![0.5, 0.5],
+        k: 1,
+        exact: true,
         ..Default::default()
     });
     req.set_timeout(Duration::from_nanos(1));
-    let e = c.points.count(req).await.unwrap_err();
+    let e = c.search.search(req).await.unwrap_err();
     assert!(
         matches!(
             e.code(),
