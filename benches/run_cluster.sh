@@ -6,13 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"; clients="${2:-8}"; kills="${3:-5}"
-cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
-py=$(bash scripts/fetch-glove.sh "$cache")
-data="$cache/glove50"
-[ -s "$data/base.fvecs" ] || "$py" benches/make_glove50.py --out "$data"
-cargo build --release --locked -p quiver-server -p quiver-benches --bins
-bin="${CARGO_TARGET_DIR:-target}/release"
-mkdir -p benches/results
+source benches/glove_release.sh
 out="benches/results/cluster_$(date -u +%Y%m%dT%H%M).jsonl"
 "$bin/cluster-bench" --quiverd "$bin/quiverd" --data "$data" \
   --seconds "$secs" --clients "$clients" --batch 100 --kills "$kills" | tee "$out"

@@ -11,13 +11,7 @@ points="${1:-200000}"
 shift || true
 budgets=("$@")
 [ ${#budgets[@]} -gt 0 ] || budgets=(1:64 2:0)
-cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
-py=$(bash scripts/fetch-glove.sh "$cache")
-data="$cache/glove50"
-[ -s "$data/base.fvecs" ] || "$py" benches/make_glove50.py --out "$data"
-cargo build --release --locked -p quiver-server -p quiver-benches --bins
-bin="${CARGO_TARGET_DIR:-target}/release"
-mkdir -p benches/results
+source benches/glove_release.sh
 out="benches/results/compaction_$(date -u +%Y%m%dT%H%M).jsonl"
 for b in "${budgets[@]}"; do
   "$bin/soak-bench" --quiverd "$bin/quiverd" --data "$data" --points "$points" --compaction \

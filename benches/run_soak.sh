@@ -7,14 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
 shift || true
-cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
-py=$(bash scripts/fetch-glove.sh "$cache")
-data="$cache/glove50"
-[ -s "$data/base.fvecs" ] || "$py" benches/make_glove50.py --out "$data"
+source benches/glove_release.sh
 "$py" -c 'import matplotlib' 2>/dev/null || "$(dirname "$py")/pip" install -q matplotlib >&2
-cargo build --release --locked -p quiver-server -p quiver-benches --bins
-bin="${CARGO_TARGET_DIR:-target}/release"
-mkdir -p benches/results
 out="benches/results/soak_$(date -u +%Y%m%dT%H%M)"
 "$bin/soak-bench" --quiverd "$bin/quiverd" --data "$data" --minutes "$minutes" "$@" | tee "$out.jsonl"
 "$py" - "$out.jsonl" "$out.png" <<'PY'

@@ -152,6 +152,69 @@ async fn drive(
     Ok(tasks)
 }
 
+/// Upserts point `j` with vector `vector(j)` for every `j` of `ids`, 1,000 per request.
+async fn upsert_rows(
+    c: &mut Client,
+    ids: &[usize],
+    vector: impl Fn(usize) -> Vec<f32>,
+) -> Result<()> {
+    for chunk in ids.chunks(1000) {
+        let points = chunk
+            .iter()
+            .map(|&j| pb::Point {
+                id: Some(num_id(j as u64)),
+                vector: vector(j),
+                payload_json: None,
+            })
+            .collect();
+        c.points
+            .upsert(pb::UpsertRequest {
+                collection: "soak".into(),
+                points,
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn new(id_space: u64, base: Vec<Vec<f32>>, queries: Vec<Vec<f32>>) -> Arc<Shared> {
+        Arc::new(Shared {
+            id_space: id_space.max(1),
+            base,
+            queries,
+            lat_us: Default::default(),
+            errors: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+}
+
+/// The closed-loop maximum rate (ops/s) over `secs` seconds after a 3-s warm-up; the
+/// workers are stopped and the shared state left ready for the next drive.
+async fn measure_max(
+    addr: &str,
+    s: &Arc<Shared>,
+    clients: usize,
+    upsert_pct: u64,
+    secs: u64,
+) -> Result<f64> {
+    let tasks = drive(addr, s, clients, 0.0, upsert_pct).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    take_window(s);
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let max = take_window(s).len() as f64 / t.elapsed().as_secs_f64();
+    s.stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await?;
+    }
+    s.stop.store(false, Ordering::Release);
+    Ok(max)
+}
+
 fn take_window(s: &Shared) -> Vec<u64> {
     let mut v = std::mem::take(&mut *s.lat_us.lock().unwrap_or_else(|p| p.into_inner()));
     v.sort_unstable();
@@ -225,49 +288,18 @@ async fn main() -> Result<()> {
     } else {
         c.create_collection("soak", 50, pb::Metric::Cosine).await?;
     }
-    for from in (0..a.points.min(base.len())).step_by(1000) {
-        let points = (from..(from + 1000).min(a.points))
-            .map(|j| pb::Point {
-                id: Some(num_id(j as u64)),
-                vector: base[j].clone(),
-                payload_json: None,
-            })
-            .collect();
-        c.points
-            .upsert(pb::UpsertRequest {
-                collection: "soak".into(),
-                points,
-                ..Default::default()
-            })
-            .await?;
-    }
+    let loaded: Vec<usize> = (0..a.points.min(base.len())).collect();
+    upsert_rows(&mut c, &loaded, |j| base[j].clone()).await?;
     if a.compaction {
         let r = compaction_phases(&a, &addr, &mut c, base, queries).await;
         let _ = child.kill();
         let _ = child.wait();
         return r;
     }
-    let s = Arc::new(Shared {
-        id_space: a.id_space.max(1),
-        base,
-        queries,
-        lat_us: Default::default(),
-        errors: AtomicU64::new(0),
-        next_id: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let s = Shared::new(a.id_space, base, queries);
 
     // 1. The maximum: closed loop for 15 s.
-    let tasks = drive(&addr, &s, a.clients, 0.0, a.upsert_pct).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    take_window(&s);
-    let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    let max = take_window(&s).len() as f64 / t.elapsed().as_secs_f64();
-    s.stop.store(true, Ordering::Release);
-    for t in tasks {
-        t.await?;
-    }
+    let max = measure_max(&addr, &s, a.clients, a.upsert_pct, 15).await?;
     let target = max * a.load;
     println!(
         "{}",
@@ -275,7 +307,6 @@ async fn main() -> Result<()> {
     );
 
     // 2. The soak at `load` × max, paced.
-    s.stop.store(false, Ordering::Release);
     s.errors.store(0, Ordering::Relaxed);
     let tasks = drive(
         &addr,
@@ -333,23 +364,7 @@ async fn compaction_phases(
     // Overwrite a spread of the points (every k-th), so every segment has dead rows.
     let every = (100 / a.overwrite_pct.clamp(1, 100)) as usize;
     let ids: Vec<usize> = (0..n).step_by(every).collect();
-    for chunk in ids.chunks(1000) {
-        let points = chunk
-            .iter()
-            .map(|&j| pb::Point {
-                id: Some(num_id(j as u64)),
-                vector: base[(j + 1) % n].clone(),
-                payload_json: None,
-            })
-            .collect();
-        c.points
-            .upsert(pb::UpsertRequest {
-                collection: "soak".into(),
-                points,
-                ..Default::default()
-            })
-            .await?;
-    }
+    upsert_rows(c, &ids, |j| base[(j + 1) % n].clone()).await?;
     c.collections
         .flush(pb::FlushCollectionRequest {
             name: "soak".into(),
@@ -374,31 +389,13 @@ async fn compaction_phases(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let s = Arc::new(Shared {
-        id_space: a.id_space.max(1),
-        base,
-        queries,
-        lat_us: Default::default(),
-        errors: AtomicU64::new(0),
-        next_id: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
-    let tasks = drive(addr, &s, a.clients, 0.0, 0).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    take_window(&s);
-    let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let max = take_window(&s).len() as f64 / t.elapsed().as_secs_f64();
-    s.stop.store(true, Ordering::Release);
-    for t in tasks {
-        t.await?;
-    }
+    let s = Shared::new(a.id_space, base, queries);
+    let max = measure_max(addr, &s, a.clients, 0, 10).await?;
     let target = max * a.load;
     println!(
         "{}",
         json!({"phase": "max", "qps": max, "target_qps": target, "clients": a.clients})
     );
-    s.stop.store(false, Ordering::Release);
     let tasks = drive(addr, &s, a.clients, target / a.clients as f64, 0).await?;
     let report = |phase: &str, v: &[u64], secs: f64, extra: serde_json::Value| {
         let mut o = json!({"phase": phase, "qps": v.len() as f64 / secs, "p50_ms": pct(v, 0.5),

@@ -5,17 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_client::{Client, num_id, pb};
-use quiver_tests::{Server, fails_with, ok, vector};
+use quiver_tests::{Server, fails_with, free_port, ok, vector};
 use tempfile::TempDir;
 
 const DIM: usize = 4;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A test cluster: node `i` (0-based) has Raft id `i + 1`.
 struct TestCluster {

@@ -1,7 +1,7 @@
 //! Compaction through the real server: the background compactor reclaims overwritten rows on
 //! its own, a manual `collection compact --force` reclaims deletes, and every point reads the
 //! same before, after, and after a `kill -9` and restart.
-use quiver_tests::{Server, http_get, ok, vector};
+use quiver_tests::{Server, free_port, http_get, ok, vector};
 
 /// Points `ids` with vectors of `version`, as a JSONL file.
 fn points_file(dir: &std::path::Path, ids: std::ops::Range<u64>, version: u64) -> String {
@@ -50,12 +50,7 @@ fn contents(s: &Server) -> Vec<(u64, u64, Vec<f32>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_and_manual_compaction_keep_every_point() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut s = Server::start_with(
         dir.path(),
         &[

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use quiver_tests::fake_llm::FakeLlm;
-use quiver_tests::{Server, fails_with, http_get, json_lines, ok};
+use quiver_tests::{Server, fails_with, free_port, http_get, json_lines, ok};
 use serde_json::Value;
 
 const KEY: &str = "sk-test-123";
@@ -325,12 +325,7 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let (server, fake) = setup(
         dir.path(),
         "token_budget_per_day = 100000\ntenant_budgets = { small = 1200 }\nsemantic_cache_threshold = 0.95",

@@ -1197,6 +1197,22 @@ fn search_index(
     }
 }
 
+/// Builds and opens the IVF-PQ index of `seg` under `config`, on the background pool.
+fn build_index(seg: &SealedSegment, config: &CollectionConfig) -> Result<Option<IvfPqIndex>> {
+    let (dim, metric, rows) = (config.dim, config.metric, seg.rows());
+    let params = IvfPqParams::for_data(
+        rows as usize,
+        dim,
+        config.index.nlist.map(|n| n as usize),
+        config.index.pq_m.map(|m| m as usize),
+        config.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS),
+    );
+    crate::background::run(|| {
+        ivf::build(seg.dir(), seg.vectors(), dim, metric, params)?;
+        IvfPqIndex::open(seg.dir(), dim, metric, rows as usize)
+    })
+}
+
 /// Serialises index builds: each uses the whole background pool already.
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
@@ -1215,23 +1231,14 @@ fn load_or_build_index(seg: &Arc<SealedSegment>, config: &CollectionConfig) {
         }
     }
     let weak = Arc::downgrade(seg);
-    let (name, dim, metric) = (config.name.clone(), config.dim, config.metric);
-    let (nlist, m, bits) = (
-        config.index.nlist.map(|n| n as usize),
-        config.index.pq_m.map(|m| m as usize),
-        config.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS),
-    );
+    let config = config.clone();
     let spawned = std::thread::Builder::new().name("quiver-index".into()).spawn(move || {
         let _guard = lock(&BUILD_LOCK);
         // A dropped collection cancels the build.
         let Some(seg) = weak.upgrade() else { return };
         let started = std::time::Instant::now();
-        let params = IvfPqParams::for_data(seg.rows() as usize, dim, nlist, m, bits);
-        let built = crate::background::run(|| {
-            ivf::build(seg.dir(), seg.vectors(), dim, metric, params)
-                .and_then(|()| IvfPqIndex::open(seg.dir(), dim, metric, seg.rows() as usize))
-        });
-        match built {
+        let name = &config.name;
+        match build_index(&seg, &config) {
             Ok(Some(idx)) => {
                 tracing::info!(collection = %name, segment = seg.id, rows = seg.rows(), nlist = idx.nlist(), m = idx.m(), bits = idx.bits(), ms = started.elapsed().as_millis() as u64, "IVF-PQ index built");
                 seg.set_index(Arc::new(idx));

@@ -29,21 +29,19 @@ use std::time::{Duration, Instant};
 use fs_err as fs;
 use roaring::RoaringBitmap;
 
-use super::filtering::sealed_payloads;
+use super::filtering::index_fields;
 use super::{
-    Collection, SegmentRecord, catalog_key, encode_location, encode_record, lock, point_key, read,
-    write,
+    Collection, SegmentRecord, build_index, catalog_key, encode_location, encode_record, lock,
+    point_key, read, write,
 };
 use crate::background::{self, Pacer};
 use crate::error::Result;
-use crate::index::ivf::{self, IvfPqIndex, IvfPqParams};
 use crate::meta::{MetaOp, Space};
-use crate::payload_index::FieldIndexes;
 use crate::segment::sealed::{
     SealedSegment, tombstone_file_name, write_segment_paced, write_tombstones,
 };
 use crate::segment::{RowKey, SegmentId};
-use crate::types::{DEFAULT_PQ_BITS, IndexKind, MIN_INDEXED_ROWS};
+use crate::types::{IndexKind, MIN_INDEXED_ROWS};
 
 /// How long a move stays published after its commit: a reader's segment list lives for one
 /// request, far less than this.
@@ -179,8 +177,7 @@ fn plan(
 impl Collection {
     /// Runs one compaction if any run of segments is worth it (see [`CompactionOptions`]);
     /// `None` when there is nothing to do, or another compaction or a retried checkpoint of
-    /// this collection is in progress.
-    /// Runs on the background pool's (lower-priority) threads.
+    /// this collection is in progress. Runs on the background pool's (lower-priority) threads.
     pub fn compact_once(&self, opts: CompactionOptions) -> Result<Option<CompactionReport>> {
         background::run(|| self.compact_once_here(opts))
     }
@@ -266,12 +263,13 @@ impl Collection {
         if lock(&self.writer).dropped {
             return abandon("the collection was dropped");
         }
-        let mut record = read(&self.state).record.clone();
-        let still_there = victims.iter().all(|v| {
-            read(&self.state)
-                .sealed(v.id)
-                .is_some_and(|s| Arc::ptr_eq(s, v))
-        });
+        let (mut record, still_there) = {
+            let st = read(&self.state);
+            let there = victims
+                .iter()
+                .all(|v| st.sealed(v.id).is_some_and(|s| Arc::ptr_eq(s, v)));
+            (st.record.clone(), there)
+        };
         if !still_there || record.segments.iter().any(|s| s.id == new_id) {
             return abandon("the segments changed");
         }
@@ -321,34 +319,15 @@ impl Collection {
     fn build_indexes(&self, seg: &Arc<SealedSegment>) -> Result<()> {
         let cfg = &self.config;
         if cfg.index.kind == IndexKind::IvfPq && seg.rows() >= MIN_INDEXED_ROWS {
-            let params = IvfPqParams::for_data(
-                seg.rows() as usize,
-                cfg.dim,
-                cfg.index.nlist.map(|n| n as usize),
-                cfg.index.pq_m.map(|m| m as usize),
-                cfg.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS),
-            );
             // Already on the background pool: no BUILD_LOCK (an index build that holds it may be
             // waiting for this very thread).
-            let idx = background::run(|| {
-                ivf::build(seg.dir(), seg.vectors(), cfg.dim, cfg.metric, params)?;
-                IvfPqIndex::open(seg.dir(), cfg.dim, cfg.metric, seg.rows() as usize)
-            })?;
-            if let Some(idx) = idx {
+            if let Some(idx) = build_index(seg, cfg)? {
                 seg.set_index(Arc::new(idx));
             }
         }
         let schema = self.schema();
         if !schema.is_empty() {
-            let payloads = sealed_payloads(seg, self.meta.as_ref(), self.uid)?;
-            let mut f = FieldIndexes::build(
-                &schema,
-                payloads
-                    .iter()
-                    .enumerate()
-                    .map(|(r, p)| (r as u32, p.as_ref())),
-            );
-            f.set_rows(seg.rows());
+            let f = index_fields(seg, &schema, self.meta.as_ref(), self.uid)?;
             seg.set_fields(Arc::new(f));
         }
         Ok(())

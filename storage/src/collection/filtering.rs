@@ -55,20 +55,10 @@ pub(super) fn build_fields(
         .spawn(move || {
             let Some(seg) = weak.upgrade() else { return };
             let Some(meta) = weak_meta.upgrade() else { return };
-            let payloads = sealed_payloads(&seg, meta.as_ref(), uid);
+            let fields = index_fields(&seg, &schema, meta.as_ref(), uid);
             drop(meta);
-            match payloads {
-                Ok(payloads) => {
-                    let mut f = FieldIndexes::build(
-                        &schema,
-                        payloads
-                            .iter()
-                            .enumerate()
-                            .map(|(r, p)| (r as u32, p.as_ref())),
-                    );
-                    f.set_rows(seg.rows());
-                    seg.set_fields(Arc::new(f));
-                }
+            match fields {
+                Ok(f) => seg.set_fields(Arc::new(f)),
                 Err(e) => {
                     tracing::error!(segment = seg.id, error = %e, "cannot index payload fields; filters read payloads");
                 }
@@ -79,8 +69,27 @@ pub(super) fn build_fields(
     }
 }
 
+/// Indexes the `schema` fields of a sealed segment from its stored payloads.
+pub(super) fn index_fields(
+    seg: &SealedSegment,
+    schema: &Schema,
+    meta: &dyn MetaStore,
+    uid: u64,
+) -> Result<FieldIndexes> {
+    let payloads = sealed_payloads(seg, meta, uid)?;
+    let mut f = FieldIndexes::build(
+        schema,
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(r, p)| (r as u32, p.as_ref())),
+    );
+    f.set_rows(seg.rows());
+    Ok(f)
+}
+
 /// Every row's parsed payload (dead rows included; callers mask them).
-pub(super) fn sealed_payloads(
+fn sealed_payloads(
     seg: &SealedSegment,
     meta: &dyn MetaStore,
     uid: u64,
