@@ -100,6 +100,7 @@ fn main() -> Result<()> {
                 refine: Some(p.refine as usize),
                 target_recall_bp: None,
                 deadline: None,
+                response_budget: 0,
             };
             let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
                 let t = Instant::now();

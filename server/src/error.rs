@@ -61,6 +61,7 @@ fn storage_code(e: &quiver_storage::Error) -> Code {
         E::Io(_) | E::Meta(_) => Code::Internal,
         E::Closed => Code::Unavailable,
         E::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        E::TooLarge { .. } => Code::ResourceExhausted,
     }
 }
 

@@ -105,6 +105,15 @@ impl AppState {
         Ok(())
     }
 
+    /// The most a read's records may total in one response: what the encoder would send,
+    /// less room for framing. Reads stop (or a scroll page ends) before exceeding it.
+    pub fn response_budget(&self) -> usize {
+        self.settings
+            .max_message_bytes
+            .saturating_sub(64 << 10)
+            .max(1 << 20)
+    }
+
     /// Waits until a read at `consistency` may be served here.
     pub async fn read_barrier(&self, consistency: i32) -> ApiResult<()> {
         match pb::Consistency::try_from(consistency) {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod idle_poll;
 pub mod rag;
+pub mod secret;
 pub mod telemetry;
 pub mod tls;
 
@@ -103,6 +104,11 @@ async fn set_all(reporter: &tonic_health::server::HealthReporter, status: Servin
     }
 }
 
+/// HTTP/2 streams one connection may have open at once (each is a request in flight).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Largest header block a request may send.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
+
 /// Serves on `listener` until `shutdown` resolves, then shuts down in order.
 pub async fn serve(
     listener: TcpListener,
@@ -156,6 +162,8 @@ pub async fn serve(
         state.set_auth(Arc::clone(a));
     }
     let router = Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .trace_fn(|req| {
             let span = tracing::info_span!(
                 "rpc",

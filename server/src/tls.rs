@@ -26,6 +26,10 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
     /// How often the files are checked for changes.
     pub reload: Duration,
+    /// With `client_ca`: the names (DNS or IP SANs) a client certificate must carry, beyond
+    /// chaining to the CA (`None`: any certificate from the CA). The cluster port pins its
+    /// members this way.
+    pub peer_names: Option<Vec<String>>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -60,7 +64,12 @@ pub fn load(f: &TlsFiles) -> Result<ServerConfig, String> {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|e| format!("{}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
+            match &f.peer_names {
+                Some(names) => {
+                    builder.with_client_cert_verifier(Arc::new(PinnedNames::new(verifier, names)?))
+                }
+                None => builder.with_client_cert_verifier(verifier),
+            }
         }
         None => builder.with_no_client_auth(),
     };
@@ -70,6 +79,93 @@ pub fn load(f: &TlsFiles) -> Result<ServerConfig, String> {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }
+
+/// A client-certificate verifier that also requires one of a set of subject names: the chain
+/// check alone would make every certificate the CA ever issued (API clients too) a peer.
+#[derive(Debug)]
+struct PinnedNames {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    names: Vec<rustls::pki_types::ServerName<'static>>,
+}
+
+impl PinnedNames {
+    fn new(
+        inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        names: &[String],
+    ) -> Result<PinnedNames, String> {
+        let names = names
+            .iter()
+            .map(|n| {
+                rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| format!("peer name {n:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if names.is_empty() {
+            return Err(
+                "no peer names to pin (set cluster.peers or cluster.tls_peer_names)".into(),
+            );
+        }
+        Ok(PinnedNames { inner, names })
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for PinnedNames {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if self
+            .names
+            .iter()
+            .any(|n| cert.verify_is_valid_for_subject_name(n).is_ok())
+        {
+            Ok(ok)
+        } else {
+            metrics::counter!("quiver_tls_peer_name_refused_total").increment(1);
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// TLS handshakes in progress at most, per listener: beyond it new connections wait in the
+/// kernel's accept queue instead of each holding a task and a buffer.
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// The current configuration, reloaded when the files change.
 #[derive(Debug)]
@@ -148,8 +244,12 @@ impl Reloader {
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let r = Arc::clone(self);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -162,6 +262,7 @@ impl Reloader {
                 let acceptor = TlsAcceptor::from(r.current());
                 let out = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
                         Ok(Ok(s)) => {

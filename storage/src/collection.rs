@@ -40,8 +40,8 @@ mod compaction;
 mod filtering;
 pub use compaction::{CompactionOptions, CompactionReport};
 use compaction::{Moved, translate};
-pub use filtering::PayloadUpdate;
 use filtering::build_fields;
+pub use filtering::{PayloadLimits, PayloadUpdate};
 
 /// The catalog record of a collection (JSON in the metadata store).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +177,21 @@ pub(crate) fn point_key(uid: u64, id: &PointId) -> Vec<u8> {
     k.extend_from_slice(&uid.to_be_bytes());
     id.encode_into(&mut k);
     k
+}
+
+fn too_many_hit_bytes(budget: usize) -> Error {
+    Error::TooLarge {
+        field: "k".into(),
+        detail: format!(
+            "the hits exceed the response budget of {budget} bytes; ask for fewer hits, or without vectors or payloads"
+        ),
+    }
+}
+
+/// The ids without repeats, first occurrences in order.
+pub(crate) fn dedup_ids(ids: &[PointId]) -> Vec<PointId> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.iter().filter(|id| seen.insert(*id)).cloned().collect()
 }
 
 fn decode_location(v: &[u8]) -> Option<(SegmentId, u32)> {
@@ -645,6 +660,8 @@ impl Collection {
         }
         // `tops` holds one entry per valid query, in order.
         let mut tops = tops.into_iter();
+        let budget = params.response_budget;
+        let mut spent = 0usize;
         checked
             .into_iter()
             .map(|c| {
@@ -652,7 +669,22 @@ impl Collection {
                 let top = tops.next().expect("invariant: one top-k per valid query");
                 let cands = top.into_sorted();
                 let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
-                let records = self.resolve(&snap, &keys, opts)?;
+                let left = if budget == 0 {
+                    0
+                } else if spent >= budget {
+                    return Err(too_many_hit_bytes(budget));
+                } else {
+                    budget - spent
+                };
+                let (records, truncated) = self.resolve_within(&snap, &keys, opts, left)?;
+                if truncated {
+                    spent = budget;
+                    return Err(too_many_hit_bytes(budget));
+                }
+                spent += records
+                    .iter()
+                    .map(PointRecord::response_bytes)
+                    .sum::<usize>();
                 Ok(cands
                     .into_iter()
                     .zip(records)
@@ -718,14 +750,67 @@ impl Collection {
         Ok(out)
     }
 
-    /// Points by id; missing ids are left out, order follows the request.
+    /// Points by id; missing ids are left out, an id asked for twice is answered once, order
+    /// follows the request.
     pub fn get(&self, ids: &[PointId], opts: ReadOptions) -> Result<Vec<PointRecord>> {
+        self.get_within(ids, opts, 0)
+    }
+
+    /// [`Collection::get`] whose records may total at most `budget` bytes (0: no limit): the
+    /// read stops with [`Error::TooLarge`] as soon as they would exceed it, so a request can
+    /// never make the engine hold more than the budget (plus one chunk of records).
+    pub fn get_within(
+        &self,
+        ids: &[PointId],
+        opts: ReadOptions,
+        budget: usize,
+    ) -> Result<Vec<PointRecord>> {
         for (i, id) in ids.iter().enumerate() {
             id.validate(&format!("ids[{i}]"))?;
         }
+        let ids = dedup_ids(ids);
         let snap = self.snapshot();
-        let found = self.locate(&snap, ids)?;
-        self.resolve(&snap, &found, opts)
+        let found = self.locate(&snap, &ids)?;
+        let (records, truncated) = self.resolve_within(&snap, &found, opts, budget)?;
+        if truncated {
+            return Err(Error::TooLarge {
+                field: "ids".into(),
+                detail: format!(
+                    "the {} points asked for exceed the response budget of {budget} bytes after {} of them; ask for fewer ids, or without vectors or payloads",
+                    found.len(),
+                    records.len()
+                ),
+            });
+        }
+        Ok(records)
+    }
+
+    /// [`Collection::resolve`] in chunks, stopping before the records exceed `budget` bytes
+    /// (0: no limit). Returns the records that fit (a prefix of `keys`) and whether any was
+    /// left out.
+    fn resolve_within(
+        &self,
+        snap: &Snapshot,
+        keys: &[RowKey],
+        opts: ReadOptions,
+        budget: usize,
+    ) -> Result<(Vec<PointRecord>, bool)> {
+        if budget == 0 {
+            return Ok((self.resolve(snap, keys, opts)?, false));
+        }
+        const CHUNK: usize = 64;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for chunk in keys.chunks(CHUNK) {
+            for r in self.resolve(snap, chunk, opts)? {
+                total = total.saturating_add(r.response_bytes());
+                if total > budget {
+                    return Ok((out, true));
+                }
+                out.push(r);
+            }
+        }
+        Ok((out, false))
     }
 
     /// Live points.
@@ -741,11 +826,14 @@ impl Collection {
 
     /// One page of live points in storage order, starting at `cursor` (segment, row); returns
     /// the page and the cursor of the next page (`None` when done).
+    /// The page's records total at most `budget` bytes (0: no limit); a page that would
+    /// exceed it ends early, its cursor at the first point left out.
     pub fn scroll(
         &self,
         cursor: Option<RowKey>,
         limit: usize,
         opts: ReadOptions,
+        budget: usize,
     ) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
         let snap = self.snapshot();
         let (start_seg, start_row) = cursor.unwrap_or((0, 0));
@@ -784,7 +872,33 @@ impl Collection {
                 }
             }
         }
-        Ok((self.resolve(&snap, &keys, opts)?, next))
+        self.page_within(&snap, &keys, next, opts, budget)
+    }
+
+    /// Resolves a scroll page within `budget` bytes: a page that would exceed it ends early,
+    /// with the cursor at the first point left out.
+    fn page_within(
+        &self,
+        snap: &Snapshot,
+        keys: &[RowKey],
+        next: Option<RowKey>,
+        opts: ReadOptions,
+        budget: usize,
+    ) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
+        let (records, truncated) = self.resolve_within(snap, keys, opts, budget)?;
+        if !truncated {
+            return Ok((records, next));
+        }
+        if records.is_empty() {
+            return Err(Error::TooLarge {
+                field: "limit".into(),
+                detail: format!(
+                    "one point alone exceeds the response budget of {budget} bytes; scroll without vectors or payloads"
+                ),
+            });
+        }
+        let next = keys.get(records.len()).copied();
+        Ok((records, next))
     }
 
     /// Live statistics.
@@ -1068,8 +1182,10 @@ impl Collection {
     /// works: the WAL file is fsynced through a second handle, outside the writer lock.
     pub fn sync_concurrently(&self) -> Result<()> {
         let handle = lock(&self.writer).wal.sync_handle()?;
-        if let Some(f) = handle {
-            f.sync_data()?;
+        if let Some(f) = handle
+            && let Err(e) = f.sync_data()
+        {
+            return Err(lock(&self.writer).wal.poison("fsync", e));
         }
         Ok(())
     }

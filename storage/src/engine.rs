@@ -176,6 +176,8 @@ impl Engine {
             fs::remove_dir_all(&dir)?;
         }
         fs::create_dir_all(&dir)?;
+        // The new directory's entry must be durable before the catalog names it.
+        crate::wal::sync_dir(&self.root.join("collections"))?;
         let record = CollectionRecord {
             uid,
             config: config.clone(),

@@ -65,6 +65,14 @@ pub enum Error {
     /// The engine is shutting down or was closed.
     #[error("engine is closed")]
     Closed,
+    /// The request would make the engine build or write more than a limit allows.
+    #[error("{field}: {detail}")]
+    TooLarge {
+        /// The field or limit at fault, e.g. `ids` or `set_json`.
+        field: String,
+        /// What was too large, and the limit.
+        detail: String,
+    },
     /// The caller's deadline passed; the work was stopped.
     #[error("deadline exceeded after {elapsed_ms} ms; the search was stopped")]
     DeadlineExceeded {
@@ -108,6 +116,10 @@ impl Error {
             },
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
             Error::Meta(m) => Error::Meta(m.clone()),
+            Error::TooLarge { field, detail } => Error::TooLarge {
+                field: field.clone(),
+                detail: detail.clone(),
+            },
             Error::Closed => Error::Closed,
             Error::DeadlineExceeded { elapsed_ms } => Error::DeadlineExceeded {
                 elapsed_ms: *elapsed_ms,

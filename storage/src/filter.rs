@@ -503,6 +503,9 @@ fn lex(text: &str) -> std::result::Result<Vec<(Tok, usize)>, ParseError> {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Open parentheses and `not`s around the current token: refused beyond [`MAX_DEPTH`]
+    /// while parsing, so hostile nesting cannot exhaust the stack.
+    depth: usize,
 }
 
 // "Anything else is an error" is the point of these matches on private token types.
@@ -558,20 +561,30 @@ impl Parser {
     }
 
     fn unary(&mut self) -> std::result::Result<Filter, ParseError> {
-        if self.keyword("not") {
-            self.next();
-            return Ok(Filter::MustNot(vec![self.unary()?]));
+        let nested = self.keyword("not") || *self.peek() == Tok::LParen;
+        if !nested {
+            return self.condition();
         }
-        if *self.peek() == Tok::LParen {
+        if self.depth >= MAX_DEPTH {
+            return self.err(format!(
+                "filter nested deeper than {MAX_DEPTH} levels (parentheses and 'not')"
+            ));
+        }
+        self.depth += 1;
+        let f = if self.keyword("not") {
+            self.next();
+            Filter::MustNot(vec![self.unary()?])
+        } else {
             self.next();
             let f = self.expr()?;
             if *self.peek() != Tok::RParen {
                 return self.err("expected ')'");
             }
             self.next();
-            return Ok(f);
-        }
-        self.condition()
+            f
+        };
+        self.depth -= 1;
+        Ok(f)
     }
 
     fn literal(&mut self) -> std::result::Result<Literal, ParseError> {
@@ -762,6 +775,7 @@ pub fn parse(text: &str) -> std::result::Result<Filter, ParseError> {
     let mut p = Parser {
         toks: lex(text)?,
         pos: 0,
+        depth: 0,
     };
     if *p.peek() == Tok::End {
         return p.err("empty filter");
@@ -828,6 +842,25 @@ mod tests {
             assert_eq!(e.column, column, "{text}: {e}");
             assert!(e.message.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn nesting_is_refused_while_parsing_not_after() {
+        // Deep enough to overflow a thread's stack if the parser recursed into it.
+        for (open, close) in [("(", ")"), ("not ", ""), ("not (", ")")] {
+            let deep = format!("{}a = 1{}", open.repeat(100_000), close.repeat(100_000));
+            let e = parse(&deep).unwrap_err();
+            assert!(e.message.contains("nested deeper than 16"), "{open}: {e}");
+        }
+        let ok = format!("{}a = 1{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        let over = format!(
+            "{}a = 1{}",
+            "(".repeat(MAX_DEPTH + 1),
+            ")".repeat(MAX_DEPTH + 1)
+        );
+        let e = parse(&over).unwrap_err();
+        assert_eq!(e.column, MAX_DEPTH + 1, "{e}");
     }
 
     #[test]

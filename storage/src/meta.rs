@@ -11,6 +11,7 @@
 //! | catalog | `next_uid` | u64 LE |
 //! | ids | collection uid (u64 BE) + [`crate::PointId::encode_into`] | segment id u64 LE + row u32 LE |
 //! | payloads | same as ids | payload JSON text |
+#[cfg(feature = "rocksdb")]
 pub mod rocks;
 
 use std::path::Path;
@@ -84,6 +85,16 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens the default store (RocksDB) in `dir`.
+#[cfg(feature = "rocksdb")]
 pub fn open_default(dir: &Path) -> Result<Arc<dyn MetaStore>> {
     Ok(Arc::new(rocks::RocksStore::open(dir)?))
+}
+
+/// Without the `rocksdb` feature there is no store to open (fuzz builds).
+#[cfg(not(feature = "rocksdb"))]
+pub fn open_default(dir: &Path) -> Result<Arc<dyn MetaStore>> {
+    Err(crate::Error::Meta(format!(
+        "{}: quiver-storage was built without the rocksdb feature",
+        dir.display()
+    )))
 }

@@ -167,6 +167,10 @@ pub struct SearchParams {
     /// before each segment and each filter evaluation, so an abandoned search stops using
     /// cores within about one segment scan.
     pub deadline: Option<std::time::Instant>,
+    /// The most the hits of one call (all its queries) may total in bytes (0: no limit):
+    /// payloads and vectors are read within it, and the call fails with
+    /// [`crate::Error::TooLarge`] rather than exceed it.
+    pub response_budget: usize,
 }
 
 impl SearchParams {
@@ -236,6 +240,19 @@ impl CollectionConfig {
         if self.index.nlist == Some(0) {
             return Err(Error::invalid("index.nlist", "must be at least 1"));
         }
+        if let Some(n) = self.index.nlist {
+            use crate::index::ivf::{MAX_NLIST, MIN_ROWS_PER_LIST};
+            let most = (self.segment_max_rows as usize / MIN_ROWS_PER_LIST).clamp(1, MAX_NLIST);
+            if n as usize > most {
+                return Err(Error::invalid(
+                    "index.nlist",
+                    format!(
+                        "{n} exceeds {most}: at most segment_max_rows / {MIN_ROWS_PER_LIST} ({} / {MIN_ROWS_PER_LIST}) and at most {MAX_NLIST}, as each list needs about {MIN_ROWS_PER_LIST} training rows",
+                        self.segment_max_rows
+                    ),
+                ));
+            }
+        }
         if !(16..=10_000_000).contains(&self.segment_max_rows) {
             return Err(Error::invalid(
                 "segment_max_rows",
@@ -303,6 +320,29 @@ pub struct PointRecord {
     pub vector: Option<Vec<f32>>,
     /// Payload JSON text, when asked for and present.
     pub payload: Option<Vec<u8>>,
+}
+
+/// What a point costs in a response: id, vector, payload and framing.
+fn response_bytes(id: &PointId, vector: Option<&Vec<f32>>, payload: Option<&Vec<u8>>) -> usize {
+    let id = match id {
+        PointId::Num(_) => 8,
+        PointId::Str(s) => s.len(),
+    };
+    16 + id + vector.map_or(0, |v| v.len() * 4) + payload.map_or(0, Vec::len)
+}
+
+impl PointRecord {
+    /// What the record costs in a response: id, vector, payload and framing.
+    pub fn response_bytes(&self) -> usize {
+        response_bytes(&self.id, self.vector.as_ref(), self.payload.as_ref())
+    }
+}
+
+impl Hit {
+    /// What the hit costs in a response: id, score, vector, payload and framing.
+    pub fn response_bytes(&self) -> usize {
+        4 + response_bytes(&self.id, self.vector.as_ref(), self.payload.as_ref())
+    }
 }
 
 /// One search hit.

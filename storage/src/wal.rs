@@ -67,6 +67,10 @@ pub struct Wal {
     last_sync: Instant,
     dirty: bool,
     scratch: Vec<u8>,
+    /// Set by the first failed write or fsync: the kernel may have dropped the dirty pages
+    /// and cleared the error (PostgreSQL's "fsyncgate"), so a later fsync that succeeds
+    /// proves nothing. Every later append is refused until the process restarts and replays.
+    failed: Option<String>,
 }
 
 fn file_name(first_lsn: Lsn) -> String {
@@ -143,6 +147,7 @@ impl Wal {
             last_sync: Instant::now(),
             dirty: false,
             scratch: Vec::new(),
+            failed: None,
         })
     }
 
@@ -160,6 +165,7 @@ impl Wal {
     /// [`Wal::append`] with the record stamped with an external sequence number (`seq`, a Raft
     /// log index; 0 = none), which replay hands back.
     pub fn append_sequenced(&mut self, rec: &WalRecord, seq: u64) -> Result<Lsn> {
+        self.check_healthy()?;
         let lsn = self.next_lsn;
         let buf = &mut self.scratch;
         buf.clear();
@@ -179,7 +185,7 @@ impl Wal {
         if let Err(e) = self.active.write_all(buf) {
             // A partial write would leave a torn record that later appends would bury: cut it.
             let _ = self.active.set_len(self.active_len);
-            return Err(e.into());
+            return Err(self.poison("write", e));
         }
         self.active_len += buf.len() as u64;
         self.next_lsn += 1;
@@ -194,18 +200,40 @@ impl Wal {
 
     /// fsyncs the active file if anything was written since the last sync.
     pub fn sync(&mut self) -> Result<()> {
+        self.check_healthy()?;
         if self.dirty {
-            self.active.sync_data()?;
+            if let Err(e) = self.active.sync_data() {
+                return Err(self.poison("fsync", e));
+            }
             self.dirty = false;
         }
         self.last_sync = Instant::now();
         Ok(())
     }
 
+    /// Records a failed write or fsync: this WAL acknowledges nothing more.
+    pub fn poison(&mut self, what: &str, e: std::io::Error) -> Error {
+        let msg = format!(
+            "{what} of the WAL in {} failed ({e}); writes to this collection are refused until quiverd restarts and replays its log",
+            self.dir.display()
+        );
+        tracing::error!(error = %e, dir = %self.dir.display(), "WAL {what} failed: refusing further writes");
+        self.failed = Some(msg.clone());
+        Error::Io(std::io::Error::new(e.kind(), msg))
+    }
+
+    fn check_healthy(&self) -> Result<()> {
+        match &self.failed {
+            Some(msg) => Err(Error::Io(std::io::Error::other(msg.clone()))),
+            None => Ok(()),
+        }
+    }
+
     /// A second handle on the active file, to fsync it without holding the WAL (`None` when
     /// nothing was written since the last sync). Older files were synced when they were
     /// rotated out.
     pub fn sync_handle(&self) -> Result<Option<std::fs::File>> {
+        self.check_healthy()?;
         if !self.dirty {
             return Ok(None);
         }
@@ -282,7 +310,7 @@ fn create_file(dir: &Path, first_lsn: Lsn) -> Result<fs::File> {
 }
 
 /// fsyncs a directory so a rename or create in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -416,6 +444,26 @@ mod tests {
             Ok(())
         })?;
         Ok((wal, got))
+    }
+
+    #[test]
+    fn after_a_failed_fsync_nothing_more_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = replay(dir.path(), 0).unwrap();
+        w.append(&rec(1)).unwrap();
+        let e = w.poison("fsync", std::io::Error::other("EIO"));
+        assert!(
+            e.to_string().contains("refused until quiverd restarts"),
+            "{e}"
+        );
+        // Neither a retried fsync nor a new append pretends the data is safe.
+        assert!(w.sync().is_err());
+        assert!(w.append(&rec(2)).is_err());
+        assert!(w.sync_handle().is_err());
+        drop(w);
+        // What was written before is replayed after the restart.
+        let (_, got) = replay(dir.path(), 0).unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[test]

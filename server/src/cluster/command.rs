@@ -5,7 +5,7 @@
 //! Encoding ([`Command`]): the operation and its small arguments as JSON, points and ids in the
 //! WAL's binary record layout (`quiver_storage::wal::WalRecord`), so a batch of vectors costs
 //! its raw bytes in the Raft log.
-use quiver_storage::collection::PayloadUpdate;
+use quiver_storage::collection::{PayloadLimits, PayloadUpdate};
 use quiver_storage::filter::{Filter, Schema};
 use quiver_storage::wal::WalRecord;
 use quiver_storage::{CollectionConfig, Engine, PointId, PointWrite};
@@ -75,6 +75,8 @@ pub enum Write {
         unset: Vec<String>,
         /// Replace the payload instead of merging into it.
         overwrite: bool,
+        /// What the update may write, decided by the node that took the request.
+        limits: PayloadLimits,
     },
 }
 
@@ -130,6 +132,8 @@ enum Op {
         set: serde_json::Map<String, serde_json::Value>,
         unset: Vec<String>,
         overwrite: bool,
+        #[serde(default)]
+        limits: PayloadLimits,
     },
     SetLabel {
         collection: String,
@@ -150,10 +154,10 @@ pub const REPLICATED_PREFIX: &str = quiver_storage::engine::REPLICATED_PREFIX;
 pub struct Command {
     /// `Op` as JSON.
     #[serde(with = "serde_bytes")]
-    op: Vec<u8>,
+    pub op: Vec<u8>,
     /// Points or ids as a WAL record body (empty when the op has none).
     #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+    pub data: Vec<u8>,
 }
 
 impl Write {
@@ -225,6 +229,7 @@ impl Write {
                 set,
                 unset,
                 overwrite,
+                limits,
             } => {
                 WalRecord::encode_ids(ids, &mut data);
                 Op::UpdatePayload {
@@ -232,6 +237,7 @@ impl Write {
                     set: set.clone(),
                     unset: unset.clone(),
                     overwrite: *overwrite,
+                    limits: *limits,
                 }
             }
         };
@@ -285,11 +291,13 @@ impl Write {
                 set,
                 unset,
                 overwrite,
+                limits,
             } => Write::UpdatePayload {
                 collection,
                 ids: ids()?,
                 set,
                 unset,
+                limits,
                 overwrite,
             },
         })
@@ -375,6 +383,7 @@ impl Write {
                 set,
                 unset,
                 overwrite,
+                limits,
             } => {
                 let mode = if overwrite {
                     PayloadUpdate::Overwrite
@@ -383,7 +392,7 @@ impl Write {
                 };
                 let (n, lsn) = engine
                     .collection(&collection)?
-                    .update_payload_seq(&ids, &set, &unset, mode, seq)?;
+                    .update_payload_seq(&ids, &set, &unset, mode, limits, seq)?;
                 Ok(done(n, lsn))
             }
         }
@@ -416,6 +425,10 @@ mod tests {
                 set: serde_json::from_str(r#"{"k":"v"}"#).unwrap(),
                 unset: vec!["x".into()],
                 overwrite: true,
+                limits: PayloadLimits {
+                    per_point: 10,
+                    total: 20,
+                },
             },
         ];
         for w in writes {

@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)] // openraft's error types are large
 
 pub mod command;
+pub mod guard;
 pub mod log_store;
 pub mod net;
 pub mod sm;
@@ -169,7 +170,15 @@ impl Cluster {
         let network = net::Network {
             timeout: ms(raw.rpc_timeout_ms),
             tls: settings.tls.clone(),
+            key: settings.key.clone(),
         };
+        if !settings.protected() {
+            tracing::warn!(
+                addr = %settings.listen,
+                "the cluster port is UNAUTHENTICATED (no cluster.secret_file / {} and no cluster TLS): anyone who reaches it can replace this node's data",
+                guard::SECRET_ENV
+            );
+        }
         let raft = Raft::new(settings.node_id, Arc::new(config), network, log, sm.clone())
             .await
             .map_err(|e| crate::ServerError::Cluster(format!("raft: {e}")))?;
@@ -191,9 +200,12 @@ impl Cluster {
                 ))
             })?;
         tracing::info!(node = cluster.id, addr = %cluster.settings.listen, "cluster listener up");
-        let svc = RaftServer::new(Service(Arc::clone(&cluster)))
-            .max_decoding_message_size(net::MAX_MESSAGE)
-            .max_encoding_message_size(net::MAX_MESSAGE);
+        let svc = RaftServer::new(Service {
+            cluster: Arc::clone(&cluster),
+            failures: crate::auth::FailureLimiter::new(),
+        })
+        .max_decoding_message_size(net::MAX_MESSAGE)
+        .max_encoding_message_size(net::MAX_MESSAGE);
         let reloader = match &cluster.settings.tls {
             Some(files) => Some(
                 crate::tls::Reloader::new(files.clone())
@@ -203,7 +215,9 @@ impl Cluster {
         };
         let server = tokio::spawn(async move {
             use tokio_stream::StreamExt;
-            let builder = tonic::transport::Server::builder().add_service(svc);
+            let builder = tonic::transport::Server::builder()
+                .max_concurrent_streams(crate::MAX_STREAMS_PER_CONNECTION)
+                .add_service(svc);
             let served = match reloader {
                 // Mutual TLS between nodes, certificates reloaded when the files change.
                 Some(r) => {
@@ -357,7 +371,10 @@ impl Cluster {
         let mut c = self.peer(addr).map_err(Status::invalid_argument)?;
         let mut req = Request::new(RaftBytes::default());
         req.set_timeout(timeout);
-        decode(c.local_status(req).await?.get_ref())
+        let key = self.settings.key.as_deref();
+        let resp =
+            net::signed_call(key, net::path::LOCAL_STATUS, req, |r| c.local_status(r)).await?;
+        decode(resp.get_ref())
     }
 
     async fn forward(
@@ -370,7 +387,8 @@ impl Cluster {
         let mut c = self.peer(addr).map_err(ForwardError::Retry)?;
         let mut req = Request::new(encode(f).map_err(ForwardError::Fail)?);
         req.set_timeout(timeout);
-        match c.forward(req).await {
+        let key = self.settings.key.as_deref();
+        match net::signed_call(key, net::path::FORWARD, req, |r| c.forward(r)).await {
             Ok(resp) => {
                 let out: Result<Forwarded, Failure> =
                     decode(resp.get_ref()).map_err(ForwardError::Fail)?;
@@ -506,6 +524,15 @@ impl Cluster {
     /// this node (so the caller reads its own write here).
     pub async fn write(&self, w: Write) -> ApiResult<Outcome> {
         let cmd = w.encode();
+        // An entry travels whole in AppendEntries (with its neighbours) and in snapshots'
+        // logs: one the transport cannot carry would stall every follower forever.
+        let size = cmd.op.len() + cmd.data.len();
+        if size > net::MAX_ENTRY {
+            return Err(ApiError::TooLarge(format!(
+                "the write encodes to {size} bytes; one replicated log entry carries at most {} (split the request)",
+                net::MAX_ENTRY
+            )));
+        }
         let deadline = self.deadline();
         match self.on_leader(Forward::Write(cmd), deadline).await? {
             Forwarded::Write(reply) => {
@@ -689,44 +716,114 @@ impl From<LeadError> for Failure {
     }
 }
 
-/// The internal gRPC service.
-struct Service(Arc<Cluster>);
+/// The internal gRPC service: every call is authenticated (cluster secret, and/or mutual TLS
+/// with pinned peer names at the handshake) before anything in it is decoded.
+struct Service {
+    cluster: Arc<Cluster>,
+    failures: crate::auth::FailureLimiter,
+}
+
+impl Service {
+    /// Checks the caller; returns the request's MAC tag (to bind the answer to).
+    fn admit(&self, path: &str, req: &Request<RaftBytes>) -> Result<Option<[u8; 32]>, Status> {
+        let Some(key) = &self.cluster.settings.key else {
+            return Ok(None);
+        };
+        let peer = req.remote_addr().map(|a| a.ip());
+        self.failures.check(peer)?;
+        match key.verify_request(path, req) {
+            Ok(tag) => Ok(Some(tag)),
+            Err(s) => {
+                self.failures.failed(peer);
+                metrics::counter!("quiver_cluster_auth_refused_total").increment(1);
+                tracing::warn!(target: "quiver::audit", peer = ?peer, method = path, reason = %s.message(), "cluster call refused");
+                Err(s)
+            }
+        }
+    }
+
+    /// Authenticates, runs `f` on the decoded request, and signs the encoded answer.
+    async fn serve<Req, Resp, F, Fut>(
+        &self,
+        path: &'static str,
+        req: Request<RaftBytes>,
+        f: F,
+    ) -> Result<Response<RaftBytes>, Status>
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: Serialize,
+        F: FnOnce(Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Status>>,
+    {
+        let tag = self.admit(path, &req)?;
+        let out = f(decode(req.get_ref())?).await?;
+        let mut resp = Response::new(encode(&out)?);
+        if let (Some(k), Some(t)) = (&self.cluster.settings.key, tag) {
+            k.sign_response(path, &t, &mut resp);
+        }
+        Ok(resp)
+    }
+}
 
 #[tonic::async_trait]
 impl RaftRpc for Service {
     async fn append_entries(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let r = self.0.raft.append_entries(decode(req.get_ref())?).await;
-        Ok(Response::new(encode(&r)?))
+        let raft = &self.cluster.raft;
+        self.serve(net::path::APPEND_ENTRIES, req, |r| async move {
+            Ok(raft.append_entries(r).await)
+        })
+        .await
     }
 
     async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let r = self.0.raft.vote(decode(req.get_ref())?).await;
-        Ok(Response::new(encode(&r)?))
+        let raft = &self.cluster.raft;
+        self.serve(
+            net::path::VOTE,
+            req,
+            |r| async move { Ok(raft.vote(r).await) },
+        )
+        .await
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftBytes>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let r = self.0.raft.install_snapshot(decode(req.get_ref())?).await;
-        Ok(Response::new(encode(&r)?))
+        let raft = &self.cluster.raft;
+        self.serve(
+            net::path::INSTALL_SNAPSHOT,
+            req,
+            |r: openraft::raft::InstallSnapshotRequest<TypeConfig>| async move {
+                // The id names files in the snapshot directory: refuse anything but our own
+                // shape before openraft sees it.
+                sm::check_snapshot_id(&r.meta.snapshot_id).map_err(Status::invalid_argument)?;
+                Ok(raft.install_snapshot(r).await)
+            },
+        )
+        .await
     }
 
     async fn forward(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let f: Forward = decode(req.get_ref())?;
-        let deadline = self.0.deadline();
-        let out: Result<Forwarded, Failure> =
-            self.0.lead(&f, deadline).await.map_err(Failure::from);
-        if let Ok(Forwarded::Write(_)) = &out {
-            // The forwarding follower waits to apply the write before it answers its client:
-            // send the new commit index now rather than with the next heartbeat.
-            let _ = self.0.raft.trigger().heartbeat().await;
-        }
-        Ok(Response::new(encode(&out)?))
+        let c = &self.cluster;
+        self.serve(net::path::FORWARD, req, |f: Forward| async move {
+            let deadline = c.deadline();
+            let out: Result<Forwarded, Failure> = c.lead(&f, deadline).await.map_err(Failure::from);
+            if let Ok(Forwarded::Write(_)) = &out {
+                // The forwarding follower waits to apply the write before it answers its
+                // client: send the new commit index now rather than with the next heartbeat.
+                let _ = c.raft.trigger().heartbeat().await;
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    async fn local_status(&self, _req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        Ok(Response::new(encode(&self.0.local_view())?))
+    async fn local_status(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let c = &self.cluster;
+        self.serve(net::path::LOCAL_STATUS, req, |_: ()| async move {
+            Ok(c.local_view())
+        })
+        .await
     }
 }
 

@@ -20,9 +20,46 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
 use super::TypeConfig;
+use super::guard::ClusterKey;
 
 /// Largest internal message (snapshot chunks and entry batches stay well below).
 pub const MAX_MESSAGE: usize = 256 << 20;
+/// Largest replicated log entry: a quarter of a message, so a batch of entries always fits.
+pub const MAX_ENTRY: usize = MAX_MESSAGE / 4;
+
+/// The internal methods' paths (what the cluster MAC covers).
+pub mod path {
+    /// openraft's AppendEntries.
+    pub const APPEND_ENTRIES: &str = "/quiver.internal.v1.Raft/AppendEntries";
+    /// openraft's Vote.
+    pub const VOTE: &str = "/quiver.internal.v1.Raft/Vote";
+    /// openraft's InstallSnapshot.
+    pub const INSTALL_SNAPSHOT: &str = "/quiver.internal.v1.Raft/InstallSnapshot";
+    /// A follower's request to the leader.
+    pub const FORWARD: &str = "/quiver.internal.v1.Raft/Forward";
+    /// A node's own view.
+    pub const LOCAL_STATUS: &str = "/quiver.internal.v1.Raft/LocalStatus";
+}
+
+/// Makes one internal call, signed with the cluster secret when there is one, and checks
+/// that the answer is signed by a holder of the same secret and bound to this request.
+pub async fn signed_call<F, Fut>(
+    key: Option<&ClusterKey>,
+    path: &'static str,
+    mut req: tonic::Request<RaftBytes>,
+    send: F,
+) -> Result<tonic::Response<RaftBytes>, tonic::Status>
+where
+    F: FnOnce(tonic::Request<RaftBytes>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<RaftBytes>, tonic::Status>>,
+{
+    let tag = key.map(|k| k.sign_request(path, &mut req));
+    let resp = send(req).await?;
+    if let (Some(k), Some(t)) = (key, tag) {
+        k.verify_response(path, &t, &resp)?;
+    }
+    Ok(resp)
+}
 
 /// A lazily connecting client to the node at `addr` (HOST:PORT); over mutual TLS when `tls`
 /// is set (the files are read now, so a new client picks up rotated certificates).
@@ -65,9 +102,15 @@ pub fn encode<T: Serialize>(v: &T) -> Result<RaftBytes, tonic::Status> {
         .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
 }
 
-/// Decodes a message.
+/// Decodes a message. The byte limit bounds what a length prefix can make bincode allocate:
+/// never more than the message itself holds.
 pub fn decode<T: DeserializeOwned>(b: &RaftBytes) -> Result<T, tonic::Status> {
-    bincode::deserialize(&b.data)
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(b.data.len() as u64)
+        .deserialize(&b.data)
         .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
 }
 
@@ -83,6 +126,8 @@ pub struct Network {
     pub timeout: Duration,
     /// Node-to-node TLS.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The shared cluster secret.
+    pub key: Option<std::sync::Arc<ClusterKey>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -95,6 +140,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: None,
             timeout: self.timeout,
             tls: self.tls.clone(),
+            key: self.key.clone(),
         }
     }
 }
@@ -106,6 +152,7 @@ pub struct Peer {
     client: Option<RaftClient<Channel>>,
     timeout: Duration,
     tls: Option<crate::tls::TlsFiles>,
+    key: Option<std::sync::Arc<ClusterKey>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -136,10 +183,13 @@ impl Peer {
         let body = encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
         let mut request = tonic::Request::new(body);
         request.set_timeout(ttl.min(self.timeout));
+        let key = self.key.as_deref();
         let resp = match method {
-            "append_entries" => client.append_entries(request).await,
-            "vote" => client.vote(request).await,
-            _ => client.install_snapshot(request).await,
+            path::APPEND_ENTRIES => {
+                signed_call(key, method, request, |r| client.append_entries(r)).await
+            }
+            path::VOTE => signed_call(key, method, request, |r| client.vote(r)).await,
+            _ => signed_call(key, method, request, |r| client.install_snapshot(r)).await,
         };
         let resp = resp.map_err(|s| {
             if unreachable(&s) {
@@ -160,7 +210,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        self.call("append_entries", &rpc, option.hard_ttl()).await
+        self.call(path::APPEND_ENTRIES, &rpc, option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -168,7 +219,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RpcErr> {
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(path::VOTE, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -176,7 +227,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        self.call("install_snapshot", &rpc, option.hard_ttl()).await
+        self.call(path::INSTALL_SNAPSHOT, &rpc, option.hard_ttl())
+            .await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -84,6 +84,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Snapshot ids become file names: only the shape this module builds
+/// (`{index:020}-{unix ms}`, digits and dashes, at most 64 bytes) is accepted from a peer.
+pub fn check_snapshot_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return Err(format!(
+            "snapshot_id {:?} is not a snapshot id (digits and '-', at most 64 bytes)",
+            id.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 fn snap_path(dir: &Path, meta: &Meta) -> PathBuf {
     dir.join(format!("{}.snap", meta.snapshot_id))
 }
@@ -98,7 +110,8 @@ fn deterministic(e: &quiver_storage::Error) -> bool {
         | E::NonFinite { .. }
         | E::InvalidArgument { .. }
         | E::CollectionNotFound { .. }
-        | E::CollectionExists { .. } => true,
+        | E::CollectionExists { .. }
+        | E::TooLarge { .. } => true,
         E::Corrupt { .. } | E::Io(_) | E::Meta(_) | E::Closed | E::DeadlineExceeded { .. } => false,
     }
 }
@@ -349,6 +362,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             let json =
                 serde_json::to_vec(&m).map_err(|e| quiver_storage::Error::Meta(e.to_string()))?;
             fs_err::write(shared.dir.join(format!("{}.json", m.snapshot_id)), json)?;
+            quiver_storage::wal::sync_dir(&shared.dir)?;
             let _ = fs_err::remove_dir_all(&export);
             let newer = {
                 let mut st = lock(&shared.state);
@@ -458,6 +472,7 @@ impl RaftStateMachine<TypeConfig> for EngineSm {
         let werr = |e: std::io::Error| -> SErr {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
+        check_snapshot_id(&meta.snapshot_id).map_err(other)?;
         snapshot.flush().await.map_err(werr)?;
         snapshot.sync_all().await.map_err(werr)?;
         drop(snapshot);
@@ -472,6 +487,7 @@ impl RaftStateMachine<TypeConfig> for EngineSm {
             let json = serde_json::to_vec(&meta)
                 .map_err(|e| quiver_storage::Error::Meta(e.to_string()))?;
             fs_err::write(shared.dir.join(format!("{}.json", meta.snapshot_id)), &json)?;
+            quiver_storage::wal::sync_dir(&shared.dir)?;
             shared
                 .store
                 .put(AuxSpace::Raft, vec![(INSTALLING.to_vec(), json)], true)?;
@@ -506,6 +522,21 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(w.encode()),
+        }
+    }
+
+    #[test]
+    fn only_our_own_snapshot_ids_name_files() {
+        assert!(super::check_snapshot_id("00000000000000000042-1764633600000").is_ok());
+        for bad in [
+            "",
+            "../../../etc/passwd",
+            "/abs",
+            "a.snap",
+            "1/2",
+            &"1".repeat(65),
+        ] {
+            assert!(super::check_snapshot_id(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -547,6 +578,7 @@ mod tests {
                     set: serde_json::from_str(r#"{"color":"red"}"#).unwrap(),
                     unset: vec![],
                     overwrite: false,
+                    limits: Default::default(),
                 },
             ];
             ws.into_iter()

@@ -126,6 +126,13 @@ impl Collections for CollectionsService {
             labels: Default::default(),
         };
         config.validate().map_err(ApiError::from)?;
+        let most = self.state.settings.limits.max_collections;
+        if most > 0 && engine.list().len() >= most as usize {
+            return Err(ApiError::TooLarge(format!(
+                "name: the server already holds {most} collections (limits.max_collections)"
+            ))
+            .into());
+        }
         let name = config.name.clone();
         self.state.write(Write::CreateCollection(config)).await?;
         let out = blocking(move || Ok(info(engine.collection(&name)?.as_ref()))).await?;

@@ -27,6 +27,14 @@ impl KeysService {
     }
 }
 
+/// The calling key's collections (empty: all, or auth off).
+fn scope_of<T>(req: &Request<T>) -> Vec<String> {
+    req.extensions()
+        .get::<auth::Principal>()
+        .map(|p| p.collections.clone())
+        .unwrap_or_default()
+}
+
 fn put(record: &auth::KeyRecord) -> Result<Write, Status> {
     Ok(Write::PutRecord {
         key: auth::record_key(&record.id),
@@ -40,7 +48,18 @@ impl Keys for KeysService {
         &self,
         req: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let scope = scope_of(&req);
         let r = req.into_inner();
+        if !auth::within_scope(&scope, &r.collections) {
+            return Err(Status::permission_denied(format!(
+                "this key is limited to collections {scope:?} and cannot mint a key for {}",
+                if r.collections.is_empty() {
+                    "all collections".to_owned()
+                } else {
+                    format!("{:?}", r.collections)
+                }
+            )));
+        }
         let role = Role::from_proto(r.role)
             .ok_or_else(|| ApiError::bad("role", format!("unknown role {}", r.role)))?;
         for (i, c) in r.collections.iter().enumerate() {
@@ -61,12 +80,17 @@ impl Keys for KeysService {
 
     async fn list(
         &self,
-        _req: Request<pb::ListKeysRequest>,
+        req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let scope = scope_of(&req);
         let store = self.store()?;
         let keys = blocking(move || Ok(store.list()?)).await?;
         Ok(Response::new(pb::ListKeysResponse {
-            keys: keys.iter().map(auth::KeyRecord::info).collect(),
+            keys: keys
+                .iter()
+                .filter(|k| auth::within_scope(&scope, &k.collections))
+                .map(auth::KeyRecord::info)
+                .collect(),
         }))
     }
 
@@ -74,11 +98,13 @@ impl Keys for KeysService {
         &self,
         req: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
+        let scope = scope_of(&req);
         let id = req.into_inner().id;
         let store = self.store()?;
         let lookup = id.clone();
         let mut record = blocking(move || Ok(store.get(&lookup)?))
             .await?
+            .filter(|k| auth::within_scope(&scope, &k.collections))
             .ok_or_else(|| ApiError::NotFound(format!("no API key {id:?}")))?;
         record.revoked = true;
         self.state.write(put(&record)?).await?;

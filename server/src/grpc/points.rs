@@ -4,6 +4,7 @@ use std::sync::Arc;
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::points_server::Points;
 use quiver_storage::ReadOptions;
+use quiver_storage::collection::PayloadLimits;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -127,13 +128,19 @@ impl Points for PointsService {
         let r = req.into_inner();
         self.state.read_barrier(r.consistency).await?;
         let engine = self.state.engine()?;
-        let ids = convert::point_ids(&r.ids, "ids")?;
+        self.state.check_rows("ids", r.ids.len())?;
+        let ids = convert::unique_point_ids(&r.ids, "ids")?;
         let opts = ReadOptions {
             with_vectors: r.with_vectors,
             with_payload: r.with_payload,
         };
-        let records =
-            blocking(move || Ok(engine.collection(&r.collection)?.get(&ids, opts)?)).await?;
+        let budget = self.state.response_budget();
+        let records = blocking(move || {
+            Ok(engine
+                .collection(&r.collection)?
+                .get_within(&ids, opts, budget)?)
+        })
+        .await?;
         Ok(Response::new(pb::GetPointsResponse {
             points: records.into_iter().map(convert::retrieved).collect(),
         }))
@@ -213,11 +220,12 @@ impl Points for PointsService {
             with_payload: r.with_payload,
         };
         let filter = convert::filter(r.filter.as_ref())?;
+        let budget = self.state.response_budget();
         let (page, next) = blocking(move || {
             let c = engine.collection(&r.collection)?;
             Ok(match &filter {
-                Some(f) => c.scroll_filtered(f, cursor, limit, opts)?,
-                None => c.scroll(cursor, limit, opts)?,
+                Some(f) => c.scroll_filtered(f, cursor, limit, opts, budget)?,
+                None => c.scroll(cursor, limit, opts, budget)?,
             })
         })
         .await?;
@@ -234,7 +242,21 @@ impl Points for PointsService {
         crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         self.state.check_rows("ids", r.ids.len())?;
-        let ids = convert::point_ids(&r.ids, "ids")?;
+        let ids = convert::unique_point_ids(&r.ids, "ids")?;
+        let limits = PayloadLimits {
+            per_point: self.state.settings.max_payload_bytes,
+            total: self.state.settings.max_message_bytes,
+        };
+        // Each id gets the whole `set`: refuse before the log what no merge could fit.
+        let set_bytes = r.set_json.len();
+        if set_bytes.saturating_mul(ids.len()) > limits.total {
+            return Err(ApiError::TooLarge(format!(
+                "ids: {} points × {set_bytes} bytes of set_json exceeds {} bytes per update (server.max_message_bytes); update fewer ids at a time",
+                ids.len(),
+                limits.total
+            ))
+            .into());
+        }
         let set = match convert::payload(
             (!r.set_json.is_empty()).then_some(r.set_json.as_str()),
             "set_json",
@@ -254,6 +276,7 @@ impl Points for PointsService {
                 set,
                 unset: r.unset,
                 overwrite: r.overwrite,
+                limits,
             })
             .await?;
         Ok(Response::new(pb::UpdatePayloadResponse {

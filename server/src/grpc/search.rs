@@ -88,9 +88,19 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
         }
     };
     let filter = convert::filter(r.filter.as_ref())?;
+    let k = convert::k(r.k, max_k)?;
+    let candidates = k.saturating_mul(refine.unwrap_or(quiver_storage::types::DEFAULT_REFINE));
+    if candidates > MAX_CANDIDATES {
+        return Err(ApiError::bad(
+            "refine_factor",
+            format!(
+                "k × refine_factor = {candidates} candidates exceeds the limit of {MAX_CANDIDATES}"
+            ),
+        ));
+    }
     Ok(Query {
         filter,
-        k: convert::k(r.k, max_k)?,
+        k,
         collection: r.collection,
         vector: r.vector,
         opts: ReadOptions {
@@ -103,8 +113,21 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
             refine,
             target_recall_bp,
             deadline: None,
+            response_budget: 0,
         },
     })
+}
+
+/// Candidates (k × refine factor) one search may re-rank, and a whole batch.
+const MAX_CANDIDATES: usize = 1 << 20;
+const MAX_BATCH_CANDIDATES: usize = 4 << 20;
+
+fn candidates(q: &Query) -> usize {
+    q.k.saturating_mul(
+        q.params
+            .refine
+            .unwrap_or(quiver_storage::types::DEFAULT_REFINE),
+    )
 }
 
 /// Filter keys that are not declared fields (evaluated from payloads); logged once per key.
@@ -147,6 +170,7 @@ impl Search for SearchService {
         let engine = self.state.engine()?;
         let mut q = query(r, self.state.settings.max_k)?;
         q.params.deadline = until;
+        q.params.response_budget = self.state.response_budget();
         // A hop to the blocking pool costs tens of microseconds, more than an index probe:
         // cheap searches run on the async worker, long exact scans on the pool.
         let cheap = engine
@@ -190,7 +214,16 @@ impl Search for SearchService {
                     .map_err(|e| with_index(i, e.into()))
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let results = blocking(move || Ok(run_batch(&engine, &queries))).await?;
+        // What the batch may make the engine hold: candidates up front, hit bytes as read.
+        let total: usize = queries.iter().map(candidates).sum();
+        if total > MAX_BATCH_CANDIDATES {
+            return Err(ApiError::TooLarge(format!(
+                "searches: the batch asks for {total} candidates (k × refine_factor summed); the limit is {MAX_BATCH_CANDIDATES}"
+            ))
+            .into());
+        }
+        let budget = self.state.response_budget();
+        let results = blocking(move || Ok(run_batch(&engine, &queries, budget))).await?;
         let results = results
             .into_iter()
             .enumerate()
@@ -202,7 +235,13 @@ impl Search for SearchService {
 
 /// Runs a batch: queries on the same collection (and output options) share one pass over
 /// each segment. Results come back in request order.
-fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchResponse, Status>> {
+/// The hits of all groups together stay within `budget` bytes.
+fn run_batch(
+    engine: &Engine,
+    queries: &[Query],
+    budget: usize,
+) -> Vec<Result<pb::SearchResponse, Status>> {
+    let mut left = budget;
     type Key<'a> = (&'a str, bool, bool, SearchParams);
     let mut groups: Vec<(Key<'_>, Vec<usize>)> = Vec::new();
     for (i, q) in queries.iter().enumerate() {
@@ -236,7 +275,19 @@ fn run_batch(engine: &Engine, queries: &[Query]) -> Vec<Result<pb::SearchRespons
                     .iter()
                     .map(|&i| (queries[i].vector.as_slice(), queries[i].k))
                     .collect();
+                let params = SearchParams {
+                    // At least one byte: 0 would mean no limit.
+                    response_budget: left.max(1),
+                    ..params
+                };
                 let results = c.search_batch_filtered(&batch, opts, params, filter);
+                let spent: usize = results
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(quiver_storage::Hit::response_bytes)
+                    .sum();
+                left = left.saturating_sub(spent);
                 let took_us = started.elapsed().as_micros() as u64;
                 for (&i, r) in idxs.iter().zip(results) {
                     out[i] = Some(r.map_err(|e| ApiError::from(e).into()).map(|hits| {

@@ -82,6 +82,7 @@ impl Snapshots for SnapshotsService {
         &self,
         req: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        crate::auth::check_unscoped(&req, "a snapshot of the whole server")?;
         let mut name = req.into_inner().name;
         if name.is_empty() {
             name = format!("snap-{}", crate::rag::audit::now_ms());
@@ -113,6 +114,7 @@ impl Snapshots for SnapshotsService {
             std::fs::write(tmp.join("info.json"), info.to_string())
                 .map_err(quiver_storage::Error::from)?;
             std::fs::rename(&tmp, &dst).map_err(quiver_storage::Error::from)?;
+            quiver_storage::wal::sync_dir(&root)?;
             tracing::info!(target: "quiver::audit", snapshot = %name, bytes, ms = started.elapsed().as_millis() as u64, "snapshot created");
             info_of(&dst)
         })
@@ -122,8 +124,9 @@ impl Snapshots for SnapshotsService {
 
     async fn list(
         &self,
-        _req: Request<pb::ListSnapshotsRequest>,
+        req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        crate::auth::check_unscoped(&req, "listing snapshots")?;
         let root = self.dir();
         let snapshots = blocking(move || {
             let mut out = Vec::new();
@@ -145,6 +148,7 @@ impl Snapshots for SnapshotsService {
         &self,
         req: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        crate::auth::check_unscoped(&req, "deleting a snapshot")?;
         let d = existing(&self.dir(), &req.into_inner().name)?;
         let info = blocking(move || {
             let info = info_of(&d)?;
@@ -161,6 +165,7 @@ impl Snapshots for SnapshotsService {
         &self,
         req: Request<pb::DownloadSnapshotRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        crate::auth::check_unscoped(&req, "downloading a snapshot")?;
         let d = existing(&self.dir(), &req.into_inner().name)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -199,6 +204,15 @@ impl Snapshots for SnapshotsService {
         &self,
         req: Request<pb::RestoreSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        if req.get_ref().collection.is_empty() {
+            crate::auth::check_unscoped(&req, "restoring a whole snapshot")?;
+        } else {
+            // Both the collection read from the snapshot and the one written must be in scope.
+            crate::auth::check_collection(&req, &req.get_ref().collection)?;
+            if !req.get_ref().as_name.is_empty() {
+                crate::auth::check_collection(&req, &req.get_ref().as_name)?;
+            }
+        }
         let r = req.into_inner();
         if !r.collection.is_empty() {
             let d = existing(&self.dir(), &r.name)?;
@@ -225,7 +239,12 @@ impl Snapshots for SnapshotsService {
                 std::fs::remove_dir_all(&staging).map_err(quiver_storage::Error::from)?;
             }
             link_tree(&d, &staging).map_err(quiver_storage::Error::from)?;
+            // Keys are not part of the restored state: the ones in force now stay in force
+            // (revocations since the snapshot hold; keys made since still work).
+            let keys = crate::auth::KeyStore::new(engine.aux());
+            let current = keys.list()?;
             engine.import(&staging)?;
+            keys.replace_all(&current)?;
             let _ = std::fs::remove_dir_all(&staging);
             let info = info_of(&d)?;
             tracing::info!(target: "quiver::audit", snapshot = %info.name, "snapshot restored");

@@ -262,7 +262,14 @@ pub async fn ask(
             if let Some(u) = &hit.response.usage
                 && !u.provider.is_empty()
             {
-                // An LLM answer served again: recorded, at no token cost.
+                // An LLM answer served again: recorded, at no token cost. A hosted provider's
+                // record holds what it was sent, the redacted question, like a fresh call's.
+                let hosted = rag.generators.get(&u.provider).is_some_and(|g| g.hosted());
+                let prompt = if hosted {
+                    rag.redactor.redact(&a.r.question).text
+                } else {
+                    a.r.question.clone()
+                };
                 let record = pb::AuditRecord {
                     request_id: ctx.request_id.clone(),
                     tenant: ctx.tenant.clone(),
@@ -270,7 +277,7 @@ pub async fn ask(
                     operation: "chat".into(),
                     provider: u.provider.clone(),
                     model: u.model.clone(),
-                    prompt: a.r.question.clone(),
+                    prompt,
                     output: hit.response.answer.clone(),
                     latency_us: hit.response.took_us,
                     cache_hit: true,
@@ -511,17 +518,12 @@ async fn generate(
         .get(&ctx.tenant)
         .copied()
         .unwrap_or(rag.cfg.token_budget_per_day);
-    if budget > 0 {
-        let used = rag.state.used(&ctx.tenant)?;
+    let reservation = if budget > 0 {
         let need = prompt_tokens + u64::from(max_answer);
-        if used + need > budget {
-            metrics::counter!("quiver_rag_budget_refusals_total").increment(1);
-            return Err(ApiError::TooLarge(format!(
-                "token budget exhausted: tenant {} used {used} of {budget} tokens today (UTC); this request needs up to {need}",
-                ctx.tenant
-            )));
-        }
-    }
+        Some(rag.state.reserve(&ctx.tenant, need, budget)?)
+    } else {
+        None
+    };
     // PII: hosted providers see placeholders; the map stays here.
     let (sent, map) = if g.hosted() {
         const SEP: &str = "\n\u{1}\u{1}\n";
@@ -685,10 +687,11 @@ async fn generate(
     }
     metrics::counter!("quiver_llm_cost_microdollars_total", &labels)
         .increment((cost * 1e6).round() as u64);
-    rag.state.add_usage(
-        &ctx.tenant,
-        u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens),
-    )?;
+    let used = u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens);
+    match reservation {
+        Some(r) => r.settle(used)?,
+        None => rag.state.add_usage(&ctx.tenant, used)?,
+    };
     record.output = reply.text.clone();
     record.prompt_tokens = reply.prompt_tokens;
     record.completion_tokens = reply.completion_tokens;

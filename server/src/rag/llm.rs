@@ -109,6 +109,16 @@ pub enum LlmError {
     /// The caller went away.
     #[error("cancelled")]
     Cancelled,
+    /// The generator's queue is full.
+    #[error(
+        "generator {provider} is busy: {queued} requests are already waiting for it; retry later"
+    )]
+    Busy {
+        /// Generator name.
+        provider: String,
+        /// Queue depth.
+        queued: usize,
+    },
 }
 
 impl From<LlmError> for ApiError {
@@ -120,6 +130,7 @@ impl From<LlmError> for ApiError {
             LlmError::Timeout { .. } => ApiError::Deadline(e.to_string()),
             LlmError::Rejected { .. } => ApiError::Precondition(e.to_string()),
             LlmError::Failed(_) | LlmError::Cancelled => ApiError::Internal(e.to_string()),
+            LlmError::Busy { .. } => ApiError::TooLarge(e.to_string()),
         }
     }
 }
@@ -208,7 +219,7 @@ pub struct Remote {
     pub name: String,
     /// Its configuration.
     pub cfg: ProviderConfig,
-    key: Option<String>,
+    key: Option<crate::secret::Secret>,
     http: reqwest::Client,
 }
 
@@ -238,7 +249,7 @@ impl Remote {
         Ok(Remote {
             name: name.to_owned(),
             cfg: cfg.clone(),
-            key,
+            key: key.map(crate::secret::Secret::new),
             http,
         })
     }
@@ -296,7 +307,10 @@ impl Remote {
                         .filter(|s| s.is_finite() && *s >= 0.0)
                         .map(Duration::from_secs_f64);
                     let text = resp.text().await.unwrap_or_default();
-                    let message = error_message(&text);
+                    // Provider bodies may echo the request, key included: scrubbed before
+                    // they reach an error, a log line or an audit record.
+                    let known: Vec<&crate::secret::Secret> = self.key.iter().collect();
+                    let message = crate::secret::scrub(&error_message(&text), &known);
                     match status {
                         429 => LlmError::RateLimited {
                             provider: self.name.clone(),
@@ -385,7 +399,7 @@ impl Remote {
     fn bearer(&self) -> Vec<(&'static str, String)> {
         self.key
             .iter()
-            .map(|k| ("authorization", format!("Bearer {k}")))
+            .map(|k| ("authorization", format!("Bearer {}", k.expose())))
             .collect()
     }
 }
@@ -645,7 +659,7 @@ impl Generator for AnthropicChat {
         });
         let mut headers = vec![("anthropic-version", "2023-06-01".to_owned())];
         if let Some(k) = &self.r.key {
-            headers.push(("x-api-key", k.clone()));
+            headers.push(("x-api-key", k.expose().to_owned()));
         }
         let started = Instant::now();
         let url = self.r.url("https://api.anthropic.com", "v1/messages");

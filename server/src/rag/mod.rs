@@ -531,18 +531,24 @@ pub fn doc_collection(
     })
 }
 
+/// Largest document text, bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
+/// Most metadata bytes one message may have copied into its chunks.
+const MAX_COPIED_METADATA: usize = 64 << 20;
+/// Chunk writes are split at about this many bytes.
+const INGEST_WRITE_BYTES: usize = 4 << 20;
+
 /// Chunks, flags, embeds and stores one message's documents; returns (chunks, flagged). All
 /// chunks of the message are embedded in one call (the embedder batches), then written in one
 /// upsert.
-fn ingest(
-    app: &AppState,
-    rag: &Rag,
-    d: &DocCollection,
-    docs: Vec<pb::Document>,
-    max_payload: usize,
-    ctx: &CallContext,
-) -> ApiResult<(u64, u64)> {
+/// A message's documents, checked (sizes, metadata) and chunked, before anything is created
+/// or embedded.
+type Parsed = Vec<(pb::Document, Map<String, Value>, Vec<String>)>;
+
+fn parse_documents(docs: Vec<pb::Document>, max_payload: usize) -> ApiResult<Parsed> {
     let mut parsed = Vec::with_capacity(docs.len());
+    let max_meta = max_payload / 4;
+    let mut copied = 0usize;
     for (i, doc) in docs.into_iter().enumerate() {
         let field = format!("documents[{i}]");
         if doc.id.is_empty() || doc.id.len() > 1000 {
@@ -551,18 +557,49 @@ fn ingest(
                 "must have 1 to 1000 bytes",
             ));
         }
+        if doc.text.len() > MAX_DOCUMENT_BYTES {
+            return Err(ApiError::TooLarge(format!(
+                "{field}.text: {} bytes; a document holds at most {MAX_DOCUMENT_BYTES} (split it)",
+                doc.text.len()
+            )));
+        }
+        if doc.source.len() > 4096 {
+            return Err(ApiError::bad(
+                format!("{field}.source"),
+                "at most 4096 bytes",
+            ));
+        }
+        // Metadata is copied into every chunk: it must leave room for the chunk's text.
         let meta: Map<String, Value> = match convert::payload(
             doc.metadata_json.as_deref(),
             &format!("{field}.metadata_json"),
-            max_payload,
+            max_meta,
         )? {
             Some(b) => serde_json::from_slice(&b)
                 .map_err(|e| ApiError::bad(format!("{field}.metadata_json"), e.to_string()))?,
             None => Map::new(),
         };
         let texts = chunk::chunk(&doc.text, ChunkParams::default());
+        let meta_bytes = doc.metadata_json.as_deref().map_or(0, str::len);
+        copied = copied.saturating_add(meta_bytes.saturating_mul(texts.len()));
+        if copied > MAX_COPIED_METADATA {
+            return Err(ApiError::TooLarge(format!(
+                "{field}.metadata_json: copied into each chunk, the message's metadata would total {copied} bytes; the limit is {MAX_COPIED_METADATA} (send less metadata, or fewer documents per message)"
+            )));
+        }
         parsed.push((doc, meta, texts));
     }
+    Ok(parsed)
+}
+
+fn ingest(
+    app: &AppState,
+    rag: &Rag,
+    d: &DocCollection,
+    parsed: Parsed,
+    max_payload: usize,
+    ctx: &CallContext,
+) -> ApiResult<(u64, u64)> {
     let refs: Vec<&str> = parsed
         .iter()
         .flat_map(|(_, _, texts)| texts.iter().map(String::as_str))
@@ -591,10 +628,18 @@ fn ingest(
                 ("flagged".to_owned(), json!(!reasons.is_empty())),
                 ("flag_reasons".to_owned(), json!(reasons)),
             ]);
+            let payload = Value::Object(payload).to_string().into_bytes();
+            if payload.len() > max_payload {
+                return Err(ApiError::TooLarge(format!(
+                    "document {:?} chunk {n}: its payload (text and metadata) is {} bytes; the limit is {max_payload} (server.max_payload_bytes)",
+                    doc.id,
+                    payload.len()
+                )));
+            }
             points.push(PointWrite {
                 id: PointId::Str(format!("{}#{n}", doc.id)),
                 vector,
-                payload: Some(Value::Object(payload).to_string().into_bytes()),
+                payload: Some(payload),
             });
         }
         ends.push((doc.id.as_str(), texts.len() as i64));
@@ -602,10 +647,24 @@ fn ingest(
     let chunks = points.len() as u64;
     // New chunks first (same ids overwrite), then each document's old chunks past its new end:
     // a crash in between leaves stale extra chunks, never a document with none.
-    if !points.is_empty() {
+    // In writes of about 4 MiB each: one replicated log entry each on a cluster.
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    for p in points {
+        bytes += p.vector.len() * 4 + p.payload.as_ref().map_or(0, Vec::len) + 64;
+        batch.push(p);
+        if bytes >= INGEST_WRITE_BYTES {
+            app.write_blocking(Write::Upsert {
+                collection: d.c.config().name.clone(),
+                points: std::mem::take(&mut batch),
+            })?;
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
         app.write_blocking(Write::Upsert {
             collection: d.c.config().name.clone(),
-            points,
+            points: batch,
         })?;
     }
     for (id, n) in ends {
@@ -659,6 +718,8 @@ impl RagRpc for RagService {
                 collection: r.collection.clone(),
             };
             let (chunks, flagged) = blocking(move || {
+                // Refused documents create nothing.
+                let parsed = parse_documents(r.documents, max_payload)?;
                 let create = r.create.then(|| r.config.clone().unwrap_or_default());
                 let d = doc_collection(
                     Some(&app),
@@ -668,7 +729,7 @@ impl RagRpc for RagService {
                     create.as_ref(),
                     seg_rows,
                 )?;
-                ingest(&app, &rag, &d, r.documents, max_payload, &ctx)
+                ingest(&app, &rag, &d, parsed, max_payload, &ctx)
             })
             .await
             .map_err(|e| {
@@ -800,6 +861,7 @@ impl RagRpc for RagService {
         &self,
         req: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        crate::auth::check_listing(&req, &req.get_ref().collection)?;
         let rag = self.rag()?;
         let r = req.into_inner();
         Ok(Response::new(blocking(move || rag.audit.list(&r)).await?))
@@ -809,6 +871,7 @@ impl RagRpc for RagService {
         &self,
         req: Request<pb::ListReviewsRequest>,
     ) -> Result<Response<pb::ListReviewsResponse>, Status> {
+        crate::auth::check_listing(&req, &req.get_ref().collection)?;
         let rag = self.rag()?;
         let r = req.into_inner();
         Ok(Response::new(
@@ -821,10 +884,10 @@ impl RagRpc for RagService {
         req: Request<pb::GetReviewRequest>,
     ) -> Result<Response<pb::ReviewItem>, Status> {
         let rag = self.rag()?;
-        let r = req.into_inner();
-        Ok(Response::new(
-            blocking(move || rag.state.review(&r.id)).await?,
-        ))
+        let id = req.get_ref().id.clone();
+        let item = blocking(move || rag.state.review(&id)).await?;
+        crate::auth::check_collection(&req, &item.collection)?;
+        Ok(Response::new(item))
     }
 
     async fn decide_review(
@@ -832,6 +895,9 @@ impl RagRpc for RagService {
         req: Request<pb::DecideReviewRequest>,
     ) -> Result<Response<pb::ReviewItem>, Status> {
         let rag = self.rag()?;
+        let (state, id) = (rag.clone(), req.get_ref().id.clone());
+        let pending = blocking(move || state.state.review(&id)).await?;
+        crate::auth::check_collection(&req, &pending.collection)?;
         let r = req.into_inner();
         let item = blocking(move || rag.state.decide(&r)).await?;
         tracing::info!(review = %item.id, status = item.status, reviewer = %item.reviewer, "review decided");

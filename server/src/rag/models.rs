@@ -57,7 +57,7 @@ impl LocalModels {
             hosted: false,
             price: self.price,
         };
-        let m = Arc::new(imp::LocalGenerator(Arc::new(m), info));
+        let m = Arc::new(imp::LocalGenerator::new(Arc::new(m), info));
         *g = Some(Arc::clone(&m));
         Ok(m)
     }
@@ -108,8 +108,31 @@ mod imp {
     use super::super::llm::{GenParams, Generation, Generator, GeneratorInfo, LlmError, Prompt};
     use super::super::local::{ChatMessage, LocalEmbedder, LocalLlm, Role};
 
-    /// SmolLM2 behind [`Generator`], with its identity.
-    pub struct LocalGenerator(pub Arc<LocalLlm>, pub GeneratorInfo);
+    /// SmolLM2 behind [`Generator`], with its identity. One generation runs at a time (it
+    /// uses every core); at most [`LOCAL_QUEUE`] more wait for it, each on no thread at all.
+    /// Beyond that a request is refused at once with RESOURCE_EXHAUSTED instead of pinning
+    /// a blocking thread for minutes.
+    pub struct LocalGenerator(
+        pub Arc<LocalLlm>,
+        pub GeneratorInfo,
+        Arc<tokio::sync::Semaphore>,
+        Arc<tokio::sync::Semaphore>,
+    );
+
+    /// Requests that may wait for the local model.
+    pub const LOCAL_QUEUE: usize = 8;
+
+    impl LocalGenerator {
+        /// Wraps a loaded model.
+        pub fn new(model: Arc<LocalLlm>, info: GeneratorInfo) -> Self {
+            LocalGenerator(
+                model,
+                info,
+                Arc::new(tokio::sync::Semaphore::new(1 + LOCAL_QUEUE)),
+                Arc::new(tokio::sync::Semaphore::new(1)),
+            )
+        }
+    }
 
     /// Sets the flag when the generating future is dropped (the caller went away).
     struct CancelOnDrop(Arc<AtomicBool>);
@@ -137,6 +160,18 @@ mod imp {
             p: GenParams,
             tokens: Option<UnboundedSender<String>>,
         ) -> Result<Generation, LlmError> {
+            // A place in the queue, or a refusal; then the single running slot (awaited
+            // without a thread).
+            let _queued = Arc::clone(&self.2)
+                .try_acquire_owned()
+                .map_err(|_| LlmError::Busy {
+                    provider: "local".into(),
+                    queued: LOCAL_QUEUE,
+                })?;
+            let _running = Arc::clone(&self.3)
+                .acquire_owned()
+                .await
+                .map_err(|_| LlmError::Cancelled)?;
             let cancel = Arc::new(AtomicBool::new(false));
             let _guard = CancelOnDrop(Arc::clone(&cancel));
             let model = Arc::clone(&self.0);

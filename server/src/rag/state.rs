@@ -233,9 +233,13 @@ impl RagState {
 
     /// Adds tokens to `tenant`'s usage today; returns the new total.
     pub fn add_usage(&self, tenant: &str, tokens: u64) -> ApiResult<u64> {
-        let day = today();
+        self.adjust(tenant, today(), i128::from(tokens))
+    }
+
+    fn adjust(&self, tenant: &str, day: u64, delta: i128) -> ApiResult<u64> {
         let mut g = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let n = self.load(&mut g, tenant, day)?.saturating_add(tokens);
+        let now = i128::from(self.load(&mut g, tenant, day)?);
+        let n = u64::try_from((now + delta).max(0)).unwrap_or(u64::MAX);
         g.insert((tenant.to_owned(), day), n);
         self.store.put(
             AuxSpace::App,
@@ -244,11 +248,80 @@ impl RagState {
         )?;
         Ok(n)
     }
+
+    /// Checks `need` tokens against `tenant`'s daily `budget` and takes them, in one step
+    /// under the usage lock: concurrent requests cannot all pass the check and overspend.
+    /// The reservation is settled with what the call really used, or given back if dropped.
+    pub fn reserve(&self, tenant: &str, need: u64, budget: u64) -> ApiResult<Reservation<'_>> {
+        let day = today();
+        {
+            let mut g = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let used = self.load(&mut g, tenant, day)?;
+            if used.saturating_add(need) > budget {
+                metrics::counter!("quiver_rag_budget_refusals_total").increment(1);
+                return Err(ApiError::TooLarge(format!(
+                    "token budget exhausted: tenant {tenant} used {used} of {budget} tokens today (UTC, including requests in flight); this request needs up to {need}"
+                )));
+            }
+            g.insert((tenant.to_owned(), day), used + need);
+        }
+        Ok(Reservation {
+            state: self,
+            tenant: tenant.to_owned(),
+            day,
+            tokens: need,
+        })
+    }
+}
+
+/// Tokens taken from a budget by [`RagState::reserve`].
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    state: &'a RagState,
+    tenant: String,
+    day: u64,
+    tokens: u64,
+}
+
+impl Reservation<'_> {
+    /// Replaces the reservation with the tokens really used; returns the day's total.
+    pub fn settle(mut self, used: u64) -> ApiResult<u64> {
+        let held = std::mem::take(&mut self.tokens);
+        self.state
+            .adjust(&self.tenant, self.day, i128::from(used) - i128::from(held))
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.tokens > 0
+            && let Err(e) = self
+                .state
+                .adjust(&self.tenant, self.day, -i128::from(self.tokens))
+        {
+            tracing::warn!(error = %e, "cannot return a token reservation");
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_reservations_are_atomic_and_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = quiver_storage::Engine::open(dir.path(), Default::default()).expect("engine");
+        let st = RagState::new(engine.aux());
+        let a = st.reserve("t", 60, 100).expect("first fits");
+        // The second would fit against what was *used*, but not against what is reserved.
+        let e = st.reserve("t", 60, 100).expect_err("over budget");
+        assert!(e.to_string().contains("in flight"), "{e}");
+        assert_eq!(a.settle(30).expect("settle"), 30);
+        let b = st.reserve("t", 60, 100).expect("fits after settling");
+        drop(b); // an abandoned call gives its reservation back
+        assert_eq!(st.used("t").expect("used"), 30);
+    }
 
     #[test]
     fn review_lifecycle_and_usage_survive_reopen() {

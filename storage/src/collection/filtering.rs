@@ -36,6 +36,16 @@ pub enum PayloadUpdate {
     Overwrite,
 }
 
+/// Bounds on what one payload update may write (0: no bound). They travel with the update
+/// (in the replicated log too), so every replica refuses or applies it alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PayloadLimits {
+    /// Largest merged payload of one point, bytes.
+    pub per_point: usize,
+    /// Largest total of the merged payloads, bytes.
+    pub total: usize,
+}
+
 /// Builds a sealed segment's field indexes from its stored payloads on a background thread
 /// (at open, or when fields are declared); filters read payloads until they are ready.
 pub(super) fn build_fields(
@@ -428,6 +438,7 @@ impl Collection {
         cursor: Option<RowKey>,
         limit: usize,
         opts: ReadOptions,
+        budget: usize,
     ) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
         let snap = self.snapshot();
         let allowed = self.allowed_rows(&snap, f)?;
@@ -446,7 +457,7 @@ impl Collection {
                 keys.push((seg, row));
             }
         }
-        Ok((self.resolve(&snap, &keys, opts)?, next))
+        self.page_within(&snap, &keys, next, opts, budget)
     }
 
     /// Deletes every point passing `f`; returns how many and the LSN.
@@ -482,7 +493,7 @@ impl Collection {
         unset: &[String],
         mode: PayloadUpdate,
     ) -> Result<(u64, Lsn)> {
-        self.update_payload_seq(ids, set, unset, mode, 0)
+        self.update_payload_seq(ids, set, unset, mode, PayloadLimits::default(), 0)
     }
 
     /// [`Collection::update_payload`] stamped with sequence number `seq` (0 = none).
@@ -492,16 +503,22 @@ impl Collection {
         set: &serde_json::Map<String, Value>,
         unset: &[String],
         mode: PayloadUpdate,
+        limits: PayloadLimits,
         seq: u64,
     ) -> Result<(u64, Lsn)> {
-        let current = self.get(
+        // Ids are deduplicated by `get`; the read itself is bounded like the writes (a point
+        // is read with its old payload, then rewritten with the merged one).
+        let read_budget = limits.total.saturating_mul(2);
+        let current = self.get_within(
             ids,
             ReadOptions {
                 with_vectors: true,
                 with_payload: true,
             },
+            read_budget,
         )?;
         let mut writes = Vec::with_capacity(current.len());
+        let mut total = 0usize;
         for p in current {
             let mut obj = match mode {
                 PayloadUpdate::Overwrite => serde_json::Map::new(),
@@ -517,6 +534,27 @@ impl Collection {
             }
             let payload = serde_json::to_vec(&Value::Object(obj))
                 .map_err(|e| Error::invalid("payload", e.to_string()))?;
+            if limits.per_point > 0 && payload.len() > limits.per_point {
+                return Err(Error::TooLarge {
+                    field: "set_json".into(),
+                    detail: format!(
+                        "the merged payload of point {} would be {} bytes; the limit is {} (server.max_payload_bytes)",
+                        p.id,
+                        payload.len(),
+                        limits.per_point
+                    ),
+                });
+            }
+            total = total.saturating_add(payload.len());
+            if limits.total > 0 && total > limits.total {
+                return Err(Error::TooLarge {
+                    field: "ids".into(),
+                    detail: format!(
+                        "the update would rewrite more than {} bytes of payloads (server.max_message_bytes); update fewer ids at a time",
+                        limits.total
+                    ),
+                });
+            }
             writes.push(PointWrite {
                 id: p.id,
                 vector: p.vector.unwrap_or_default(),

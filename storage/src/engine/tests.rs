@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::types::{Metric, PointId, PointWrite, ReadOptions, SearchParams};
+use crate::types::{Metric, PointId, PointRecord, PointWrite, ReadOptions, SearchParams};
 
 fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig {
     CollectionConfig {
@@ -315,7 +315,7 @@ fn check(c: &Collection, model: &BTreeMap<u64, (f32, bool)>) -> Result<(), TestC
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let (page, next) = c.scroll(cursor, 7, ReadOptions::default()).unwrap();
+        let (page, next) = c.scroll(cursor, 7, ReadOptions::default(), 0).unwrap();
         seen.extend(page.into_iter().map(|r| r.id));
         match next {
             Some(n) => cursor = Some(n),
@@ -323,7 +323,33 @@ fn check(c: &Collection, model: &BTreeMap<u64, (f32, bool)>) -> Result<(), TestC
         }
     }
     seen.sort();
-    prop_assert_eq!(seen, want_sorted);
+    prop_assert_eq!(&seen, &want_sorted);
+    // A byte budget ends pages early but still yields every point exactly once.
+    let opts = ReadOptions {
+        with_vectors: true,
+        with_payload: true,
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = c.scroll(cursor, 7, opts, 120).unwrap();
+        prop_assert!(page.iter().map(PointRecord::response_bytes).sum::<usize>() <= 120);
+        prop_assert!(!page.is_empty() || next.is_none());
+        seen.extend(page.into_iter().map(|r| r.id));
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    prop_assert_eq!(&seen, &want_sorted);
+    // Repeated ids are answered once; a budget too small for them is refused, not exceeded.
+    let twice: Vec<PointId> = want.iter().chain(want.iter()).cloned().collect();
+    prop_assert_eq!(c.get(&twice, opts).unwrap().len(), want.len());
+    if !want.is_empty() {
+        let e = c.get_within(&twice, opts, 10).unwrap_err();
+        prop_assert!(matches!(e, crate::Error::TooLarge { .. }), "{e}");
+    }
     Ok(())
 }
 
@@ -684,6 +710,7 @@ fn filtered_search_keeps_recall_at_every_selectivity() {
                 with_vectors: false,
                 with_payload: true,
             },
+            0,
         )
         .unwrap();
     assert!(next.is_none());

@@ -191,6 +191,7 @@ impl Calibration {
             f.sync_all()?;
         }
         fs::rename(&tmp, dir.join(FILE_NAME))?;
+        crate::wal::sync_dir(dir)?;
         Ok(())
     }
 

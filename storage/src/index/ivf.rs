@@ -58,6 +58,11 @@ pub struct IvfPqParams {
     pub seed: u64,
 }
 
+/// Most coarse lists an index may have.
+pub const MAX_NLIST: usize = 65_536;
+/// Fewest training rows per list: an explicit nlist above rows / this is lowered.
+pub const MIN_ROWS_PER_LIST: usize = 39;
+
 impl IvfPqParams {
     /// Defaults from the data: nlist ≈ 4·√N, m from [`pq::default_m`] (8-bit) or
     /// [`pq::default_m4`] (4-bit); explicit values win.
@@ -69,8 +74,10 @@ impl IvfPqParams {
         bits: u32,
     ) -> IvfPqParams {
         let nlist = nlist
-            .unwrap_or_else(|| ((4.0 * (rows as f64).sqrt()).round() as usize).clamp(1, 65_536))
-            .clamp(1, rows.max(1));
+            .unwrap_or_else(|| ((4.0 * (rows as f64).sqrt()).round() as usize).clamp(1, MAX_NLIST))
+            // k-means needs ~39 training rows per centroid (FAISS warns below that); more lists
+            // than that only costs memory and time.
+            .clamp(1, (rows / MIN_ROWS_PER_LIST).max(1));
         IvfPqParams {
             nlist,
             m: m.unwrap_or_else(|| {
@@ -131,7 +138,7 @@ pub fn build(
         ));
     }
     let ksub = 1usize << params.bits;
-    let nlist = params.nlist.clamp(1, n.max(1));
+    let nlist = params.nlist.clamp(1, (n / MIN_ROWS_PER_LIST).max(1));
     let t0 = std::time::Instant::now();
     // Calibration queries are held out of training, so they behave as unseen queries.
     let held = calibrate::held_out(n, params.seed);

@@ -1,0 +1,956 @@
+//! A hostile client against a real `quiverd`: requests built to crash the server, exhaust its
+//! memory or CPU, flood its metrics, or widen a key's powers. Each case asserts the precise
+//! status naming the limit, that the server still answers, that its peak memory (VmHWM) stayed
+//! under a stated bound, and that acknowledged data is intact.
+use std::time::Duration;
+
+use quiver_client::{Client, Headers, num_id, pb};
+use quiver_tests::{Server, fails_with, free_port, http_get, ok};
+use serde_json::Value;
+
+/// Peak memory a server may reach in these tests (the debug build idles at ~60 MiB and the
+/// largest legitimate request here is a few MiB; the attacks, unbounded, reach gigabytes).
+const PEAK_MIB: u64 = 1024;
+
+async fn create(c: &mut Client, name: &str, dim: u32) {
+    c.collections
+        .create(pb::CreateCollectionRequest {
+            name: name.into(),
+            dim,
+            metric: pb::Metric::L2 as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+}
+
+async fn upsert(c: &mut Client, name: &str, points: Vec<pb::Point>) {
+    c.points
+        .upsert(pb::UpsertRequest {
+            collection: name.into(),
+            points,
+            ..Default::default()
+        })
+        .await
+        .expect("upsert");
+}
+
+fn point(i: u64, payload: Option<String>) -> pb::Point {
+    pb::Point {
+        id: Some(num_id(i)),
+        vector: vec![i as f32, 1.0],
+        payload_json: payload,
+    }
+}
+
+async fn count(c: &mut Client, name: &str) -> u64 {
+    c.points
+        .count(pb::CountRequest {
+            collection: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the server still answers")
+        .into_inner()
+        .count
+}
+
+fn assert_status(e: &tonic::Status, code: tonic::Code, needles: &[&str]) {
+    assert_eq!(e.code(), code, "{e:?}");
+    for n in needles {
+        assert!(e.message().contains(n), "{n:?} not in {:?}", e.message());
+    }
+}
+
+fn big_payload(bytes: usize) -> String {
+    format!("{{\"blob\":\"{}\"}}", "x".repeat(bytes))
+}
+
+#[tokio::test]
+async fn deep_filters_are_refused_while_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let mut c = s.client().await;
+    create(&mut c, "c", 2).await;
+    upsert(&mut c, "c", vec![point(1, Some("{\"a\":1}".into()))]).await;
+    // The report: 30,000 parentheses from the CLI overflowed a worker's stack.
+    let deep = format!("{}a = 1{}", "(".repeat(30_000), ")".repeat(30_000));
+    fails_with(
+        &s.cli(&["count", "--collection", "c", "--filter", &deep]),
+        &["INVALID_ARGUMENT", "nested deeper than 16"],
+    );
+    // `not` recursion and a proto tree nested through conditions fail the same way.
+    let nots = format!("{}a = 1", "not ".repeat(50_000));
+    let e = c
+        .points
+        .count(pb::CountRequest {
+            collection: "c".into(),
+            filter: Some(pb::Filter {
+                text: nots,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::InvalidArgument,
+        &["filter.text", "nested deeper"],
+    );
+    let mut tree = pb::Filter {
+        text: "a = 1".into(),
+        ..Default::default()
+    };
+    for _ in 0..60 {
+        tree = pb::Filter {
+            must: vec![pb::Condition {
+                kind: Some(pb::condition::Kind::Filter(tree)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+    }
+    let e = c
+        .points
+        .count(pb::CountRequest {
+            collection: "c".into(),
+            filter: Some(tree),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    // prost's own decode limit (100) or ours (16): either way refused, never a crash.
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::InvalidArgument | tonic::Code::Internal
+        ),
+        "{e:?}"
+    );
+    assert_eq!(count(&mut c, "c").await, 1);
+    assert_eq!(
+        ok(&s.cli(&["count", "--collection", "c", "--filter", "((a = 1))"])),
+        "1"
+    );
+    assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
+}
+
+#[tokio::test]
+async fn repeated_ids_cannot_multiply_the_work_of_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        // Responses and payload updates are bounded by the message size.
+        &[(
+            "QUIVER__SERVER__MAX_MESSAGE_BYTES",
+            &(8u32 << 20).to_string(),
+        )],
+    )
+    .await;
+    let mut c = s.client().await;
+    create(&mut c, "c", 2).await;
+    // Ten points with 900 KB payloads each: 9 MB of acknowledged data.
+    for i in 0..10 {
+        upsert(&mut c, "c", vec![point(i, Some(big_payload(900_000)))]).await;
+    }
+    // Get repeating one big id 90,000 times: answered once.
+    let got = c
+        .points
+        .get(pb::GetPointsRequest {
+            collection: "c".into(),
+            ids: vec![num_id(3); 90_000],
+            with_payload: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.points.len(), 1);
+    // Every big point at once exceeds the 8 MiB response budget: refused, not built.
+    let e = c
+        .points
+        .get(pb::GetPointsRequest {
+            collection: "c".into(),
+            ids: (0..10).map(num_id).chain((0..10).map(num_id)).collect(),
+            with_payload: true,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused: the answer would exceed the budget");
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["ids", "response budget"],
+    );
+    // A scroll page of them ends early instead; paging still returns every point once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = c
+            .points
+            .scroll(pb::ScrollRequest {
+                collection: "c".into(),
+                limit: 10,
+                cursor: cursor.clone(),
+                with_payload: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.points.len() < 10, "a page is cut to the budget");
+        seen.extend(page.points.iter().map(|p| format!("{:?}", p.id)));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen.len(), 10);
+
+    // UpdatePayload repeating one id 90,000 times with a 40 KB set: applied once.
+    let set = big_payload(40_000);
+    let out = c
+        .points
+        .update_payload(pb::UpdatePayloadRequest {
+            collection: "c".into(),
+            ids: vec![num_id(3); 90_000],
+            set_json: set.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.updated, 1);
+    // Many distinct ids × a big set: refused before the log, naming the limit.
+    upsert(
+        &mut c,
+        "c",
+        (100..2100).map(|i| point(i, None)).collect::<Vec<_>>(),
+    )
+    .await;
+    let e = c
+        .points
+        .update_payload(pb::UpdatePayloadRequest {
+            collection: "c".into(),
+            ids: (100..2100).map(num_id).collect(),
+            set_json: big_payload(10_000),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["server.max_message_bytes"],
+    );
+    // A merge that would outgrow the payload limit: refused, the stored payload untouched.
+    let e = c
+        .points
+        .update_payload(pb::UpdatePayloadRequest {
+            collection: "c".into(),
+            ids: vec![num_id(5)],
+            set_json: "{\"more\":\"".to_owned() + &"y".repeat(200_000) + "\"}",
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["set_json", "max_payload_bytes"],
+    );
+    // Small updates of many ids still work.
+    let out = c
+        .points
+        .update_payload(pb::UpdatePayloadRequest {
+            collection: "c".into(),
+            ids: (100..2100).map(num_id).collect(),
+            set_json: "{\"k\":1}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.updated, 2000);
+    // Acknowledged data is intact.
+    let five = c
+        .points
+        .get(pb::GetPointsRequest {
+            collection: "c".into(),
+            ids: vec![num_id(5)],
+            with_payload: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let v: Value = serde_json::from_str(five.points[0].payload_json.as_deref().unwrap()).unwrap();
+    assert_eq!(v["blob"].as_str().unwrap().len(), 900_000);
+    assert!(v.get("more").is_none());
+    assert_eq!(count(&mut c, "c").await, 2010);
+    assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
+}
+
+#[tokio::test]
+async fn huge_k_times_batch_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let mut c = s.client().await;
+    create(&mut c, "c", 2).await;
+    upsert(&mut c, "c", (0..100).map(|i| point(i, None)).collect()).await;
+    let q = |k: u32, refine: Option<u32>| pb::SearchRequest {
+        collection: "c".into(),
+        vector: vec![1.0, 1.0],
+        k,
+        refine_factor: refine,
+        ..Default::default()
+    };
+    let e = c
+        .search
+        .search_batch(pb::SearchBatchRequest {
+            searches: vec![q(10_000, None); 1000],
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["searches", "candidates"],
+    );
+    let e = c.search.search(q(10_000, Some(1000))).await.unwrap_err();
+    assert_status(
+        &e,
+        tonic::Code::InvalidArgument,
+        &["refine_factor", "candidates"],
+    );
+    let hits = c
+        .search
+        .search(q(10, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 10);
+    assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
+}
+
+#[tokio::test]
+async fn unknown_methods_share_one_metric_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let s = Server::start_with(dir.path(), &[("QUIVER__SERVER__METRICS_LISTEN", &listen)]).await;
+    let ch = tonic::transport::Endpoint::from_shared(s.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let before = http_get(&listen, "/metrics").await.len();
+    for i in 0..500 {
+        let mut g = tonic::client::Grpc::new(ch.clone());
+        g.ready().await.unwrap();
+        let path: http::uri::PathAndQuery = format!("/evil.Service{i}/Method{i}").parse().unwrap();
+        let e = g
+            .unary::<_, pb::CountResponse, _>(
+                tonic::Request::new(pb::CountRequest::default()),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    }
+    let metrics = http_get(&listen, "/metrics").await;
+    assert!(
+        !metrics.contains("evil.Service"),
+        "random paths became series"
+    );
+    assert!(
+        metrics.contains("method=\"unknown\""),
+        "counted under `unknown`"
+    );
+    // 500 paths would have added ~500 × 20 histogram lines; one label adds a few.
+    assert!(
+        metrics.len() < before + 20_000,
+        "/metrics grew from {before} to {} bytes",
+        metrics.len()
+    );
+    let mut c = s.client().await;
+    create(&mut c, "c", 2).await;
+    assert_eq!(count(&mut c, "c").await, 0);
+}
+
+#[tokio::test]
+async fn giant_documents_and_create_settings_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &[("QUIVER__LIMITS__MAX_COLLECTIONS", "3")]).await;
+    let mut c = s.client().await;
+    // nlist beyond segment_max_rows / 39.
+    let e = c
+        .collections
+        .create(pb::CreateCollectionRequest {
+            name: "n".into(),
+            dim: 8,
+            metric: pb::Metric::L2 as i32,
+            segment_max_rows: Some(1000),
+            index: Some(pb::IndexParams {
+                kind: pb::IndexKind::IvfPq as i32,
+                nlist: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::InvalidArgument,
+        &["index.nlist", "segment_max_rows / 39"],
+    );
+    // A giant document, and metadata that would be copied into thousands of chunks.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::IngestDocumentsRequest {
+        collection: "docs".into(),
+        create: true,
+        documents: vec![pb::Document {
+            id: "big".into(),
+            text: "word ".repeat(4 << 20),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let e = c
+        .rag
+        .ingest_documents(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["documents[0].text", "at most"],
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::IngestDocumentsRequest {
+        collection: "docs".into(),
+        create: true,
+        documents: vec![pb::Document {
+            id: "meta".into(),
+            text: "a sentence of some words. ".repeat(200_000),
+            metadata_json: Some(big_payload(200_000)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let e = c
+        .rag
+        .ingest_documents(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .err()
+        .expect("refused");
+    assert_status(&e, tonic::Code::ResourceExhausted, &["metadata_json"]);
+    // The collection cap.
+    for n in ["a", "b", "c"] {
+        create(&mut c, n, 2).await;
+    }
+    let e = c
+        .collections
+        .create(pb::CreateCollectionRequest {
+            name: "d".into(),
+            dim: 2,
+            metric: pb::Metric::L2 as i32,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["limits.max_collections"],
+    );
+    assert_eq!(count(&mut c, "a").await, 0);
+    assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
+}
+
+const ADMIN: &str = "bootstrap-admin-key-0123456789";
+
+fn as_key(s: &Server, key: &str, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["--api-key", key];
+    a.extend_from_slice(args);
+    s.cli(&a)
+}
+
+#[tokio::test]
+async fn a_scoped_admin_key_cannot_widen_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[
+            ("QUIVER__AUTH__ENABLED", "true"),
+            ("QUIVER_ADMIN_KEY", ADMIN),
+        ],
+    )
+    .await;
+    for c in ["a", "b"] {
+        ok(&as_key(
+            &s,
+            ADMIN,
+            &["collection", "create", c, "--dim", "2"],
+        ));
+    }
+    let make = |role: &str, cols: &str| -> String {
+        let v: Value = serde_json::from_str(&ok(&as_key(
+            &s,
+            ADMIN,
+            &[
+                "key",
+                "create",
+                "--role",
+                role,
+                "--collections",
+                cols,
+                "--json",
+            ],
+        )))
+        .unwrap();
+        v["key"].as_str().unwrap().to_owned()
+    };
+    let admin_a = make("admin", "a");
+    let _reader_b = make("read", "b");
+    // Minting a key wider than itself, or for another collection: refused.
+    fails_with(
+        &as_key(&s, &admin_a, &["key", "create", "--role", "admin"]),
+        &["PERMISSION_DENIED", "cannot mint a key for all collections"],
+    );
+    fails_with(
+        &as_key(
+            &s,
+            &admin_a,
+            &["key", "create", "--role", "read", "--collections", "a,b"],
+        ),
+        &["PERMISSION_DENIED", "cannot mint"],
+    );
+    // Within scope: fine.
+    ok(&as_key(
+        &s,
+        &admin_a,
+        &["key", "create", "--role", "read", "--collections", "a"],
+    ));
+    // It sees only keys within its scope (not the bootstrap-made key for b).
+    let listed = ok(&as_key(&s, &admin_a, &["key", "list", "--json"]));
+    assert!(!listed.contains("\"b\""), "{listed}");
+    // Whole-server snapshots, other collections' audit and reviews: refused.
+    fails_with(
+        &as_key(&s, &admin_a, &["snapshot", "create", "s1"]),
+        &["PERMISSION_DENIED", "whole server"],
+    );
+    fails_with(
+        &as_key(&s, &admin_a, &["snapshot", "list"]),
+        &["PERMISSION_DENIED"],
+    );
+    fails_with(
+        &as_key(&s, &admin_a, &["audit", "list"]),
+        &["PERMISSION_DENIED", "set collection"],
+    );
+    fails_with(
+        &as_key(&s, &admin_a, &["audit", "list", "--collection", "b"]),
+        &["PERMISSION_DENIED"],
+    );
+    fails_with(
+        &as_key(&s, &admin_a, &["review", "list"]),
+        &["PERMISSION_DENIED"],
+    );
+    ok(&as_key(
+        &s,
+        &admin_a,
+        &["audit", "list", "--collection", "a"],
+    ));
+    // Restoring one collection --as another, outside the scope: refused.
+    ok(&as_key(&s, ADMIN, &["snapshot", "create", "s1"]));
+    fails_with(
+        &as_key(
+            &s,
+            &admin_a,
+            &[
+                "snapshot",
+                "restore",
+                "s1",
+                "--collection",
+                "a",
+                "--as",
+                "b",
+            ],
+        ),
+        &["PERMISSION_DENIED"],
+    );
+    fails_with(
+        &as_key(
+            &s,
+            &admin_a,
+            &["snapshot", "restore", "s1", "--collection", "b"],
+        ),
+        &["PERMISSION_DENIED"],
+    );
+    // Both collections are still there.
+    assert_eq!(ok(&as_key(&s, ADMIN, &["count", "--collection", "b"])), "0");
+}
+
+#[tokio::test]
+async fn a_whole_restore_does_not_revive_revoked_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[
+            ("QUIVER__AUTH__ENABLED", "true"),
+            ("QUIVER_ADMIN_KEY", ADMIN),
+        ],
+    )
+    .await;
+    ok(&as_key(
+        &s,
+        ADMIN,
+        &["collection", "create", "a", "--dim", "2"],
+    ));
+    let v: Value = serde_json::from_str(&ok(&as_key(
+        &s,
+        ADMIN,
+        &["key", "create", "--role", "read", "--json"],
+    )))
+    .unwrap();
+    let (key, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
+    ok(&as_key(&s, key, &["count", "--collection", "a"]));
+    ok(&as_key(&s, ADMIN, &["snapshot", "create", "before"]));
+    ok(&as_key(&s, ADMIN, &["key", "revoke", id]));
+    fails_with(
+        &as_key(&s, key, &["count", "--collection", "a"]),
+        &["revoked"],
+    );
+    ok(&as_key(&s, ADMIN, &["snapshot", "restore", "before"]));
+    fails_with(
+        &as_key(&s, key, &["count", "--collection", "a"]),
+        &["UNAUTHENTICATED", "revoked"],
+    );
+}
+
+#[tokio::test]
+async fn failed_authentication_is_rate_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[
+            ("QUIVER__AUTH__ENABLED", "true"),
+            ("QUIVER_ADMIN_KEY", ADMIN),
+        ],
+    )
+    .await;
+    let bad = Client::connect_with(
+        &s.addr,
+        Headers::new(&[("authorization", "Bearer qk_0123456789abcdef_guess")]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let mut b = bad.clone();
+        let e = b
+            .collections
+            .list(pb::ListCollectionsRequest::default())
+            .await
+            .unwrap_err();
+        codes.push(e.code());
+    }
+    let unauth = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::Unauthenticated)
+        .count();
+    let throttled = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
+    assert!((18..=22).contains(&unauth), "{codes:?}");
+    assert_eq!(unauth + throttled, 40, "{codes:?}");
+}
+
+/// A one-node cluster, with `env` on top.
+async fn cluster_node(dir: &std::path::Path, env: &[(&str, &str)]) -> (Server, String) {
+    let raft = format!("127.0.0.1:{}", free_port());
+    let peers = format!("1={raft}");
+    let mut all = vec![
+        ("QUIVER__CLUSTER__NODE_ID", "1"),
+        ("QUIVER__CLUSTER__LISTEN", raft.as_str()),
+        ("QUIVER__CLUSTER__PEERS", peers.as_str()),
+    ];
+    all.extend_from_slice(env);
+    (Server::start_with(dir, &all).await, raft)
+}
+
+async fn raft_client(
+    addr: &str,
+) -> quiver_proto::internal::raft_client::RaftClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    quiver_proto::internal::raft_client::RaftClient::new(ch)
+}
+
+#[tokio::test]
+async fn the_cluster_port_needs_the_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef-secret\n").unwrap();
+    let data = dir.path().join("data");
+    let (s, raft) = cluster_node(
+        &data,
+        &[
+            ("QUIVER__AUTH__ENABLED", "true"),
+            ("QUIVER_ADMIN_KEY", ADMIN),
+            ("QUIVER__CLUSTER__SECRET_FILE", secret.to_str().unwrap()),
+        ],
+    )
+    .await;
+    ok(&as_key(
+        &s,
+        ADMIN,
+        &["collection", "create", "a", "--dim", "2"],
+    ));
+    // An unauthenticated peer gets nothing from any internal method.
+    let mut rc = raft_client(&raft).await;
+    let body = || quiver_proto::internal::RaftBytes { data: vec![0; 16] };
+    for e in [
+        rc.local_status(body()).await.unwrap_err(),
+        rc.forward(body()).await.unwrap_err(),
+        rc.vote(body()).await.unwrap_err(),
+        rc.append_entries(body()).await.unwrap_err(),
+        rc.install_snapshot(body()).await.unwrap_err(),
+    ] {
+        assert_status(&e, tonic::Code::Unauthenticated, &["cluster port"]);
+    }
+    // A peer with another secret: refused too, then throttled.
+    let wrong = quiver_server::cluster::guard::ClusterKey::new(&[b'z'; 40]).unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        let mut req = tonic::Request::new(body());
+        wrong.sign_request(quiver_server::cluster::net::path::LOCAL_STATUS, &mut req);
+        codes.push(rc.local_status(req).await.unwrap_err().code());
+    }
+    assert!(codes.contains(&tonic::Code::Unauthenticated), "{codes:?}");
+    assert!(codes.contains(&tonic::Code::ResourceExhausted), "{codes:?}");
+    // Data and the API are untouched.
+    assert_eq!(ok(&as_key(&s, ADMIN, &["count", "--collection", "a"])), "0");
+    ok(&as_key(&s, ADMIN, &["cluster", "status"]));
+}
+
+#[tokio::test]
+async fn snapshot_ids_from_peers_cannot_name_paths() {
+    use openraft::{StoredMembership, Vote};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "fedcba9876543210fedcba9876543210-secret";
+    let data = dir.path().join("data");
+    let (s, raft) = cluster_node(&data, &[("QUIVER_CLUSTER_SECRET", secret)]).await;
+    let key = quiver_server::cluster::guard::ClusterKey::new(secret.as_bytes()).unwrap();
+    let mut rc = raft_client(&raft).await;
+    for id in ["../../../../tmp/quiver-escape", "/etc/passwd", "a.snap"] {
+        let req: openraft::raft::InstallSnapshotRequest<quiver_server::cluster::TypeConfig> =
+            openraft::raft::InstallSnapshotRequest {
+                vote: Vote::new(99, 2),
+                meta: openraft::SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: id.into(),
+                },
+                offset: 0,
+                data: b"not a snapshot".to_vec(),
+                done: true,
+            };
+        let mut r = tonic::Request::new(quiver_proto::internal::RaftBytes {
+            data: bincode::serialize(&req).unwrap(),
+        });
+        key.sign_request(quiver_server::cluster::net::path::INSTALL_SNAPSHOT, &mut r);
+        let e = rc.install_snapshot(r).await.unwrap_err();
+        assert_status(&e, tonic::Code::InvalidArgument, &["snapshot_id"]);
+    }
+    assert!(!std::path::Path::new("/tmp/quiver-escape.snap").exists());
+    let mut c = s.client().await;
+    create(&mut c, "c", 2).await;
+    assert_eq!(count(&mut c, "c").await, 0);
+}
+
+#[tokio::test]
+async fn auth_with_an_open_cluster_port_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(quiver_tests::bin("quiverd"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("QUIVER__AUTH__ENABLED", "true")
+        .env("QUIVER__CLUSTER__NODE_ID", "1")
+        .env("QUIVER__CLUSTER__LISTEN", &raft)
+        .env("QUIVER__CLUSTER__PEERS", format!("1={raft}"))
+        .env_remove("QUIVER_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster port") && err.contains("insecure"),
+        "{err}"
+    );
+    // With the explicit escape hatch it runs, and says so.
+    let (s, _) = cluster_node(
+        &dir.path().join("d2"),
+        &[
+            ("QUIVER__AUTH__ENABLED", "true"),
+            ("QUIVER_ADMIN_KEY", ADMIN),
+            ("QUIVER__CLUSTER__INSECURE", "true"),
+        ],
+    )
+    .await;
+    ok(&as_key(&s, ADMIN, &["collection", "list"]));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_the_same_ca_without_a_member_name_is_no_peer() {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let certs = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let k = KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &ca, &ca_key).unwrap();
+        (c.pem(), k.serialize_pem())
+    };
+    let (node_pem, node_key) = leaf(vec!["127.0.0.1".into()]);
+    let (api_pem, api_key) = leaf(vec!["api-client.example".into()]);
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(p("node.pem"), &node_pem).unwrap();
+    std::fs::write(p("node.key"), &node_key).unwrap();
+    let data = certs.path().join("data");
+    let (s, raft) = cluster_node(
+        &data,
+        &[
+            ("QUIVER__CLUSTER__TLS_CERT", &p("node.pem")),
+            ("QUIVER__CLUSTER__TLS_KEY", &p("node.key")),
+            ("QUIVER__CLUSTER__TLS_CA", &p("ca.pem")),
+        ],
+    )
+    .await;
+    let call = |cert: String, key: String| {
+        let (ca, raft) = (ca.pem(), raft.clone());
+        async move {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{raft}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await;
+            match ch {
+                Err(e) => Err(e.to_string()),
+                Ok(ch) => quiver_proto::internal::raft_client::RaftClient::new(ch)
+                    .local_status(quiver_proto::internal::RaftBytes::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            }
+        }
+    };
+    // The member's own certificate works; an API client's, from the same CA, does not.
+    call(node_pem.clone(), node_key.clone())
+        .await
+        .expect("a member is a peer");
+    assert!(call(api_pem, api_key).await.is_err());
+    let mut c = s.client().await;
+    create(&mut c, "c", 2).await;
+    assert_eq!(count(&mut c, "c").await, 0);
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_replicates_with_the_secret() {
+    // The shared secret interoperates between real nodes: writes replicate, reads agree.
+    let base = tempfile::tempdir().unwrap();
+    let secret = "abcdefabcdefabcdefabcdefabcdefabcdef";
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let (id, listen) = ((i + 1).to_string(), format!("127.0.0.1:{p}"));
+        nodes.push(
+            Server::start_with(
+                &base.path().join(&id),
+                &[
+                    ("QUIVER__CLUSTER__NODE_ID", &id),
+                    ("QUIVER__CLUSTER__LISTEN", &listen),
+                    ("QUIVER__CLUSTER__PEERS", &peers),
+                    ("QUIVER__CLUSTER__HEARTBEAT_MS", "50"),
+                    ("QUIVER__CLUSTER__ELECTION_TIMEOUT_MS", "400"),
+                    ("QUIVER_CLUSTER_SECRET", secret),
+                ],
+            )
+            .await,
+        );
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let out = nodes[0].cli(&["collection", "create", "r", "--dim", "2"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no leader: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = nodes[1].client().await;
+    upsert(&mut c, "r", (0..5).map(|i| point(i, None)).collect()).await;
+    for n in &nodes {
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = ok(&n.cli(&["--consistency", "leader", "count", "--collection", "r"]))
+                .parse()
+                .unwrap_or(0);
+            if seen == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, 5);
+    }
+}
