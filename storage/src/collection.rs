@@ -299,12 +299,27 @@ fn apply(
 impl Collection {
     /// Opens a collection from its catalog record: maps the sealed segments, removes leftovers
     /// of interrupted seals, and replays the WAL after the checkpoint.
+    /// `fresh`: the directory is new (just created, or just imported) and has no WAL yet;
+    /// otherwise a collection without a WAL file lost its log, which is DATA_LOSS, never an
+    /// empty log.
     pub(crate) fn open(
         record: CollectionRecord,
         dir: PathBuf,
         meta: Arc<dyn MetaStore>,
         fsync: FsyncPolicy,
+        fresh: bool,
     ) -> Result<Collection> {
+        let wal_dir = dir.join("wal");
+        if !fresh && (!wal_dir.is_dir() || crate::wal::list_files(&wal_dir)?.is_empty()) {
+            return Err(Error::corrupt(
+                &wal_dir,
+                0,
+                format!(
+                    "collection {}: no WAL file where the catalog expects its log (checkpoint at LSN {}): acknowledged writes may be lost",
+                    record.config.name, record.checkpoint_lsn
+                ),
+            ));
+        }
         let seg_dir = dir.join("segments");
         fs::create_dir_all(&seg_dir)?;
         let dim = record.config.dim;

@@ -73,10 +73,12 @@ fn read_u64(meta: &dyn MetaStore, root: &Path, key: &[u8]) -> Result<Option<u64>
 }
 
 /// Opens every collection of the catalog and removes collection directories it does not list.
+/// `fresh`: the directories were just imported (they have no WAL yet).
 fn open_catalog(
     meta: &Arc<dyn MetaStore>,
     root: &Path,
     fsync: FsyncPolicy,
+    fresh: bool,
 ) -> Result<BTreeMap<String, Arc<Collection>>> {
     let mut collections = BTreeMap::new();
     let mut known = std::collections::HashSet::new();
@@ -91,7 +93,7 @@ fn open_catalog(
         known.insert(record.uid.to_string());
         let name = record.config.name.clone();
         let dir = root.join("collections").join(record.uid.to_string());
-        let c = Collection::open(record, dir, Arc::clone(meta), fsync)?;
+        let c = Collection::open(record, dir, Arc::clone(meta), fsync, fresh)?;
         collections.insert(name, Arc::new(c));
     }
     for entry in fs::read_dir(root.join("collections"))? {
@@ -114,7 +116,7 @@ impl Engine {
             tracing::warn!("an import was interrupted: no collection is opened until it is redone");
             BTreeMap::new()
         } else {
-            open_catalog(&meta, root, options.fsync)?
+            open_catalog(&meta, root, options.fsync, false)?
         };
         let catalog_seq = read_u64(meta.as_ref(), root, CATALOG_SEQ)?.unwrap_or(0);
         Ok(Engine {
@@ -206,6 +208,7 @@ impl Engine {
             dir,
             Arc::clone(&self.meta),
             self.options.fsync,
+            true,
         )?);
         self.write().insert(config.name, Arc::clone(&c));
         Ok(c)

@@ -273,7 +273,7 @@ impl Wal {
     }
 }
 
-fn list_files(dir: &Path) -> Result<Vec<Lsn>> {
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<Lsn>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();

@@ -171,6 +171,9 @@ impl Engine {
             fs::rename(&from, cols.join(uid.to_string()))?;
         }
         crate::wal::sync_dir(&cols)?;
+        // Opened (which gives every imported collection its WAL) before the import is marked
+        // done: from then on a collection without a WAL file has lost its log.
+        let opened = open_catalog(&self.meta, &self.root, self.options.fsync, true)?;
         self.meta.write(vec![
             MetaOp::Delete(Space::Catalog, IMPORT_PENDING.to_vec()),
             MetaOp::Put(
@@ -179,7 +182,6 @@ impl Engine {
                 info.catalog_seq.to_le_bytes().to_vec(),
             ),
         ])?;
-        let opened = open_catalog(&self.meta, &self.root, self.options.fsync)?;
         *self.write() = opened;
         self.catalog_seq.store(info.catalog_seq, Ordering::Release);
         self.import_pending.store(false, Ordering::Release);

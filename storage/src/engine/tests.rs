@@ -255,6 +255,32 @@ fn drop_and_recreate_starts_empty() {
     assert_eq!(engine.collection("d").unwrap().count(), 0);
 }
 
+#[test]
+fn a_lost_wal_is_data_loss_not_an_empty_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine
+        .create_collection(config("w", 2, Metric::L2, 1000))
+        .unwrap();
+    c.upsert(vec![PointWrite {
+        id: PointId::Num(1),
+        vector: vec![1.0, 0.0],
+        payload: None,
+    }])
+    .unwrap();
+    let wal = c.dir().join("wal");
+    drop((c, engine));
+    // The acknowledged write lives only in the WAL: losing its files must not open as empty.
+    for f in std::fs::read_dir(&wal).unwrap().flatten() {
+        std::fs::remove_file(f.path()).unwrap();
+    }
+    match Engine::open(dir.path(), EngineOptions::default()) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("no WAL file"), "{detail}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("opened without its WAL"),
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Upsert(Vec<(u64, f32, bool)>),
