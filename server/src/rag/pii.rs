@@ -84,7 +84,8 @@ fn national_id_ok(s: &str) -> bool {
 /// 9 to 15 digits (E.164's maximum), and not a dotted IPv4 address.
 fn phone_ok(s: &str) -> bool {
     let dotted_quad = s.split('.').count() == 4
-        && s.split('.').all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+        && s.split('.')
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
     (9..=15).contains(&digits(s).len()) && !dotted_quad
 }
 
@@ -309,7 +310,10 @@ mod tests {
     #[test]
     fn full_width_ssn_and_zero_width_split_card() {
         let r = Redactor::default();
-        assert_eq!(r.redact("ＳＳＮ １２３－４５－６７８９").text, "ＳＳＮ [NATIONAL_ID_1]");
+        assert_eq!(
+            r.redact("ＳＳＮ １２３－４５－６７８９").text,
+            "ＳＳＮ [NATIONAL_ID_1]"
+        );
         let t = "pay 4111\u{200b}1111\u{200b}1111\u{200b}1111 now";
         assert_eq!(r.redact(t).text, "pay [CARD_1] now");
     }
@@ -317,7 +321,12 @@ mod tests {
     #[test]
     fn lower_case_ni_numbers() {
         let r = Redactor::default();
-        for t in ["qq123456c", "qq 12 34 56 c", "Ab 12 34 56 c", "ＱＱ１２３４５６Ｃ"] {
+        for t in [
+            "qq123456c",
+            "qq 12 34 56 c",
+            "Ab 12 34 56 c",
+            "ＱＱ１２３４５６Ｃ",
+        ] {
             let red = r.redact(&format!("NI {t}."));
             assert_eq!(red.text, "NI [NATIONAL_ID_1].", "{t}");
             assert_eq!(red.map[0].1, t);
