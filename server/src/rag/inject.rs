@@ -279,6 +279,8 @@ mod measure {
     #[test]
     #[ignore = "needs the corpus wheels; run benches/rag/run_injection.sh"]
     fn injection_corpus_figures() {
+        // The test harness has printed "test … " without a line break.
+        println!();
         let dir = corpus_dir();
         for (name, f) in [
             ("before", super::baseline::reasons as Flagger),
