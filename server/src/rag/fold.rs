@@ -24,8 +24,8 @@ pub enum Mode {
     /// For matching: decomposed, marks and format characters dropped, look-alikes mapped,
     /// ASCII lower-cased, every Unicode space a space and every line break `\n`.
     Match,
-    /// Like `Match` but keeping case and letters (only `< > | / :` look-alikes mapped): what a
-    /// defanged delimiter is shown as.
+    /// Like `Match` but keeping case and leaving Cyrillic and Greek letters alone (only the
+    /// `< > | / :` look-alikes are mapped): what a defanged delimiter is shown as.
     Display,
     /// For PII: a character becomes ASCII only when its compatibility form is one ASCII
     /// character (full-width `４` → `4`; superscripts and circled digits stay, so `10¹²` does
