@@ -13,6 +13,7 @@ pub mod cache;
 pub mod chunk;
 pub mod embed;
 pub mod extract;
+pub mod fold;
 pub mod inject;
 pub mod llm;
 #[cfg(feature = "local-models")]
