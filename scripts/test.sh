@@ -15,3 +15,5 @@ cargo build --workspace --bins --locked
 # deploy/: Kubernetes manifests against the API schemas, the Dockerfile, the ConfigMap's config.
 bash scripts/check-deploy.sh
 cargo test --workspace --locked
+# Coverage-guided fuzzing (libFuzzer): a short smoke of every target; scripts/fuzz.sh run for long runs.
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz.sh smoke

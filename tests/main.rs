@@ -7,6 +7,7 @@ mod cluster;
 mod compaction;
 mod crash;
 mod filters;
+mod fuzz_seeds;
 mod hostile;
 mod index;
 mod ingest;
