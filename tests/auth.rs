@@ -1,16 +1,9 @@
 //! API keys: every role against every kind of RPC and collection, through the real CLI.
-use std::process::Output;
 
-use quiver_tests::{Server, fails_with, ok};
+use quiver_tests::{Server, as_key, fails_with, ok};
 use serde_json::Value;
 
 const ADMIN: &str = "bootstrap-admin-key-0123456789";
-
-fn as_key(s: &Server, key: &str, args: &[&str]) -> Output {
-    let mut a = vec!["--api-key", key];
-    a.extend_from_slice(args);
-    s.cli(&a)
-}
 
 fn new_key(s: &Server, role: &str, collections: Option<&str>) -> (String, String) {
     let mut args = vec!["key", "create", "--role", role, "--json"];

@@ -819,3 +819,27 @@ async fn nodes_speak_mutual_tls_on_the_cluster_port() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_authenticate_each_other_with_the_cluster_secret() {
+    // Every internal call carries the secret's MAC: writes replicate, reads agree.
+    let c = TestCluster::start(
+        3,
+        &[(
+            "QUIVER_CLUSTER_SECRET",
+            "abcdefabcdefabcdefabcdefabcdefabcdef",
+        )],
+    )
+    .await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    create(c.node(follower)).await;
+    let mut cl = c.node(follower).client().await;
+    upsert(&mut cl, (0..5).map(|i| point(i, i as f32)).collect())
+        .await
+        .unwrap();
+    c.wait_caught_up(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        assert_eq!(ok(&c.node(i).cli(&["count", "--collection", "r"])), "5");
+    }
+}

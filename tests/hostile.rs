@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use quiver_client::{Client, Headers, num_id, pb};
-use quiver_tests::{Server, fails_with, free_port, http_get, ok};
+use quiver_tests::{Server, as_key, fails_with, free_port, http_get, ok};
 use serde_json::Value;
 
 /// Peak memory a server may reach in these tests (the debug build idles at ~60 MiB and the
@@ -74,6 +74,20 @@ fn assert_status(e: &tonic::Status, code: tonic::Code, needles: &[&str]) {
     for n in needles {
         assert!(e.message().contains(n), "{n:?} not in {:?}", e.message());
     }
+}
+
+/// One IngestDocuments message creating collection `docs`; the call must be refused.
+async fn ingest_refused(c: &mut Client, doc: pb::Document) -> tonic::Status {
+    let msg = pb::IngestDocumentsRequest {
+        collection: "docs".into(),
+        create: true,
+        documents: vec![doc],
+        ..Default::default()
+    };
+    c.rag
+        .ingest_documents(tokio_stream::iter([msg]))
+        .await
+        .refused()
 }
 
 fn big_payload(bytes: usize) -> String {
@@ -423,50 +437,30 @@ async fn giant_documents_and_create_settings_are_capped() {
         &["index.nlist", "segment_max_rows / 39"],
     );
     // A giant document, and metadata that would be copied into thousands of chunks.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::IngestDocumentsRequest {
-        collection: "docs".into(),
-        create: true,
-        documents: vec![pb::Document {
+    let e = ingest_refused(
+        &mut c,
+        pb::Document {
             id: "big".into(),
             text: "word ".repeat(4 << 20),
             ..Default::default()
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    drop(tx);
-    let e = c
-        .rag
-        .ingest_documents(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .refused();
+        },
+    )
+    .await;
     assert_status(
         &e,
         tonic::Code::ResourceExhausted,
         &["documents[0].text", "at most"],
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::IngestDocumentsRequest {
-        collection: "docs".into(),
-        create: true,
-        documents: vec![pb::Document {
+    let e = ingest_refused(
+        &mut c,
+        pb::Document {
             id: "meta".into(),
             text: "a sentence of some words. ".repeat(200_000),
             metadata_json: Some(big_payload(200_000)),
             ..Default::default()
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    drop(tx);
-    let e = c
-        .rag
-        .ingest_documents(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .refused();
+        },
+    )
+    .await;
     assert_status(&e, tonic::Code::ResourceExhausted, &["metadata_json"]);
     // The collection cap.
     for n in ["a", "b", "c"] {
@@ -492,12 +486,6 @@ async fn giant_documents_and_create_settings_are_capped() {
 }
 
 const ADMIN: &str = "bootstrap-admin-key-0123456789";
-
-fn as_key(s: &Server, key: &str, args: &[&str]) -> std::process::Output {
-    let mut a = vec!["--api-key", key];
-    a.extend_from_slice(args);
-    s.cli(&a)
-}
 
 #[tokio::test]
 async fn a_scoped_admin_key_cannot_widen_itself() {
@@ -898,63 +886,4 @@ async fn a_certificate_from_the_same_ca_without_a_member_name_is_no_peer() {
     let mut c = s.client().await;
     create(&mut c, "c", 2).await;
     assert_eq!(count(&mut c, "c").await, 0);
-}
-
-#[tokio::test]
-async fn a_three_node_cluster_replicates_with_the_secret() {
-    // The shared secret interoperates between real nodes: writes replicate, reads agree.
-    let base = tempfile::tempdir().unwrap();
-    let secret = "abcdefabcdefabcdefabcdefabcdefabcdef";
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
-        let (id, listen) = ((i + 1).to_string(), format!("127.0.0.1:{p}"));
-        nodes.push(
-            Server::start_with(
-                &base.path().join(&id),
-                &[
-                    ("QUIVER__CLUSTER__NODE_ID", &id),
-                    ("QUIVER__CLUSTER__LISTEN", &listen),
-                    ("QUIVER__CLUSTER__PEERS", &peers),
-                    ("QUIVER__CLUSTER__HEARTBEAT_MS", "50"),
-                    ("QUIVER__CLUSTER__ELECTION_TIMEOUT_MS", "400"),
-                    ("QUIVER_CLUSTER_SECRET", secret),
-                ],
-            )
-            .await,
-        );
-    }
-    let started = std::time::Instant::now();
-    loop {
-        let out = nodes[0].cli(&["collection", "create", "r", "--dim", "2"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no leader: {out:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let mut c = nodes[1].client().await;
-    upsert(&mut c, "r", (0..5).map(|i| point(i, None)).collect()).await;
-    for n in &nodes {
-        let mut seen = 0;
-        for _ in 0..100 {
-            seen = ok(&n.cli(&["--consistency", "leader", "count", "--collection", "r"]))
-                .parse()
-                .unwrap_or(0);
-            if seen == 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(seen, 5);
-    }
 }

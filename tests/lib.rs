@@ -257,6 +257,13 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// Runs the `quiver` CLI against `s` with an API key.
+pub fn as_key(s: &Server, key: &str, args: &[&str]) -> Output {
+    let mut a = vec!["--api-key", key];
+    a.extend_from_slice(args);
+    s.cli(&a)
+}
+
 /// A 127.0.0.1 port free right now (for a second listener of a server, e.g. metrics).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
