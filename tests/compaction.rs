@@ -47,6 +47,31 @@ fn contents(s: &Server) -> Vec<(u64, u64, Vec<f32>)> {
     rows
 }
 
+type Row = (u64, u64, Vec<f32>);
+
+/// Asserts `got == want`, naming the ids that are missing, extra or different.
+fn assert_same(got: &[Row], want: &[Row], what: &str) {
+    if got == want {
+        return;
+    }
+    let by_id = |rows: &[Row]| -> std::collections::BTreeMap<u64, Row> {
+        rows.iter().map(|r| (r.0, r.clone())).collect()
+    };
+    let (g, w) = (by_id(got), by_id(want));
+    let missing: Vec<u64> = w.keys().filter(|k| !g.contains_key(k)).copied().collect();
+    let extra: Vec<u64> = g.keys().filter(|k| !w.contains_key(k)).copied().collect();
+    let changed: Vec<(u64, u64, u64)> = w
+        .iter()
+        .filter_map(|(k, r)| g.get(k).filter(|x| *x != r).map(|x| (*k, r.1, x.1)))
+        .collect();
+    panic!(
+        "{what}: {} rows, want {}; missing {missing:?}; extra {extra:?}; changed (id, want version, got version) {changed:?}; duplicates {}",
+        got.len(),
+        want.len(),
+        got.len() - g.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_and_manual_compaction_keep_every_point() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,11 +109,7 @@ async fn background_and_manual_compaction_keep_every_point() {
         st = stats(&s);
     }
     assert_eq!(st["points"], 1000);
-    assert_eq!(
-        contents(&s),
-        before,
-        "compaction changed what a scroll reads"
-    );
+    assert_same(&contents(&s), &before, "after background compaction");
     let metrics = http_get(&metrics_addr, "/metrics").await;
     let reclaimed = metrics
         .lines()
@@ -120,7 +141,7 @@ async fn background_and_manual_compaction_keep_every_point() {
         .filter(|r| !(600..620).contains(&r.0))
         .cloned()
         .collect();
-    assert_eq!(contents(&s), want);
+    assert_same(&contents(&s), &want, "after forced compaction");
     // The nearest neighbour of a moved point is itself.
     let q = format!("{:?}", vector(700 * 10 + 1, 8));
     let hits = ok(&s.cli(&["search", "--collection", "c", "--k", "1", "--vector", &q]));
@@ -144,5 +165,5 @@ async fn background_and_manual_compaction_keep_every_point() {
             }
         })
         .collect();
-    assert_eq!(contents(&s), want);
+    assert_same(&contents(&s), &want, "after kill -9 and restart");
 }

@@ -485,6 +485,17 @@ impl Collection {
         self.log_and_apply(WalRecord::Delete(ids), seq)
     }
 
+    /// Where a scroll resumes in `snap` (see [`compaction::resume_cursor`]).
+    fn resume(&self, snap: &Snapshot, cursor: Option<RowKey>) -> Result<RowKey> {
+        let Some(cursor) = cursor else {
+            return Ok((0, 0));
+        };
+        let frozen = snap.frozen.as_ref().map(|f| read(f).id);
+        let mutable = read(&snap.mutable).id;
+        let visible = |id| snap.has_sealed(id) || Some(id) == frozen || id == mutable;
+        compaction::resume_cursor(&read(&self.moves), visible, cursor)
+    }
+
     fn snapshot(&self) -> Snapshot {
         let st = read(&self.state);
         Snapshot {
@@ -851,7 +862,7 @@ impl Collection {
         budget: usize,
     ) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
         let snap = self.snapshot();
-        let (start_seg, start_row) = cursor.unwrap_or((0, 0));
+        let (start_seg, start_row) = self.resume(&snap, cursor)?;
         let mut keys = Vec::with_capacity(limit);
         let mut next = None;
         'outer: {

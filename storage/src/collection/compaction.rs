@@ -43,9 +43,10 @@ use crate::segment::sealed::{
 use crate::segment::{RowKey, SegmentId};
 use crate::types::{IndexKind, MIN_INDEXED_ROWS};
 
-/// How long a move stays published after its commit: a reader's segment list lives for one
-/// request, far less than this.
-const MOVE_TTL: Duration = Duration::from_secs(60);
+/// How long a move stays published after its commit. A reader's segment list lives for one
+/// request, far less than this; a scroll cursor taken before a compaction resumes across it
+/// for this long (see [`resume_cursor`]).
+pub(crate) const MOVE_TTL: Duration = Duration::from_secs(600);
 
 /// What counts as worth compacting, and the disk budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,6 +132,42 @@ pub(crate) fn translate(
         }
     }
     None
+}
+
+/// Where a scroll cursor resumes when its segment has been compacted away since it was
+/// issued: at the first moved row at or after it, following chains of compactions. `visible`
+/// says which segments (sealed, frozen, mutable) the reader sees. A cursor whose segment is
+/// neither visible nor a recent victim (a forged cursor, or one older than [`MOVE_TTL`] or a
+/// restart) is refused: resuming from the next segment could return rows twice.
+pub(crate) fn resume_cursor(
+    moves: &[Arc<Moved>],
+    visible: impl Fn(SegmentId) -> bool,
+    cursor: RowKey,
+) -> Result<RowKey> {
+    let (mut seg, mut row) = cursor;
+    // Each step moves to a strictly newer compaction's output, so this ends.
+    for _ in 0..=moves.len() {
+        if visible(seg) {
+            return Ok((seg, row));
+        }
+        let Some(m) = moves.iter().find(|m| m.forward.contains_key(&seg)) else {
+            break;
+        };
+        if m.origin.is_empty() {
+            // Every row was dead: nothing was written, the scan goes on after it.
+            return Ok((m.new_id, 0));
+        }
+        let at = m.origin.partition_point(|o| *o < (seg, row));
+        (seg, row) = (m.new_id, at as u32);
+    }
+    Err(crate::error::Error::invalid(
+        "cursor",
+        format!(
+            "stale scroll cursor: segment {} of it no longer exists (compacted more than {} s ago, or before a restart); start the scroll again",
+            cursor.0,
+            MOVE_TTL.as_secs()
+        ),
+    ))
 }
 
 /// Picks the first run of consecutive segments worth rewriting: it holds a segment with many
@@ -463,5 +500,46 @@ mod tests {
         // Unknown segments and rows out of range.
         assert_eq!(translate(&m, after, 7, 0), None);
         assert_eq!(translate(&m, before, 21, 99), None);
+    }
+
+    #[test]
+    fn a_scroll_cursor_resumes_across_compactions() {
+        let mut m = moved();
+        let after = |s: SegmentId| s == 21 || s == 30;
+        // The first moved row at or after the cursor: row 1 of segment 10 died, row 2 is next.
+        assert_eq!(resume_cursor(&m, after, (10, 1)).unwrap(), (21, 1));
+        assert_eq!(resume_cursor(&m, after, (20, 0)).unwrap(), (21, 2));
+        // Past a victim's last row: the next victim's first.
+        assert_eq!(resume_cursor(&m, after, (10, 3)).unwrap(), (21, 2));
+        assert_eq!(resume_cursor(&m, after, (20, 2)).unwrap(), (21, 4));
+        // A visible segment is left alone.
+        assert_eq!(resume_cursor(&m, after, (30, 5)).unwrap(), (30, 5));
+        // A chain: 21 and 30 merged into 31, row 0 of 21 dead by then.
+        m.push(Arc::new(Moved {
+            new_id: 31,
+            origin: vec![(21, 1), (21, 2), (21, 3), (30, 0)],
+            forward: HashMap::from([(21, vec![GONE, 0, 1, 2]), (30, vec![3])]),
+            published: Instant::now(),
+        }));
+        let last = |s: SegmentId| s == 31;
+        assert_eq!(resume_cursor(&m, last, (10, 0)).unwrap(), (31, 0));
+        assert_eq!(resume_cursor(&m, last, (20, 1)).unwrap(), (31, 2));
+        // A compaction of only dead rows wrote nothing: the scan goes on after it.
+        let empty = vec![Arc::new(Moved {
+            new_id: 11,
+            origin: vec![],
+            forward: HashMap::from([(10, vec![GONE, GONE])]),
+            published: Instant::now(),
+        })];
+        assert_eq!(
+            resume_cursor(&empty, |s| s == 20, (10, 1)).unwrap(),
+            (11, 0)
+        );
+        // Forged or expired: refused, naming the field.
+        let e = resume_cursor(&m, last, (15, 0)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cursor: stale scroll cursor: segment 15"),
+            "{e}"
+        );
     }
 }

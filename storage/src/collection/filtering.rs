@@ -441,8 +441,8 @@ impl Collection {
         budget: usize,
     ) -> Result<(Vec<PointRecord>, Option<RowKey>)> {
         let snap = self.snapshot();
+        let (start_seg, start_row) = self.resume(&snap, cursor)?;
         let allowed = self.allowed_rows(&snap, f)?;
-        let (start_seg, start_row) = cursor.unwrap_or((0, 0));
         let mut segs: Vec<(&SegmentId, &RoaringBitmap)> = allowed.iter().collect();
         segs.sort_by_key(|(id, _)| **id);
         let mut keys = Vec::with_capacity(limit);
