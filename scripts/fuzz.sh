@@ -23,6 +23,10 @@ targets=(filter_text request_convert wal_record segment_files ivf_index_file sna
   raft_payload pii_redactor prompt_builder)
 [ $# -gt 0 ] && targets=("$@")
 san="${FUZZ_SANITIZER:-none}"
+# The file-format targets write (and fsync) a small segment, index or archive per input: on
+# tmpfs that costs no disk flush, which is most of their time on a disk.
+if [ -z "${FUZZ_TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then FUZZ_TMPDIR=/dev/shm; fi
+[ -n "${FUZZ_TMPDIR:-}" ] && export TMPDIR="$FUZZ_TMPDIR"
 cd fuzz
 cargo fuzz build -s "$san" --debug-assertions >/dev/null
 # Seed corpora are committed; tests/fuzz_seeds.rs rebuilds any that is missing.
