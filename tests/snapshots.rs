@@ -228,3 +228,111 @@ async fn one_collection_restores_under_a_new_name_or_in_place() {
         &["NOT_FOUND", "zz"],
     );
 }
+
+/// An in-place restore builds its copy aside and swaps it in at once: readers see the old
+/// collection whole until the swap, then the restored one, never a missing or half-filled
+/// collection; the copy is hidden from users; a `kill -9` midway leaves the live collection
+/// as it was, and the next restore completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_place_restore_swaps_a_complete_copy() {
+    use quiver_client::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s =
+        Server::start_with(dir.path(), &[("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "2000")]).await;
+    ok(&s.cli(&[
+        "collection",
+        "create",
+        "big",
+        "--dim",
+        "4",
+        "--metric",
+        "l2",
+    ]));
+    ok(&s.cli(&[
+        "upsert",
+        "--collection",
+        "big",
+        &points_file(dir.path(), 0, 30_000),
+    ]));
+    ok(&s.cli(&["snapshot", "create", "full"]));
+    let ids: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+    let mut args = vec!["delete", "--collection", "big"];
+    args.extend(ids.iter().map(String::as_str));
+    ok(&s.cli(&args));
+    let count = |c: &mut quiver_client::Client| {
+        let mut c = c.points.clone();
+        async move {
+            c.count(pb::CountRequest {
+                collection: "big".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().count)
+        }
+    };
+    let restore = |s: &Server| {
+        let addr = s.addr.clone();
+        tokio::spawn(async move {
+            let mut c = quiver_client::Client::connect(&addr)
+                .await
+                .expect("connect");
+            c.snapshots
+                .restore(pb::RestoreSnapshotRequest {
+                    name: "full".into(),
+                    collection: "big".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+
+    // Readers during the restore.
+    let mut c = s.client().await;
+    let job = restore(&s);
+    let mut seen = std::collections::BTreeSet::new();
+    while !job.is_finished() {
+        let n = count(&mut c).await.expect("the collection stays readable");
+        seen.insert(n);
+        let names = ok(&s.cli(&["collection", "list"]));
+        assert!(!names.contains("_restore"), "the copy is listed: {names}");
+    }
+    job.await.unwrap().expect("restore");
+    assert_eq!(count(&mut c).await.unwrap(), 30_000);
+    assert!(
+        seen.iter().all(|n| *n == 25_000 || *n == 30_000),
+        "a reader saw a partial collection: {seen:?}"
+    );
+    // The copy's name is not a user's.
+    let hidden = c
+        .points
+        .count(pb::CountRequest {
+            collection: "_restore-big".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden}");
+    fails_with(
+        &s.cli(&["collection", "create", "_restore-x", "--dim", "4"]),
+        &["INVALID_ARGUMENT", "name"],
+    );
+
+    // A crash midway: the live collection is as it was; the next restore completes.
+    ok(&s.cli(&args));
+    assert_eq!(count(&mut c).await.unwrap(), 25_000);
+    let job = restore(&s);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.kill9();
+    let _ = job.await;
+    s.restart().await;
+    let mut c = s.client().await;
+    let n = count(&mut c).await.expect("readable after the crash");
+    assert!(n == 25_000 || n == 30_000, "after a crash midway: {n}");
+    let names = ok(&s.cli(&["collection", "list"]));
+    assert!(!names.contains("_restore"), "the copy is listed: {names}");
+    ok(&s.cli(&["snapshot", "restore", "full", "--collection", "big"]));
+    assert_eq!(count(&mut c).await.unwrap(), 30_000);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&s.cli(&["collection", "info", "big", "--json"]))).unwrap();
+    assert_eq!(info["points"], 30_000, "{info}");
+}

@@ -386,6 +386,11 @@ impl Collection {
         &self.config
     }
 
+    /// The catalog record as of the last checkpoint or catalog change.
+    pub(crate) fn record(&self) -> CollectionRecord {
+        read(&self.state).record.clone()
+    }
+
     /// The collection's internal id.
     pub fn uid(&self) -> u64 {
         self.uid

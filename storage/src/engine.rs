@@ -20,7 +20,7 @@ use fs_err as fs;
 use crate::collection::{Collection, CollectionRecord, catalog_key, encode_record};
 use crate::error::{Error, Result};
 use crate::meta::{self, MetaOp, MetaStore, Space};
-use crate::types::{CollectionConfig, validate_collection_name};
+use crate::types::{CollectionConfig, is_staging_name, validate_collection_name};
 use crate::wal::FsyncPolicy;
 
 /// Engine-wide settings.
@@ -222,8 +222,20 @@ impl Engine {
         self.collections.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The collection called `name`.
+    /// The collection called `name`. A restore's hidden collection (see
+    /// [`Engine::replace_collection_seq`]) is not found under its name.
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        if is_staging_name(name) {
+            return Err(Error::CollectionNotFound {
+                name: name.to_owned(),
+            });
+        }
+        self.collection_or_staging(name)
+    }
+
+    /// [`Engine::collection`], and a restore's hidden collection too: for applying the writes
+    /// that build it.
+    pub fn collection_or_staging(&self, name: &str) -> Result<Arc<Collection>> {
         self.read()
             .get(name)
             .cloned()
@@ -232,9 +244,83 @@ impl Engine {
             })
     }
 
-    /// Every collection, by name.
+    /// Every collection, by name, without restores' hidden ones.
     pub fn list(&self) -> Vec<Arc<Collection>> {
+        self.read()
+            .iter()
+            .filter(|(name, _)| !is_staging_name(name))
+            .map(|(_, c)| Arc::clone(c))
+            .collect()
+    }
+
+    /// Every collection, with restores' hidden ones: what syncs, exports and Raft snapshots
+    /// must cover.
+    pub fn list_all(&self) -> Vec<Arc<Collection>> {
         self.read().values().cloned().collect()
+    }
+
+    /// Swaps the collection `staging` (a restore's hidden copy, complete) in as `target`, in
+    /// one catalog commit: `target`'s old data (if any) is dropped and `staging` is renamed.
+    /// A crash before the commit leaves `target` untouched; after it, the copy is `target`.
+    /// Readers that hold the old collection finish on its memory maps.
+    #[tracing::instrument(skip_all, fields(collection = %target))]
+    pub fn replace_collection_seq(
+        &self,
+        staging: &str,
+        target: &str,
+        seq: u64,
+    ) -> Result<Arc<Collection>> {
+        if !is_staging_name(staging) {
+            return Err(Error::invalid(
+                "staging",
+                format!("{staging} is not a restore's hidden collection"),
+            ));
+        }
+        validate_collection_name(target)?;
+        let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let src = self.collection_or_staging(staging)?;
+        let old = self.read().get(target).cloned();
+        // Everything sealed: the reopened copy maps segments and replays an empty log.
+        src.flush()?;
+        let mut record = src.record();
+        record.config.name = target.to_owned();
+        let mut ops = vec![
+            MetaOp::Delete(Space::Catalog, catalog_key(staging)),
+            MetaOp::Put(Space::Catalog, catalog_key(target), encode_record(&record)?),
+        ];
+        if let Some(o) = &old {
+            o.mark_dropped();
+            let (from, to) = (o.uid().to_be_bytes(), (o.uid() + 1).to_be_bytes());
+            ops.push(MetaOp::DeleteRange(Space::Ids, from.to_vec(), to.to_vec()));
+            ops.push(MetaOp::DeleteRange(
+                Space::Payloads,
+                from.to_vec(),
+                to.to_vec(),
+            ));
+        }
+        ops.extend(self.seq_op(seq));
+        src.mark_dropped();
+        // The copy's log is closed (no writer can reach it now) before it is reopened.
+        src.sync()?;
+        self.meta.write(ops)?;
+        self.note_seq(seq);
+        let dir = src.dir().to_path_buf();
+        let swapped = Arc::new(Collection::open(
+            record,
+            dir,
+            Arc::clone(&self.meta),
+            self.options.fsync,
+            false,
+        )?);
+        {
+            let mut map = self.write();
+            map.remove(staging);
+            map.insert(target.to_owned(), Arc::clone(&swapped));
+        }
+        if let Some(o) = old {
+            fs::remove_dir_all(o.dir())?;
+        }
+        Ok(swapped)
     }
 
     fn seq_op(&self, seq: u64) -> Option<MetaOp> {
@@ -259,9 +345,11 @@ impl Engine {
     /// [`Engine::drop_collection`] stamped with sequence number `seq` (0 = none).
     #[tracing::instrument(skip_all, fields(collection = %name))]
     pub fn drop_collection_seq(&self, name: &str, seq: u64) -> Result<()> {
-        validate_collection_name(name)?;
+        if !is_staging_name(name) {
+            validate_collection_name(name)?;
+        }
         let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-        let c = self.collection(name)?;
+        let c = self.collection_or_staging(name)?;
         let from = c.uid().to_be_bytes().to_vec();
         let to = (c.uid() + 1).to_be_bytes().to_vec();
         c.mark_dropped();
@@ -280,7 +368,7 @@ impl Engine {
 
     /// fsyncs every collection's WAL.
     pub fn sync_all(&self) -> Result<()> {
-        for c in self.list() {
+        for c in self.list_all() {
             c.sync()?;
         }
         Ok(())
@@ -290,7 +378,7 @@ impl Engine {
     /// [`Collection::sync_concurrently`]): every write applied before the call is durable
     /// when it returns.
     pub fn sync_all_concurrently(&self) -> Result<()> {
-        for c in self.list() {
+        for c in self.list_all() {
             c.sync_concurrently()?;
         }
         Ok(())

@@ -210,7 +210,9 @@ pub struct CollectionConfig {
 impl CollectionConfig {
     /// Validates every field.
     pub fn validate(&self) -> Result<()> {
-        validate_collection_name(&self.name)?;
+        if !is_staging_name(&self.name) {
+            validate_collection_name(&self.name)?;
+        }
         if self.dim == 0 || self.dim > MAX_DIM {
             return Err(Error::invalid(
                 "dim",
@@ -269,6 +271,23 @@ impl CollectionConfig {
 /// Collection names: 1–64 ASCII letters, digits, `_` and `-`, starting with a letter or digit.
 /// This keeps names out of path syntax altogether (no `/`, `\`, `.`, `..`), although the engine
 /// never builds a path from a name anyway (directories are named by a numeric uid).
+/// The prefix of the hidden collection a single-collection restore builds before it swaps it
+/// in (see [`Engine::replace_collection_seq`](crate::Engine::replace_collection_seq)). No user
+/// name can carry it: user names start with a letter or digit.
+pub const STAGING_PREFIX: &str = "_restore-";
+
+/// The hidden collection that a restore of `target` builds.
+pub fn staging_name(target: &str) -> String {
+    format!("{STAGING_PREFIX}{target}")
+}
+
+/// Whether `name` is a restore's hidden collection ([`STAGING_PREFIX`] and a valid name).
+pub fn is_staging_name(name: &str) -> bool {
+    name.strip_prefix(STAGING_PREFIX)
+        .is_some_and(|t| validate_collection_name(t).is_ok())
+}
+
+/// Checks a collection name a user gave.
 pub fn validate_collection_name(name: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if name.is_empty() {

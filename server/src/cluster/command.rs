@@ -78,6 +78,14 @@ pub enum Write {
         /// What the update may write, decided by the node that took the request.
         limits: PayloadLimits,
     },
+    /// Swap a restore's complete hidden copy in as `target` (dropping `target`'s old data) in
+    /// one catalog commit.
+    ReplaceCollection {
+        /// The hidden copy ([`quiver_storage::types::staging_name`]).
+        staging: String,
+        /// The collection it becomes.
+        target: String,
+    },
 }
 
 /// What a write did.
@@ -144,6 +152,10 @@ enum Op {
         key: String,
         present: bool,
     },
+    ReplaceCollection {
+        staging: String,
+        target: String,
+    },
 }
 
 /// Where replicated service records live in the `app` keyspace.
@@ -173,6 +185,7 @@ impl Write {
             | Write::SetLabel { collection, .. }
             | Write::UpdatePayload { collection, .. } => collection,
             Write::PutRecord { .. } => "",
+            Write::ReplaceCollection { target, .. } => target,
         }
     }
 
@@ -240,6 +253,10 @@ impl Write {
                     limits: *limits,
                 }
             }
+            Write::ReplaceCollection { staging, target } => Op::ReplaceCollection {
+                staging: staging.clone(),
+                target: target.clone(),
+            },
         };
         Command {
             op: serde_json::to_vec(&op).expect("invariant: ops serialise"),
@@ -282,6 +299,9 @@ impl Write {
                 key,
                 value,
             },
+            Op::ReplaceCollection { staging, target } => {
+                Write::ReplaceCollection { staging, target }
+            }
             Op::PutRecord { key, present } => Write::PutRecord {
                 key,
                 value: present.then(|| c.data.clone()),
@@ -309,14 +329,16 @@ impl Write {
         match self {
             // A blind put: applying it again leaves the same state.
             Write::PutRecord { .. } => false,
-            Write::CreateCollection(_) | Write::DropCollection(_) => seq <= engine.catalog_seq(),
+            Write::CreateCollection(_)
+            | Write::DropCollection(_)
+            | Write::ReplaceCollection { .. } => seq <= engine.catalog_seq(),
             Write::DeclareFields { .. }
             | Write::Upsert { .. }
             | Write::Delete { .. }
             | Write::DeleteByFilter { .. }
             | Write::SetLabel { .. }
             | Write::UpdatePayload { .. } => engine
-                .collection(self.collection())
+                .collection_or_staging(self.collection())
                 .is_ok_and(|c| seq <= c.applied_seq()),
         }
     }
@@ -337,23 +359,31 @@ impl Write {
                 engine.drop_collection_seq(&name, seq)?;
                 Ok(done(0, 0))
             }
+            Write::ReplaceCollection { staging, target } => {
+                let c = engine.replace_collection_seq(&staging, &target, seq)?;
+                Ok(done(c.count(), 0))
+            }
             Write::DeclareFields { collection, fields } => {
-                let c = engine.collection(&collection)?;
+                let c = engine.collection_or_staging(&collection)?;
                 c.declare_fields_seq(&fields, seq)?;
                 Ok(done(0, c.last_lsn()))
             }
             Write::Upsert { collection, points } => {
                 let n = points.len() as u64;
-                let lsn = engine.collection(&collection)?.upsert_seq(points, seq)?;
+                let lsn = engine
+                    .collection_or_staging(&collection)?
+                    .upsert_seq(points, seq)?;
                 Ok(done(n, lsn))
             }
             Write::Delete { collection, ids } => {
-                let (n, lsn) = engine.collection(&collection)?.delete_seq(ids, seq)?;
+                let (n, lsn) = engine
+                    .collection_or_staging(&collection)?
+                    .delete_seq(ids, seq)?;
                 Ok(done(n, lsn))
             }
             Write::DeleteByFilter { collection, filter } => {
                 let (n, lsn) = engine
-                    .collection(&collection)?
+                    .collection_or_staging(&collection)?
                     .delete_by_filter_seq(&filter, seq)?;
                 Ok(done(n, lsn))
             }
@@ -373,7 +403,7 @@ impl Write {
                 key,
                 value,
             } => {
-                let c = engine.collection(&collection)?;
+                let c = engine.collection_or_staging(&collection)?;
                 c.set_label_seq(&key, value.as_deref(), seq)?;
                 Ok(done(0, c.last_lsn()))
             }
@@ -391,7 +421,7 @@ impl Write {
                     PayloadUpdate::Merge
                 };
                 let (n, lsn) = engine
-                    .collection(&collection)?
+                    .collection_or_staging(&collection)?
                     .update_payload_seq(&ids, &set, &unset, mode, limits, seq)?;
                 Ok(done(n, lsn))
             }

@@ -125,6 +125,8 @@ impl Collections for CollectionsService {
             schema: convert::schema(&r.schema)?,
             labels: Default::default(),
         };
+        // A user's name, never a restore's hidden one.
+        quiver_storage::types::validate_collection_name(&config.name).map_err(ApiError::from)?;
         config.validate().map_err(ApiError::from)?;
         let most = self.state.settings.limits.max_collections;
         if most > 0 && engine.list().len() >= most as usize {

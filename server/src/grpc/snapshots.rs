@@ -295,6 +295,9 @@ impl SnapshotsService {
         Ok(info)
     }
 
+    /// Builds the restored copy as a hidden collection through the normal write path, then
+    /// swaps it in with one replicated catalog change: the live collection keeps serving, whole,
+    /// until the copy is complete, and a failure or crash midway leaves it untouched.
     async fn load_collection(
         &self,
         engine: &quiver_storage::Engine,
@@ -303,22 +306,50 @@ impl SnapshotsService {
     ) -> ApiResult<u64> {
         use crate::cluster::command::Write;
         let source = src.config().name.clone();
-        if engine.collection(target).is_ok() {
-            if target != source {
-                return Err(ApiError::Precondition(format!(
-                    "collection {target} exists: drop it first, or restore under another name"
-                )));
-            }
+        if engine.collection(target).is_ok() && target != source {
+            return Err(ApiError::Precondition(format!(
+                "collection {target} exists: drop it first, or restore under another name"
+            )));
+        }
+        let _one = RestoreGuard::take(target)?;
+        let staging = quiver_storage::types::staging_name(target);
+        // The copy of a restore that crashed or failed midway.
+        if engine.collection_or_staging(&staging).is_ok() {
             self.state
-                .write(Write::DropCollection(target.to_owned()))
+                .write(Write::DropCollection(staging.clone()))
                 .await?;
         }
         let mut config = src.config().clone();
-        config.name = target.to_owned();
-        // Pages of about 4 MiB of vectors: one log entry each on a cluster.
-        let page = (4 << 20) / (config.dim * 4).max(1);
-        let page = page.clamp(1, 1000);
+        config.name = staging.clone();
         self.state.write(Write::CreateCollection(config)).await?;
+        match self.fill(src, &staging).await {
+            Ok(n) => {
+                self.state
+                    .write(Write::ReplaceCollection {
+                        staging,
+                        target: target.to_owned(),
+                    })
+                    .await?;
+                Ok(n)
+            }
+            Err(e) => {
+                if let Err(d) = self.state.write(Write::DropCollection(staging)).await {
+                    tracing::warn!(collection = %target, error = %d, "cannot drop a failed restore's copy; the next restore of it drops it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies every point of `src` into `collection`, in pages of about 4 MiB of vectors (one
+    /// log entry each on a cluster).
+    async fn fill(
+        &self,
+        src: &Arc<quiver_storage::engine::ExportedCollection>,
+        collection: &str,
+    ) -> ApiResult<u64> {
+        use crate::cluster::command::Write;
+        let page = ((4 << 20) / (src.config().dim * 4).max(1)).clamp(1, 1000);
         let mut cursor = Some((0, 0));
         let mut n = 0;
         while let Some(c) = cursor {
@@ -328,7 +359,7 @@ impl SnapshotsService {
             if !points.is_empty() {
                 self.state
                     .write(Write::Upsert {
-                        collection: target.to_owned(),
+                        collection: collection.to_owned(),
                         points,
                     })
                     .await?;
@@ -336,6 +367,32 @@ impl SnapshotsService {
             cursor = next;
         }
         Ok(n)
+    }
+}
+
+/// One restore per target collection at a time on this node (a second would drop the first's
+/// copy under it).
+struct RestoreGuard(String);
+
+static RESTORING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl RestoreGuard {
+    fn take(target: &str) -> ApiResult<RestoreGuard> {
+        let mut running = RESTORING.lock().unwrap_or_else(|p| p.into_inner());
+        if running.iter().any(|t| t == target) {
+            return Err(ApiError::Precondition(format!(
+                "a restore of collection {target} is already running"
+            )));
+        }
+        running.push(target.to_owned());
+        Ok(RestoreGuard(target.to_owned()))
+    }
+}
+
+impl Drop for RestoreGuard {
+    fn drop(&mut self) {
+        let mut running = RESTORING.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|t| *t != self.0);
     }
 }
 

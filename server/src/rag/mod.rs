@@ -470,6 +470,7 @@ pub fn doc_collection(
     create: Option<&pb::RagConfig>,
     segment_max_rows: u32,
 ) -> ApiResult<DocCollection> {
+    quiver_storage::types::validate_collection_name(name)?;
     let c = match (engine.collection(name), create) {
         (Ok(c), _) => c,
         (Err(quiver_storage::Error::CollectionNotFound { .. }), Some(wanted)) => {

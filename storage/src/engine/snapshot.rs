@@ -90,7 +90,8 @@ impl Engine {
         }
         fs::create_dir_all(dir.join("collections"))?;
         let _catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-        let cols = self.list();
+        // Restores' hidden copies too: the catalog checkpoint names them.
+        let cols = self.list_all();
         let mut guards: Vec<_> = cols.iter().map(|c| c.seal_lock()).collect();
         for (c, g) in cols.iter().zip(guards.iter_mut()) {
             c.seal_with(g, true)?;

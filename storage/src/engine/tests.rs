@@ -1267,3 +1267,81 @@ fn scroll_cursors_survive_compaction_between_pages() {
         "{e}"
     );
 }
+
+/// A restore's hidden copy swaps in for the live collection in one catalog commit, stays
+/// swapped after a reopen, and is never listed or found under its own name.
+#[test]
+fn a_staging_copy_replaces_the_live_collection() {
+    use crate::types::staging_name;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let write = |c: &Collection, ids: std::ops::Range<u64>, x: f32| {
+        let pts = ids
+            .map(|n| PointWrite {
+                id: id_of(n),
+                vector: vec![x, n as f32],
+                payload: None,
+            })
+            .collect();
+        c.upsert(pts).unwrap();
+    };
+    let live = engine
+        .create_collection(config("t", 2, Metric::L2, 50))
+        .unwrap();
+    write(&live, 0..120, 1.0);
+    let staging = staging_name("t");
+    let copy = engine
+        .create_collection(config(&staging, 2, Metric::L2, 50))
+        .unwrap();
+    write(&copy, 100..180, 2.0);
+    assert_eq!(engine.list().len(), 1, "the copy is not listed");
+    assert!(
+        engine.collection(&staging).is_err(),
+        "nor found by its name"
+    );
+    assert_eq!(engine.list_all().len(), 2);
+
+    let old_dir = live.dir().to_path_buf();
+    let swapped = engine.replace_collection_seq(&staging, "t", 0).unwrap();
+    assert_eq!(swapped.config().name, "t");
+    // The old collection takes no more writes; its data and directory are gone.
+    let late = live.upsert(vec![PointWrite {
+        id: id_of(999),
+        vector: vec![0.0, 0.0],
+        payload: None,
+    }]);
+    assert!(
+        matches!(late, Err(Error::CollectionNotFound { .. })),
+        "{late:?}"
+    );
+    assert!(!old_dir.exists());
+    let check = |e: &Engine| {
+        let t = e.collection("t").unwrap();
+        assert_eq!(t.count(), 80);
+        let got = t
+            .get(
+                &[id_of(5), id_of(150)],
+                ReadOptions {
+                    with_vectors: true,
+                    with_payload: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(got.len(), 1, "only the copy's points");
+        assert_eq!(got[0].vector.as_deref(), Some(&[2.0, 150.0][..]));
+        assert!(e.collection_or_staging(&staging).is_err());
+        assert_eq!(e.list_all().len(), 1);
+    };
+    check(&engine);
+    drop((live, copy, swapped));
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    check(&engine);
+    // Writes after the swap land in the copy's log and survive a reopen.
+    write(&engine.collection("t").unwrap(), 0..10, 3.0);
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    assert_eq!(engine.collection("t").unwrap().count(), 90);
+    // Only a hidden copy can replace a collection.
+    assert!(engine.replace_collection_seq("t", "t", 0).is_err());
+}
