@@ -485,6 +485,62 @@ async fn giant_documents_and_create_settings_are_capped() {
     assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
 }
 
+/// Tiny segments cannot pile up memory maps without bound: at the segment cap, writes that add
+/// rows are refused up front, while reads, deletes and payload-free work go on.
+#[tokio::test]
+async fn segments_per_collection_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[("QUIVER__LIMITS__MAX_SEGMENTS_PER_COLLECTION", "3")],
+    )
+    .await;
+    let mut c = s.client().await;
+    c.collections
+        .create(pb::CreateCollectionRequest {
+            name: "tiny".into(),
+            dim: 2,
+            metric: pb::Metric::L2 as i32,
+            segment_max_rows: Some(16),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    // Each batch of 16 fills and seals one segment.
+    for b in 0..3 {
+        upsert(
+            &mut c,
+            "tiny",
+            (b * 16..b * 16 + 16).map(|i| point(i, None)).collect(),
+        )
+        .await;
+    }
+    let e = c
+        .points
+        .upsert(pb::UpsertRequest {
+            collection: "tiny".into(),
+            points: vec![point(100, None)],
+            ..Default::default()
+        })
+        .await
+        .refused();
+    assert_status(
+        &e,
+        tonic::Code::ResourceExhausted,
+        &["tiny", "3 segments", "limits.max_segments_per_collection"],
+    );
+    assert_eq!(count(&mut c, "tiny").await, 48, "acknowledged data intact");
+    c.points
+        .delete(pb::DeletePointsRequest {
+            collection: "tiny".into(),
+            ids: vec![num_id(0)],
+            filter: None,
+        })
+        .await
+        .expect("deletes still pass");
+    assert_eq!(count(&mut c, "tiny").await, 47);
+}
+
 const ADMIN: &str = "bootstrap-admin-key-0123456789";
 
 #[tokio::test]

@@ -104,6 +104,10 @@ pub struct LimitsConfig {
     pub max_batch_rows: u32,
     /// Collections the server holds at most (each holds files, maps and threads' work).
     pub max_collections: u32,
+    /// Sealed segments one collection may hold before writes that add rows are refused (each
+    /// segment holds two or three memory maps; the kernel allows 65,530 per process by
+    /// default). 0 = no limit.
+    pub max_segments_per_collection: u32,
 }
 
 impl Default for LimitsConfig {
@@ -114,6 +118,7 @@ impl Default for LimitsConfig {
             max_concurrent: 0,
             max_batch_rows: 100_000,
             max_collections: 1000,
+            max_segments_per_collection: 4096,
         }
     }
 }

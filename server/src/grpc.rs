@@ -67,6 +67,7 @@ impl AppState {
     /// acknowledged once committed), directly on a single node.
     pub async fn write(&self, w: Write) -> ApiResult<Outcome> {
         let engine = self.engine()?;
+        self.check_segments(&engine, &w)?;
         match self.cluster.get() {
             Some(c) => {
                 precheck(&engine, &w)?;
@@ -79,6 +80,7 @@ impl AppState {
     /// [`AppState::write`] from blocking code (a `spawn_blocking` closure).
     pub fn write_blocking(&self, w: Write) -> ApiResult<Outcome> {
         let engine = self.engine()?;
+        self.check_segments(&engine, &w)?;
         match self.cluster.get() {
             Some(c) => {
                 precheck(&engine, &w)?;
@@ -86,6 +88,29 @@ impl AppState {
             }
             None => Ok(w.apply(&engine, 0)?),
         }
+    }
+
+    /// Refuses a write that adds rows to a collection already holding
+    /// `limits.max_segments_per_collection` sealed segments (each is memory maps and files):
+    /// decided here, before the write enters the log, so every replica applies the same.
+    /// Deletes still pass, and compaction can bring the count back down.
+    fn check_segments(&self, engine: &Engine, w: &Write) -> ApiResult<()> {
+        let most = self.settings.limits.max_segments_per_collection;
+        if most == 0 || !matches!(w, Write::Upsert { .. } | Write::UpdatePayload { .. }) {
+            return Ok(());
+        }
+        let Ok(c) = engine.collection_or_staging(w.collection()) else {
+            return Ok(());
+        };
+        let n = c.segment_count();
+        if n >= most as usize {
+            return Err(ApiError::TooLarge(format!(
+                "collection {}: holds {n} segments, the limit is {most} (limits.max_segments_per_collection); delete points and compact, or recreate it with a larger segment_max_rows (now {})",
+                c.config().name,
+                c.config().segment_max_rows
+            )));
+        }
+        Ok(())
     }
 
     /// Ready for traffic: storage open and, on a cluster, a leader known and this node caught
@@ -153,7 +178,7 @@ pub async fn blocking<T: Send + 'static>(
 /// field exactly as on a single node).
 fn precheck(engine: &Engine, w: &Write) -> ApiResult<()> {
     if let Write::Upsert { collection, points } = w {
-        let dim = match engine.collection(collection) {
+        let dim = match engine.collection_or_staging(collection) {
             Ok(c) => c.config().dim,
             Err(_) => points.first().map_or(0, |p| p.vector.len()),
         };

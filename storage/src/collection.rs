@@ -386,6 +386,12 @@ impl Collection {
         &self.config
     }
 
+    /// Sealed segments, with the one being sealed: what holds memory maps.
+    pub fn segment_count(&self) -> usize {
+        let st = read(&self.state);
+        st.sealed.len() + usize::from(st.frozen.is_some())
+    }
+
     /// The catalog record as of the last checkpoint or catalog change.
     pub(crate) fn record(&self) -> CollectionRecord {
         read(&self.state).record.clone()
