@@ -73,6 +73,9 @@ impl Role {
 }
 
 /// A stored key.
+/// Where a whole restore keeps the keys in force until its import is done (in the data dir).
+pub const PENDING_KEYS: &str = "restore-keys.json";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyRecord {
     /// Public id.
@@ -171,6 +174,47 @@ impl KeyStore {
             .store
             .get(AuxSpace::App, k.as_bytes())?
             .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Saves `records` (the keys in force) in `root` before a whole restore imports, so that a
+    /// crash between the import and [`KeyStore::replace_all`] cannot leave the snapshot's keys
+    /// in force: [`KeyStore::finish_restore`] applies them at the next start. Written aside,
+    /// fsynced and renamed into place.
+    pub fn save_for_restore(
+        root: &std::path::Path,
+        records: &[KeyRecord],
+    ) -> Result<(), quiver_storage::Error> {
+        use std::io::Write as _;
+        let body =
+            serde_json::to_vec(records).map_err(|e| quiver_storage::Error::Meta(e.to_string()))?;
+        let tmp = root.join(format!("{PENDING_KEYS}.tmp"));
+        let mut f = fs_err::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        fs_err::rename(&tmp, root.join(PENDING_KEYS))?;
+        fs_err::File::open(root)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Puts back the keys a whole restore saved (see [`KeyStore::save_for_restore`]) and removes
+    /// the file; `false` when there is none. Called after the import, and at start-up.
+    pub fn finish_restore(&self, root: &std::path::Path) -> Result<bool, quiver_storage::Error> {
+        let path = root.join(PENDING_KEYS);
+        let body = match fs_err::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let records: Vec<KeyRecord> =
+            serde_json::from_slice(&body).map_err(|e| quiver_storage::Error::Corrupt {
+                path: path.clone(),
+                offset: e.column() as u64,
+                detail: format!("the keys saved by a restore: {e}"),
+            })?;
+        self.replace_all(&records)?;
+        fs_err::remove_file(&path)?;
+        fs_err::File::open(root)?.sync_all()?;
+        Ok(true)
     }
 
     /// Replaces every stored key record with `records`, in one synced batch. A whole-snapshot
@@ -882,6 +926,33 @@ mod tests {
             !rec.secret_sha256.contains(&secret[20..40]),
             "only the hash is stored"
         );
+    }
+
+    /// The keys saved before a whole restore's import win over the snapshot's, also when the
+    /// server stops between the import and putting them back.
+    #[test]
+    fn keys_saved_for_a_restore_are_put_back_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = quiver_storage::Engine::open(dir.path(), Default::default()).unwrap();
+        let store = KeyStore::new(engine.aux());
+        let (_, live) = new_key("live".into(), Role::Read, vec![]);
+        let (_, revoked) = new_key("revoked".into(), Role::Admin, vec![]);
+        store.replace_all(std::slice::from_ref(&live)).unwrap();
+        KeyStore::save_for_restore(dir.path(), &store.list().unwrap()).unwrap();
+        // The import brings the snapshot's keys (here: a key revoked since).
+        store.replace_all(std::slice::from_ref(&revoked)).unwrap();
+        drop(store);
+        drop(engine);
+        // Start-up after a crash at this point.
+        let engine = quiver_storage::Engine::open(dir.path(), Default::default()).unwrap();
+        let store = KeyStore::new(engine.aux());
+        assert!(store.finish_restore(dir.path()).unwrap());
+        assert_eq!(store.list().unwrap(), vec![live]);
+        assert!(!dir.path().join(PENDING_KEYS).exists());
+        assert!(!store.finish_restore(dir.path()).unwrap(), "only once");
+        // A damaged file is reported, not ignored.
+        std::fs::write(dir.path().join(PENDING_KEYS), b"[{").unwrap();
+        assert!(store.finish_restore(dir.path()).is_err());
     }
 }
 

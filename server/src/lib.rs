@@ -258,6 +258,15 @@ pub async fn serve(
     }
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(&dir, opts)).await??);
     state.set_engine(Arc::clone(&engine));
+    // A whole restore that crashed after its import: the keys in force before it win.
+    if !engine.import_pending() {
+        let keys = auth::KeyStore::new(engine.aux());
+        if keys.finish_restore(engine.root())? {
+            tracing::warn!(
+                "a restore was interrupted after its import; the keys in force before it were put back"
+            );
+        }
+    }
     if let Some(a) = &auth {
         a.set_store(auth::KeyStore::new(engine.aux()));
     }

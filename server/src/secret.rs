@@ -26,10 +26,11 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Shapes of credentials worth hiding wherever they turn up: Quiver keys, bearer tokens,
-/// and the common provider key formats (OpenAI/Anthropic `sk-…`, Google `AIza…`, AWS ids).
+/// the common provider key formats (OpenAI/Anthropic `sk-…`, Google `AIza…`, AWS ids), and
+/// credentials in URLs (`user:password@host`, `?key=…`, `&sig=…`).
 static CREDENTIAL: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(
-        r"(?i)qk_[0-9a-f]{16}_[0-9a-f]+|bearer\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{8,}|\bAIza[0-9A-Za-z_-]{20,}|\bAKIA[0-9A-Z]{16}\b|(api[_-]?key|x-api-key|token|secret|password)(\W{1,3})[A-Za-z0-9._~+/=-]{8,}",
+        r"(?i)qk_[0-9a-f]{16}_[0-9a-f]+|bearer\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{8,}|\bAIza[0-9A-Za-z_-]{20,}|\bAKIA[0-9A-Z]{16}\b|(api[_-]?key|x-api-key|token|secret|password|[?&](?:key|sig|signature|code|auth))(\W{1,3})[A-Za-z0-9._~+/=%-]{8,}|(://)()[^/\s:@]+:[^/\s@]+@",
     )
     .expect("invariant: the credential pattern compiles")
 });
@@ -43,9 +44,14 @@ pub fn scrub(text: &str, known: &[&Secret]) -> String {
         }
     }
     CREDENTIAL
-        .replace_all(&out, |c: &regex::Captures<'_>| match (c.get(1), c.get(2)) {
-            (Some(name), Some(sep)) => format!("{}{}[redacted]", name.as_str(), sep.as_str()),
-            _ => "[redacted]".to_owned(),
+        .replace_all(&out, |c: &regex::Captures<'_>| {
+            match (c.get(1), c.get(2), c.get(3)) {
+                (Some(name), Some(sep), _) => {
+                    format!("{}{}[redacted]", name.as_str(), sep.as_str())
+                }
+                (_, _, Some(scheme)) => format!("{}[redacted]@", scheme.as_str()),
+                _ => "[redacted]".to_owned(),
+            }
         })
         .into_owned()
 }
@@ -83,6 +89,18 @@ mod tests {
             ),
             ("api_key=ZZZZZZZZZZZZZZZZ", "ZZZZZZZZZZZZZZZZ"),
             ("qk_0123456789abcdef_deadbeefdeadbeef", "deadbeef"),
+            (
+                "error sending request for url (https://api.example.com/v1/chat?key=Zq9x8c7v6b5n4m3)",
+                "Zq9x8c7v6b5n4m3",
+            ),
+            (
+                "POST https://svc.example/v1?model=m&sig=abcdEFGH1234%2Fxyz failed",
+                "abcdEFGH1234",
+            ),
+            (
+                "connect https://alice:s3cr3t-pass@proxy.example:8443/v1 refused",
+                "s3cr3t-pass",
+            ),
         ] {
             let out = scrub(text, &[&mine]);
             assert!(!out.contains(leaked), "{text} -> {out}");

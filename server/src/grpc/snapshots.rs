@@ -242,9 +242,9 @@ impl Snapshots for SnapshotsService {
             // Keys are not part of the restored state: the ones in force now stay in force
             // (revocations since the snapshot hold; keys made since still work).
             let keys = crate::auth::KeyStore::new(engine.aux());
-            let current = keys.list()?;
+            crate::auth::KeyStore::save_for_restore(engine.root(), &keys.list()?)?;
             engine.import(&staging)?;
-            keys.replace_all(&current)?;
+            keys.finish_restore(engine.root())?;
             let _ = std::fs::remove_dir_all(&staging);
             let info = info_of(&d)?;
             tracing::info!(target: "quiver::audit", snapshot = %info.name, "snapshot restored");
