@@ -302,16 +302,31 @@ async fn an_in_place_restore_swaps_a_complete_copy() {
         seen.iter().all(|n| *n == 25_000 || *n == 30_000),
         "a reader saw a partial collection: {seen:?}"
     );
-    // The copy's name is not a user's.
+    // A copy's name is not a user's: not found, not writable, not creatable.
+    let copy = "_restore-big-0000000000000001";
     let hidden = c
         .points
         .count(pb::CountRequest {
-            collection: "_restore-big".into(),
+            collection: copy.into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden}");
+    let write = c
+        .points
+        .upsert(pb::UpsertRequest {
+            collection: copy.into(),
+            points: vec![pb::Point {
+                id: Some(quiver_client::num_id(1)),
+                vector: vec![0.0; 4],
+                payload_json: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(write.code(), tonic::Code::NotFound, "{write}");
     fails_with(
         &s.cli(&["collection", "create", "_restore-x", "--dim", "4"]),
         &["INVALID_ARGUMENT", "name"],

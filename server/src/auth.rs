@@ -196,6 +196,11 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Whether a whole restore saved keys that are not yet put back.
+    pub fn restore_pending(root: &std::path::Path) -> bool {
+        root.join(PENDING_KEYS).exists()
+    }
+
     /// Puts back the keys a whole restore saved (see [`KeyStore::save_for_restore`]) and removes
     /// the file; `false` when there is none. Called after the import, and at start-up.
     pub fn finish_restore(&self, root: &std::path::Path) -> Result<bool, quiver_storage::Error> {

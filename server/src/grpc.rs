@@ -66,6 +66,12 @@ impl AppState {
     /// Applies a write: through the replicated log on a cluster (forwarded to the leader,
     /// acknowledged once committed), directly on a single node.
     pub async fn write(&self, w: Write) -> ApiResult<Outcome> {
+        refuse_staging(&w)?;
+        self.write_any(w).await
+    }
+
+    /// [`AppState::write`], also to a restore's hidden copy: for the restore itself.
+    pub(crate) async fn write_any(&self, w: Write) -> ApiResult<Outcome> {
         let engine = self.engine()?;
         self.check_segments(&engine, &w)?;
         match self.cluster.get() {
@@ -79,6 +85,7 @@ impl AppState {
 
     /// [`AppState::write`] from blocking code (a `spawn_blocking` closure).
     pub fn write_blocking(&self, w: Write) -> ApiResult<Outcome> {
+        refuse_staging(&w)?;
         let engine = self.engine()?;
         self.check_segments(&engine, &w)?;
         match self.cluster.get() {
@@ -176,6 +183,17 @@ pub async fn blocking<T: Send + 'static>(
 /// Rejects, before it enters the replicated log, a write the engine would refuse for its
 /// shape (so the log holds no batch that fails on every replica, and the error names the
 /// field exactly as on a single node).
+/// A restore's hidden copy is not a user's to write (it is not found under its name).
+fn refuse_staging(w: &Write) -> ApiResult<()> {
+    if quiver_storage::types::is_staging_name(w.collection()) {
+        return Err(quiver_storage::Error::CollectionNotFound {
+            name: w.collection().to_owned(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn precheck(engine: &Engine, w: &Write) -> ApiResult<()> {
     if let Write::Upsert { collection, points } = w {
         let dim = match engine.collection_or_staging(collection) {

@@ -1034,6 +1034,11 @@ impl Collection {
     }
 
     pub(crate) fn seal_with(&self, pending: &mut Option<PendingSeal>, force: bool) -> Result<()> {
+        if lock(&self.writer).dropped {
+            // Dropped or swapped out: its catalog entry is no longer its own to write.
+            *pending = None;
+            return Ok(());
+        }
         if pending.is_none() {
             match self.freeze(force)? {
                 Some(p) => *pending = Some(p),

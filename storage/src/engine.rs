@@ -280,16 +280,22 @@ impl Engine {
         let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
         let src = self.collection_or_staging(staging)?;
         let old = self.read().get(target).cloned();
+        // Both seal locks (catalog → seal → writer, as export takes them): no checkpoint,
+        // compaction or label change of either writes its catalog entry from here on.
+        let mut src_seal = src.seal_lock();
+        let old_seal = old.as_ref().map(|o| o.seal_lock());
         // Everything sealed: the reopened copy maps segments and replays an empty log.
-        src.flush()?;
+        src.seal_with(&mut src_seal, true)?;
         let mut record = src.record();
         record.config.name = target.to_owned();
+        // Log entries before this one are in the copy or were the old collection's: a replay
+        // must not apply them to the copy.
+        record.applied_seq = record.applied_seq.max(seq);
         let mut ops = vec![
             MetaOp::Delete(Space::Catalog, catalog_key(staging)),
             MetaOp::Put(Space::Catalog, catalog_key(target), encode_record(&record)?),
         ];
         if let Some(o) = &old {
-            o.mark_dropped();
             let (from, to) = (o.uid().to_be_bytes(), (o.uid() + 1).to_be_bytes());
             ops.push(MetaOp::DeleteRange(Space::Ids, from.to_vec(), to.to_vec()));
             ops.push(MetaOp::DeleteRange(
@@ -299,26 +305,46 @@ impl Engine {
             ));
         }
         ops.extend(self.seq_op(seq));
-        src.mark_dropped();
-        // The copy's log is closed (no writer can reach it now) before it is reopened.
+        // The copy's log is complete and durable before the catalog points at it.
         src.sync()?;
+        src.mark_dropped();
+        if let Some(o) = &old {
+            o.mark_dropped();
+        }
         self.meta.write(ops)?;
         self.note_seq(seq);
-        let dir = src.dir().to_path_buf();
-        let swapped = Arc::new(Collection::open(
+        drop((src_seal, old_seal));
+        // Opened before the map changes, so readers go from the old collection to the new one
+        // without a moment in which `target` is missing.
+        let opened = Collection::open(
             record,
-            dir,
+            src.dir().to_path_buf(),
             Arc::clone(&self.meta),
             self.options.fsync,
             false,
-        )?);
-        {
+        );
+        let swapped = {
             let mut map = self.write();
             map.remove(staging);
-            map.insert(target.to_owned(), Arc::clone(&swapped));
-        }
-        if let Some(o) = old {
-            fs::remove_dir_all(o.dir())?;
+            match opened {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    map.insert(target.to_owned(), Arc::clone(&c));
+                    c
+                }
+                Err(e) => {
+                    // Committed, but not openable now: nothing stale stays in service, and the
+                    // next start opens it from the catalog.
+                    map.remove(target);
+                    return Err(e);
+                }
+            }
+        };
+        if let Some(o) = &old
+            && let Err(e) = fs::remove_dir_all(o.dir())
+        {
+            // Swept as an orphan at the next start; the swap itself is done.
+            tracing::warn!(dir = %o.dir().display(), error = %e, "cannot remove a replaced collection's directory");
         }
         Ok(swapped)
     }
@@ -352,6 +378,9 @@ impl Engine {
         let c = self.collection_or_staging(name)?;
         let from = c.uid().to_be_bytes().to_vec();
         let to = (c.uid() + 1).to_be_bytes().to_vec();
+        // Under its seal lock: no checkpoint or compaction in flight rewrites its catalog entry
+        // after the delete below.
+        let _seal = c.seal_lock();
         c.mark_dropped();
         let mut ops = vec![
             MetaOp::Delete(Space::Catalog, catalog_key(name)),

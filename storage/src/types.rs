@@ -276,15 +276,23 @@ impl CollectionConfig {
 /// name can carry it: user names start with a letter or digit.
 pub const STAGING_PREFIX: &str = "_restore-";
 
-/// The hidden collection that a restore of `target` builds.
-pub fn staging_name(target: &str) -> String {
-    format!("{STAGING_PREFIX}{target}")
+/// A hidden collection that a restore of `target` builds; `nonce` tells restores apart.
+pub fn staging_name(target: &str, nonce: u64) -> String {
+    format!("{STAGING_PREFIX}{target}-{nonce:016x}")
 }
 
-/// Whether `name` is a restore's hidden collection ([`STAGING_PREFIX`] and a valid name).
+/// The collection a restore's hidden copy is for (`None`: not such a copy).
+pub fn staging_target(name: &str) -> Option<&str> {
+    let (target, nonce) = name.strip_prefix(STAGING_PREFIX)?.rsplit_once('-')?;
+    (nonce.len() == 16
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        && validate_collection_name(target).is_ok())
+    .then_some(target)
+}
+
+/// Whether `name` is a restore's hidden copy (see [`staging_name`]).
 pub fn is_staging_name(name: &str) -> bool {
-    name.strip_prefix(STAGING_PREFIX)
-        .is_some_and(|t| validate_collection_name(t).is_ok())
+    staging_target(name).is_some()
 }
 
 /// Checks a collection name a user gave.

@@ -109,7 +109,11 @@ impl Snapshots for SnapshotsService {
                 "name": name,
                 "created_ms": created_ms,
                 "bytes": bytes,
-                "collections": export.collections.keys().collect::<Vec<_>>(),
+                "collections": export
+                    .collections
+                    .keys()
+                    .filter(|c| !quiver_storage::types::is_staging_name(c))
+                    .collect::<Vec<_>>(),
             });
             std::fs::write(tmp.join("info.json"), info.to_string())
                 .map_err(quiver_storage::Error::from)?;
@@ -242,9 +246,26 @@ impl Snapshots for SnapshotsService {
             // Keys are not part of the restored state: the ones in force now stay in force
             // (revocations since the snapshot hold; keys made since still work).
             let keys = crate::auth::KeyStore::new(engine.aux());
-            crate::auth::KeyStore::save_for_restore(engine.root(), &keys.list()?)?;
-            engine.import(&staging)?;
+            // Saved keys already there belong to an earlier restore whose import was
+            // interrupted: they, not what that import left behind, were the keys in force.
+            if !crate::auth::KeyStore::restore_pending(engine.root()) {
+                crate::auth::KeyStore::save_for_restore(engine.root(), &keys.list()?)?;
+            }
+            if let Err(e) = engine.import(&staging) {
+                if !engine.import_pending() {
+                    // Nothing was replaced: the keys in force are still in force.
+                    let _ = std::fs::remove_file(engine.root().join(crate::auth::PENDING_KEYS));
+                }
+                return Err(e.into());
+            }
             keys.finish_restore(engine.root())?;
+            // Copies of in-place restores that were under way when the snapshot was taken.
+            for c in engine.list_all() {
+                let name = c.config().name.clone();
+                if quiver_storage::types::is_staging_name(&name) {
+                    engine.drop_collection(&name)?;
+                }
+            }
             let _ = std::fs::remove_dir_all(&staging);
             let info = info_of(&d)?;
             tracing::info!(target: "quiver::audit", snapshot = %info.name, "snapshot restored");
@@ -271,6 +292,8 @@ impl SnapshotsService {
             as_name
         };
         quiver_storage::types::validate_collection_name(&target)?;
+        // A user's collection, never a restore's hidden copy inside the snapshot.
+        quiver_storage::types::validate_collection_name(&collection)?;
         let engine = self.state.engine()?;
         let scratch = self.dir().join(format!(".restore-{target}.tmp"));
         let (dd, sc) = (d.clone(), scratch.clone());
@@ -312,20 +335,29 @@ impl SnapshotsService {
             )));
         }
         let _one = RestoreGuard::take(target)?;
-        let staging = quiver_storage::types::staging_name(target);
-        // The copy of a restore that crashed or failed midway.
-        if engine.collection_or_staging(&staging).is_ok() {
-            self.state
-                .write(Write::DropCollection(staging.clone()))
-                .await?;
+        // Copies of restores of this collection that crashed or failed midway (or one running
+        // on another node, which then fails instead of mixing its pages with ours).
+        for c in engine.list_all() {
+            let name = &c.config().name;
+            if quiver_storage::types::staging_target(name) == Some(target) {
+                self.state
+                    .write_any(Write::DropCollection(name.clone()))
+                    .await?;
+            }
         }
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let staging = quiver_storage::types::staging_name(target, nonce);
         let mut config = src.config().clone();
         config.name = staging.clone();
-        self.state.write(Write::CreateCollection(config)).await?;
+        self.state
+            .write_any(Write::CreateCollection(config))
+            .await?;
         match self.fill(src, &staging).await {
             Ok(n) => {
                 self.state
-                    .write(Write::ReplaceCollection {
+                    .write_any(Write::ReplaceCollection {
                         staging,
                         target: target.to_owned(),
                     })
@@ -333,7 +365,7 @@ impl SnapshotsService {
                 Ok(n)
             }
             Err(e) => {
-                if let Err(d) = self.state.write(Write::DropCollection(staging)).await {
+                if let Err(d) = self.state.write_any(Write::DropCollection(staging)).await {
                     tracing::warn!(collection = %target, error = %d, "cannot drop a failed restore's copy; the next restore of it drops it");
                 }
                 Err(e)
@@ -358,7 +390,7 @@ impl SnapshotsService {
             n += points.len() as u64;
             if !points.is_empty() {
                 self.state
-                    .write(Write::Upsert {
+                    .write_any(Write::Upsert {
                         collection: collection.to_owned(),
                         points,
                     })

@@ -137,28 +137,39 @@ pub(crate) fn translate(
 /// Where a scroll cursor resumes when its segment has been compacted away since it was
 /// issued: at the first moved row at or after it, following chains of compactions. `visible`
 /// says which segments (sealed, frozen, mutable) the reader sees. A cursor whose segment is
-/// neither visible nor a recent victim (a forged cursor, or one older than [`MOVE_TTL`] or a
-/// restart) is refused: resuming from the next segment could return rows twice.
+/// neither visible nor inside a recent compaction's span (a forged cursor, or one older than
+/// [`MOVE_TTL`] or a restart) is refused: resuming from the next segment could return rows
+/// twice.
 pub(crate) fn resume_cursor(
     moves: &[Arc<Moved>],
     visible: impl Fn(SegmentId) -> bool,
     cursor: RowKey,
 ) -> Result<RowKey> {
     let (mut seg, mut row) = cursor;
-    // Each step moves to a strictly newer compaction's output, so this ends.
+    // A compaction's output holds its victims' rows in (segment, row) order, and its id is
+    // past every victim: any position inside [first victim, output) maps to the count of
+    // moved rows before it. Each step goes to a larger id, so this ends.
     for _ in 0..=moves.len() {
         if visible(seg) {
             return Ok((seg, row));
         }
-        let Some(m) = moves.iter().find(|m| m.forward.contains_key(&seg)) else {
-            break;
-        };
-        if m.origin.is_empty() {
-            // Every row was dead: nothing was written, the scan goes on after it.
-            return Ok((m.new_id, 0));
+        let covering = moves.iter().find(|m| {
+            m.forward.contains_key(&seg)
+                || m.forward
+                    .keys()
+                    .min()
+                    .is_some_and(|f| *f <= seg && seg < m.new_id)
+        });
+        if let Some(m) = covering {
+            let at = m.origin.partition_point(|o| *o < (seg, row));
+            (seg, row) = (m.new_id, at as u32);
+            continue;
         }
-        let at = m.origin.partition_point(|o| *o < (seg, row));
-        (seg, row) = (m.new_id, at as u32);
+        if moves.iter().any(|m| m.new_id == seg && m.origin.is_empty()) {
+            // A compaction of only dead rows wrote nothing: the scan goes on after it.
+            return Ok((seg, 0));
+        }
+        break;
     }
     Err(crate::error::Error::invalid(
         "cursor",
@@ -535,10 +546,21 @@ mod tests {
             resume_cursor(&empty, |s| s == 20, (10, 1)).unwrap(),
             (11, 0)
         );
-        // Forged or expired: refused, naming the field.
-        let e = resume_cursor(&m, last, (15, 0)).unwrap_err().to_string();
+        // ... and a later compaction around that empty one: 5 and 20 merged into 21.
+        let mut chain = empty.clone();
+        chain.push(Arc::new(Moved {
+            new_id: 21,
+            origin: vec![(5, 0), (5, 1), (20, 0)],
+            forward: HashMap::from([(5, vec![0, 1]), (20, vec![2])]),
+            published: Instant::now(),
+        }));
+        let only21 = |s: SegmentId| s == 21;
+        assert_eq!(resume_cursor(&chain, only21, (10, 1)).unwrap(), (21, 2));
+        assert_eq!(resume_cursor(&chain, only21, (11, 0)).unwrap(), (21, 2));
+        // Forged or expired (outside every recent compaction): refused, naming the field.
+        let e = resume_cursor(&m, last, (99, 0)).unwrap_err().to_string();
         assert!(
-            e.starts_with("cursor: stale scroll cursor: segment 15"),
+            e.starts_with("cursor: stale scroll cursor: segment 99"),
             "{e}"
         );
     }

@@ -200,6 +200,11 @@ impl Collection {
         // one; the writer lock orders the change with writes to the mutable segment.
         let _seal = lock(&self.seal);
         let mut w = lock(&self.writer);
+        if w.dropped {
+            return Err(Error::CollectionNotFound {
+                name: self.config.name.clone(),
+            });
+        }
         let mut schema = write(&self.schema);
         let mut merged = schema.clone();
         merged.extend(fields.iter().map(|(k, t)| (k.clone(), *t)));
@@ -257,6 +262,11 @@ impl Collection {
         }
         let _seal = lock(&self.seal);
         let mut w = lock(&self.writer);
+        if w.dropped {
+            return Err(Error::CollectionNotFound {
+                name: self.config.name.clone(),
+            });
+        }
         let mut st = write(&self.state);
         let mut record = st.record.clone();
         match value {

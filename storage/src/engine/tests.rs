@@ -1272,7 +1272,7 @@ fn scroll_cursors_survive_compaction_between_pages() {
 /// swapped after a reopen, and is never listed or found under its own name.
 #[test]
 fn a_staging_copy_replaces_the_live_collection() {
-    use crate::types::staging_name;
+    use crate::types::{is_staging_name, staging_name, staging_target};
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
     let write = |c: &Collection, ids: std::ops::Range<u64>, x: f32| {
@@ -1289,7 +1289,9 @@ fn a_staging_copy_replaces_the_live_collection() {
         .create_collection(config("t", 2, Metric::L2, 50))
         .unwrap();
     write(&live, 0..120, 1.0);
-    let staging = staging_name("t");
+    let staging = staging_name("t", 0xfeed);
+    assert_eq!(staging_target(&staging), Some("t"));
+    assert!(!is_staging_name("_restore-t") && !is_staging_name("t-000000000000feed"));
     let copy = engine
         .create_collection(config(&staging, 2, Metric::L2, 50))
         .unwrap();
