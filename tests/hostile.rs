@@ -485,6 +485,65 @@ async fn giant_documents_and_create_settings_are_capped() {
     assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
 }
 
+/// Streams are bounded per message: a batch over the row limit and a message over the size
+/// limit end the stream with a status naming the limit; the batches before them stay, and the
+/// server keeps answering.
+#[tokio::test]
+async fn oversized_stream_messages_are_refused_and_earlier_batches_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        dir.path(),
+        &[
+            ("QUIVER__SERVER__MAX_MESSAGE_BYTES", "1048576"),
+            ("QUIVER__LIMITS__MAX_BATCH_ROWS", "1000"),
+        ],
+    )
+    .await;
+    let mut c = s.client().await;
+    create(&mut c, "st", 2).await;
+    let batch = |id: u64, points: Vec<pb::Point>| pb::UpsertRequest {
+        collection: "st".into(),
+        points,
+        batch_id: id,
+    };
+    for (second, limit) in [
+        (
+            (10..1510).map(|i| point(i, None)).collect::<Vec<_>>(),
+            "limits.max_batch_rows",
+        ),
+        (vec![point(10, Some(big_payload(2 << 20)))], "too large"),
+    ] {
+        let msgs = vec![
+            batch(1, (0..10).map(|i| point(i, None)).collect()),
+            batch(2, second),
+            batch(3, vec![point(9999, None)]),
+        ];
+        let mut acks = c
+            .points
+            .upsert_stream(tokio_stream::iter(msgs))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let mut acked = 0;
+        let e = loop {
+            match acks.message().await {
+                Ok(Some(a)) => acked = a.total_upserted,
+                Ok(None) => panic!("the stream ended without refusing the batch over {limit}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{limit}: {e:?}");
+        assert!(e.message().contains(limit), "{limit}: {}", e.message());
+        assert!(acked <= 10, "{acked}");
+        assert_eq!(
+            count(&mut c, "st").await,
+            10,
+            "the first batch kept, nothing after"
+        );
+    }
+    assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
+}
+
 /// Tiny segments cannot pile up memory maps without bound: at the segment cap, writes that add
 /// rows are refused up front, while reads, deletes and payload-free work go on.
 #[tokio::test]
@@ -539,6 +598,7 @@ async fn segments_per_collection_are_capped() {
         .await
         .expect("deletes still pass");
     assert_eq!(count(&mut c, "tiny").await, 47);
+    assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
 }
 
 const ADMIN: &str = "bootstrap-admin-key-0123456789";
