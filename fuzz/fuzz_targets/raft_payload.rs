@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use quiver_proto::internal::RaftBytes;
 use quiver_server::cluster::TypeConfig;
-use quiver_server::cluster::command::{Command, Write};
+use quiver_server::cluster::command::{Command, Mutation};
 use quiver_server::cluster::net::decode;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         data: data.to_vec(),
     };
     if let Ok(c) = decode::<Command>(&b) {
-        let _ = Write::decode(&c);
+        let _ = Mutation::decode(&c);
     }
     let _ = decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&b);
     let _ = decode::<openraft::raft::VoteRequest<u64>>(&b);
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = quiver_server::cluster::sm::check_snapshot_id(&r.meta.snapshot_id);
     }
     // A log command's small part is JSON (nesting capped by serde_json).
-    if let Ok(w) = Write::decode(&Command {
+    if let Ok(w) = Mutation::decode(&Command {
         op: data.to_vec(),
         data: Vec::new(),
     }) {

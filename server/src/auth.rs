@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
 use crate::cluster::command::REPLICATED_PREFIX;
+use crate::error::ApiError;
 
 /// Environment variable holding the bootstrap admin key.
 pub const ADMIN_KEY_ENV: &str = "QUIVER_ADMIN_KEY";
@@ -303,7 +304,7 @@ impl Auth {
                 collections: Vec::new(),
             });
         }
-        let bad = || Status::unauthenticated("invalid API key");
+        let bad = || Status::from(ApiError::Unauthenticated("invalid API key".into()));
         let rest = token.strip_prefix("qk_").ok_or_else(bad)?;
         let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
         if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -312,17 +313,17 @@ impl Auth {
         let store = self
             .keys
             .get()
-            .ok_or_else(|| Status::unavailable("storage is still opening"))?;
+            .ok_or_else(|| ApiError::Unavailable("storage is still opening".into()))?;
         let rec = store
             .get(id)
-            .map_err(|e| Status::internal(format!("key store: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("key store: {e}")))?
             .ok_or_else(bad)?;
         let given = sha256_hex(secret);
         if !bool::from(given.as_bytes().ct_eq(rec.secret_sha256.as_bytes())) {
             return Err(bad());
         }
         if rec.revoked {
-            return Err(Status::unauthenticated(format!("API key {id} is revoked")));
+            return Err(ApiError::Unauthenticated(format!("API key {id} is revoked")).into());
         }
         Ok(Principal {
             key_id: rec.id,
@@ -387,18 +388,19 @@ pub fn authorize<B>(auth: &Auth, req: &http::Request<B>) -> Result<Option<Princi
         return Ok(None);
     };
     let tok = token(req).ok_or_else(|| {
-        Status::unauthenticated(
-            "an API key is required: send `authorization: Bearer <key>` (quiver --api-key or QUIVER_API_KEY)",
+        ApiError::Unauthenticated(
+            "an API key is required: send `authorization: Bearer <key>` (quiver --api-key or QUIVER_API_KEY)".into(),
         )
     })?;
     let p = auth.verify(tok)?;
     if p.role < need {
-        return Err(Status::permission_denied(format!(
+        return Err(ApiError::PermissionDenied(format!(
             "API key {} has role {}; {path} needs {}",
             p.key_id,
             p.role.name(),
             need.name()
-        )));
+        ))
+        .into());
     }
     Ok(Some(p))
 }
@@ -411,10 +413,11 @@ pub fn check_collection<T>(req: &Request<T>, collection: &str) -> Result<(), Sta
 /// [`check_collection`] on an extracted principal (streams check every message).
 pub fn check_principal(p: Option<&Principal>, collection: &str) -> Result<(), Status> {
     match p {
-        Some(p) if !p.allows(collection) => Err(Status::permission_denied(format!(
+        Some(p) if !p.allows(collection) => Err(ApiError::PermissionDenied(format!(
             "API key {} may not access collection {collection:?}",
             p.key_id
-        ))),
+        ))
+        .into()),
         Some(_) | None => Ok(()),
     }
 }
@@ -423,10 +426,11 @@ pub fn check_principal(p: Option<&Principal>, collection: &str) -> Result<(), St
 /// (whole snapshots, listing every key).
 pub fn check_unscoped<T>(req: &Request<T>, what: &str) -> Result<(), Status> {
     match req.extensions().get::<Principal>() {
-        Some(p) if !p.collections.is_empty() => Err(Status::permission_denied(format!(
+        Some(p) if !p.collections.is_empty() => Err(ApiError::PermissionDenied(format!(
             "API key {} is limited to collections {:?}; {what} needs a key for all collections",
             p.key_id, p.collections
-        ))),
+        ))
+        .into()),
         Some(_) | None => Ok(()),
     }
 }
@@ -436,10 +440,11 @@ pub fn check_unscoped<T>(req: &Request<T>, what: &str) -> Result<(), Status> {
 pub fn check_listing<T>(req: &Request<T>, collection: &str) -> Result<(), Status> {
     match req.extensions().get::<Principal>() {
         Some(p) if !p.collections.is_empty() && collection.is_empty() => {
-            Err(Status::permission_denied(format!(
+            Err(ApiError::PermissionDenied(format!(
                 "API key {} is limited to collections {:?}: set collection to one of them",
                 p.key_id, p.collections
-            )))
+            ))
+            .into())
         }
         Some(_) | None => check_collection(req, collection),
     }
@@ -484,14 +489,13 @@ impl Drop for Slot {
     }
 }
 
-fn exhausted(msg: String, retry: std::time::Duration) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
+fn exhausted(message: String, retry_after: std::time::Duration) -> Status {
     metrics::counter!("quiver_rate_limited_total").increment(1);
-    Status::with_error_details(
-        tonic::Code::ResourceExhausted,
-        msg,
-        ErrorDetails::with_retry_info(Some(retry)),
-    )
+    ApiError::RateLimited {
+        message,
+        retry_after,
+    }
+    .into()
 }
 
 impl Limiter {

@@ -1,10 +1,14 @@
 //! The budget of background work (index builds, compaction): a bounded thread pool for the
-//! parallel parts, and a pacer that holds disk traffic to a byte rate. Foreground searches run
-//! on the global rayon pool and the server's runtime; background work is confined here so a
-//! rebuild or a merge cannot take every core from them, and its threads run at a lower CPU
-//! priority (nice 10), so on a busy machine the scheduler gives queries the cores first.
+//! parallel parts, a pacer that holds disk traffic to a byte rate, and the scheduler that
+//! queues index builds onto the pool ([`builds`]). Foreground searches run on the global rayon
+//! pool and the server's runtime; background work is confined here so a rebuild or a merge
+//! cannot take every core from them, and its threads run at a lower CPU priority (nice 10), so
+//! on a busy machine the kernel gives queries the cores first.
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+mod scheduler;
+pub use scheduler::{BuildOwner, Scheduler, builds};
 
 static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 

@@ -17,8 +17,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use fs_err as fs;
 
-use crate::collection::{Collection, CollectionRecord, catalog_key, encode_record};
+use crate::collection::{Collection, CollectionRecord, encode_record};
 use crate::error::{Error, Result};
+use crate::meta::keys::{
+    CATALOG_PREFIX, CATALOG_SEQ, IMPORT_PENDING, NEXT_UID, catalog_key, collection_range,
+};
 use crate::meta::{self, MetaOp, MetaStore, Space};
 use crate::types::{CollectionConfig, is_staging_name, validate_collection_name};
 use crate::wal::FsyncPolicy;
@@ -51,11 +54,9 @@ pub struct Engine {
     catalog_seq: AtomicU64,
     /// An import was interrupted: the data is partial and must be imported again.
     import_pending: AtomicBool,
+    /// Serialises record mutations ([`crate::mutation`]).
+    pub(crate) records: Mutex<()>,
 }
-
-const NEXT_UID: &[u8] = b"next_uid";
-const CATALOG_SEQ: &[u8] = b"catalog_seq";
-const IMPORT_PENDING: &[u8] = b"import_pending";
 
 fn read_u64(meta: &dyn MetaStore, root: &Path, key: &[u8]) -> Result<Option<u64>> {
     match meta.get(Space::Catalog, key)? {
@@ -82,7 +83,7 @@ fn open_catalog(
 ) -> Result<BTreeMap<String, Arc<Collection>>> {
     let mut collections = BTreeMap::new();
     let mut known = std::collections::HashSet::new();
-    for (key, value) in meta.scan_prefix(Space::Catalog, b"c/")? {
+    for (key, value) in meta.scan_prefix(Space::Catalog, CATALOG_PREFIX)? {
         let record: CollectionRecord = serde_json::from_slice(&value).map_err(|e| {
             Error::corrupt(
                 root.join("meta"),
@@ -127,6 +128,7 @@ impl Engine {
             catalog: Mutex::new(()),
             catalog_seq: AtomicU64::new(catalog_seq),
             import_pending: AtomicBool::new(import_pending),
+            records: Mutex::new(()),
         })
     }
 
@@ -179,7 +181,7 @@ impl Engine {
         }
         fs::create_dir_all(&dir)?;
         // The new directory's entry must be durable before the catalog names it.
-        crate::wal::sync_dir(&self.root.join("collections"))?;
+        crate::fsutil::sync_dir(&self.root.join("collections"))?;
         let record = CollectionRecord {
             uid,
             config: config.clone(),
@@ -296,13 +298,9 @@ impl Engine {
             MetaOp::Put(Space::Catalog, catalog_key(target), encode_record(&record)?),
         ];
         if let Some(o) = &old {
-            let (from, to) = (o.uid().to_be_bytes(), (o.uid() + 1).to_be_bytes());
-            ops.push(MetaOp::DeleteRange(Space::Ids, from.to_vec(), to.to_vec()));
-            ops.push(MetaOp::DeleteRange(
-                Space::Payloads,
-                from.to_vec(),
-                to.to_vec(),
-            ));
+            let (from, to) = collection_range(o.uid());
+            ops.push(MetaOp::DeleteRange(Space::Ids, from.clone(), to.clone()));
+            ops.push(MetaOp::DeleteRange(Space::Payloads, from, to));
         }
         ops.extend(self.seq_op(seq));
         // The copy's log is complete and durable before the catalog points at it.
@@ -376,8 +374,7 @@ impl Engine {
         }
         let _guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
         let c = self.collection_or_staging(name)?;
-        let from = c.uid().to_be_bytes().to_vec();
-        let to = (c.uid() + 1).to_be_bytes().to_vec();
+        let (from, to) = collection_range(c.uid());
         // Under its seal lock: no checkpoint or compaction in flight rewrites its catalog entry
         // after the delete below.
         let _seal = c.seal_lock();

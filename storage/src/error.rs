@@ -73,6 +73,14 @@ pub enum Error {
         /// What was too large, and the limit.
         detail: String,
     },
+    /// A compare-and-set found another value: a concurrent write got there first.
+    #[error("{key}: {detail}")]
+    Conflict {
+        /// The record's key.
+        key: String,
+        /// What it holds instead.
+        detail: String,
+    },
     /// The caller's deadline passed; the work was stopped.
     #[error("deadline exceeded after {elapsed_ms} ms; the search was stopped")]
     DeadlineExceeded {
@@ -118,6 +126,10 @@ impl Error {
             Error::Meta(m) => Error::Meta(m.clone()),
             Error::TooLarge { field, detail } => Error::TooLarge {
                 field: field.clone(),
+                detail: detail.clone(),
+            },
+            Error::Conflict { key, detail } => Error::Conflict {
+                key: key.clone(),
                 detail: detail.clone(),
             },
             Error::Closed => Error::Closed,

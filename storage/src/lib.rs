@@ -8,14 +8,18 @@
 
 pub mod background;
 pub mod collection;
+mod cpu;
 pub mod distance;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod fsutil;
 pub mod index;
 pub mod meta;
 pub mod mmap;
+pub mod mutation;
 pub mod payload_index;
+pub mod rng;
 pub mod segment;
 pub mod types;
 pub mod wal;
@@ -23,6 +27,7 @@ pub mod wal;
 pub use collection::{Collection, CollectionStats};
 pub use engine::{AuxOp, AuxSpace, AuxStore, Engine, EngineOptions};
 pub use error::{Error, Result};
+pub use mutation::{Applied, Encoded, Mutation};
 pub use segment::RowKey;
 pub use types::{
     CollectionConfig, DEFAULT_PQ_BITS, DEFAULT_SEGMENT_MAX_ROWS, Hit, IndexConfig, IndexKind,

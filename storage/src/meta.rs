@@ -3,14 +3,9 @@
 //!
 //! The engine writes it only at checkpoints (and catalog changes), in one atomic, synced batch,
 //! so its content is always exactly the state as of a collection's checkpoint LSN; the WAL
-//! holds everything after. Key layout:
-//!
-//! | space | key | value |
-//! |---|---|---|
-//! | catalog | `c/{name}` | collection record (JSON) |
-//! | catalog | `next_uid` | u64 LE |
-//! | ids | collection uid (u64 BE) + [`crate::PointId::encode_into`] | segment id u64 LE + row u32 LE |
-//! | payloads | same as ids | payload JSON text |
+//! holds everything after. The key layout is in [`keys`], beside the functions that build
+//! and parse the keys.
+pub mod keys;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 

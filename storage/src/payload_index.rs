@@ -360,7 +360,7 @@ mod tests {
         }
     }
 
-    fn payload(rng: &mut crate::index::kmeans::SplitMix64) -> Value {
+    fn payload(rng: &mut crate::rng::SplitMix64) -> Value {
         let kinds = ["a", "b", "c"];
         let mut m = serde_json::Map::new();
         if rng.below(5) > 0 {
@@ -391,7 +391,7 @@ mod tests {
         Value::Object(m)
     }
 
-    fn condition(rng: &mut crate::index::kmeans::SplitMix64) -> String {
+    fn condition(rng: &mut crate::rng::SplitMix64) -> String {
         let kinds = ["\"a\"", "\"b\"", "\"c\"", "\"zz\""];
         let ops = ["=", "!=", ">", ">=", "<", "<="];
         match rng.below(12) {
@@ -426,7 +426,7 @@ mod tests {
         }
     }
 
-    fn expr(rng: &mut crate::index::kmeans::SplitMix64, depth: usize) -> String {
+    fn expr(rng: &mut crate::rng::SplitMix64, depth: usize) -> String {
         if depth == 0 || rng.below(3) == 0 {
             return condition(rng);
         }
@@ -443,7 +443,7 @@ mod tests {
     /// multi-valued, against a naive filter over the values.
     #[test]
     fn wide_numeric_ranges_use_prefixes_correctly() {
-        let mut rng = crate::index::kmeans::SplitMix64::new(4);
+        let mut rng = crate::rng::SplitMix64::new(4);
         let n = 60_000u32;
         let single: Vec<Value> = (0..n)
             .map(|_| json!({"n": rng.below(1000) as i64}))
@@ -480,7 +480,7 @@ mod tests {
         /// evaluation over random payloads and random nested filters, every operator.
         #[test]
         fn index_evaluation_equals_naive_scan(seed in any::<u64>(), n in 1usize..3000) {
-            let mut rng = crate::index::kmeans::SplitMix64::new(seed);
+            let mut rng = crate::rng::SplitMix64::new(seed);
             let payloads: Vec<Value> = (0..n).map(|_| payload(&mut rng)).collect();
             let mut mutable = FieldIndexes::new(&schema());
             for (r, p) in payloads.iter().enumerate() {

@@ -31,6 +31,8 @@ use fs_err as fs;
 
 pub use self::record::WalRecord;
 use crate::error::{Error, Result};
+/// Moved to [`crate::fsutil`]; kept here for callers of `wal::sync_dir`.
+pub use crate::fsutil::sync_dir;
 
 /// A log sequence number: the position of a write in a collection's history (starts at 1).
 pub type Lsn = u64;
@@ -307,12 +309,6 @@ fn create_file(dir: &Path, first_lsn: Lsn) -> Result<fs::File> {
     fs::rename(&tmp, &path)?;
     sync_dir(dir)?;
     Ok(fs::OpenOptions::new().append(true).open(&path)?)
-}
-
-/// fsyncs a directory so a rename or create in it is durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 struct FileEnd {

@@ -35,6 +35,17 @@ pub struct Mapping {
     pub side: Option<PathBuf>,
 }
 
+/// A line of a text input that could not be read (an I/O error or invalid UTF-8).
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: read failed")]
+pub struct ReadFailed {
+    /// The 1-based line.
+    pub line: u64,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// A streaming reader over one file.
 pub trait Source: Send {
     /// The next item and its 1-based position (line for text formats, row otherwise); `None`
@@ -108,6 +119,7 @@ pub fn open(path: &Path, mapping: &Mapping, read: &Arc<AtomicU64>) -> Result<Box
             line: 0,
             buf: String::new(),
             mapping: mapping.clone(),
+            points: false,
         }),
         "csv" => Box::new(Csv::open(open_raw(path, read)?, mapping, &name)?),
         "fvecs" | "bvecs" | "ivecs" => Box::new(Vecs {
@@ -133,6 +145,72 @@ pub fn open(path: &Path, mapping: &Mapping, read: &Arc<AtomicU64>) -> Result<Box
             "{name}: unknown format {other:?}; expected .jsonl, .csv, .parquet, .npy, .fvecs, .bvecs or .ivecs (optionally .gz or .zst)"
         ),
     })
+}
+
+/// Opens `path` (`-` for stdin) as points JSONL, whatever its extension and without
+/// decompression: `{"id", "vector", "payload"}` per line, other keys ignored (`quiver upsert`).
+pub fn open_points(path: &Path, read: &Arc<AtomicU64>) -> Result<Box<dyn Source>> {
+    let raw: Box<dyn Read + Send> = if path == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(path).with_context(|| format!("{}: cannot open", path.display()))?)
+    };
+    Ok(Box::new(Jsonl {
+        lines: BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: raw,
+                read: Arc::clone(read),
+            },
+        ),
+        line: 0,
+        buf: String::new(),
+        mapping: Mapping::default(),
+        points: true,
+    }))
+}
+
+/// Builds a row from a points-JSONL object (`quiver upsert`): `id` (required), `vector` (a JSON
+/// array of numbers), `payload` (an object, optional); other keys are ignored. Errors name the
+/// field.
+pub fn point_from_object(mut obj: Map<String, Value>) -> Item {
+    let id = obj.remove("id").ok_or("field 'id' is missing")?;
+    let id = id_from_json(&id).ok_or_else(|| {
+        format!("field 'id': {id} is not a non-negative integer or a non-empty string")
+    })?;
+    let vector = numbers(
+        &obj.remove("vector").ok_or("field 'vector' is missing")?,
+        "field 'vector'",
+    )?;
+    let payload = match obj.remove("payload") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(p)) => Some(p),
+        Some(other) => {
+            return Err(format!(
+                "field 'payload': expected a JSON object, got {other}"
+            ));
+        }
+    };
+    Ok(Row {
+        id: Some(id),
+        vector,
+        payload,
+    })
+}
+
+/// A JSON array of numbers as a vector; errors name `what` (and the element: `what[i]`).
+pub fn numbers(v: &Value, what: &str) -> std::result::Result<Vec<f32>, String> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| format!("{what}: expected a JSON array of numbers"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .ok_or_else(|| format!("{what}[{i}]: {x} is not a number"))
+        })
+        .collect()
 }
 
 /// Builds a row from a JSON object: id, vector and payload fields per `mapping`.
@@ -207,11 +285,14 @@ fn vector_of(v: Value, key: &str) -> std::result::Result<Vec<f32>, String> {
         .collect()
 }
 
+/// JSONL, an object per line (blank lines skipped, still counted).
 struct Jsonl<R> {
     lines: R,
     line: u64,
     buf: String,
     mapping: Mapping,
+    /// Strict points lines ([`point_from_object`]) instead of `mapping`.
+    points: bool,
 }
 
 impl<R: BufRead + Send> Source for Jsonl<R> {
@@ -221,7 +302,10 @@ impl<R: BufRead + Send> Source for Jsonl<R> {
             let n = self
                 .lines
                 .read_line(&mut self.buf)
-                .with_context(|| format!("line {}: read failed", self.line + 1))?;
+                .map_err(|source| ReadFailed {
+                    line: self.line + 1,
+                    source,
+                })?;
             if n == 0 {
                 return Ok(None);
             }
@@ -231,6 +315,7 @@ impl<R: BufRead + Send> Source for Jsonl<R> {
                 continue;
             }
             let item = match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(o)) if self.points => point_from_object(o),
                 Ok(Value::Object(o)) => row_from_object(o, &self.mapping),
                 Ok(_) => Err("expected a JSON object".into()),
                 Err(e) => Err(format!("invalid JSON at column {}: {e}", e.column())),
@@ -242,6 +327,9 @@ impl<R: BufRead + Send> Source for Jsonl<R> {
         "line"
     }
     fn summary(&self) -> String {
+        if self.points {
+            return "JSONL points: {\"id\", \"vector\", \"payload\"} per line".into();
+        }
         format!(
             "JSONL: id '{}', vector '{}', payload: {}",
             self.mapping.id_field.as_deref().unwrap_or("id"),
@@ -921,5 +1009,129 @@ impl Source for Parquet {
     }
     fn summary(&self) -> String {
         self.desc.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The items of points-JSONL `text`, as `quiver upsert` reads them.
+    fn points(text: &[u8]) -> Vec<Result<(u64, Item)>> {
+        let mut src = Jsonl {
+            lines: std::io::Cursor::new(text.to_vec()),
+            line: 0,
+            buf: String::new(),
+            mapping: Mapping::default(),
+            points: true,
+        };
+        std::iter::from_fn(|| src.next_item().transpose()).collect()
+    }
+
+    fn reason(line: &str) -> String {
+        match points(line.as_bytes()).remove(0) {
+            Ok((_, Err(r))) => r,
+            other => panic!("{line}: expected a bad row, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn points_lines_keep_upsert_messages() {
+        let cases = [
+            (
+                r#"{"id": 2, "vector": [1, "x"]}"#,
+                r#"field 'vector'[1]: "x" is not a number"#,
+            ),
+            (r#"{"vector": [1, 2]}"#, "field 'id' is missing"),
+            (
+                "not json",
+                "invalid JSON at column 2: expected ident at line 1 column 2",
+            ),
+            (
+                r#"{"id": -4, "vector": [1, 2]}"#,
+                "field 'id': -4 is not a non-negative integer or a non-empty string",
+            ),
+            (
+                r#"{"id": null, "vector": [1]}"#,
+                "field 'id': null is not a non-negative integer or a non-empty string",
+            ),
+            (
+                r#"{"id": 1, "embedding": [1, 2]}"#,
+                "field 'vector' is missing",
+            ),
+            (
+                r#"{"id": 1, "vector": "[1, 2]"}"#,
+                "field 'vector': expected a JSON array of numbers",
+            ),
+            (
+                r#"{"id": 1, "vector": [1], "payload": [1]}"#,
+                "field 'payload': expected a JSON object, got [1]",
+            ),
+            ("[1, 2]", "expected a JSON object"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(reason(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn points_lines_take_only_id_vector_payload() {
+        let items = points(
+            b"{\"id\": 7, \"vector\": [1, 2], \"payload\": {\"a\": 1}, \"extra\": 2}\n\n  \n\
+              {\"id\": \"k\", \"vector\": [3], \"payload\": {}}\n{\"id\": 8, \"vector\": [], \"payload\": null}\n",
+        );
+        let rows: Vec<(u64, Row)> = items
+            .into_iter()
+            .map(|i| match i {
+                Ok((pos, Ok(row))) => (pos, row),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(rows.len(), 3);
+        // Blank lines are skipped but counted.
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 4, 5]);
+        assert_eq!(rows[0].1.id, Some(num_id(7)));
+        assert_eq!(rows[0].1.vector, [1.0, 2.0]);
+        let payload = rows[0].1.payload.as_ref().map(|p| Value::Object(p.clone()));
+        assert_eq!(
+            payload,
+            Some(serde_json::json!({"a": 1})),
+            "other keys ignored"
+        );
+        assert_eq!(rows[1].1.id, Some(str_id("k")));
+        assert_eq!(
+            rows[1].1.payload,
+            Some(Map::new()),
+            "an empty payload stays"
+        );
+        assert_eq!(rows[2].1.payload, None);
+    }
+
+    #[test]
+    fn unreadable_line_names_its_number() {
+        let mut items = points(b"{\"id\": 1, \"vector\": [1]}\n\xff\xfe\n");
+        assert!(matches!(items.remove(0), Ok((1, Ok(_)))));
+        let e = match items.remove(0) {
+            Err(e) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(e.downcast_ref::<ReadFailed>().map(|r| r.line), Some(2));
+        assert_eq!(
+            format!("{e:#}"),
+            "line 2: read failed: stream did not contain valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn ingest_jsonl_still_maps_fields() {
+        let Value::Object(o) = serde_json::json!({"id": 1, "embedding": "[1, 2]", "k": "v"}) else {
+            panic!("an object");
+        };
+        let row = row_from_object(o, &Mapping::default()).expect("a row");
+        assert_eq!(row.vector, [1.0, 2.0]);
+        assert_eq!(
+            row.payload.map(Value::Object),
+            Some(serde_json::json!({"k": "v"}))
+        );
     }
 }

@@ -73,7 +73,7 @@ fn unhex(s: &str) -> Option<Tag> {
 }
 
 fn unauthenticated(why: &str) -> Status {
-    Status::unauthenticated(format!("cluster port: {why}"))
+    crate::error::ApiError::Unauthenticated(format!("cluster port: {why}")).into()
 }
 
 impl ClusterKey {

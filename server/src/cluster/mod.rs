@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use self::command::{Command, Failure, Outcome, Reply, Write};
+use self::command::{Command, Failure, Mutation, Outcome, Reply};
 use self::log_store::RocksLog;
 use self::net::{decode, encode};
 use self::sm::EngineSm;
@@ -124,16 +124,12 @@ fn role(s: ServerState) -> &'static str {
     }
 }
 
-fn failure_status(f: Failure) -> ApiError {
-    ApiError::Status(Status::new(tonic::Code::from_i32(f.code), f.message))
-}
-
 /// Why a forwarded call failed.
 enum ForwardError {
     /// It never reached a leader: safe to retry.
     Retry(String),
     /// It may have been applied, or was refused: report.
-    Fail(Status),
+    Fail(ApiError),
 }
 
 impl Cluster {
@@ -368,7 +364,9 @@ impl Cluster {
     }
 
     async fn local_view_of(&self, addr: &str, timeout: Duration) -> Result<LocalView, Status> {
-        let mut c = self.peer(addr).map_err(Status::invalid_argument)?;
+        let mut c = self
+            .peer(addr)
+            .map_err(|e| Status::from(ApiError::bad("address", e)))?;
         let mut req = Request::new(RaftBytes::default());
         req.set_timeout(timeout);
         let key = self.settings.key.as_deref();
@@ -385,24 +383,28 @@ impl Cluster {
     ) -> Result<Forwarded, ForwardError> {
         let timeout = timeout.max(ms(100));
         let mut c = self.peer(addr).map_err(ForwardError::Retry)?;
-        let mut req = Request::new(encode(f).map_err(ForwardError::Fail)?);
+        let mut req =
+            Request::new(encode(f).map_err(|s| ForwardError::Fail(ApiError::from_status(&s)))?);
         req.set_timeout(timeout);
         let key = self.settings.key.as_deref();
         match net::signed_call(key, net::path::FORWARD, req, |r| c.forward(r)).await {
             Ok(resp) => {
-                let out: Result<Forwarded, Failure> =
-                    decode(resp.get_ref()).map_err(ForwardError::Fail)?;
+                let out: Result<Forwarded, Failure> = decode(resp.get_ref())
+                    .map_err(|s| ForwardError::Fail(ApiError::from_status(&s)))?;
                 out.map_err(|f| {
-                    let s = Status::new(tonic::Code::from_i32(f.code), f.message);
-                    if net::unreachable(&s) || s.message().contains("not the leader") {
-                        ForwardError::Retry(s.message().to_owned())
+                    // The leader could not serve it (it stepped down, or lost its quorum
+                    // before accepting): nothing was applied, so it is safe to try again.
+                    if f.kind == crate::error::Kind::Unavailable
+                        || f.message.contains("not the leader")
+                    {
+                        ForwardError::Retry(f.message)
                     } else {
-                        ForwardError::Fail(s)
+                        ForwardError::Fail(f.into())
                     }
                 })
             }
             Err(s) if net::unreachable(&s) => Err(ForwardError::Retry(s.message().to_owned())),
-            Err(s) => Err(ForwardError::Fail(s)),
+            Err(s) => Err(ForwardError::Fail(ApiError::from_status(&s))),
         }
     }
 
@@ -426,7 +428,7 @@ impl Cluster {
                             Err(ForwardError::Retry(m)) => {
                                 last_err = format!("leader {l} at {addr}: {m}")
                             }
-                            Err(ForwardError::Fail(s)) => return Err(ApiError::Status(s)),
+                            Err(ForwardError::Fail(e)) => return Err(e),
                         }
                     }
                     None => last_err = format!("leader {l} has no known address"),
@@ -522,7 +524,7 @@ impl Cluster {
 
     /// Replicates a write and returns once it is committed and applied on the leader and on
     /// this node (so the caller reads its own write here).
-    pub async fn write(&self, w: Write) -> ApiResult<Outcome> {
+    pub async fn write(&self, w: Mutation) -> ApiResult<Outcome> {
         let cmd = w.encode();
         // An entry travels whole in AppendEntries (with its neighbours) and in snapshots'
         // logs: one the transport cannot carry would stall every follower forever.
@@ -536,7 +538,7 @@ impl Cluster {
         let deadline = self.deadline();
         match self.on_leader(Forward::Write(cmd), deadline).await? {
             Forwarded::Write(reply) => {
-                let out = reply.map_err(failure_status)?;
+                let out = reply.map_err(ApiError::from)?;
                 let left = deadline.saturating_duration_since(Instant::now());
                 self.wait_applied(out.index, left.max(ms(100))).await;
                 Ok(out)
@@ -702,16 +704,10 @@ impl From<LeadError> for Failure {
     fn from(e: LeadError) -> Failure {
         match e {
             LeadError::NotLeader => Failure {
-                code: tonic::Code::Unavailable as i32,
+                kind: crate::error::Kind::Unavailable,
                 message: "not the leader".into(),
             },
-            LeadError::Fail(e) => {
-                let s: Status = e.into();
-                Failure {
-                    code: s.code() as i32,
-                    message: s.message().to_owned(),
-                }
-            }
+            LeadError::Fail(e) => Failure::from(&e),
         }
     }
 }
@@ -796,7 +792,8 @@ impl RaftRpc for Service {
             |r: openraft::raft::InstallSnapshotRequest<TypeConfig>| async move {
                 // The id names files in the snapshot directory: refuse anything but our own
                 // shape before openraft sees it.
-                sm::check_snapshot_id(&r.meta.snapshot_id).map_err(Status::invalid_argument)?;
+                sm::check_snapshot_id(&r.meta.snapshot_id)
+                    .map_err(|e| Status::from(ApiError::bad("snapshot_id", e)))?;
                 Ok(raft.install_snapshot(r).await)
             },
         )

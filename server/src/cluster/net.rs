@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::TypeConfig;
 use super::guard::ClusterKey;
+use crate::error::ApiError;
 
 /// Largest internal message (snapshot chunks and entry batches stay well below).
 pub const MAX_MESSAGE: usize = 256 << 20;
@@ -99,7 +100,7 @@ pub fn client(
 pub fn encode<T: Serialize>(v: &T) -> Result<RaftBytes, tonic::Status> {
     bincode::serialize(v)
         .map(|data| RaftBytes { data })
-        .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+        .map_err(|e| ApiError::Internal(format!("encode: {e}")).into())
 }
 
 /// Decodes a message. The byte limit bounds what a length prefix can make bincode allocate:
@@ -111,7 +112,7 @@ pub fn decode<T: DeserializeOwned>(b: &RaftBytes) -> Result<T, tonic::Status> {
         .allow_trailing_bytes()
         .with_limit(b.data.len() as u64)
         .deserialize(&b.data)
-        .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+        .map_err(|e| ApiError::bad("message", format!("decode: {e}")).into())
 }
 
 /// Whether a failed call never reached the peer (so it is safe to retry anything).

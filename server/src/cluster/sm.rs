@@ -1,7 +1,7 @@
 //! The engine as openraft's state machine.
 //!
 //! **Apply.** Committed entries are applied in log order, each write stamped with its log
-//! index ([`Write::apply`]); the engine's WALs run without fsync in cluster mode, because the
+//! index ([`quiver_storage::Engine::apply`]); the engine's WALs run without fsync in cluster mode, because the
 //! Raft log already holds every acknowledged write durably on a quorum.
 //!
 //! **Durable applied index.** At least every `durable_every` (and at every snapshot) the WALs
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::TypeConfig;
-use super::command::{Failure, Outcome, Reply, Write};
+use super::command::{Failure, Mutation, Outcome, Reply};
 
 type SErr = StorageError<u64>;
 type Membership = StoredMembership<u64, BasicNode>;
@@ -111,7 +111,8 @@ fn deterministic(e: &quiver_storage::Error) -> bool {
         | E::InvalidArgument { .. }
         | E::CollectionNotFound { .. }
         | E::CollectionExists { .. }
-        | E::TooLarge { .. } => true,
+        | E::TooLarge { .. }
+        | E::Conflict { .. } => true,
         E::Corrupt { .. } | E::Io(_) | E::Meta(_) | E::Closed | E::DeadlineExceeded { .. } => false,
     }
 }
@@ -259,23 +260,19 @@ impl Shared {
                         ..Outcome::default()
                     })
                 }
-                EntryPayload::Normal(cmd) => match Write::decode(&cmd) {
+                EntryPayload::Normal(cmd) => match Mutation::decode(&cmd) {
                     Err(message) => Err(Failure {
-                        code: tonic::Code::InvalidArgument as i32,
+                        kind: crate::error::Kind::InvalidArgument,
                         message,
                     }),
-                    Ok(w) if w.already_applied(&self.engine, index) => Ok(Outcome {
+                    Ok(w) if self.engine.already_applied(&w, index) => Ok(Outcome {
                         index,
                         ..Outcome::default()
                     }),
-                    Ok(w) => match w.apply(&self.engine, index) {
+                    Ok(w) => match self.engine.apply(w, index) {
                         Ok(o) => Ok(o),
                         Err(err) if deterministic(&err) => {
-                            let status: tonic::Status = crate::error::ApiError::from(err).into();
-                            Err(Failure {
-                                code: status.code() as i32,
-                                message: status.message().to_owned(),
-                            })
+                            Err(Failure::from(&crate::error::ApiError::from(err)))
                         }
                         Err(err) => {
                             tracing::error!(index, error = %err, "applying a committed entry failed on this node; stopping replication here");
@@ -518,7 +515,7 @@ mod tests {
 
     use super::*;
 
-    fn entry(index: u64, w: Write) -> Entry<TypeConfig> {
+    fn entry(index: u64, w: Mutation) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(w.encode()),
@@ -551,7 +548,7 @@ mod tests {
         };
         let log = |from: u64| -> Vec<Entry<TypeConfig>> {
             let ws = vec![
-                Write::CreateCollection(CollectionConfig {
+                Mutation::CreateCollection(CollectionConfig {
                     name: "c".into(),
                     dim: 2,
                     metric: Metric::L2,
@@ -560,7 +557,7 @@ mod tests {
                     schema: Default::default(),
                     labels: Default::default(),
                 }),
-                Write::Upsert {
+                Mutation::Upsert {
                     collection: "c".into(),
                     points: vec![PointWrite {
                         id: PointId::Num(1),
@@ -568,11 +565,11 @@ mod tests {
                         payload: Some(br#"{"color":"blue","size":1}"#.to_vec()),
                     }],
                 },
-                Write::DeleteByFilter {
+                Mutation::DeleteByFilter {
                     collection: "c".into(),
                     filter: quiver_storage::filter::parse(r#"color = "red""#).unwrap(),
                 },
-                Write::UpdatePayload {
+                Mutation::UpdatePayload {
                     collection: "c".into(),
                     ids: vec![PointId::Num(1)],
                     set: serde_json::from_str(r#"{"color":"red"}"#).unwrap(),

@@ -6,10 +6,10 @@ use quiver_proto::v1::collections_server::Collections;
 use quiver_storage::{Collection, CollectionConfig, DEFAULT_PQ_BITS, IndexConfig, IndexKind};
 use tonic::{Request, Response, Status};
 
-use crate::cluster::command::Write;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
+use quiver_storage::Mutation;
 
 /// The Collections service.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ impl Collections for CollectionsService {
             .into());
         }
         let name = config.name.clone();
-        self.state.write(Write::CreateCollection(config)).await?;
+        self.state.write(Mutation::CreateCollection(config)).await?;
         let out = blocking(move || Ok(info(engine.collection(&name)?.as_ref()))).await?;
         Ok(Response::new(out))
     }
@@ -182,7 +182,7 @@ impl Collections for CollectionsService {
         crate::auth::check_collection(&req, &req.get_ref().name)?;
         let name = req.into_inner().name;
         quiver_storage::types::validate_collection_name(&name).map_err(ApiError::from)?;
-        self.state.write(Write::DropCollection(name)).await?;
+        self.state.write(Mutation::DropCollection(name)).await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }
 
@@ -237,7 +237,7 @@ impl Collections for CollectionsService {
         let engine = self.state.engine()?;
         let fields = convert::schema(&r.fields)?;
         self.state
-            .write(Write::DeclareFields {
+            .write(Mutation::DeclareFields {
                 collection: r.name.clone(),
                 fields,
             })

@@ -6,9 +6,9 @@ use quiver_proto::v1::keys_server::Keys;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, KeyStore, Role};
-use crate::cluster::command::Write;
 use crate::error::ApiError;
 use crate::grpc::{AppState, blocking};
+use quiver_storage::Mutation;
 
 /// The Keys service.
 #[derive(Debug, Clone)]
@@ -35,8 +35,8 @@ fn scope_of<T>(req: &Request<T>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn put(record: &auth::KeyRecord) -> Result<Write, Status> {
-    Ok(Write::PutRecord {
+fn put(record: &auth::KeyRecord) -> Result<Mutation, Status> {
+    Ok(Mutation::PutRecord {
         key: auth::record_key(&record.id),
         value: Some(serde_json::to_vec(record).map_err(|e| ApiError::Internal(e.to_string()))?),
     })
@@ -51,14 +51,15 @@ impl Keys for KeysService {
         let scope = scope_of(&req);
         let r = req.into_inner();
         if !auth::within_scope(&scope, &r.collections) {
-            return Err(Status::permission_denied(format!(
+            return Err(ApiError::PermissionDenied(format!(
                 "this key is limited to collections {scope:?} and cannot mint a key for {}",
                 if r.collections.is_empty() {
                     "all collections".to_owned()
                 } else {
                     format!("{:?}", r.collections)
                 }
-            )));
+            ))
+            .into());
         }
         let role = Role::from_proto(r.role)
             .ok_or_else(|| ApiError::bad("role", format!("unknown role {}", r.role)))?;

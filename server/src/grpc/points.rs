@@ -7,12 +7,12 @@ use quiver_storage::ReadOptions;
 use quiver_storage::collection::PayloadLimits;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::command::Write;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
+use quiver_storage::Mutation;
 
 /// The Points service.
 #[derive(Debug, Clone)]
@@ -32,21 +32,12 @@ impl PointsService {
         let points = convert::points(r.points, self.state.settings.max_payload_bytes)?;
         let out = self
             .state
-            .write(Write::Upsert {
+            .write(Mutation::Upsert {
                 collection: r.collection,
                 points,
             })
             .await?;
         Ok((n, out.lsn))
-    }
-}
-
-/// The decoder reports an oversized message as OUT_OF_RANGE; the API promises RESOURCE_EXHAUSTED.
-pub fn oversized_to_resource_exhausted(s: Status) -> Status {
-    if s.code() == Code::OutOfRange && s.message().contains("message length too large") {
-        Status::resource_exhausted(s.message().to_owned())
-    } else {
-        s
     }
 }
 
@@ -83,7 +74,7 @@ impl Points for PointsService {
                 let r = match item {
                     Ok(r) => r,
                     Err(s) => {
-                        let _ = tx.send(Err(oversized_to_resource_exhausted(s))).await;
+                        let _ = tx.send(Err(crate::error::oversized(s))).await;
                         return;
                     }
                 };
@@ -106,12 +97,10 @@ impl Points for PointsService {
                         }
                     }
                     Err(e) => {
-                        let s = Status::from(e);
-                        let msg = format!(
-                            "batch {batch_id} (message {message} on this stream; {total} points acknowledged before it): {}",
-                            s.message()
-                        );
-                        let _ = tx.send(Err(Status::new(s.code(), msg))).await;
+                        let e = e.context(format_args!(
+                            "batch {batch_id} (message {message} on this stream; {total} points acknowledged before it)"
+                        ));
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 }
@@ -166,8 +155,8 @@ impl Points for PointsService {
         }
         let collection = r.collection;
         let w = match filter {
-            Some(filter) => Write::DeleteByFilter { collection, filter },
-            None => Write::Delete { collection, ids },
+            Some(filter) => Mutation::DeleteByFilter { collection, filter },
+            None => Mutation::Delete { collection, ids },
         };
         let out = self.state.write(w).await?;
         Ok(Response::new(pb::DeletePointsResponse {
@@ -270,7 +259,7 @@ impl Points for PointsService {
         };
         let out = self
             .state
-            .write(Write::UpdatePayload {
+            .write(Mutation::UpdatePayload {
                 collection: r.collection,
                 ids,
                 set,

@@ -211,9 +211,9 @@ impl Search for SearchService {
                         q.params.deadline = until;
                         q
                     })
-                    .map_err(|e| with_index(i, e.into()))
+                    .map_err(|e| e.context(format_args!("searches[{i}]")))
             })
-            .collect::<Result<Vec<_>, Status>>()?;
+            .collect::<Result<Vec<_>, ApiError>>()?;
         // What the batch may make the engine hold: candidates up front, hit bytes as read.
         let total: usize = queries.iter().map(candidates).sum();
         if total > MAX_BATCH_CANDIDATES {
@@ -227,8 +227,8 @@ impl Search for SearchService {
         let results = results
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.map_err(|e| with_index(i, e)))
-            .collect::<Result<Vec<_>, Status>>()?;
+            .map(|(i, r)| r.map_err(|e| e.context(format_args!("searches[{i}]"))))
+            .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(Response::new(pb::SearchBatchResponse { results }))
     }
 }
@@ -240,7 +240,7 @@ fn run_batch(
     engine: &Engine,
     queries: &[Query],
     budget: usize,
-) -> Vec<Result<pb::SearchResponse, Status>> {
+) -> Vec<Result<pb::SearchResponse, ApiError>> {
     let mut left = budget;
     type Key<'a> = (&'a str, bool, bool, SearchParams);
     let mut groups: Vec<(Key<'_>, Vec<usize>)> = Vec::new();
@@ -259,7 +259,7 @@ fn run_batch(
             None => groups.push((key, vec![i])),
         }
     }
-    let mut out: Vec<Option<Result<pb::SearchResponse, Status>>> =
+    let mut out: Vec<Option<Result<pb::SearchResponse, ApiError>>> =
         queries.iter().map(|_| None).collect();
     for ((name, _, _, params), idxs) in groups {
         let opts = queries[idxs[0]].opts;
@@ -290,29 +290,21 @@ fn run_batch(
                 left = left.saturating_sub(spent);
                 let took_us = started.elapsed().as_micros() as u64;
                 for (&i, r) in idxs.iter().zip(results) {
-                    out[i] = Some(r.map_err(|e| ApiError::from(e).into()).map(|hits| {
-                        pb::SearchResponse {
-                            hits: hits.into_iter().map(convert::scored).collect(),
-                            took_us,
-                            unindexed_filter_keys: unindexed_filter_keys.clone(),
-                        }
+                    out[i] = Some(r.map_err(ApiError::from).map(|hits| pb::SearchResponse {
+                        hits: hits.into_iter().map(convert::scored).collect(),
+                        took_us,
+                        unindexed_filter_keys: unindexed_filter_keys.clone(),
                     }));
                 }
             }
             Err(e) => {
-                let status = Status::from(e);
                 for &i in &idxs {
-                    out[i] = Some(Err(status.clone()));
+                    out[i] = Some(Err(e.duplicate()));
                 }
             }
         }
     }
     out.into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(Status::internal("search not run"))))
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::Internal("search not run".into()))))
         .collect()
-}
-
-/// Names the failing search of a batch in the error, keeping its status code.
-fn with_index(i: usize, s: Status) -> Status {
-    Status::new(s.code(), format!("searches[{i}]: {}", s.message()))
 }

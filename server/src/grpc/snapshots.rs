@@ -93,9 +93,7 @@ impl Snapshots for SnapshotsService {
             std::fs::create_dir_all(&root).map_err(quiver_storage::Error::from)?;
             let dst = root.join(&name);
             if dst.exists() {
-                return Err(ApiError::Status(Status::already_exists(format!(
-                    "snapshot {name:?} exists"
-                ))));
+                return Err(ApiError::AlreadyExists(format!("snapshot {name:?} exists")));
             }
             let tmp = root.join(format!(".{name}.tmp"));
             if tmp.exists() {
@@ -178,13 +176,15 @@ impl Snapshots for SnapshotsService {
             let run = || -> Result<(), Status> {
                 quiver_storage::engine::verify_export(&d).map_err(ApiError::from)?;
                 quiver_storage::engine::pack(&d, &archive).map_err(ApiError::from)?;
-                let mut f =
-                    std::fs::File::open(&archive).map_err(|e| Status::internal(e.to_string()))?;
+                let mut f = std::fs::File::open(&archive)
+                    .map_err(quiver_storage::Error::from)
+                    .map_err(ApiError::from)?;
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = f
                         .read(&mut buf)
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                        .map_err(quiver_storage::Error::from)
+                        .map_err(ApiError::from)?;
                     if n == 0 {
                         return Ok(());
                     }
@@ -327,7 +327,7 @@ impl SnapshotsService {
         src: &Arc<quiver_storage::engine::ExportedCollection>,
         target: &str,
     ) -> ApiResult<u64> {
-        use crate::cluster::command::Write;
+        use quiver_storage::Mutation;
         let source = src.config().name.clone();
         if engine.collection(target).is_ok() && target != source {
             return Err(ApiError::Precondition(format!(
@@ -341,7 +341,7 @@ impl SnapshotsService {
             let name = &c.config().name;
             if quiver_storage::types::staging_target(name) == Some(target) {
                 self.state
-                    .write_any(Write::DropCollection(name.clone()))
+                    .write_any(Mutation::DropCollection(name.clone()))
                     .await?;
             }
         }
@@ -352,12 +352,12 @@ impl SnapshotsService {
         let mut config = src.config().clone();
         config.name = staging.clone();
         self.state
-            .write_any(Write::CreateCollection(config))
+            .write_any(Mutation::CreateCollection(config))
             .await?;
         match self.fill(src, &staging).await {
             Ok(n) => {
                 self.state
-                    .write_any(Write::ReplaceCollection {
+                    .write_any(Mutation::ReplaceCollection {
                         staging,
                         target: target.to_owned(),
                     })
@@ -365,7 +365,11 @@ impl SnapshotsService {
                 Ok(n)
             }
             Err(e) => {
-                if let Err(d) = self.state.write_any(Write::DropCollection(staging)).await {
+                if let Err(d) = self
+                    .state
+                    .write_any(Mutation::DropCollection(staging))
+                    .await
+                {
                     tracing::warn!(collection = %target, error = %d, "cannot drop a failed restore's copy; the next restore of it drops it");
                 }
                 Err(e)
@@ -380,7 +384,7 @@ impl SnapshotsService {
         src: &Arc<quiver_storage::engine::ExportedCollection>,
         collection: &str,
     ) -> ApiResult<u64> {
-        use crate::cluster::command::Write;
+        use quiver_storage::Mutation;
         let page = ((4 << 20) / (src.config().dim * 4).max(1)).clamp(1, 1000);
         let mut cursor = Some((0, 0));
         let mut n = 0;
@@ -390,7 +394,7 @@ impl SnapshotsService {
             n += points.len() as u64;
             if !points.is_empty() {
                 self.state
-                    .write_any(Write::Upsert {
+                    .write_any(Mutation::Upsert {
                         collection: collection.to_owned(),
                         points,
                     })

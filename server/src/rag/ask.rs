@@ -393,8 +393,7 @@ pub async fn ask(
                     request_id: ctx.request_id.clone(),
                     ..Default::default()
                 };
-                let rag2 = Arc::clone(&rag);
-                response.review_id = blocking(move || rag2.state.queue_review(item)).await?;
+                response.review_id = rag.state.queue_review(item).await?;
                 response.answer.clear();
                 response.citations.clear();
                 flags.push("pending_review".into());
@@ -520,7 +519,7 @@ async fn generate(
         .unwrap_or(rag.cfg.token_budget_per_day);
     let reservation = if budget > 0 {
         let need = prompt_tokens + u64::from(max_answer);
-        Some(rag.state.reserve(&ctx.tenant, need, budget)?)
+        Some(rag.state.reserve(&ctx.tenant, need, budget).await?)
     } else {
         None
     };
@@ -689,8 +688,8 @@ async fn generate(
         .increment((cost * 1e6).round() as u64);
     let used = u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens);
     match reservation {
-        Some(r) => r.settle(used)?,
-        None => rag.state.add_usage(&ctx.tenant, used)?,
+        Some(r) => r.settle(used).await?,
+        None => rag.state.add_usage(&ctx.tenant, used).await?,
     };
     record.output = reply.text.clone();
     record.prompt_tokens = reply.prompt_tokens;

@@ -2,6 +2,8 @@
 //! keyed by time (milliseconds, big-endian) and a sequence number so records list in order and
 //! old ones are removed by one range delete. Writes are not fsynced one by one (a process crash
 //! keeps them; RocksDB's WAL is flushed by the OS); retention runs at start and hourly.
+//! Records are node-local (they are high-volume): each carries the id of the node that made
+//! the call, and on a cluster `quiver audit list` gathers them from every node.
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +21,7 @@ pub struct AuditLog {
     store: AuxStore,
     seq: AtomicU32,
     max_text: usize,
+    node_id: u64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -62,18 +65,20 @@ fn truncate(s: &mut String, max: usize) {
 }
 
 impl AuditLog {
-    /// An audit log over the engine's audit keyspace.
-    pub fn new(store: AuxStore, max_text: usize) -> Self {
+    /// An audit log over the engine's audit keyspace, on cluster node `node_id` (0: one node).
+    pub fn new(store: AuxStore, max_text: usize, node_id: u64) -> Self {
         AuditLog {
             store,
             seq: AtomicU32::new(0),
             max_text,
+            node_id,
         }
     }
 
     /// Stores a record (its id and time are set here) and returns its id.
     pub fn append(&self, mut r: pb::AuditRecord) -> ApiResult<String> {
         r.time_ms = now_ms();
+        r.node_id = self.node_id;
         let k = key(r.time_ms, self.seq.fetch_add(1, Ordering::Relaxed));
         r.id = id_of(&k);
         truncate(&mut r.prompt, self.max_text);
@@ -160,7 +165,7 @@ mod tests {
     fn appends_lists_filters_pages_and_expires() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = quiver_storage::Engine::open(dir.path(), Default::default()).expect("open");
-        let log = AuditLog::new(e.aux(), 10);
+        let log = AuditLog::new(e.aux(), 10, 3);
         for i in 0..5 {
             log.append(pb::AuditRecord {
                 operation: if i % 2 == 0 { "chat" } else { "embeddings" }.into(),
@@ -172,6 +177,10 @@ mod tests {
         }
         let all = log.list(&pb::ListAuditRequest::default()).expect("list");
         assert_eq!(all.records.len(), 5);
+        assert!(
+            all.records.iter().all(|r| r.node_id == 3),
+            "records name their node"
+        );
         assert!(all.records.windows(2).all(|w| w[0].id < w[1].id));
         assert!(all.records[4].prompt.starts_with("xxxxxxxxxx…[10 bytes"));
         let chats = log

@@ -38,13 +38,13 @@ use serde_json::{Map, Value, json};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::command::Write;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{AppState, blocking};
 use chunk::ChunkParams;
 use embed::{Embedder, EmbeddingCache};
 use llm::{Generator, Remote};
+use quiver_storage::Mutation;
 use settings::RagSection;
 
 /// Everything the RAG endpoints share: settings, providers, caches and durable state.
@@ -128,10 +128,16 @@ impl Providers {
 }
 
 impl Rag {
-    fn new(cfg: RagSection, engine: &Engine, providers: Providers) -> Rag {
+    fn new(
+        cfg: RagSection,
+        engine: &Engine,
+        sink: Arc<dyn state::Sink>,
+        node_id: u64,
+        providers: Providers,
+    ) -> Rag {
         Rag {
-            state: state::RagState::new(engine.aux()),
-            audit: audit::AuditLog::new(engine.aux(), cfg.audit_max_text_bytes),
+            state: state::RagState::new(sink, engine.aux()),
+            audit: audit::AuditLog::new(engine.aux(), cfg.audit_max_text_bytes, node_id),
             answers: cache::AnswerCache::new(cfg.answer_cache_entries),
             semantic: cache::SemanticCache::new(if cfg.semantic_cache_threshold > 0.0 {
                 cfg.answer_cache_entries
@@ -378,12 +384,40 @@ impl RagService {
             let rag = Arc::new(Rag::new(
                 self.app.settings.rag.clone(),
                 &engine,
+                Arc::clone(&self.app) as Arc<dyn state::Sink>,
+                self.app.settings.cluster.as_ref().map_or(0, |c| c.node_id),
                 self.providers.clone(),
             ));
             spawn_retention(Arc::clone(&rag));
+            spawn_migration(Arc::clone(&rag));
             rag
         })))
     }
+}
+
+/// Moves an earlier version's node-local review queue and usage into the replicated records,
+/// retrying while a cluster has no leader yet.
+fn spawn_migration(rag: Arc<Rag>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        for attempt in 0..60u32 {
+            match rag.state.migrate_local().await {
+                Ok(0) => return,
+                Ok(n) => {
+                    tracing::info!(moved = n, "moved node-local RAG state into the replicated records");
+                    return;
+                }
+                Err(e) => {
+                    if attempt == 59 {
+                        tracing::warn!(error = %e, "cannot move node-local RAG state yet; retrying at the next start");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+    });
 }
 
 /// Removes expired audit records now and every hour.
@@ -499,7 +533,7 @@ pub fn doc_collection(
             };
             // Settings travel with the collection, in the same replicated write.
             app.ok_or_else(|| ApiError::Internal("creating a collection without a writer".into()))?
-                .write_blocking(Write::CreateCollection(config))?;
+                .write_blocking(Mutation::CreateCollection(config))?;
             let c = engine.collection(name)?;
             return Ok(DocCollection {
                 c,
@@ -658,7 +692,7 @@ fn ingest(
         bytes += p.vector.len() * 4 + p.payload.as_ref().map_or(0, Vec::len) + 64;
         batch.push(p);
         if bytes >= INGEST_WRITE_BYTES {
-            app.write_blocking(Write::Upsert {
+            app.write_blocking(Mutation::Upsert {
                 collection: d.c.config().name.clone(),
                 points: std::mem::take(&mut batch),
             })?;
@@ -666,13 +700,13 @@ fn ingest(
         }
     }
     if !batch.is_empty() {
-        app.write_blocking(Write::Upsert {
+        app.write_blocking(Mutation::Upsert {
             collection: d.c.config().name.clone(),
             points: batch,
         })?;
     }
     for (id, n) in ends {
-        app.write_blocking(Write::DeleteByFilter {
+        app.write_blocking(Mutation::DeleteByFilter {
             collection: d.c.config().name.clone(),
             filter: doc_filter(id, Some(n)),
         })?;
@@ -737,15 +771,10 @@ impl RagRpc for RagService {
             })
             .await
             .map_err(|e| {
-                let s = Status::from(e);
-                Status::new(
-                    s.code(),
-                    format!(
-                        "message {message} ({} documents written before it): {}",
-                        out.documents,
-                        s.message()
-                    ),
-                )
+                e.context(format_args!(
+                    "message {message} ({} documents written before it)",
+                    out.documents
+                ))
             })?;
             out.documents += ndocs;
             out.chunks += chunks;
@@ -767,7 +796,7 @@ impl RagRpc for RagService {
         let app = Arc::clone(&self.app);
         let chunks = blocking(move || {
             let d = doc_collection(Some(&app), &rag, &engine, &r.collection, None, 0)?;
-            let out = app.write_blocking(Write::DeleteByFilter {
+            let out = app.write_blocking(Mutation::DeleteByFilter {
                 collection: d.c.config().name.clone(),
                 filter: doc_filter(&r.document_id, None),
             })?;
@@ -849,7 +878,7 @@ impl RagRpc for RagService {
                 cfg.generator = g;
             }
             check_policy(&rag, &cfg)?;
-            app.write_blocking(Write::SetLabel {
+            app.write_blocking(Mutation::SetLabel {
                 collection: r.collection.clone(),
                 key: state::RAG_LABEL.into(),
                 value: Some(state::config_label(&cfg)),
@@ -889,7 +918,7 @@ impl RagRpc for RagService {
     ) -> Result<Response<pb::ReviewItem>, Status> {
         let rag = self.rag()?;
         let id = req.get_ref().id.clone();
-        let item = blocking(move || rag.state.review(&id)).await?;
+        let item = rag.state.review(&id).await?;
         crate::auth::check_collection(&req, &item.collection)?;
         Ok(Response::new(item))
     }
@@ -899,11 +928,10 @@ impl RagRpc for RagService {
         req: Request<pb::DecideReviewRequest>,
     ) -> Result<Response<pb::ReviewItem>, Status> {
         let rag = self.rag()?;
-        let (state, id) = (rag.clone(), req.get_ref().id.clone());
-        let pending = blocking(move || state.state.review(&id)).await?;
+        let pending = rag.state.review(&req.get_ref().id).await?;
         crate::auth::check_collection(&req, &pending.collection)?;
         let r = req.into_inner();
-        let item = blocking(move || rag.state.decide(&r)).await?;
+        let item = rag.state.decide(&r).await?;
         tracing::info!(review = %item.id, status = item.status, reviewer = %item.reviewer, "review decided");
         Ok(Response::new(item))
     }

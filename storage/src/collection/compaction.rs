@@ -30,12 +30,11 @@ use fs_err as fs;
 use roaring::RoaringBitmap;
 
 use super::filtering::index_fields;
-use super::{
-    Collection, SegmentRecord, build_index, catalog_key, encode_location, encode_record, lock,
-    point_key, read, write,
-};
+use super::indexes::build_index;
+use super::{Collection, SegmentRecord, encode_record, lock, read, write};
 use crate::background::{self, Pacer};
 use crate::error::Result;
+use crate::meta::keys::{catalog_key, encode_location, point_key};
 use crate::meta::{MetaOp, Space};
 use crate::segment::sealed::{
     SealedSegment, tombstone_file_name, write_segment_paced, write_tombstones,
@@ -247,17 +246,46 @@ impl Collection {
         };
         let victims: Vec<Arc<SealedSegment>> = snap.sealed[range].to_vec();
         drop(snap);
-        let dim = self.config.dim;
-        let seg_dir = self.dir.join("segments");
         let new_id = victims.last().expect("invariant: a plan is not empty").id + 1;
         let mut pacer = Pacer::new(opts.io_bytes_per_sec);
+        let (new_seg, moved, rows_after) = self.build_compacted(&victims, new_id, &mut pacer)?;
+        if !self.commit_compacted(&victims, new_seg.as_ref(), &moved)? {
+            return Ok(None);
+        }
+        for v in &victims {
+            let _ = fs::remove_dir_all(v.dir());
+        }
+        let report = CompactionReport {
+            victims: victims.iter().map(|v| v.id).collect(),
+            new_segment: new_seg.as_ref().map(|s| s.id),
+            rows_before: victims.iter().map(|v| u64::from(v.rows())).sum(),
+            rows_after,
+            bytes_before: victims.iter().map(|v| v.bytes_on_disk()).sum(),
+            bytes_after: new_seg.as_ref().map_or(0, |s| s.bytes_on_disk()),
+            io_bytes: pacer.bytes(),
+            elapsed: started.elapsed(),
+            paced: pacer.slept(),
+        };
+        tracing::info!(collection = %self.config.name, victims = ?report.victims, segment = ?report.new_segment, rows_before = report.rows_before, rows_after = report.rows_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after, ms = report.elapsed.as_millis() as u64, paced_ms = report.paced.as_millis() as u64, "segments compacted");
+        Ok(Some(report))
+    }
 
-        // Build: the live rows as of now, in segment and row order.
+    /// The build: the victims' live rows as of now, in segment and row order, written as
+    /// segment `new_id` (`None` when every row was dead) with its indexes; the move it makes,
+    /// and the rows written.
+    fn build_compacted(
+        &self,
+        victims: &[Arc<SealedSegment>],
+        new_id: SegmentId,
+        pacer: &mut Pacer,
+    ) -> Result<(Option<Arc<SealedSegment>>, Arc<Moved>, u64)> {
+        let dim = self.config.dim;
+        let seg_dir = self.dir.join("segments");
         let mut vectors = Vec::new();
         let mut ids = Vec::new();
         let mut origin = Vec::new();
         let mut forward = HashMap::new();
-        for v in &victims {
+        for v in victims {
             let dead = v.tombstones();
             let mut map = vec![GONE; v.rows() as usize];
             for row in 0..v.rows() {
@@ -295,15 +323,25 @@ impl Collection {
             forward,
             published: Instant::now(),
         });
-        let rows_after = ids.len() as u64;
-        drop(ids);
+        Ok((new_seg, moved, ids.len() as u64))
+    }
 
-        // Commit.
+    /// The commit, under the seal lock (see the module docs). `false`: abandoned, the new
+    /// segment removed, because a checkpoint is being retried, the collection was dropped or
+    /// the victims changed meanwhile.
+    fn commit_compacted(
+        &self,
+        victims: &[Arc<SealedSegment>],
+        new_seg: Option<&Arc<SealedSegment>>,
+        moved: &Arc<Moved>,
+    ) -> Result<bool> {
+        let new_id = moved.new_id;
+        let seg_dir = self.dir.join("segments");
         let seal = lock(&self.seal);
-        let abandon = |why: &str| -> Result<Option<CompactionReport>> {
+        let abandon = |why: &str| -> Result<bool> {
             tracing::info!(collection = %self.config.name, segment = new_id, why, "compaction abandoned");
             let _ = fs::remove_dir_all(seg_dir.join(new_id.to_string()));
-            Ok(None)
+            Ok(false)
         };
         if seal.is_some() {
             return abandon("a checkpoint is being retried");
@@ -321,30 +359,15 @@ impl Collection {
         if !still_there || record.segments.iter().any(|s| s.id == new_id) {
             return abandon("the segments changed");
         }
-        self.publish_move(&moved);
-        let result = self.commit_move(&victims, new_seg.as_ref(), &moved, &mut record);
+        self.publish_move(moved);
+        let result = self.commit_move(victims, new_seg, moved, &mut record);
         if let Err(e) = result {
-            write(&self.moves).retain(|m| !Arc::ptr_eq(m, &moved));
+            write(&self.moves).retain(|m| !Arc::ptr_eq(m, moved));
             let _ = fs::remove_dir_all(seg_dir.join(new_id.to_string()));
             return Err(e);
         }
         drop(seal);
-        for v in &victims {
-            let _ = fs::remove_dir_all(v.dir());
-        }
-        let report = CompactionReport {
-            victims: victims.iter().map(|v| v.id).collect(),
-            new_segment: new_seg.as_ref().map(|s| s.id),
-            rows_before: victims.iter().map(|v| u64::from(v.rows())).sum(),
-            rows_after,
-            bytes_before: victims.iter().map(|v| v.bytes_on_disk()).sum(),
-            bytes_after: new_seg.as_ref().map_or(0, |s| s.bytes_on_disk()),
-            io_bytes: pacer.bytes(),
-            elapsed: started.elapsed(),
-            paced: pacer.slept(),
-        };
-        tracing::info!(collection = %self.config.name, victims = ?report.victims, segment = ?report.new_segment, rows_before = report.rows_before, rows_after = report.rows_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after, ms = report.elapsed.as_millis() as u64, paced_ms = report.paced.as_millis() as u64, "segments compacted");
-        Ok(Some(report))
+        Ok(true)
     }
 
     /// Compacts until nothing is worth it; returns every compaction done.
@@ -367,8 +390,8 @@ impl Collection {
     fn build_indexes(&self, seg: &Arc<SealedSegment>) -> Result<()> {
         let cfg = &self.config;
         if cfg.index.kind == IndexKind::IvfPq && seg.rows() >= MIN_INDEXED_ROWS {
-            // Already on the background pool: no BUILD_LOCK (an index build that holds it may be
-            // waiting for this very thread).
+            // Built here, on the background pool this compaction already runs on, not through
+            // the build scheduler: the segment must not go live without its index.
             if let Some(idx) = build_index(seg, cfg)? {
                 seg.set_index(Arc::new(idx));
             }
@@ -449,8 +472,20 @@ impl Collection {
             encode_record(record)?,
         ));
         self.meta.write(ops)?;
+        self.swap_compacted(victims, new_seg, moved, &dead_now, record);
+        Ok(())
+    }
 
-        // Swap, with the rows that died meanwhile.
+    /// Step 3 of the commit: under the writer lock, the victims replaced by the new segment
+    /// in the segment list, with the rows that died since `dead_now` was taken tombstoned in it.
+    fn swap_compacted(
+        &self,
+        victims: &[Arc<SealedSegment>],
+        new_seg: Option<&Arc<SealedSegment>>,
+        moved: &Moved,
+        dead_now: &RoaringBitmap,
+        record: &super::CollectionRecord,
+    ) {
         let _w = lock(&self.writer);
         let mut st = write(&self.state);
         let mut transferred = RoaringBitmap::new();
@@ -472,12 +507,11 @@ impl Collection {
             }
             let pos = st.sealed.partition_point(|x| x.id < s.id);
             st.sealed.insert(pos, Arc::clone(s));
-            if transferred != dead_now {
+            if transferred != *dead_now {
                 st.mark_dirty(s.id);
             }
         }
         st.record = record.clone();
-        Ok(())
     }
 }
 

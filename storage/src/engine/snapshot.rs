@@ -28,8 +28,9 @@ use std::sync::atomic::Ordering;
 use fs_err as fs;
 use serde::{Deserialize, Serialize};
 
-use super::{CATALOG_SEQ, Engine, IMPORT_PENDING, open_catalog};
+use super::{Engine, open_catalog};
 use crate::error::{Error, Result};
+use crate::meta::keys::{CATALOG_SEQ, IMPORT_PENDING, catalog_key, point_key};
 use crate::meta::{MetaOp, MetaStore, Space};
 
 const MAGIC: &[u8; 8] = b"QSNAPv1\n";
@@ -171,7 +172,7 @@ impl Engine {
             }
             fs::rename(&from, cols.join(uid.to_string()))?;
         }
-        crate::wal::sync_dir(&cols)?;
+        crate::fsutil::sync_dir(&cols)?;
         // Opened (which gives every imported collection its WAL) before the import is marked
         // done: from then on a collection without a WAL file has lost its log.
         let opened = open_catalog(&self.meta, &self.root, self.options.fsync, true)?;
@@ -502,7 +503,7 @@ impl ExportedCollection {
             })?;
         let meta = crate::meta::open_default(&scratch.join("meta"))?;
         let prefix = uid.to_be_bytes();
-        let catalog = crate::collection::catalog_key(name);
+        let catalog = catalog_key(name);
         read_kv(&dir.join("meta.kv"), |batch| {
             let mine: Vec<MetaOp> = batch
                 .into_iter()
@@ -574,7 +575,7 @@ impl ExportedCollection {
         let ids: Vec<crate::types::PointId> = rows.iter().map(|(s, r)| s.id(*r)).collect();
         let keys: Vec<Vec<u8>> = ids
             .iter()
-            .map(|id| crate::collection::point_key(self.record.uid, id))
+            .map(|id| point_key(self.record.uid, id))
             .collect();
         let payloads = self.meta.multi_get(Space::Payloads, &keys)?;
         let points = rows

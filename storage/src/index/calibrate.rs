@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::distance::{TopK, distance, dot};
 use crate::error::{Error, Result};
 use crate::index::ivf::IvfPqIndex;
-use crate::index::kmeans::{self, CentroidTable, SplitMix64};
+use crate::index::kmeans::{self, CentroidTable};
+use crate::rng::SplitMix64;
 use crate::types::{DEFAULT_REFINE, Metric};
 
 /// File name inside a segment directory.
@@ -191,7 +192,7 @@ impl Calibration {
             f.sync_all()?;
         }
         fs::rename(&tmp, dir.join(FILE_NAME))?;
-        crate::wal::sync_dir(dir)?;
+        crate::fsutil::sync_dir(dir)?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@
 //! its high nibble, where `slot(b) = b / 2` for even `b` and `8 + b / 2` for odd `b`. That order
 //! makes the AVX2 kernel's final lane arithmetic produce scores in natural vector order without
 //! a cross-lane shuffle.
-use crate::index::kmeans::HAS_AVX2;
+use crate::cpu::HAS_AVX2;
 
 /// Vectors per packed block.
 pub const BLOCK: usize = 32;
@@ -277,7 +277,7 @@ mod tests {
             seed in any::<u64>(),
             limit in any::<u16>(),
         ) {
-            let mut rng = crate::index::kmeans::SplitMix64::new(seed);
+            let mut rng = crate::rng::SplitMix64::new(seed);
             let codes: Vec<u8> = (0..n * m).map(|_| rng.below(16) as u8).collect();
             let qmax = (65_535 / padded_m(m)).min(255);
             let mut table = vec![0u8; padded_m(m) * KSUB];
@@ -307,7 +307,7 @@ mod tests {
             seed in any::<u64>(),
             limit in -5.0f32..60.0,
         ) {
-            let mut rng = crate::index::kmeans::SplitMix64::new(seed);
+            let mut rng = crate::rng::SplitMix64::new(seed);
             let lut: Vec<f32> = (0..m * KSUB).map(|_| rng.below(1000) as f32 / 100.0 - 3.0).collect();
             let mut q = QuantizedLut::default();
             QuantizedLut::quantize(&lut, m, &mut q);

@@ -31,13 +31,14 @@ use rayon::prelude::*;
 
 use crate::distance::TopK;
 use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
 use crate::index::calibrate::{self, Calibration};
 use crate::index::fastscan::{self, QuantizedLut};
-use crate::index::kmeans::{self, KMeansParams, SplitMix64};
+use crate::index::kmeans::{self, KMeansParams};
 use crate::index::pq::{self, ProductQuantizer};
 use crate::mmap::MappedFile;
+use crate::rng::SplitMix64;
 use crate::types::Metric;
-use crate::wal::sync_dir;
 
 const MAGIC: &[u8; 4] = b"QIVF";
 const VERSION: u32 = 2;

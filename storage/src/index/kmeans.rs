@@ -6,7 +6,11 @@
 //! assignment in parallel (rayon) with a fixed chunking so results do not depend on threads.
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::HAS_AVX2_FMA;
 use crate::distance::l2sq;
+/// Moved to [`crate::rng`]; kept here for callers of `kmeans::SplitMix64`.
+pub use crate::rng::SplitMix64;
 
 /// Training parameters.
 #[derive(Debug, Clone, Copy)]
@@ -33,29 +37,6 @@ impl KMeansParams {
             seed,
             max_points_per_centroid: 256,
         }
-    }
-}
-
-/// SplitMix64: a tiny, stable PRNG, so trained indexes are identical across builds and versions.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// Seeded generator.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
 
@@ -127,30 +108,6 @@ pub struct CentroidTable {
 const ROWS: usize = 4;
 const TILE: usize = 16;
 
-/// Whether the CPU has AVX2 (detected once).
-pub(crate) static HAS_AVX2: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-});
-
-/// Whether the CPU has AVX2 and FMA (detected once).
-static HAS_AVX2_FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-    #[cfg(target_arch = "x86_64")]
-    {
-        *HAS_AVX2 && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-});
-
 /// Nearest centroid of each of 4 rows: (index, `‖c‖² − 2·x·c`); `FUSED` accumulates with
 /// `mul_add`.
 #[inline(always)]
@@ -198,7 +155,7 @@ fn nearest4_kernel<const FUSED: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 /// # Safety
-/// The CPU must support AVX2 and FMA (checked by the caller through `HAS_AVX2_FMA`).
+/// The CPU must support AVX2 and FMA (the caller checks [`crate::cpu::HAS_AVX2_FMA`]).
 unsafe fn nearest4_avx2(xs: [&[f32]; ROWS], t: &CentroidTable) -> [(usize, f32); ROWS] {
     use std::arch::x86_64::*;
     let dim = t.dim;
@@ -261,7 +218,7 @@ fn inner_products_kernel<const FUSED: bool>(t: &CentroidTable, q: &[f32], out: &
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 /// # Safety
-/// The CPU must support AVX2 and FMA (checked by the caller through `HAS_AVX2_FMA`).
+/// The CPU must support AVX2 and FMA (the caller checks [`crate::cpu::HAS_AVX2_FMA`]).
 unsafe fn inner_products_avx2(t: &CentroidTable, q: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(q.len() >= t.dim && out.len() == t.kp && t.transposed.len() == t.dim * t.kp);

@@ -224,7 +224,7 @@ pub fn adc4(lut: &[[f32; KSUB]], codes: &[u8], m: usize) -> [f32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::kmeans::SplitMix64;
+    use crate::rng::SplitMix64;
 
     fn random(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         let mut rng = SplitMix64::new(seed);

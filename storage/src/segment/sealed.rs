@@ -23,12 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::distance::TopK;
 use crate::error::{Error, Result};
+use crate::fsutil::sync_dir;
 use crate::index::ivf::IvfPqIndex;
 use crate::mmap::MappedFile;
 use crate::payload_index::FieldIndexes;
 use crate::segment::{RowKey, SegmentId, scan_rows};
 use crate::types::{Metric, PointId};
-use crate::wal::{Lsn, sync_dir};
+use crate::wal::Lsn;
 
 const VEC_MAGIC: &[u8; 4] = b"QVEC";
 const IDS_MAGIC: &[u8; 4] = b"QIDS";

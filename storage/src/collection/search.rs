@@ -1,0 +1,336 @@
+//! The search executor. A batch of queries is answered in four steps:
+//! 1. a snapshot of the segments, and the rows a filter (if any) allows in each;
+//! 2. the queries validated (each fails alone) and normalised;
+//! 3. per segment, the plan of [`super::planner`] (exact scan, scan of the allowed rows, or an
+//!    index probe) run for a group of queries, the per-query top-k merged across segments;
+//! 4. the hits resolved (ids, vectors, payloads) within the response budget.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+
+use super::planner::{self, Plan, Rows};
+use super::{Collection, Snapshot, read};
+use crate::distance::{TopK, distance};
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::filter::allowed::Allowed;
+use crate::index::ivf::IvfPqIndex;
+use crate::segment::sealed::SealedSegment;
+use crate::segment::{RowKey, SegmentId};
+use crate::types::{
+    DEFAULT_REFINE, Hit, Metric, PointRecord, ReadOptions, SearchParams, normalize, validate_vector,
+};
+
+fn too_many_hit_bytes(budget: usize) -> Error {
+    Error::TooLarge {
+        field: "k".into(),
+        detail: format!(
+            "the hits exceed the response budget of {budget} bytes; ask for fewer hits, or without vectors or payloads"
+        ),
+    }
+}
+
+impl Collection {
+    fn check_query(&self, vector: &[f32], field: &str) -> Result<Vec<f32>> {
+        validate_vector(vector, self.config.dim, field)?;
+        let mut v = vector.to_vec();
+        if self.config.metric == Metric::Cosine {
+            normalize(&mut v, field)?;
+        }
+        Ok(v)
+    }
+
+    /// Exact k-nearest-neighbour search over every segment.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, k))]
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        opts: ReadOptions,
+        params: SearchParams,
+    ) -> Result<Vec<Hit>> {
+        self.search_batch(&[(query, k)], opts, params)
+            .pop()
+            .expect("invariant: one result per query")
+    }
+
+    /// [`Collection::search_batch`] without a filter.
+    pub fn search_batch(
+        &self,
+        queries: &[(&[f32], usize)],
+        opts: ReadOptions,
+        params: SearchParams,
+    ) -> Vec<Result<Vec<Hit>>> {
+        self.search_batch_filtered(queries, opts, params, None)
+    }
+
+    /// Exact search for many queries, each with its own k; one result per query, in order.
+    /// Queries are scanned in groups that fit in L1, so every segment row is read once per group
+    /// rather than once per query: less cache traffic per query, measured +59% QPS on GloVe-50.
+    ///
+    /// With a filter, each segment first computes its allowed rows as a bitmap (declared fields
+    /// from their indexes, the rest from payloads), then the planner picks per segment: an exact
+    /// scan of the allowed rows when that is cheaper, else the IVF index with the bitmap checked
+    /// on every candidate and nprobe raised by the inverse of the allowed fraction, so about as
+    /// many allowed rows are scanned as an unfiltered search would see.
+    #[tracing::instrument(skip_all, fields(collection = %self.config.name, queries = queries.len()))]
+    pub fn search_batch_filtered(
+        &self,
+        queries: &[(&[f32], usize)],
+        opts: ReadOptions,
+        params: SearchParams,
+        filter: Option<&Filter>,
+    ) -> Vec<Result<Vec<Hit>>> {
+        let started = std::time::Instant::now();
+        let expired = || Error::DeadlineExceeded {
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        if params.expired() {
+            return queries.iter().map(|_| Err(expired())).collect();
+        }
+        // 1. The snapshot, and the rows the filter allows in each of its segments.
+        let snap = self.snapshot();
+        let allowed = match filter.map(|f| self.allowed_rows(&snap, f)).transpose() {
+            Ok(a) => a,
+            Err(e) => return queries.iter().map(|_| Err(e.duplicate())).collect(),
+        };
+        // 2. The queries, validated and normalised.
+        let checked: Vec<Result<Vec<f32>>> = queries
+            .iter()
+            .map(|(q, _)| self.check_query(q, "vector"))
+            .collect();
+        let valid: Vec<usize> = (0..queries.len()).filter(|i| checked[*i].is_ok()).collect();
+        let vectors: Vec<Vec<f32>> = valid
+            .iter()
+            .map(|i| checked[*i].as_ref().cloned().unwrap_or_default())
+            .collect();
+        let ks: Vec<usize> = valid.iter().map(|i| queries[*i].1).collect();
+        if params.expired() {
+            return queries.iter().map(|_| Err(expired())).collect();
+        }
+        // 3. Every segment read as planned, the top-k of each valid query merged.
+        let exec = Executor {
+            snap: &snap,
+            allowed: allowed.as_ref(),
+            params,
+            metric: self.config.metric,
+            dim: self.config.dim,
+            parallel: planner::scan_in_parallel(&snap.sealed, params),
+            stopped: AtomicBool::new(false),
+        };
+        let tops = exec.run(&vectors, &ks);
+        if exec.stopped.load(Ordering::Relaxed) {
+            return queries.iter().map(|_| Err(expired())).collect();
+        }
+        // 4. The hits.
+        self.hits(&snap, checked, tops, opts, params.response_budget)
+    }
+
+    /// The hits of each query from its top-k (`tops`: one per valid query of `checked`, in
+    /// order), resolved within `budget` bytes for the whole batch (0: no limit).
+    fn hits(
+        &self,
+        snap: &Snapshot,
+        checked: Vec<Result<Vec<f32>>>,
+        tops: Vec<TopK<RowKey>>,
+        opts: ReadOptions,
+        budget: usize,
+    ) -> Vec<Result<Vec<Hit>>> {
+        let metric = self.config.metric;
+        let mut tops = tops.into_iter();
+        let mut spent = 0usize;
+        checked
+            .into_iter()
+            .map(|c| {
+                c?;
+                let top = tops.next().expect("invariant: one top-k per valid query");
+                let cands = top.into_sorted();
+                let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
+                let left = if budget == 0 {
+                    0
+                } else if spent >= budget {
+                    return Err(too_many_hit_bytes(budget));
+                } else {
+                    budget - spent
+                };
+                let (records, truncated) = self.resolve_within(snap, &keys, opts, left)?;
+                if truncated {
+                    spent = budget;
+                    return Err(too_many_hit_bytes(budget));
+                }
+                spent += records
+                    .iter()
+                    .map(PointRecord::response_bytes)
+                    .sum::<usize>();
+                Ok(cands
+                    .into_iter()
+                    .zip(records)
+                    .map(|(c, r)| Hit {
+                        id: r.id,
+                        score: metric.score(c.distance),
+                        vector: r.vector,
+                        payload: r.payload,
+                    })
+                    .collect())
+            })
+            .collect()
+    }
+}
+
+/// One batch's scan of a snapshot: what every query group shares.
+struct Executor<'a> {
+    snap: &'a Snapshot,
+    allowed: Option<&'a Allowed>,
+    params: SearchParams,
+    metric: Metric,
+    dim: usize,
+    /// Sealed segments are scanned on several threads (see [`planner::scan_in_parallel`]).
+    parallel: bool,
+    /// Set when the deadline passed during the scan.
+    stopped: AtomicBool,
+}
+
+impl Executor<'_> {
+    /// The top-k of each query, in groups whose vectors stay in L1 (~32 KiB) next to the row.
+    fn run(&self, vectors: &[Vec<f32>], ks: &[usize]) -> Vec<TopK<RowKey>> {
+        let group = (32 * 1024 / (4 * self.dim)).clamp(1, 64);
+        if vectors.len() <= group {
+            self.group(vectors, ks)
+        } else {
+            vectors
+                .par_chunks(group)
+                .zip(ks.par_chunks(group))
+                .flat_map_iter(|(qs, ks)| self.group(qs, ks))
+                .collect()
+        }
+    }
+
+    /// The top-k of each query of one group over every segment.
+    fn group(&self, qs: &[Vec<f32>], ks: &[usize]) -> Vec<TopK<RowKey>> {
+        let fresh = || fresh_tops(ks);
+        let sealed = &self.snap.sealed;
+        let mut tops = if self.parallel {
+            sealed
+                .par_iter()
+                .map(|s| self.sealed(s, qs, ks))
+                .reduce(fresh, merge)
+        } else {
+            sealed
+                .iter()
+                .map(|s| self.sealed(s, qs, ks))
+                .fold(fresh(), merge)
+        };
+        for m in [self.snap.frozen.as_ref(), Some(&self.snap.mutable)]
+            .into_iter()
+            .flatten()
+        {
+            let m = read(m);
+            match planner::rows(self.allowed, m.id) {
+                Rows::All => m.scan(self.metric, qs, &mut tops),
+                Rows::Nothing => {}
+                Rows::Only(rows) => {
+                    scan_allowed(self.metric, qs, rows, |r| m.vector(r), m.id, &mut tops)
+                }
+            }
+        }
+        tops
+    }
+
+    /// The top-k of each query of one group in sealed segment `s`, as planned.
+    fn sealed(&self, s: &Arc<SealedSegment>, qs: &[Vec<f32>], ks: &[usize]) -> Vec<TopK<RowKey>> {
+        let mut t = fresh_tops(ks);
+        if self.params.expired() {
+            self.stopped.store(true, Ordering::Relaxed);
+            return t;
+        }
+        let (metric, params) = (self.metric, self.params);
+        match planner::plan_sealed(s, self.allowed, params, self.dim) {
+            Plan::Exact(Rows::All) => s.scan(metric, qs, &mut t),
+            Plan::Exact(Rows::Nothing) => {} // nothing allowed here
+            Plan::Exact(Rows::Only(rows)) => {
+                scan_allowed(metric, qs, rows, |r| s.vector(r), s.id, &mut t)
+            }
+            Plan::Index {
+                idx,
+                nprobe,
+                allowed: None,
+            } => {
+                let deleted = s.deleted_guard();
+                let excluded = |r| deleted.contains(r);
+                search_index(s, idx, metric, qs, ks, params, nprobe, excluded, &mut t);
+            }
+            Plan::Index {
+                idx,
+                nprobe,
+                allowed: Some(rows),
+            } => {
+                let excluded = |r| !rows.contains(r);
+                search_index(s, idx, metric, qs, ks, params, nprobe, excluded, &mut t);
+            }
+        }
+        t
+    }
+}
+
+/// An empty top-k per query.
+fn fresh_tops(ks: &[usize]) -> Vec<TopK<RowKey>> {
+    ks.iter().map(|k| TopK::new(*k)).collect()
+}
+
+/// Merges two sets of per-query top-k, query by query.
+fn merge(mut a: Vec<TopK<RowKey>>, b: Vec<TopK<RowKey>>) -> Vec<TopK<RowKey>> {
+    a.iter_mut().zip(b).for_each(|(x, y)| x.merge(y));
+    a
+}
+
+/// Exact scan of the `allowed` rows of a segment.
+fn scan_allowed<'a>(
+    metric: Metric,
+    queries: &[Vec<f32>],
+    allowed: &RoaringBitmap,
+    vector: impl Fn(u32) -> &'a [f32],
+    segment: SegmentId,
+    tops: &mut [TopK<RowKey>],
+) {
+    // Allowed rows are scattered through the segment: fetching a few rows ahead hides the
+    // memory latency that dominates this loop (measured on GloVe-50 at 1%: see benches/README).
+    const AHEAD: usize = 8;
+    let rows: Vec<u32> = allowed.iter().collect();
+    for (i, &row) in rows.iter().enumerate() {
+        if let Some(&next) = rows.get(i + AHEAD) {
+            crate::distance::prefetch(vector(next));
+        }
+        let v = vector(row);
+        for (q, top) in queries.iter().zip(tops.iter_mut()) {
+            let d = distance(metric, q, v);
+            if d < top.threshold() {
+                top.push(d, (segment, row));
+            }
+        }
+    }
+}
+
+/// Candidates from the segment's index (`nprobe` lists, the planner's), re-ranked exactly
+/// from its memory-mapped vectors; `excluded` rows are never candidates.
+#[allow(clippy::too_many_arguments)]
+fn search_index(
+    s: &SealedSegment,
+    idx: &IvfPqIndex,
+    metric: Metric,
+    queries: &[Vec<f32>],
+    ks: &[usize],
+    params: SearchParams,
+    nprobe: usize,
+    excluded: impl Fn(u32) -> bool,
+    tops: &mut [TopK<RowKey>],
+) {
+    let refine = params.refine.unwrap_or(DEFAULT_REFINE).max(1);
+    for ((q, top), &k) in queries.iter().zip(tops.iter_mut()).zip(ks) {
+        let cands = idx.search(q, nprobe, k.saturating_mul(refine), &excluded);
+        for c in cands.into_sorted() {
+            top.push(distance(metric, q, s.vector(c.key)), (s.id, c.key));
+        }
+    }
+}
