@@ -11,7 +11,9 @@ jsonl="$cache/glove50.jsonl"
 [ -s "$jsonl" ] || "$py" scripts/glove_jsonl.py "$jsonl"
 
 echo "== building (release) =="
-cargo build --release --locked -p quiver-server -p quiver-client
+# The same command as scripts/test.sh: the same features for every dependency, so the test
+# run after the demo reuses this build instead of compiling the network stack and candle again.
+cargo build --release --locked --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 
 data=$(mktemp -d /tmp/quiver-demo.XXXXXX)
