@@ -175,9 +175,7 @@ impl RagState {
     }
 
     async fn review_bytes(&self, id: &str) -> ApiResult<Vec<u8>> {
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::bad("id", "is not a review id"));
-        }
+        check_id("id", id)?;
         let engine = self.sink.engine()?;
         if let Some(b) = engine.record(&review_key(id))? {
             return Ok(b);
@@ -195,6 +193,9 @@ impl RagState {
             n if n > 10_000 => return Err(ApiError::bad("limit", format!("{n} exceeds 10000"))),
             n => n as usize,
         };
+        if !q.after_id.is_empty() {
+            check_id("after_id", &q.after_id)?;
+        }
         let engine = self.sink.engine()?;
         let mut after = (!q.after_id.is_empty()).then(|| review_key(&q.after_id));
         let mut out = pb::ListReviewsResponse::default();
@@ -280,13 +281,8 @@ impl RagState {
     }
 
     /// Adds tokens to `tenant`'s usage today; returns the new total.
-    pub async fn add_usage(&self, tenant: &str, tokens: u64) -> ApiResult<u64> {
-        add(
-            self.sink.as_ref(),
-            usage_key(tenant, today()),
-            tokens as i64,
-        )
-        .await
+    pub async fn add_usage(&self, tenant: &str, n: u64) -> ApiResult<u64> {
+        add(self.sink.as_ref(), usage_key(tenant, today()), tokens(n)).await
     }
 
     /// Checks `need` tokens against `tenant`'s daily `budget` and takes them in one step, a
@@ -297,7 +293,7 @@ impl RagState {
         let key = usage_key(tenant, today());
         let take = Mutation::AddCounter {
             key: key.clone(),
-            delta: i64::try_from(need).unwrap_or(i64::MAX),
+            delta: tokens(need),
             ceiling: Some(budget),
         };
         match self.sink.write(take).await {
@@ -321,37 +317,61 @@ impl RagState {
     /// into the replicated records, then removes the local copies.
     pub async fn migrate_local(&self) -> ApiResult<usize> {
         let mut moved = 0;
-        for (k, v) in self
-            .store
-            .scan(AuxSpace::App, b"review/", None, 100_000, false)?
-        {
-            let put = Mutation::CasRecord {
-                key: format!("rag/{}", String::from_utf8_lossy(&k)),
-                expect: None,
-                value: Some(v),
-            };
-            match self.sink.write(put).await {
-                Ok(_) => moved += 1,
-                Err(e) if e.code() == Code::Aborted => {} // moved before a crash
-                Err(e) => return Err(e),
+        // Each page's keys are deleted once moved, so the next page starts at the front again.
+        loop {
+            let page = self
+                .store
+                .scan(AuxSpace::App, b"review/", None, 1000, false)?;
+            if page.is_empty() {
+                break;
             }
-            self.store.delete(AuxSpace::App, &k)?;
+            for (k, v) in page {
+                let put = Mutation::CasRecord {
+                    key: format!("rag/{}", String::from_utf8_lossy(&k)),
+                    expect: None,
+                    value: Some(v),
+                };
+                match self.sink.write(put).await {
+                    Ok(_) => moved += 1,
+                    Err(e) if e.code() == Code::Aborted => {} // moved before a crash
+                    Err(e) => return Err(e),
+                }
+                self.store.delete(AuxSpace::App, &k)?;
+            }
         }
-        let today = today();
-        for (k, v) in self
-            .store
-            .scan(AuxSpace::App, b"usage/", None, 100_000, false)?
-        {
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let n = v.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
-            if key.ends_with(&format!("/{today}")) && n > 0 {
-                add(self.sink.as_ref(), format!("rag/{key}"), n as i64).await?;
-                moved += 1;
+        let today = format!("/{}", today());
+        loop {
+            let page = self
+                .store
+                .scan(AuxSpace::App, b"usage/", None, 1000, false)?;
+            if page.is_empty() {
+                break;
             }
-            self.store.delete(AuxSpace::App, &k)?;
+            for (k, v) in page {
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let n = v.as_slice().try_into().map(u64::from_le_bytes).unwrap_or(0);
+                if key.ends_with(&today) && n > 0 {
+                    add(self.sink.as_ref(), format!("rag/{key}"), tokens(n)).await?;
+                    moved += 1;
+                }
+                self.store.delete(AuxSpace::App, &k)?;
+            }
         }
         Ok(moved)
     }
+}
+
+/// Refuses anything but a review id's shape (hex, at most 64) before it becomes a key.
+fn check_id(field: &str, id: &str) -> ApiResult<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad(field, "is not a review id"));
+    }
+    Ok(())
+}
+
+/// Tokens as a counter delta (saturating: token counts never come near `i64::MAX`).
+fn tokens(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn already_decided(item: &pb::ReviewItem) -> ApiError {
@@ -397,7 +417,7 @@ impl Drop for Reservation {
             return;
         }
         let (sink, key) = (Arc::clone(&self.sink), std::mem::take(&mut self.key));
-        let delta = -i64::try_from(self.tokens).unwrap_or(i64::MAX);
+        let delta = -tokens(self.tokens);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
@@ -490,6 +510,19 @@ mod tests {
             .await;
         assert!(matches!(again, Err(ApiError::Precondition(_))), "{again:?}");
         assert!(matches!(s.review("abc").await, Err(ApiError::NotFound(_))));
+        // Ids and paging cursors become keys: only a review id's shape gets that far.
+        assert!(matches!(
+            s.review("../x").await,
+            Err(ApiError::BadRequest { .. })
+        ));
+        let page = s.reviews(&pb::ListReviewsRequest {
+            after_id: "z".repeat(100_000),
+            ..Default::default()
+        });
+        assert!(
+            matches!(&page, Err(ApiError::BadRequest { field, .. }) if field == "after_id"),
+            "{page:?}"
+        );
     }
 
     #[tokio::test]
