@@ -12,15 +12,13 @@ fn point(id: u64, vector: Vec<f32>) -> pb::Point {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_requests_get_precise_statuses() {
-    let dir = tempfile::tempdir().unwrap();
-    // A 1 MiB message limit makes the oversized case cheap.
-    let server = Server::start_with(
-        dir.path(),
-        &[("QUIVER__SERVER__MAX_MESSAGE_BYTES", "1048576")],
-    )
-    .await;
+/// (case, the status it got, the code it must get, text its message must contain).
+type Cases = Vec<(&'static str, tonic::Status, Code, &'static str)>;
+
+/// A server with a 1 MiB message limit (cheap oversized cases) and collection `c` (dim 4,
+/// cosine) holding one point.
+async fn fixture(dir: &std::path::Path) -> (Server, quiver_client::Client) {
+    let server = Server::start_with(dir, &[("QUIVER__SERVER__MAX_MESSAGE_BYTES", "1048576")]).await;
     let mut c = server.client().await;
     c.create_collection("c", 4, pb::Metric::Cosine)
         .await
@@ -28,13 +26,37 @@ async fn invalid_requests_get_precise_statuses() {
     c.upsert("c", vec![point(1, vec![1.0, 0.0, 0.0, 0.0])])
         .await
         .unwrap();
+    (server, c)
+}
 
+/// Every case got its code and names its field; nothing was written, and the server serves.
+async fn check(cases: &Cases, c: &mut quiver_client::Client) {
+    for (what, status, code, needle) in cases {
+        assert_eq!(status.code(), *code, "{what}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{what}: message {:?} lacks {needle:?}",
+            status.message()
+        );
+    }
+    assert_eq!(c.count("c").await.unwrap(), 1);
+    let hits = c
+        .search("c", vec![1.0, 0.1, 0.0, 0.0], 5, false)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_point_writes_get_precise_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut c) = fixture(dir.path()).await;
     let upsert = |points: Vec<pb::Point>| pb::UpsertRequest {
         collection: "c".into(),
         points,
         batch_id: 0,
     };
-    let mut cases: Vec<(&str, tonic::Status, Code, &str)> = Vec::new();
+    let mut cases: Cases = Vec::new();
     let mut p = c.points.clone();
     cases.push((
         "wrong dimension",
@@ -138,6 +160,14 @@ async fn invalid_requests_get_precise_statuses() {
         "too large",
     ));
 
+    check(&cases, &mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_collection_requests_get_precise_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut c) = fixture(dir.path()).await;
+    let mut cases: Cases = Vec::new();
     let mut col = c.collections.clone();
     let create = |name: &str, dim: u32, metric: pb::Metric| pb::CreateCollectionRequest {
         name: name.into(),
@@ -244,6 +274,15 @@ async fn invalid_requests_get_precise_statuses() {
         "nope",
     ));
 
+    check(&cases, &mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_searches_and_cursors_get_precise_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, mut c) = fixture(dir.path()).await;
+    let mut cases: Cases = Vec::new();
+    let mut p = c.points.clone();
     let mut s = c.search.clone();
     let search = |vector: Vec<f32>, k: u32| pb::SearchRequest {
         collection: "c".into(),
@@ -364,21 +403,7 @@ async fn invalid_requests_get_precise_statuses() {
         "cursor",
     ));
 
-    for (what, status, code, needle) in &cases {
-        assert_eq!(status.code(), *code, "{what}: {status:?}");
-        assert!(
-            status.message().contains(needle),
-            "{what}: message {:?} lacks {needle:?}",
-            status.message()
-        );
-    }
-    // Nothing was written by any of them, and the server still serves.
-    assert_eq!(c.count("c").await.unwrap(), 1);
-    let hits = c
-        .search("c", vec![1.0, 0.1, 0.0, 0.0], 5, false)
-        .await
-        .unwrap();
-    assert_eq!(hits.len(), 1);
+    check(&cases, &mut c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

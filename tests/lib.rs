@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use quiver_client::Client;
 
-/// Directory holding the `quiverd` and `quiver` binaries: `QUIVER_BIN_DIR`, or the cargo
-/// target directory this test binary runs from (`target/debug/deps/..`).
+/// Directory holding the binaries: `QUIVER_BIN_DIR`, or the cargo target directory this test
+/// binary runs from (`target/<profile>/deps/..`).
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("QUIVER_BIN_DIR") {
         return PathBuf::from(d);
@@ -22,12 +22,19 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("target profile dir").to_path_buf()
 }
 
-/// Path of a workspace binary; panics with a hint if it was not built.
+/// Path of `quiverd` or `quiver`: with `QUIVER_BIN_DIR`, the binary of that name there;
+/// otherwise this package's own build of the same entry point (`e2e-quiverd`, `e2e-quiver`),
+/// which `cargo test` builds before running the tests.
 pub fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
+    let dir = bin_dir();
+    let p = if std::env::var_os("QUIVER_BIN_DIR").is_some() {
+        dir.join(name)
+    } else {
+        dir.join(format!("e2e-{name}"))
+    };
     assert!(
         p.exists(),
-        "{} not found: build the binaries first (cargo build --bins) or set QUIVER_BIN_DIR",
+        "{} not found: run the tests with cargo test (which builds it), or set QUIVER_BIN_DIR",
         p.display()
     );
     p

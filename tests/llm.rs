@@ -322,19 +322,35 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
-    let dir = tempfile::tempdir().unwrap();
+/// `/metrics` at `addr` holds every one of `needles`.
+async fn metrics_have(addr: &str, needles: &[&str]) {
+    let metrics = http_get(addr, "/metrics").await;
+    for needle in needles {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
+}
+
+/// A server with budgets (100,000 tokens a day; tenant `small` 1,200) and the semantic cache
+/// on, its metrics on a port of its own, and the corpus ingested into `docs`. Returns the
+/// server, the fake provider, the metrics address and the corpus file.
+async fn limited(dir: &Path) -> (Server, FakeLlm, String, String) {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let (server, fake) = setup(
-        dir.path(),
+        dir,
         "token_budget_per_day = 100000\ntenant_budgets = { small = 1200 }\nsemantic_cache_threshold = 0.95",
         &[("QUIVER__SERVER__METRICS_LISTEN", &metrics_addr)],
     )
     .await;
-    let file = corpus(dir.path());
+    let file = corpus(dir);
     ok(&server.cli(&["ingest-docs", "--collection", "docs", "--create", &file]));
+    (server, fake, metrics_addr, file)
+}
 
+/// A `local_only` collection sends nothing to a hosted provider; extractive answers need none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_only_refuses_hosted_providers_but_not_extractive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake, _, _) = limited(dir.path()).await;
     // local_only: hosted providers refused before anything is sent.
     ok(&server.cli(&["rag", "config", "docs", "--policy", "local-only"]));
     fails_with(
@@ -367,7 +383,13 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
     ]));
     assert!(fake.received_at("/chat/completions").is_empty());
     ok(&server.cli(&["rag", "config", "docs", "--policy", "allow-hosted"]));
+}
 
+/// A tenant's daily token budget refuses the call that could exceed it; other tenants go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_budgets_stop_spending_and_bad_tenants_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, metrics_addr, _) = limited(dir.path()).await;
     // Budgets: 1,000 prompt + 20 completion tokens per call (as the fake reports); a call needs
     // about 300 by the server's estimate, so a 1,200-token tenant gets one.
     let small = |q: &str| {
@@ -411,6 +433,22 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
         &["INVALID_ARGUMENT"],
     );
 
+    metrics_have(
+        &metrics_addr,
+        &[
+            "quiver_rag_budget_refusals_total 1",
+            "quiver_rpc_requests_total{method=\"/quiver.v1.Rag/Ask\",code=\"ResourceExhausted\"}",
+        ],
+    )
+    .await;
+}
+
+/// 429s are retried after retry-after; refusals are reported, not retried; a slow provider times
+/// out and is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_failures_are_retried_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake, metrics_addr, _) = limited(dir.path()).await;
     // 429 with retry-after: retried, then answered.
     let before = fake.received_at("/chat/completions").len();
     fake.set(|b| b.rate_limit_next = 2);
@@ -475,6 +513,19 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
         &["INVALID_ARGUMENT"],
     );
 
+    metrics_have(
+        &metrics_addr,
+        &["quiver_llm_requests_total{provider=\"slow\",model=\"fake-gpt\",status=\"error\"} 1"],
+    )
+    .await;
+}
+
+/// Review mode holds the answer; a reviewer edits or rejects it; approved answers export as chat
+/// JSONL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_holds_answers_until_a_reviewer_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _, _) = limited(dir.path()).await;
     // Review: the answer is held, a reviewer edits it, the export is chat-format JSONL.
     let r = ask(
         &server,
@@ -532,7 +583,14 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
             .unwrap()
             .contains("What is the capital of France? (review)")
     );
+}
 
+/// A remote embedder: its dimension is probed, it is sent redacted text, and a local_only
+/// collection refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_embedder_is_probed_and_sees_only_redacted_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake, metrics_addr, file) = limited(dir.path()).await;
     // A remote (OpenAI-compatible) embedder: dimension probed, vectors in index order.
     ok(&server.cli(&[
         "ingest-docs",
@@ -576,6 +634,19 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
         &["FAILED_PRECONDITION"],
     );
 
+    metrics_have(
+        &metrics_addr,
+        &["quiver_embedding_requests_total{embedder=\"emb\",status=\"ok\"}"],
+    )
+    .await;
+}
+
+/// The semantic cache answers a reworded question without a provider call; /metrics shows tokens,
+/// cost, cache results and RPCs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_semantic_cache_serves_rewordings_and_metrics_show_the_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake, metrics_addr, _) = limited(dir.path()).await;
     // The semantic cache: the same question worded differently (case, punctuation) is served
     // from the cache without a provider call.
     let first = ask(
@@ -594,22 +665,17 @@ async fn policy_budget_retries_timeouts_review_and_remote_embedder() {
     assert_eq!(second["answer"], first["answer"]);
     assert_eq!(fake.received_at("/chat/completions").len(), calls);
 
-    // Metrics: LLM tokens, cost and cache results on /metrics; health endpoints.
-    let metrics = http_get(&metrics_addr, "/metrics").await;
-    for needle in [
-        "quiver_llm_tokens_total{provider=\"gpt\",model=\"fake-gpt\",kind=\"prompt\"}",
-        "quiver_llm_requests_total{provider=\"slow\",model=\"fake-gpt\",status=\"error\"} 1",
-        "quiver_rag_answer_cache_total{result=\"semantic\"} 1",
-        "quiver_embedding_requests_total{embedder=\"emb\",status=\"ok\"}",
-        "quiver_llm_cost_microdollars_total{provider=\"gpt\"",
-        "quiver_rag_budget_refusals_total 1",
-        // Every RPC by method and status, with latency.
-        "quiver_rpc_requests_total{method=\"/quiver.v1.Rag/Ask\",code=\"Ok\"}",
-        "quiver_rpc_requests_total{method=\"/quiver.v1.Rag/Ask\",code=\"ResourceExhausted\"}",
-        "quiver_rpc_duration_seconds_count{method=\"/quiver.v1.Rag/Ask\"}",
-    ] {
-        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
-    }
+    metrics_have(
+        &metrics_addr,
+        &[
+            "quiver_llm_tokens_total{provider=\"gpt\",model=\"fake-gpt\",kind=\"prompt\"}",
+            "quiver_rag_answer_cache_total{result=\"semantic\"} 1",
+            "quiver_llm_cost_microdollars_total{provider=\"gpt\"",
+            "quiver_rpc_requests_total{method=\"/quiver.v1.Rag/Ask\",code=\"Ok\"}",
+            "quiver_rpc_duration_seconds_count{method=\"/quiver.v1.Rag/Ask\"}",
+        ],
+    )
+    .await;
     assert!(
         http_get(&metrics_addr, "/healthz")
             .await

@@ -2,8 +2,8 @@
 //! to the `Rag` service, and questions back.
 use std::path::{Path, PathBuf};
 
+use crate::{Client, ClientError, pb};
 use anyhow::{Context, Result, anyhow};
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 /// Text of an HTML page: scripts, styles and comments dropped, tags removed, block tags as line

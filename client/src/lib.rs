@@ -2,6 +2,11 @@
 //! and the end-to-end tests.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+mod cmd;
+mod docs;
+mod ingest;
+
 use std::time::Duration;
 
 pub use quiver_proto::v1 as pb;

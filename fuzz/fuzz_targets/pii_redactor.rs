@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use quiver_server::rag::pii::Redactor;
+use quiver_rag::pii::Redactor;
 
 /// Built once, as the server does (compiling its patterns per input would dominate the run).
 static REDACTOR: LazyLock<Redactor> = LazyLock::new(Redactor::default);

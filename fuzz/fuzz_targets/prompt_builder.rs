@@ -2,7 +2,7 @@
 //! cannot close or escape, and the injection flagger runs on any text.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use quiver_server::rag::prompt::{ContextChunk, build};
+use quiver_rag::prompt::{ContextChunk, build};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -37,5 +37,5 @@ fuzz_target!(|data: &[u8]| {
         "{}",
         p.context
     );
-    let _ = quiver_server::rag::inject::reasons(text);
+    let _ = quiver_rag::inject::reasons(text);
 });

@@ -145,7 +145,7 @@ pub fn new_key(name: String, role: Role, collections: Vec<String>) -> (String, K
         role,
         collections,
         secret_sha256: sha256_hex(&secret),
-        created_ms: crate::rag::audit::now_ms(),
+        created_ms: quiver_rag::now_ms(),
         revoked: false,
     };
     (format!("qk_{id}_{secret}"), record)

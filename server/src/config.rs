@@ -20,7 +20,7 @@ pub struct Config {
     /// `[log]`
     pub log: LogConfig,
     /// `[rag]`
-    pub rag: crate::rag::settings::RagSection,
+    pub rag: quiver_rag::Settings,
     /// `[cluster]`
     pub cluster: ClusterConfig,
     /// `[auth]`
@@ -579,7 +579,7 @@ pub struct Settings {
     /// OTLP trace export (`None`: off).
     pub otlp: Option<OtlpSettings>,
     /// The `[rag]` section (validated).
-    pub rag: crate::rag::settings::RagSection,
+    pub rag: quiver_rag::Settings,
     /// Replication (`None`: a single node).
     pub cluster: Option<ClusterSettings>,
     /// API keys required (`Some(bootstrap admin key, if set)`), or `None`: auth off.
@@ -771,7 +771,7 @@ impl Config {
                 })
             },
             rag: {
-                self.rag.validate()?;
+                self.rag.validate().map_err(|e| ConfigError(e.0))?;
                 self.rag.clone()
             },
             cluster: self.cluster.validate()?,

@@ -1,4 +1,6 @@
 //! proto ⇄ engine conversion: the only place requests are validated into engine types.
+
+pub mod rag;
 use quiver_proto::v1 as pb;
 use quiver_storage::filter::{self, Condition, FieldType, Filter, Literal, Range, Schema};
 use quiver_storage::{Hit, Metric, PointId, PointRecord, PointWrite, RowKey};

@@ -195,6 +195,42 @@ impl ApiError {
     }
 }
 
+/// The pipeline's errors: a host error is the server's own, returned as it was; the rest map
+/// by meaning.
+impl From<quiver_rag::Error> for ApiError {
+    fn from(e: quiver_rag::Error) -> ApiError {
+        use quiver_rag::Error as E;
+        match e {
+            E::Storage(s) => ApiError::Storage(s),
+            E::BadRequest { field, reason } => ApiError::BadRequest { field, reason },
+            E::TooLarge(m) => ApiError::TooLarge(m),
+            E::Precondition(m) => ApiError::Precondition(m),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::Internal(m) => ApiError::Internal(m),
+            E::Llm(l) => ApiError::from(l),
+            E::Host { error, .. } => match error.downcast::<ApiError>() {
+                Ok(mine) => *mine,
+                Err(other) => ApiError::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
+/// Provider failures: unreachable or rate limiting → UNAVAILABLE, a timeout →
+/// DEADLINE_EXCEEDED, a refusal → FAILED_PRECONDITION, a full queue → RESOURCE_EXHAUSTED.
+impl From<quiver_rag::llm::LlmError> for ApiError {
+    fn from(e: quiver_rag::llm::LlmError) -> ApiError {
+        use quiver_rag::llm::LlmError as L;
+        match &e {
+            L::Unavailable { .. } | L::RateLimited { .. } => ApiError::Unavailable(e.to_string()),
+            L::Timeout { .. } => ApiError::Deadline(e.to_string()),
+            L::Rejected { .. } => ApiError::Precondition(e.to_string()),
+            L::Failed(_) | L::Cancelled => ApiError::Internal(e.to_string()),
+            L::Busy { .. } => ApiError::TooLarge(e.to_string()),
+        }
+    }
+}
+
 fn storage_kind(e: &quiver_storage::Error) -> Kind {
     use quiver_storage::Error as E;
     match e {

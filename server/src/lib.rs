@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
@@ -12,7 +13,8 @@ pub mod error;
 pub mod grpc;
 pub mod idle_poll;
 pub mod rag;
-pub mod secret;
+/// Secrets in memory (shared with the RAG pipeline, which holds provider keys).
+pub use quiver_rag::secret;
 mod serve;
 pub mod telemetry;
 pub mod tls;

@@ -29,20 +29,6 @@ impl AppState {
         }
     }
 
-    /// [`AppState::write`] from blocking code (a `spawn_blocking` closure).
-    pub fn write_blocking(&self, w: Mutation) -> ApiResult<Applied> {
-        refuse_staging(&w)?;
-        let engine = self.engine()?;
-        self.check_segments(&engine, &w)?;
-        match self.cluster() {
-            Some(c) => {
-                precheck(&engine, &w)?;
-                tokio::runtime::Handle::current().block_on(c.write(w))
-            }
-            None => Ok(engine.apply(w, 0)?),
-        }
-    }
-
     /// Refuses a write that adds rows to a collection already holding
     /// `limits.max_segments_per_collection` sealed segments (each is memory maps and files):
     /// decided here, before the write enters the log, so every replica applies the same.

@@ -3,9 +3,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::{Client, ClientError, pb};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 use super::common::open_out;

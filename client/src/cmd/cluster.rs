@@ -1,7 +1,7 @@
 //! `quiver cluster ...`: replication status and membership.
+use crate::{Client, ClientError, pb};
 use anyhow::Result;
 use clap::Subcommand;
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 /// `quiver cluster ...`

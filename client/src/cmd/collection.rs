@@ -1,7 +1,7 @@
 //! `quiver collection ...`: create, declare fields, list, info, drop, flush, compact.
+use crate::{Client, ClientError, pb};
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 use super::common::{MetricArg, metric_name};

@@ -3,9 +3,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
+use crate::{id_from_json, id_to_json, pb};
 use anyhow::{Context, Result, anyhow};
 use clap::ValueEnum;
-use quiver_client::{id_from_json, id_to_json, pb};
 use serde_json::{Value, json};
 
 /// A distance metric on the command line.
@@ -56,7 +56,7 @@ pub fn parse_id(s: &str) -> pb::PointId {
         .and_then(id_from_json)
     {
         Some(id) => id,
-        None => quiver_client::str_id(s),
+        None => crate::str_id(s),
     }
 }
 

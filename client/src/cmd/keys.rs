@@ -1,7 +1,7 @@
 //! `quiver key ...`: API keys (admin): create, list, revoke.
+use crate::{Client, ClientError, pb};
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 /// A key's role.

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::{Client, ClientError, pb};
 use anyhow::Result;
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 use super::common::{MetricArg, parse_ids, point_json, text_filter};

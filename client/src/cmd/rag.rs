@@ -2,9 +2,9 @@
 //! and question helpers are in [`crate::docs`]).
 use std::path::PathBuf;
 
+use crate::{Client, ClientError, pb};
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use quiver_client::{Client, ClientError, pb};
 use serde_json::json;
 
 use super::common::text_filter;

@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::{Client, ClientError, pb};
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 use super::common::open_out;

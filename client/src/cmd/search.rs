@@ -3,8 +3,8 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use crate::{Client, ClientError, id_to_json, pb};
 use anyhow::{Result, anyhow, bail};
-use quiver_client::{Client, ClientError, id_to_json, pb};
 use serde_json::{Value, json};
 
 use super::common::{open_lines, parse_id, parse_vector, payload_value, text_filter};

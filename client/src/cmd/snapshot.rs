@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::{Client, ClientError, pb};
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use quiver_client::{Client, ClientError, pb};
 use serde_json::{Value, json};
 
 /// `quiver snapshot ...`

@@ -3,8 +3,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::{Client, ClientError, id_to_json};
 use anyhow::{Context, Result, anyhow};
-use quiver_client::{Client, ClientError, id_to_json};
 use quiver_proto::v1 as pb;
 use serde_json::{Value, json};
 

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::{Client, ClientError, code_name};
 use anyhow::{Context, Result, anyhow, bail};
-use quiver_client::{Client, ClientError, code_name};
 use quiver_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::{id_from_json, num_id, str_id};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use quiver_client::{id_from_json, num_id, str_id};
 use quiver_proto::v1 as pb;
 use serde_json::{Map, Value};
 

@@ -85,7 +85,7 @@ impl Snapshots for SnapshotsService {
         crate::auth::check_unscoped(&req, "a snapshot of the whole server")?;
         let mut name = req.into_inner().name;
         if name.is_empty() {
-            name = format!("snap-{}", crate::rag::audit::now_ms());
+            name = format!("snap-{}", quiver_rag::now_ms());
         }
         check_name(&name)?;
         let (engine, root) = (self.state.engine()?, self.dir());
@@ -102,7 +102,7 @@ impl Snapshots for SnapshotsService {
             let started = std::time::Instant::now();
             let export = engine.export(&tmp)?;
             let bytes = quiver_storage::engine::seal_export(&tmp)?;
-            let created_ms = crate::rag::audit::now_ms();
+            let created_ms = quiver_rag::now_ms();
             let info = serde_json::json!({
                 "name": name,
                 "created_ms": created_ms,

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use quiver_proto::v1 as pb;
+use crate::types::{Answer, Citation};
 
 /// What identifies an answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,9 +20,9 @@ pub struct Key {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Answered {
     /// The response.
-    pub response: pb::AskResponse,
+    pub response: Answer,
     /// The retrieved chunks, ranked, with their text.
-    pub retrieved: Vec<pb::Citation>,
+    pub retrieved: Vec<Citation>,
 }
 
 /// Answers with the LSN they were computed at, and the insertion order for eviction.
@@ -151,7 +151,7 @@ mod tests {
             request: q.into(),
         };
         let a = Answered {
-            response: pb::AskResponse {
+            response: Answer {
                 answer: "x".into(),
                 ..Default::default()
             },

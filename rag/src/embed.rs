@@ -6,7 +6,22 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::llm::{LlmError, OpenAiEmbeddings, estimate_tokens};
+use crate::llm::{LlmError, OpenAiEmbeddings, estimate_tokens};
+
+/// Runs CPU-bound embedding off the async workers.
+pub(crate) async fn off_thread<F>(f: F) -> Result<Vec<Vec<f32>>, LlmError>
+where
+    F: FnOnce() -> Result<Vec<Vec<f32>>, LlmError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LlmError::Failed(format!("embedding worker failed: {e}")))?
+}
+
+/// Owned copies of `texts`, to move onto a worker thread.
+pub(crate) fn owned(texts: &[&str]) -> Vec<String> {
+    texts.iter().map(|t| (*t).to_owned()).collect()
+}
 
 /// Vectors and what they cost.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -17,7 +32,9 @@ pub struct Embedded {
     pub tokens: u32,
 }
 
-/// Turns texts into vectors.
+/// Turns texts into vectors. Async: remote embedders await their HTTP calls, in-process ones
+/// run on the blocking pool.
+#[async_trait::async_trait]
 pub trait Embedder: Send + Sync {
     /// Name as configured (`builtin`, `local` or a `[rag.embedders]` name).
     fn name(&self) -> &str;
@@ -27,21 +44,20 @@ pub trait Embedder: Send + Sync {
     fn dim(&self) -> usize;
     /// Text sent to it leaves our environment.
     fn hosted(&self) -> bool;
-    /// One vector per text. Call from a blocking thread (remote embedders block on I/O).
-    fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError>;
+    /// One vector per text.
+    async fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError>;
 }
 
-/// An OpenAI-compatible embedding endpoint behind the blocking [`Embedder`] interface. Texts
-/// sent to a hosted endpoint are PII-redacted first (the placeholders are embedded instead).
+/// An OpenAI-compatible embedding endpoint. Texts sent to a hosted endpoint are PII-redacted
+/// first (the placeholders are embedded instead).
 pub struct RemoteEmbedder {
     /// The client.
     pub inner: OpenAiEmbeddings,
-    /// The runtime its futures run on.
-    pub rt: tokio::runtime::Handle,
     /// The redactor applied when the endpoint is hosted.
-    pub redactor: super::pii::Redactor,
+    pub redactor: crate::pii::Redactor,
 }
 
+#[async_trait::async_trait]
 impl Embedder for RemoteEmbedder {
     fn name(&self) -> &str {
         &self.inner.remote().name
@@ -55,13 +71,13 @@ impl Embedder for RemoteEmbedder {
     fn hosted(&self) -> bool {
         self.inner.remote().cfg.hosted
     }
-    fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
-        let owned: Vec<String> = if self.hosted() {
+    async fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+        let sent: Vec<String> = if self.hosted() {
             texts.iter().map(|t| self.redactor.redact(t).text).collect()
         } else {
-            texts.iter().map(|t| (*t).to_owned()).collect()
+            owned(texts)
         };
-        let (vectors, mut tokens) = self.rt.block_on(self.inner.embed(&owned))?;
+        let (vectors, mut tokens) = self.inner.embed(&sent).await?;
         if tokens == 0 {
             tokens = texts.iter().map(|t| estimate_tokens(t) as u32).sum();
         }
@@ -93,7 +109,11 @@ impl EmbeddingCache {
 
     /// Embeds through the cache; returns the vectors, the tokens of the texts that missed, and
     /// how many hit.
-    pub fn embed(&self, e: &dyn Embedder, texts: &[&str]) -> Result<(Embedded, usize), LlmError> {
+    pub async fn embed(
+        &self,
+        e: &dyn Embedder,
+        texts: &[&str],
+    ) -> Result<(Embedded, usize), LlmError> {
         let model = format!("{}/{}", e.name(), e.model());
         let mut out: Vec<Option<Vec<f32>>> = {
             let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,7 +127,7 @@ impl EmbeddingCache {
         let mut tokens = 0;
         if !missing.is_empty() {
             let batch: Vec<&str> = missing.iter().map(|&i| texts[i]).collect();
-            let got = e.embed(&batch)?;
+            let got = e.embed(&batch).await?;
             if got.vectors.len() != batch.len() {
                 return Err(LlmError::Failed(format!(
                     "embedder {} returned {} vectors for {} texts",
@@ -206,6 +226,7 @@ impl Builtin {
     }
 }
 
+#[async_trait::async_trait]
 impl Embedder for Builtin {
     fn name(&self) -> &str {
         "builtin"
@@ -219,9 +240,15 @@ impl Embedder for Builtin {
     fn hosted(&self) -> bool {
         false
     }
-    fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+    async fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+        let batch = owned(texts);
+        let vectors = off_thread(move || {
+            let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+            Ok(Builtin.vectors(&refs))
+        })
+        .await?;
         Ok(Embedded {
-            vectors: self.vectors(texts),
+            vectors,
             tokens: texts.iter().map(|t| estimate_tokens(t) as u32).sum(),
         })
     }

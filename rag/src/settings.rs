@@ -27,12 +27,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+/// A `[rag]` setting that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// `[rag]` section.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct RagSection {
+pub struct Settings {
     /// Where `scripts/fetch-models.sh` put the local models; empty = `$QUIVER_MODELS`, else
     /// `~/.cache/quiver/models`.
     pub models_dir: PathBuf,
@@ -142,9 +145,9 @@ impl Default for ProviderConfig {
     }
 }
 
-impl Default for RagSection {
+impl Default for Settings {
     fn default() -> Self {
-        RagSection {
+        Settings {
             models_dir: PathBuf::new(),
             default_generator: "local".into(),
             max_context_tokens: 1500,
@@ -177,7 +180,7 @@ impl ProviderConfig {
 /// Names the server defines itself.
 pub const RESERVED: [&str; 3] = ["builtin", "local", "extractive"];
 
-impl RagSection {
+impl Settings {
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..=1.0).contains(&self.semantic_cache_threshold) {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::settings::{Price, ProviderConfig};
-use crate::error::ApiError;
+use crate::secret::Secret;
+use crate::settings::{Price, ProviderConfig};
 
 /// What a generator is asked: a stable prefix (system prompt, then the retrieved context) and
 /// the question. Providers with prompt caching mark the prefix as cacheable.
@@ -121,20 +121,6 @@ pub enum LlmError {
     },
 }
 
-impl From<LlmError> for ApiError {
-    fn from(e: LlmError) -> ApiError {
-        match &e {
-            LlmError::Unavailable { .. } | LlmError::RateLimited { .. } => {
-                ApiError::Unavailable(e.to_string())
-            }
-            LlmError::Timeout { .. } => ApiError::Deadline(e.to_string()),
-            LlmError::Rejected { .. } => ApiError::Precondition(e.to_string()),
-            LlmError::Failed(_) | LlmError::Cancelled => ApiError::Internal(e.to_string()),
-            LlmError::Busy { .. } => ApiError::TooLarge(e.to_string()),
-        }
-    }
-}
-
 /// A rough token count for text with no tokenizer at hand (about 4 bytes per token for
 /// English; providers' usage replaces it when they report one).
 pub fn estimate_tokens(text: &str) -> usize {
@@ -170,7 +156,7 @@ impl GeneratorInfo {
 }
 
 /// Produces answers.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Generator: Send + Sync {
     /// Its identity.
     fn info(&self) -> &GeneratorInfo;
@@ -219,7 +205,7 @@ pub struct Remote {
     pub name: String,
     /// Its configuration.
     pub cfg: ProviderConfig,
-    key: Option<crate::secret::Secret>,
+    key: Option<Secret>,
     http: reqwest::Client,
 }
 
@@ -249,7 +235,7 @@ impl Remote {
         Ok(Remote {
             name: name.to_owned(),
             cfg: cfg.clone(),
-            key: key.map(crate::secret::Secret::new),
+            key: key.map(Secret::new),
             http,
         })
     }
@@ -309,7 +295,7 @@ impl Remote {
                     let text = resp.text().await.unwrap_or_default();
                     // Provider bodies may echo the request, key included: scrubbed before
                     // they reach an error, a log line or an audit record.
-                    let known: Vec<&crate::secret::Secret> = self.key.iter().collect();
+                    let known: Vec<&Secret> = self.key.iter().collect();
                     let message = crate::secret::scrub(&error_message(&text), &known);
                     match status {
                         429 => LlmError::RateLimited {
@@ -510,7 +496,7 @@ impl OpenAiChat {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Generator for OpenAiChat {
     fn info(&self) -> &GeneratorInfo {
         &self.info
@@ -631,7 +617,7 @@ impl AnthropicChat {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Generator for AnthropicChat {
     fn info(&self) -> &GeneratorInfo {
         &self.info

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::embed::Embedder;
-use super::llm::Generator;
-use crate::error::{ApiError, ApiResult};
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::llm::Generator;
 
 /// Directory names under the models directory.
 pub const LLM_FILE: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -18,7 +18,7 @@ pub struct LocalModels {
     dir: PathBuf,
     /// `[rag] local_price`: what self-hosted compute is accounted at.
     #[cfg_attr(not(feature = "local-models"), allow(dead_code))]
-    price: super::settings::Price,
+    price: crate::settings::Price,
     #[cfg(feature = "local-models")]
     llm: std::sync::Mutex<Option<Arc<imp::LocalGenerator>>>,
     #[cfg(feature = "local-models")]
@@ -27,7 +27,7 @@ pub struct LocalModels {
 
 impl LocalModels {
     /// Models under `dir` (nothing is read yet).
-    pub fn new(dir: PathBuf, price: super::settings::Price) -> Self {
+    pub fn new(dir: PathBuf, price: crate::settings::Price) -> Self {
         LocalModels {
             dir,
             price,
@@ -40,17 +40,17 @@ impl LocalModels {
 
     /// The local generator (loaded on first use; call from a blocking thread).
     #[cfg(feature = "local-models")]
-    pub fn generator(&self) -> ApiResult<Arc<dyn Generator>> {
+    pub fn generator(&self) -> Result<Arc<dyn Generator>> {
         let mut g = self.llm.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = &*g {
             return Ok(Arc::clone(m) as Arc<dyn Generator>);
         }
         let path = self.dir.join(LLM_FILE);
         let started = std::time::Instant::now();
-        let m = super::local::LocalLlm::load(&path)
-            .map_err(|e| ApiError::Precondition(format!("local generator: {e}")))?;
+        let m = crate::local::LocalLlm::load(&path)
+            .map_err(|e| Error::Precondition(format!("local generator: {e}")))?;
         tracing::info!(model = m.model_name(), path = %path.display(), took_ms = started.elapsed().as_millis() as u64, "local generator loaded");
-        let info = super::llm::GeneratorInfo {
+        let info = crate::llm::GeneratorInfo {
             name: "local".into(),
             model: m.model_name().to_owned(),
             system: "quiver.local",
@@ -64,24 +64,24 @@ impl LocalModels {
 
     /// The local embedder (loaded on first use).
     #[cfg(feature = "local-models")]
-    pub fn embedder(&self) -> ApiResult<Arc<dyn Embedder>> {
+    pub fn embedder(&self) -> Result<Arc<dyn Embedder>> {
         let mut g = self.embedder.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = &*g {
             return Ok(Arc::clone(m) as Arc<dyn Embedder>);
         }
         let path = self.dir.join(EMBEDDER_DIR);
-        let m = super::local::LocalEmbedder::load(&path)
-            .map_err(|e| ApiError::Precondition(format!("local embedder: {e}")))?;
+        let m = crate::local::LocalEmbedder::load(&path)
+            .map_err(|e| Error::Precondition(format!("local embedder: {e}")))?;
         tracing::info!(path = %path.display(), "local embedder loaded");
-        let m = Arc::new(imp::LocalEmbedding(m));
+        let m = Arc::new(imp::LocalEmbedding(Arc::new(m)));
         *g = Some(Arc::clone(&m));
         Ok(m)
     }
 
     /// Without the feature: a clear refusal.
     #[cfg(not(feature = "local-models"))]
-    pub fn generator(&self) -> ApiResult<Arc<dyn Generator>> {
-        Err(ApiError::Precondition(format!(
+    pub fn generator(&self) -> Result<Arc<dyn Generator>> {
+        Err(Error::Precondition(format!(
             "the local generator needs a quiverd built with the local-models feature (models in {})",
             self.dir.display()
         )))
@@ -89,8 +89,8 @@ impl LocalModels {
 
     /// Without the feature: a clear refusal.
     #[cfg(not(feature = "local-models"))]
-    pub fn embedder(&self) -> ApiResult<Arc<dyn Embedder>> {
-        Err(ApiError::Precondition(format!(
+    pub fn embedder(&self) -> Result<Arc<dyn Embedder>> {
+        Err(Error::Precondition(format!(
             "the local embedder needs a quiverd built with the local-models feature (models in {})",
             self.dir.display()
         )))
@@ -104,9 +104,9 @@ mod imp {
 
     use tokio::sync::mpsc::UnboundedSender;
 
-    use super::super::embed::{Embedded, Embedder};
-    use super::super::llm::{GenParams, Generation, Generator, GeneratorInfo, LlmError, Prompt};
-    use super::super::local::{ChatMessage, LocalEmbedder, LocalLlm, Role};
+    use crate::embed::{Embedded, Embedder, off_thread, owned};
+    use crate::llm::{GenParams, Generation, Generator, GeneratorInfo, LlmError, Prompt};
+    use crate::local::{ChatMessage, LocalEmbedder, LocalLlm, Role};
 
     /// SmolLM2 behind [`Generator`], with its identity. One generation runs at a time (it
     /// uses every core); at most [`LOCAL_QUEUE`] more wait for it, each on no thread at all.
@@ -142,7 +142,7 @@ mod imp {
         }
     }
 
-    #[tonic::async_trait]
+    #[async_trait::async_trait]
     impl Generator for LocalGenerator {
         fn info(&self) -> &GeneratorInfo {
             &self.1
@@ -186,7 +186,7 @@ mod imp {
                 },
             ];
             let out = tokio::task::spawn_blocking(move || {
-                let params = super::super::local::GenParams {
+                let params = crate::local::GenParams {
                     max_tokens: p.max_tokens,
                     temperature: p.temperature,
                     seed: 42,
@@ -222,8 +222,9 @@ mod imp {
     }
 
     /// MiniLM behind [`Embedder`].
-    pub struct LocalEmbedding(pub LocalEmbedder);
+    pub struct LocalEmbedding(pub Arc<LocalEmbedder>);
 
+    #[async_trait::async_trait]
     impl Embedder for LocalEmbedding {
         fn name(&self) -> &str {
             "local"
@@ -237,16 +238,20 @@ mod imp {
         fn hosted(&self) -> bool {
             false
         }
-        fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
-            let vectors = self
-                .0
-                .embed(texts)
-                .map_err(|e| LlmError::Failed(format!("local embedder: {e}")))?;
+        async fn embed(&self, texts: &[&str]) -> Result<Embedded, LlmError> {
+            let (model, batch) = (Arc::clone(&self.0), owned(texts));
+            let vectors = off_thread(move || {
+                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                model
+                    .embed(&refs)
+                    .map_err(|e| LlmError::Failed(format!("local embedder: {e}")))
+            })
+            .await?;
             Ok(Embedded {
                 vectors,
                 tokens: texts
                     .iter()
-                    .map(|t| super::super::llm::estimate_tokens(t) as u32)
+                    .map(|t| crate::llm::estimate_tokens(t) as u32)
                     .sum(),
             })
         }
