@@ -10,7 +10,7 @@ use quiver_storage::{Applied, Engine, Mutation};
 use crate::error::{Error, Result};
 use crate::types::{AuditRecord, Review};
 
-/// Limits the host sets on what the pipeline writes.
+/// Limits the host sets on what the pipeline writes (defaults: the server's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest payload of one point, bytes.
@@ -23,7 +23,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload_bytes: 1 << 20,
-            segment_max_rows: 0,
+            segment_max_rows: quiver_storage::DEFAULT_SEGMENT_MAX_ROWS,
         }
     }
 }

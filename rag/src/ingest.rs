@@ -345,4 +345,63 @@ mod tests {
         assert_eq!(ok.len(), 1);
         assert!(!ok[0].texts.is_empty());
     }
+
+    /// The pipeline over one engine (`Direct`): documents in, a cited extractive answer out,
+    /// re-ingesting replaces a document's chunks, and deleting removes them.
+    #[tokio::test]
+    async fn direct_host_ingests_answers_and_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e =
+            Arc::new(quiver_storage::Engine::open(dir.path(), Default::default()).expect("open"));
+        let cfg = crate::Settings::default();
+        let providers = crate::Providers::new(&cfg).expect("providers");
+        let rag =
+            Rag::new(cfg, Arc::new(crate::Direct::new(Arc::clone(&e))), providers).expect("rag");
+        let ctx = CallContext::new("t", "docs");
+        let doc = |id: &str, text: &str| Document {
+            id: id.into(),
+            text: text.into(),
+            source: format!("{id}.txt"),
+            metadata_json: None,
+        };
+        let docs = vec![
+            doc(
+                "paris",
+                "Paris is the capital of France. It lies on the Seine.",
+            ),
+            doc(
+                "rome",
+                "Rome is the capital of Italy. It has the Colosseum.",
+            ),
+        ];
+        let got = rag
+            .ingest("docs", docs, Some(&RagConfig::default()), &ctx)
+            .await
+            .expect("ingest");
+        assert!(got.chunks >= 2, "{got:?}");
+        assert_eq!(rag.config("docs").expect("config").embedder, "builtin");
+        let q = crate::Question {
+            collection: "docs".into(),
+            question: "What is the capital of Italy?".into(),
+            ..Default::default()
+        };
+        let a = rag.ask(q.clone(), "t", None).await.expect("ask");
+        assert!(a.answer.contains("Rome"), "{a:?}");
+        assert_eq!(a.citations[0].document_id, "rome");
+        assert_eq!(a.citations[0].source, "rome.txt");
+        rag.ingest("docs", vec![doc("rome", "Gone.")], None, &ctx)
+            .await
+            .expect("re-ingest");
+        let c = e.collection("docs").expect("collection");
+        let n = |id: &str| c.count_filtered(&doc_filter(id, None)).expect("count");
+        assert_eq!(n("rome"), 1, "the old chunks are replaced");
+        assert_eq!(
+            rag.delete_document("docs", "rome").await.expect("delete"),
+            1
+        );
+        assert_eq!(n("rome"), 0);
+        assert!(n("paris") >= 1);
+        let missing = rag.ingest("nope", Vec::new(), None, &ctx).await;
+        assert!(matches!(missing, Err(Error::Storage(_))), "{missing:?}");
+    }
 }

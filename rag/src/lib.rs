@@ -190,11 +190,6 @@ impl Rag {
         spawn_migration(Arc::clone(self));
     }
 
-    /// The host.
-    pub fn host(&self) -> &Arc<dyn Host> {
-        &self.host
-    }
-
     /// Every generator name a request may use.
     fn generator_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.generators.keys().cloned().collect();

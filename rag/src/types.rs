@@ -20,13 +20,6 @@ pub enum Mode {
     Review,
 }
 
-impl Mode {
-    /// Whether this mode calls a generator.
-    pub fn generates(self) -> bool {
-        matches!(self, Mode::Generate | Mode::Review)
-    }
-}
-
 /// One question to a collection.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Question {
