@@ -294,9 +294,15 @@ const MAX_GAP: usize = 64;
 /// Longest tag name considered.
 const MAX_NAME: usize = 32;
 
+/// Whitespace inside a tag: ASCII's, plus the vertical tab that `u8::is_ascii_whitespace`
+/// leaves out but tokenizers and `char::is_whitespace` treat as a space.
+fn is_gap(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0b
+}
+
 fn skip_ws(b: &[u8], mut j: usize) -> usize {
     let end = (j + MAX_GAP).min(b.len());
-    while j < end && b[j].is_ascii_whitespace() {
+    while j < end && is_gap(b[j]) {
         j += 1;
     }
     j
@@ -331,7 +337,7 @@ fn angle(b: &[u8], i: usize) -> Option<(usize, Kind)> {
     }
     // A role line after a line break inside the gap (`<` `\n` `System:`) is matched as a role
     // line instead, so the defanged `<` does not leave a fresh role line behind it.
-    if (i..j).any(|p| b[p] == b'\n' && role_line(b, p + 1).is_some()) {
+    if (i..j).any(|p| is_line_break(char::from(b[p])) && role_line(b, p + 1).is_some()) {
         return None;
     }
     let (k, name) = name_at(b, j);
@@ -460,7 +466,7 @@ fn forgeries_in(view: &Folded) -> Vec<Forgery> {
                 i = r.end;
             }
             None => {
-                line_start = b[i] == b'\n' || b[i] == b'\r';
+                line_start = is_line_break(char::from(b[i]));
                 i += 1;
             }
         }
