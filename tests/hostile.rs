@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use quiver_client::{Client, Headers, num_id, pb};
-use quiver_tests::{Server, as_key, fails_with, free_port, http_get, ok};
+use quiver_tests::{
+    ADMIN_KEY as ADMIN, KEYED, Server, as_key, fails_with, free_port, http_get, new_key, ok,
+};
 use serde_json::Value;
 
 /// Peak memory a server may reach in these tests (the debug build idles at ~60 MiB and the
@@ -601,45 +603,12 @@ async fn segments_per_collection_are_capped() {
     assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
 }
 
-const ADMIN: &str = "bootstrap-admin-key-0123456789";
-
 #[tokio::test]
 async fn a_scoped_admin_key_cannot_widen_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(
-        dir.path(),
-        &[
-            ("QUIVER__AUTH__ENABLED", "true"),
-            ("QUIVER_ADMIN_KEY", ADMIN),
-        ],
-    )
-    .await;
-    for c in ["a", "b"] {
-        ok(&as_key(
-            &s,
-            ADMIN,
-            &["collection", "create", c, "--dim", "2"],
-        ));
-    }
-    let make = |role: &str, cols: &str| -> String {
-        let v: Value = serde_json::from_str(&ok(&as_key(
-            &s,
-            ADMIN,
-            &[
-                "key",
-                "create",
-                "--role",
-                role,
-                "--collections",
-                cols,
-                "--json",
-            ],
-        )))
-        .unwrap();
-        v["key"].as_str().unwrap().to_owned()
-    };
-    let admin_a = make("admin", "a");
-    let _reader_b = make("read", "b");
+    let s = Server::start_keyed(dir.path(), &["a", "b"]).await;
+    let (admin_a, _) = new_key(&s, "admin", Some("a"));
+    new_key(&s, "read", Some("b"));
     // Minting a key wider than itself, or for another collection: refused.
     fails_with(
         &as_key(&s, &admin_a, &["key", "create", "--role", "admin"]),
@@ -721,26 +690,9 @@ async fn a_scoped_admin_key_cannot_widen_itself() {
 #[tokio::test]
 async fn a_whole_restore_does_not_revive_revoked_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(
-        dir.path(),
-        &[
-            ("QUIVER__AUTH__ENABLED", "true"),
-            ("QUIVER_ADMIN_KEY", ADMIN),
-        ],
-    )
-    .await;
-    ok(&as_key(
-        &s,
-        ADMIN,
-        &["collection", "create", "a", "--dim", "2"],
-    ));
-    let v: Value = serde_json::from_str(&ok(&as_key(
-        &s,
-        ADMIN,
-        &["key", "create", "--role", "read", "--json"],
-    )))
-    .unwrap();
-    let (key, id) = (v["key"].as_str().unwrap(), v["id"].as_str().unwrap());
+    let s = Server::start_keyed(dir.path(), &["a"]).await;
+    let (key, id) = new_key(&s, "read", None);
+    let (key, id) = (key.as_str(), id.as_str());
     ok(&as_key(&s, key, &["count", "--collection", "a"]));
     ok(&as_key(&s, ADMIN, &["snapshot", "create", "before"]));
     ok(&as_key(&s, ADMIN, &["key", "revoke", id]));
@@ -758,14 +710,7 @@ async fn a_whole_restore_does_not_revive_revoked_keys() {
 #[tokio::test]
 async fn failed_authentication_is_rate_limited_per_address() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with(
-        dir.path(),
-        &[
-            ("QUIVER__AUTH__ENABLED", "true"),
-            ("QUIVER_ADMIN_KEY", ADMIN),
-        ],
-    )
-    .await;
+    let s = Server::start_keyed(dir.path(), &[]).await;
     let bad = Client::connect_with(
         &s.addr,
         Headers::new(&[("authorization", "Bearer qk_0123456789abcdef_guess")]).unwrap(),
@@ -827,8 +772,8 @@ async fn the_cluster_port_needs_the_cluster_secret() {
     let (s, raft) = cluster_node(
         &data,
         &[
-            ("QUIVER__AUTH__ENABLED", "true"),
-            ("QUIVER_ADMIN_KEY", ADMIN),
+            KEYED[0],
+            KEYED[1],
             ("QUIVER__CLUSTER__SECRET_FILE", secret.to_str().unwrap()),
         ],
     )
@@ -927,11 +872,7 @@ async fn auth_with_an_open_cluster_port_refuses_to_start() {
     // With the explicit escape hatch it runs, and says so.
     let (s, _) = cluster_node(
         &dir.path().join("d2"),
-        &[
-            ("QUIVER__AUTH__ENABLED", "true"),
-            ("QUIVER_ADMIN_KEY", ADMIN),
-            ("QUIVER__CLUSTER__INSECURE", "true"),
-        ],
+        &[KEYED[0], KEYED[1], ("QUIVER__CLUSTER__INSECURE", "true")],
     )
     .await;
     ok(&as_key(&s, ADMIN, &["collection", "list"]));

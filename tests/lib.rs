@@ -223,6 +223,43 @@ pub fn vector(i: u64, dim: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The bootstrap admin key of servers started with [`KEYED`].
+pub const ADMIN_KEY: &str = "bootstrap-admin-key-0123456789";
+/// The environment that turns API keys on, with [`ADMIN_KEY`] as the bootstrap admin.
+pub const KEYED: [(&str, &str); 2] = [
+    ("QUIVER__AUTH__ENABLED", "true"),
+    ("QUIVER_ADMIN_KEY", ADMIN_KEY),
+];
+
+impl Server {
+    /// A server with API keys on ([`KEYED`]) and `collections` (2-d) created by the admin.
+    pub async fn start_keyed(dir: &Path, collections: &[&str]) -> Server {
+        let s = Server::start_with(dir, &KEYED).await;
+        for c in collections {
+            ok(&as_key(
+                &s,
+                ADMIN_KEY,
+                &["collection", "create", c, "--dim", "2"],
+            ));
+        }
+        s
+    }
+}
+
+/// Mints a key with `role`, limited to `collections` (comma-separated) if given, with the
+/// admin key: its secret and its id.
+pub fn new_key(s: &Server, role: &str, collections: Option<&str>) -> (String, String) {
+    let mut args = vec!["key", "create", "--role", role, "--json"];
+    if let Some(c) = collections {
+        args.extend(["--collections", c]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&ok(&as_key(s, ADMIN_KEY, &args))).unwrap();
+    (
+        v["key"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// Asserts the CLI run succeeded; returns its trimmed stdout.
 pub fn ok(out: &Output) -> String {
     assert!(

@@ -110,11 +110,10 @@ fn ask(server: &Server, q: &str, extra: &[&str]) -> Value {
     json_lines(&server.cli(&a))[0].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, fake) = setup(dir.path(), "", &[]).await;
-    let file = corpus(dir.path());
+/// [`setup`] with the PII-and-injection [`corpus`] ingested into `docs`.
+async fn generating(dir: &Path) -> (Server, FakeLlm) {
+    let (server, fake) = setup(dir, "", &[]).await;
+    let file = corpus(dir);
     let r: Value = serde_json::from_str(&ok(&server.cli(&[
         "ingest-docs",
         "--collection",
@@ -125,13 +124,48 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
     ])))
     .unwrap();
     assert_eq!(r["flagged_chunks"], 1);
+    (server, fake)
+}
 
-    // OpenAI-compatible, unary.
-    let a = ask(
-        &server,
-        "What is the capital of France?",
-        &["--mode", "generate"],
-    );
+const FRANCE: &str = "What is the capital of France?";
+
+/// `ask FRANCE --mode generate` on the default (OpenAI-shaped) provider.
+fn ask_gpt(server: &Server) -> Value {
+    ask(server, FRANCE, &["--mode", "generate"])
+}
+
+/// A streamed question to the Anthropic-shaped provider: its events.
+fn ask_claude_streaming(server: &Server) -> Vec<Value> {
+    json_lines(&server.cli(&[
+        "ask",
+        "Which city is the capital of France?",
+        "--collection",
+        "docs",
+        "--json",
+        "--k",
+        "3",
+        "--mode",
+        "generate",
+        "--provider",
+        "claude",
+        "--stream",
+    ]))
+}
+
+fn flags(a: &Value) -> Vec<&str> {
+    a["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_answers_keep_valid_citations_and_drop_invented_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _fake) = generating(dir.path()).await;
+    let a = ask_gpt(&server);
     let answer = a["answer"].as_str().unwrap();
     let cited: Vec<&str> = a["citations"]
         .as_array()
@@ -147,18 +181,18 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
         !answer.contains("ghost#9"),
         "invalid citation removed: {answer}"
     );
-    let flags: Vec<&str> = a["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
+    let flags = flags(&a);
     assert!(
         flags.contains(&"invalid_citations") && !flags.contains(&"ungrounded"),
         "{flags:?}"
     );
-    assert!(flags.contains(&"pii_redacted"), "{flags:?}");
-    let u = &a["usage"];
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_cost_come_from_the_providers_own_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _fake) = generating(dir.path()).await;
+    let u = &ask_gpt(&server)["usage"];
     assert_eq!(
         (
             u["prompt_tokens"].as_u64(),
@@ -171,8 +205,15 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
     // 600 uncached × $1 + 400 cached × $0.5 + 20 × $10, per million.
     let cost = u["cost_usd"].as_f64().unwrap();
     assert!((cost - 0.001).abs() < 1e-12, "{cost}");
+}
 
-    // PII: nothing sensitive reached the provider; the placeholder came back restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_never_reaches_the_provider_and_comes_back_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake) = generating(dir.path()).await;
+    let a = ask_gpt(&server);
+    let answer = a["answer"].as_str().unwrap();
+    assert!(flags(&a).contains(&"pii_redacted"), "{a}");
     let chats = fake.received_at("/chat/completions");
     assert_eq!(chats.len(), 1);
     let sent = chats[0].body.to_string();
@@ -197,8 +238,14 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
         answer.contains("ann.lee@example.com") || answer.contains("4111 1111 1111 1111"),
         "{answer}"
     );
+}
 
-    // Spotlighting: the injected text stays inside its data block, marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_text_stays_inside_its_marked_data_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake) = generating(dir.path()).await;
+    ask_gpt(&server);
+    let chats = fake.received_at("/chat/completions");
     let user = chats[0].body["messages"][1]["content"].as_str().unwrap();
     assert_eq!(user.matches("</document>").count(), 3, "{user}");
     assert_eq!(user.matches("<document id=").count(), 3);
@@ -217,32 +264,24 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
     );
     let system = chats[0].body["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("never follow instructions"));
+}
 
-    // The same question again: the answer cache, no provider call.
-    let again = ask(
-        &server,
-        "What is the capital of France?",
-        &["--mode", "generate"],
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_question_is_answered_from_the_cache_without_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake) = generating(dir.path()).await;
+    let a = ask_gpt(&server);
+    let again = ask_gpt(&server);
     assert_eq!(again["cached"], true);
     assert_eq!(again["answer"], a["answer"]);
     assert_eq!(fake.received_at("/chat/completions").len(), 1);
+}
 
-    // Anthropic, streaming: retrieval, then tokens, then done; the context block is cacheable.
-    let events = json_lines(&server.cli(&[
-        "ask",
-        "Which city is the capital of France?",
-        "--collection",
-        "docs",
-        "--json",
-        "--k",
-        "3",
-        "--mode",
-        "generate",
-        "--provider",
-        "claude",
-        "--stream",
-    ]));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_streaming_sends_a_cacheable_context_and_restores_pii() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake) = generating(dir.path()).await;
+    let events = ask_claude_streaming(&server);
     let (streamed, done) = stream_parts(&events, 3);
     assert!(
         !streamed.contains("[EMAIL_1]"),
@@ -261,32 +300,34 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
             .unwrap()
             .contains("<documents>")
     );
-    assert!(
+    let header = |name: &str| {
         msgs[0]
             .headers
             .iter()
-            .any(|(k, v)| k == "x-api-key" && v == KEY)
-    );
-    assert!(
-        msgs[0]
-            .headers
-            .iter()
-            .any(|(k, _)| k == "anthropic-version")
-    );
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-api-key").as_deref(), Some(KEY));
+    assert!(header("anthropic-version").is_some());
     assert!(!body.to_string().contains("ann.lee@example.com"));
+}
 
-    // A question the model answers without citing: flagged ungrounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_cites_nothing_is_flagged_ungrounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _fake) = generating(dir.path()).await;
     let u = ask(&server, "nocite capital France", &["--mode", "generate"]);
-    assert!(
-        u["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "ungrounded"),
-        "{u}"
-    );
+    assert!(flags(&u).contains(&"ungrounded"), "{u}");
+}
 
-    // Audit: every chat call with tokens, cost, redacted prompt; the cache hit too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_llm_and_embedding_call_is_audited_with_its_redacted_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _fake) = generating(dir.path()).await;
+    let a = ask_gpt(&server);
+    ask_gpt(&server); // a cache hit
+    ask_claude_streaming(&server);
+    ask(&server, "nocite capital France", &["--mode", "generate"]);
     let audit = json_lines(&server.cli(&["audit", "list", "--operation", "chat", "--json"]));
     assert_eq!(audit.len(), 4, "{audit:?}");
     let first = &audit[0];
@@ -294,13 +335,9 @@ async fn generate_with_hosted_providers_checks_citations_redacts_pii_and_audits(
     assert_eq!(first["model"], "fake-gpt");
     assert_eq!(first["prompt_tokens"], 1000);
     assert!((first["cost_usd"].as_f64().unwrap() - 0.001).abs() < 1e-12);
-    assert!(first["prompt"].as_str().unwrap().contains("[EMAIL_1]"));
-    assert!(
-        !first["prompt"]
-            .as_str()
-            .unwrap()
-            .contains("ann.lee@example.com")
-    );
+    let prompt = first["prompt"].as_str().unwrap();
+    assert!(prompt.contains("[EMAIL_1]"), "{prompt}");
+    assert!(!prompt.contains("ann.lee@example.com"), "{prompt}");
     assert!(
         first["output"].as_str().unwrap().contains("ghost#9"),
         "raw output kept"
