@@ -48,7 +48,7 @@ fn exact_search(c: &mut Criterion) {
             name: "b".into(),
             dim,
             metric: Metric::Cosine,
-            index: Default::default(),
+            index: quiver_storage::types::IndexConfig::flat(),
             segment_max_rows: 50_000,
             schema: Default::default(),
             labels: Default::default(),

@@ -1,7 +1,8 @@
-//! End-to-end exact-search benchmark over gRPC on GloVe-50 (see benches/README.md): loads the
-//! base vectors into a running quiverd through the client (UpsertStream), then measures
-//! queries/s one request at a time (latency-bound, like a service) and with SearchBatch
-//! (throughput), and recall@10 against the exact ground truth.
+//! End-to-end search benchmark over gRPC on GloVe-50 (see benches/README.md): loads the base
+//! vectors into a running quiverd through the client (UpsertStream) into a flat collection,
+//! one created with the defaults (`--defaults`), or one IVF-PQ segment (`--ivf-nlist`), then
+//! measures queries/s one request at a time (latency-bound, like a service) and with
+//! SearchBatch (throughput), and recall@10 against the exact ground truth.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -43,6 +44,14 @@ struct Args {
     /// nprobe:refine (or rTARGET_RECALL:refine) configurations for --ivf-nlist, comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
+    /// Create the collection as a new user would (no index or segment settings), wait until
+    /// the background merges and index builds settle, and measure searches with no search
+    /// parameters. Without this or --ivf-nlist the collection is flat (exact scan).
+    #[arg(long, conflicts_with = "ivf_nlist")]
+    defaults: bool,
+    /// Distance metric of the collection: cosine or l2.
+    #[arg(long, default_value = "cosine")]
+    metric: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -66,18 +75,30 @@ async fn main() -> Result<()> {
                 name: a.collection.clone(),
             })
             .await;
-        let index = a.ivf_nlist.map(|nlist| pb::IndexParams {
-            kind: pb::IndexKind::IvfPq as i32,
-            nlist,
-            pq_bits: a.pq_bits,
-            ..Default::default()
-        });
+        let index = match (a.ivf_nlist, a.defaults) {
+            (Some(nlist), _) => Some(pb::IndexParams {
+                kind: pb::IndexKind::IvfPq as i32,
+                nlist,
+                pq_bits: a.pq_bits,
+                ..Default::default()
+            }),
+            (None, true) => None,
+            (None, false) => Some(pb::IndexParams {
+                kind: pb::IndexKind::Flat as i32,
+                ..Default::default()
+            }),
+        };
+        let metric = match a.metric.as_str() {
+            "cosine" => pb::Metric::Cosine,
+            "l2" => pb::Metric::L2,
+            other => anyhow::bail!("--metric {other}: cosine or l2"),
+        };
         let create = pb::CreateCollectionRequest {
             name: a.collection.clone(),
             dim: base[0].len() as u32,
-            metric: pb::Metric::Cosine as i32,
+            metric: metric as i32,
             // One segment holds the whole set, so nlist is the index's nlist (as in FAISS).
-            segment_max_rows: index.as_ref().map(|_| base.len() as u32 + 1),
+            segment_max_rows: a.ivf_nlist.map(|_| base.len() as u32 + 1),
             index,
             schema: Vec::new(),
         };
@@ -123,6 +144,20 @@ async fn main() -> Result<()> {
     if a.ivf_nlist.is_some() {
         return ivf_sweep(&mut c, &a, &queries[..nq], &gt).await;
     }
+    let system = if a.defaults {
+        let state = settle(&mut c, &a.collection).await?;
+        eprintln!("settled: {state}");
+        println!(
+            "{}",
+            serde_json::json!({"system": format!("quiver-defaults-{}-grpc{}", a.metric, a.label), "event": "settled", "state": state})
+        );
+        if !a.sweep.is_empty() {
+            ivf_sweep(&mut c, &a, &queries[..nq], &gt).await?;
+        }
+        format!("quiver-defaults-{}-grpc{}", a.metric, a.label)
+    } else {
+        format!("quiver-exact-grpc{}", a.label)
+    };
     let mut single = Vec::new();
     let mut batched = Vec::new();
     let mut recall = 0.0;
@@ -163,16 +198,56 @@ async fn main() -> Result<()> {
         batched.push(nq as f64 / t.elapsed().as_secs_f64());
     }
     println!(
-        "quiver exact over gRPC: {nq} queries, recall@10 {recall:.4}, single-request QPS {:.1}, SearchBatch(100) QPS {:.1} (median of {} rounds)",
+        "{system}: {nq} queries, recall@10 {recall:.4}, single-request QPS {:.1}, SearchBatch(100) QPS {:.1} (median of {} rounds)",
         median(single.clone()),
         median(batched.clone()),
         a.rounds
     );
     println!(
         "{}",
-        serde_json::json!({"system": "quiver-exact-grpc", "queries": nq, "recall10": recall, "qps_single": median(single), "qps_batch": median(batched)})
+        serde_json::json!({"system": system, "queries": nq, "recall10": recall, "qps_single": median(single), "qps_batch": median(batched)})
     );
     Ok(())
+}
+
+/// Waits until the collection's background work has settled: every sealed segment indexed,
+/// and the segment count unchanged for 30 s (three compactor intervals), so merges are done.
+/// Returns the final index state.
+async fn settle(c: &mut Client, name: &str) -> Result<String> {
+    let t = Instant::now();
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    loop {
+        let info = c
+            .collections
+            .get(pb::GetCollectionRequest { name: name.into() })
+            .await?
+            .into_inner();
+        let stats = info.stats.unwrap_or_default();
+        if stats.sealed_segments != last {
+            eprintln!(
+                "{:.0}s: {} sealed segments: {}",
+                t.elapsed().as_secs_f64(),
+                stats.sealed_segments,
+                stats.index_state
+            );
+            (last, since) = (stats.sealed_segments, Instant::now());
+        }
+        let ready = stats.index_state.starts_with("ivf_pq ready");
+        if ready && since.elapsed().as_secs() >= 30 {
+            return Ok(format!(
+                "{} sealed segments after {:.0}s: {}",
+                stats.sealed_segments,
+                t.elapsed().as_secs_f64(),
+                stats.index_state
+            ));
+        }
+        anyhow::ensure!(
+            t.elapsed().as_secs() < 3600,
+            "not settled: {}",
+            stats.index_state
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn ids(hits: &[pb::ScoredPoint]) -> Vec<u64> {
@@ -206,26 +281,47 @@ async fn ivf_sweep(c: &mut Client, a: &Args, queries: &[Vec<f32>], gt: &[Vec<u32
         anyhow::ensure!(t.elapsed().as_secs() < 1800, "index not ready: {state}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let system = if a.defaults {
+        format!("quiver-defaults-{}-grpc{}", a.metric, a.label)
+    } else {
+        format!("quiver-ivfpq{}-grpc{}", a.pq_bits, a.label)
+    };
     for point in parse_sweep(&a.sweep)? {
+        let req = |q: &Vec<f32>| pb::SearchRequest {
+            collection: a.collection.clone(),
+            vector: q.clone(),
+            k: 10,
+            nprobe: point.nprobe,
+            refine_factor: Some(point.refine),
+            target_recall: point.target_recall,
+            ..Default::default()
+        };
         let t = Instant::now();
         let mut recall = 0.0;
         for (q, truth) in queries.iter().zip(gt) {
-            let req = pb::SearchRequest {
-                collection: a.collection.clone(),
-                vector: q.clone(),
-                k: 10,
-                nprobe: point.nprobe,
-                refine_factor: Some(point.refine),
-                target_recall: point.target_recall,
-                ..Default::default()
-            };
-            let hits = c.search.search(req).await?.into_inner().hits;
+            let hits = c.search.search(req(q)).await?.into_inner().hits;
             recall += recall_at(10, &ids(&hits), truth);
         }
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
+        // The same searches as SearchBatch calls of 100.
+        let t = Instant::now();
+        let mut batch_recall = 0.0;
+        for (chunk, truths) in queries.chunks(100).zip(gt.chunks(100)) {
+            let searches = chunk.iter().map(req).collect();
+            let res = c
+                .search
+                .search_batch(pb::SearchBatchRequest { searches })
+                .await?
+                .into_inner();
+            for (r, truth) in res.results.iter().zip(truths) {
+                batch_recall += recall_at(10, &ids(&r.hits), truth);
+            }
+        }
+        let qps_batch = queries.len() as f64 / t.elapsed().as_secs_f64();
+        let n = queries.len() as f64;
         println!(
             "{}",
-            serde_json::json!({"system": format!("quiver-ivfpq{}-grpc{}", a.pq_bits, a.label), "nprobe": point.nprobe, "target_recall": point.target_recall, "refine": point.refine, "recall10": recall / queries.len() as f64, "qps": qps, "threads": 1})
+            serde_json::json!({"system": system, "nprobe": point.nprobe, "target_recall": point.target_recall, "refine": point.refine, "recall10": recall / n, "qps": qps, "recall10_batch": batch_recall / n, "qps_batch": qps_batch, "threads": 1})
         );
     }
     Ok(())

@@ -34,7 +34,7 @@ echo "== quiverd on $QUIVER_ADDR, data in $data =="
 "$bin/quiver" upsert --collection glove "$jsonl" --batch-size 2000
 "$bin/quiver" collection info glove
 for w in paris king python; do
-  echo; echo "== nearest words to '$w' (exact cosine search) =="
+  echo; echo "== nearest words to '$w' (cosine; IVF-PQ on indexed segments, exact elsewhere) =="
   "$bin/quiver" search --collection glove --like "$w" --k 8
 done
 echo; echo "== restart: the data is on disk =="

@@ -42,6 +42,8 @@ async fn create_upsert_search_restart_same_results() {
     // Small segments so the 10k points span several sealed segments plus the mutable one.
     let mut server =
         Server::start_with(dir.path(), &[("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "3000")]).await;
+    // Flat: the results must equal the brute-force reference exactly (the IVF-PQ default is
+    // tested against recall floors in index.rs).
     let out = server.cli(&[
         "collection",
         "create",
@@ -50,6 +52,8 @@ async fn create_upsert_search_restart_same_results() {
         &DIM.to_string(),
         "--metric",
         "cosine",
+        "--index",
+        "flat",
     ]);
     assert!(
         out.status.success(),

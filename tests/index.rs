@@ -32,6 +32,50 @@ fn search(server: &Server, queries: &str, extra: &[&str]) -> Vec<Value> {
     json_lines(&server.cli(&args))
 }
 
+/// Upserts points `0..n` into `ix` through the CLI (batches of 1000), then flushes.
+fn load(server: &Server, dir: &std::path::Path, n: u64) {
+    let file = dir.join("p.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    for i in 0..n {
+        writeln!(f, "{}", serde_json::json!({"id": i, "vector": point(i)})).unwrap();
+    }
+    drop(f);
+    for args in [
+        &["upsert", "--collection", "ix", file.to_str().unwrap()][..],
+        &["collection", "flush", "ix"],
+    ] {
+        let out = server.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// 30 queries near the data, as a `--queries` file in `dir`.
+fn queries_file(dir: &std::path::Path) -> String {
+    let qfile = dir.join("q.jsonl");
+    std::fs::write(
+        &qfile,
+        (0..30u64)
+            .map(|i| serde_json::json!({"vector": point(50_000 + i)}).to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    qfile.to_str().unwrap().to_owned()
+}
+
+/// Recall@10 of `got` against `exact`, 30 queries.
+fn recall(got: &[Vec<u64>], exact: &[Vec<u64>]) -> f64 {
+    let hit: usize = got
+        .iter()
+        .zip(exact)
+        .map(|(a, e)| a.iter().filter(|x| e.contains(x)).count())
+        .sum();
+    hit as f64 / (10 * exact.len()) as f64
+}
+
 fn ids(results: &[Value]) -> Vec<Vec<u64>> {
     results
         .iter()
@@ -70,20 +114,8 @@ async fn ivf_pq_through_server_and_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let file = dir.path().join("p.jsonl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-    for i in 0..7500u64 {
-        writeln!(f, "{}", serde_json::json!({"id": i, "vector": point(i)})).unwrap();
-    }
-    drop(f);
-    assert!(
-        server
-            .cli(&["upsert", "--collection", "ix", file.to_str().unwrap()])
-            .status
-            .success()
-    );
     // Batches of 1000 seal at 3000 and 6000 rows; the flush seals the last 1500.
-    assert!(server.cli(&["collection", "flush", "ix"]).status.success());
+    load(&server, dir.path(), 7500);
     // Three sealed segments; wait for their indexes.
     let started = std::time::Instant::now();
     loop {
@@ -107,38 +139,22 @@ async fn ivf_pq_through_server_and_cli() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let qfile = dir.path().join("q.jsonl");
-    std::fs::write(
-        &qfile,
-        (0..30u64)
-            .map(|i| serde_json::json!({"vector": point(50_000 + i)}).to_string() + "\n")
-            .collect::<String>(),
-    )
-    .unwrap();
-    let q = qfile.to_str().unwrap();
+    let qfile = queries_file(dir.path());
+    let q = qfile.as_str();
     let exact = ids(&search(&server, q, &["--exact"]));
     let approx_out = search(&server, q, &["--nprobe", "16", "--refine", "8"]);
-    let approx = ids(&approx_out);
-    let hit: usize = approx
-        .iter()
-        .zip(&exact)
-        .map(|(a, e)| a.iter().filter(|x| e.contains(x)).count())
-        .sum();
-    let recall = hit as f64 / 300.0;
-    assert!(recall >= 0.9, "recall@10 {recall} at nprobe 16, refine 8");
+    let r = recall(&ids(&approx_out), &exact);
+    assert!(r >= 0.9, "recall@10 {r} at nprobe 16, refine 8");
     // A target recall picks nprobe per segment from the build-time calibration.
     for target in ["0.7", "0.95"] {
-        let got = ids(&search(&server, q, &["--target-recall", target]));
-        let hit: usize = got
-            .iter()
-            .zip(&exact)
-            .map(|(a, e)| a.iter().filter(|x| e.contains(x)).count())
-            .sum();
-        let recall = hit as f64 / 300.0;
+        let r = recall(
+            &ids(&search(&server, q, &["--target-recall", target])),
+            &exact,
+        );
         let want: f64 = target.parse().unwrap();
         assert!(
-            recall >= want - 0.05,
-            "recall@10 {recall} for --target-recall {target}"
+            r >= want - 0.05,
+            "recall@10 {r} for --target-recall {target}"
         );
     }
     // Restart: indexes are loaded from their files at open (3/3 immediately), same results.
@@ -154,4 +170,67 @@ async fn ivf_pq_through_server_and_cli() {
     );
     let again = search(&server, q, &["--nprobe", "16", "--refine", "8"]);
     assert_eq!(again, approx_out);
+}
+
+/// What a new user gets: `collection create` with no index flag is IVF-PQ, `collection info`
+/// says what the defaults chose, the background compactor merges the sealed segments into
+/// one indexed segment, and a search with no parameters reaches the default recall target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_give_a_merged_ivf_pq_index_at_the_target_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "2000"),
+            ("QUIVER__COMPACTION__INTERVAL_SECS", "1"),
+        ],
+    )
+    .await;
+    let out = server.cli(&[
+        "collection",
+        "create",
+        "ix",
+        "--dim",
+        "16",
+        "--metric",
+        "l2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
+    assert_eq!(info[0]["index_kind"], "ivf_pq", "{}", info[0]);
+    assert_eq!(info[0]["index_pq_bits"], 4);
+    assert_eq!(
+        info[0]["index_pq_m"], 16,
+        "1-d sub-vectors at 16 dimensions"
+    );
+    assert!(
+        info[0]["index_nlist"].as_str().unwrap().starts_with("auto"),
+        "{}",
+        info[0]
+    );
+    load(&server, dir.path(), 8000);
+    // Four sealed segments of 2,000 rows: one tier, merged by the compactor into one.
+    let started = std::time::Instant::now();
+    loop {
+        let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
+        let state = info[0]["index"].as_str().unwrap().to_owned();
+        if info[0]["sealed_segments"] == 1 && state.starts_with("ivf_pq ready: 1/1") {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "not merged: {} sealed, {state}",
+            info[0]["sealed_segments"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let qfile = queries_file(dir.path());
+    let q = qfile.as_str();
+    let exact = ids(&search(&server, q, &["--exact"]));
+    let r = recall(&ids(&search(&server, q, &[])), &exact);
+    assert!(r >= 0.9, "recall@10 {r} with no search parameters");
 }

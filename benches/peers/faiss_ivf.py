@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """FAISS IVF peers on GloVe-50, one thread, one query per call (like a service request).
 Prints one JSON line per (index, nprobe, k_factor) with recall@10 and QPS, plus build lines.
-Usage: OMP_WAIT_POLICY=PASSIVE faiss_ivf.py DATA_DIR [--queries N] [--nlist 1024] [--sweep 16:4,32:4]"""
+Usage: OMP_WAIT_POLICY=PASSIVE faiss_ivf.py DATA_DIR [--queries N] [--nlist 1024] [--sweep 16:4,32:4]
+       [--metric ip|l2] [--pq-m M] [--only NAME,...]"""
 import argparse, json, os, sys, time
 import numpy as np
 import faiss
@@ -13,21 +14,28 @@ ap.add_argument('data'); ap.add_argument('--queries', type=int, default=2000)
 ap.add_argument('--nlist', type=int, default=1024)
 ap.add_argument('--sweep', default='16:4,32:4,48:4,64:4')
 ap.add_argument('--only', default='')
+ap.add_argument('--metric', default='ip', choices=['ip', 'l2'])
+ap.add_argument('--pq-m', default='', help='sub-quantizers of the PQ specs (default: d for 4-bit, d/2 for 8-bit)')
 a = ap.parse_args()
 xb, xq, _, gt = common.queries(a.data, a.queries)
 d = xb.shape[1]
+metric = faiss.METRIC_INNER_PRODUCT if a.metric == 'ip' else faiss.METRIC_L2
 # Build with both cores (as Quiver's background build does), search with one.
 faiss.omp_set_num_threads(2)
+m4 = int(a.pq_m) if a.pq_m else d
+m8 = int(a.pq_m) if a.pq_m else d // 2
 specs = {
     'faiss-IVF-Flat': f'IVF{a.nlist},Flat',
-    'faiss-IVF-PQ-refine': f'IVF{a.nlist},PQ{d // 2}np,RFlat',
-    'faiss-IVF-PQfs-refine': f'IVF{a.nlist},PQ{d}x4fs,RFlat',
+    'faiss-IVF-PQ-refine': f'IVF{a.nlist},PQ{m8}np,RFlat',
+    'faiss-IVF-PQfs-refine': f'IVF{a.nlist},PQ{m4}x4fs,RFlat',
+    # RaBitQ (1-bit rotation-based codes) with fast-scan, refined exactly: FAISS 1.15's answer.
+    'faiss-IVF-RaBitQfs-refine': f'IVF{a.nlist},RaBitQfs,RFlat',
 }
 for name, spec in specs.items():
     if a.only and name not in a.only.split(','):
         continue
     t = time.perf_counter()
-    idx = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    idx = faiss.index_factory(d, spec, metric)
     idx.train(xb); idx.add(xb)
     build = time.perf_counter() - t
     # Index size without the refine stage's flat copy of the vectors (Quiver re-ranks from the

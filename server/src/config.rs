@@ -47,19 +47,31 @@ pub struct CompactionConfig {
     pub io_mb_per_sec: f64,
     /// Threads for background work (compaction and index builds); 0 = half the cores.
     pub threads: u32,
+    /// Tiered merging: sealed segments are merged, `merge_factor` of one size tier at a time,
+    /// into segments of up to this many live rows, each with its own IVF-PQ index, so that a
+    /// search probes a few large indexes rather than one per sealed segment. 0 = off.
+    pub merge_max_rows: u64,
+    /// Tiered merging: segments of one tier merged into one (at least 2).
+    pub merge_factor: u32,
 }
 
 impl Default for CompactionConfig {
     fn default() -> Self {
+        use quiver_storage::collection::{DEFAULT_MERGE_FACTOR, DEFAULT_MERGE_MAX_ROWS};
         CompactionConfig {
             enabled: true,
             interval_secs: 10,
             min_dead_fraction: 0.2,
             io_mb_per_sec: 64.0,
             threads: 0,
+            merge_max_rows: DEFAULT_MERGE_MAX_ROWS,
+            merge_factor: DEFAULT_MERGE_FACTOR,
         }
     }
 }
+
+/// The most rows a merged segment may be configured to hold (row numbers are 32-bit).
+const MAX_MERGE_ROWS: u64 = 1 << 30;
 
 impl CompactionConfig {
     fn validate(self) -> Result<CompactionConfig, ConfigError> {
@@ -76,6 +88,18 @@ impl CompactionConfig {
         if self.interval_secs == 0 {
             return Err(ConfigError("compaction.interval_secs must be >= 1".into()));
         }
+        if self.merge_max_rows > MAX_MERGE_ROWS {
+            return Err(ConfigError(format!(
+                "compaction.merge_max_rows must be at most {MAX_MERGE_ROWS}, got {}",
+                self.merge_max_rows
+            )));
+        }
+        if self.merge_factor < 2 {
+            return Err(ConfigError(format!(
+                "compaction.merge_factor must be at least 2, got {}",
+                self.merge_factor
+            )));
+        }
         Ok(self)
     }
 
@@ -85,6 +109,8 @@ impl CompactionConfig {
             min_dead_fraction: self.min_dead_fraction,
             io_bytes_per_sec: (self.io_mb_per_sec * 1024.0 * 1024.0) as u64,
             force,
+            merge_max_rows: self.merge_max_rows,
+            merge_factor: self.merge_factor,
         }
     }
 }

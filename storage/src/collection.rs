@@ -41,7 +41,9 @@ mod search;
 mod write;
 pub(crate) use checkpoint::PendingSeal;
 use compaction::Moved;
-pub use compaction::{CompactionOptions, CompactionReport};
+pub use compaction::{
+    CompactionOptions, CompactionReport, DEFAULT_MERGE_FACTOR, DEFAULT_MERGE_MAX_ROWS,
+};
 use filtering::build_fields;
 use indexes::load_or_build_index;
 pub use write::{PayloadLimits, PayloadUpdate};

@@ -118,10 +118,11 @@ impl std::str::FromStr for Metric {
 #[serde(rename_all = "snake_case")]
 pub enum IndexKind {
     /// Exact SIMD scan only.
-    #[default]
     Flat,
     /// IVF-PQ per sealed segment (4-bit fast-scan or 8-bit codes), built in the background,
-    /// with exact re-rank.
+    /// with exact re-rank. The default: segments below [`MIN_INDEXED_ROWS`] are scanned
+    /// exactly anyway.
+    #[default]
     IvfPq,
 }
 
@@ -141,11 +142,25 @@ pub struct IndexConfig {
     pub pq_bits: Option<u32>,
 }
 
+impl IndexConfig {
+    /// The exact scan.
+    pub fn flat() -> IndexConfig {
+        IndexConfig {
+            kind: IndexKind::Flat,
+            ..IndexConfig::default()
+        }
+    }
+}
+
 /// PQ code width when a collection does not set one.
 pub const DEFAULT_PQ_BITS: u32 = 4;
 
 /// Segments with fewer rows are always scanned exactly (an index would not pay for itself).
 pub const MIN_INDEXED_ROWS: u32 = 1024;
+
+/// The recall@10 an IVF-PQ search aims at, in basis points, when it sets neither `nprobe`
+/// nor a target.
+pub const DEFAULT_TARGET_RECALL_BP: u16 = 9500;
 
 /// Candidates re-ranked exactly per result when a search does not set a refine factor.
 pub const DEFAULT_REFINE: usize = 4;
@@ -155,13 +170,13 @@ pub const DEFAULT_REFINE: usize = 4;
 pub struct SearchParams {
     /// Scan every row exactly, ignoring indexes.
     pub exact: bool,
-    /// IVF lists probed per segment (`None`: from `target_recall_bp`, else nlist / 16, at
-    /// least 8).
+    /// IVF lists probed per segment (`None`: the calibrated nprobe for `target_recall_bp`).
     pub nprobe: Option<usize>,
     /// Candidates re-ranked exactly = k × refine (`None`: [`DEFAULT_REFINE`]).
     pub refine: Option<usize>,
     /// Target recall@10 in basis points (9500 = 0.95): each segment probes the nprobe its
-    /// calibration measured for that recall. Ignored when `nprobe` is set.
+    /// calibration measured for that recall (`None`: [`DEFAULT_TARGET_RECALL_BP`]). Ignored
+    /// when `nprobe` is set.
     pub target_recall_bp: Option<u16>,
     /// Stop (with [`crate::Error::DeadlineExceeded`]) once this instant passes: checked
     /// before each segment and each filter evaluation, so an abandoned search stops using
@@ -193,8 +208,8 @@ pub struct CollectionConfig {
     pub dim: usize,
     /// Distance metric.
     pub metric: Metric,
-    /// Index parameters.
-    #[serde(default)]
+    /// Index parameters. A record written before collections had them is flat.
+    #[serde(default = "IndexConfig::flat")]
     pub index: IndexConfig,
     /// Rows in the mutable segment before it is sealed.
     pub segment_max_rows: u32,

@@ -151,7 +151,7 @@ fn sample_archive() -> Vec<u8> {
                 name: "c".into(),
                 dim: 2,
                 metric: quiver_storage::Metric::L2,
-                index: Default::default(),
+                index: quiver_storage::types::IndexConfig::flat(),
                 segment_max_rows: 100,
                 schema: Default::default(),
                 labels: Default::default(),

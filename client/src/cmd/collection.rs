@@ -91,8 +91,9 @@ pub struct CreateArgs {
     /// Rows kept in memory before a segment is sealed to disk (server default if unset).
     #[arg(long)]
     segment_max_rows: Option<u32>,
-    /// Vector index for sealed segments.
-    #[arg(long, value_enum, default_value = "flat")]
+    /// Vector index for sealed segments (segments under 1024 rows are always scanned
+    /// exactly).
+    #[arg(long, value_enum, default_value = "ivf-pq")]
     index: IndexArg,
     /// IVF lists per segment (default ≈ 4·√rows).
     #[arg(long)]
@@ -142,11 +143,20 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
         Ok(pb::IndexKind::IvfPq) => "ivf_pq",
         _ => "flat",
     };
-    let auto = |v: u32| if v == 0 { json!("auto") } else { json!(v) };
+    // A flat collection has no index parameters; IVF-PQ's nlist is per segment unless set.
+    let flat = kind == "flat";
+    let param = |v: u32| if flat { Value::Null } else { json!(v) };
+    let nlist = if flat {
+        Value::Null
+    } else if ix.nlist == 0 {
+        json!("auto (4·√rows per segment)")
+    } else {
+        json!(ix.nlist)
+    };
     json!({
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
         "schema": c.schema.iter().map(|f| (f.key.clone(), json!(pb::FieldType::try_from(f.r#type).map_or("unknown", |t| t.as_str_name())))).collect::<serde_json::Map<_, _>>(),
-        "index_kind": kind, "index_nlist": auto(ix.nlist), "index_pq_m": auto(ix.pq_m), "index_pq_bits": auto(ix.pq_bits),
+        "index_kind": kind, "index_nlist": nlist, "index_pq_m": param(ix.pq_m), "index_pq_bits": param(ix.pq_bits),
         "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points, "dead_points": s.dead_points,
         "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index_bytes": s.index_bytes, "index": s.index_state,
         "last_lsn": s.last_lsn, "checkpoint_lsn": s.checkpoint_lsn,

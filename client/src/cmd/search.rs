@@ -33,7 +33,8 @@ pub struct SearchArgs {
     /// Force the exact scan (ignore indexes).
     #[arg(long)]
     exact: bool,
-    /// IVF lists probed per segment (index default: nlist/16, at least 8).
+    /// IVF lists probed per segment (default: the calibrated nprobe for --target-recall,
+    /// 0.95 unless set).
     #[arg(long)]
     nprobe: Option<u32>,
     /// Re-rank k × F index candidates exactly (default 4).

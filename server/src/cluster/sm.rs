@@ -552,7 +552,7 @@ mod tests {
                     name: "c".into(),
                     dim: 2,
                     metric: Metric::L2,
-                    index: Default::default(),
+                    index: quiver_storage::types::IndexConfig::flat(),
                     segment_max_rows: 1000,
                     schema: Default::default(),
                     labels: Default::default(),

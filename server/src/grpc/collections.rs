@@ -39,7 +39,20 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
                     IndexKind::IvfPq => pb::IndexKind::IvfPq as i32,
                 },
                 nlist: cfg.index.nlist.unwrap_or(0),
-                pq_m: cfg.index.pq_m.unwrap_or(0),
+                // What the defaults chose: the PQ shape follows from the dimension. nlist
+                // stays 0 (auto) here: it is ≈ 4·√rows of each segment.
+                pq_m: match cfg.index.kind {
+                    IndexKind::IvfPq => cfg.index.pq_m.unwrap_or_else(|| {
+                        let bits = cfg.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS);
+                        let m = if bits == 4 {
+                            quiver_storage::index::pq::default_m4(cfg.dim)
+                        } else {
+                            quiver_storage::index::pq::default_m(cfg.dim)
+                        };
+                        m as u32
+                    }),
+                    IndexKind::Flat => 0,
+                },
                 pq_bits: if cfg.index.kind == IndexKind::IvfPq {
                     cfg.index.pq_bits.unwrap_or(DEFAULT_PQ_BITS)
                 } else {
@@ -76,8 +89,8 @@ fn index_config(p: Option<pb::IndexParams>) -> ApiResult<IndexConfig> {
         return Ok(IndexConfig::default());
     };
     let kind = match pb::IndexKind::try_from(p.kind) {
-        Ok(pb::IndexKind::Unspecified | pb::IndexKind::Flat) => IndexKind::Flat,
-        Ok(pb::IndexKind::IvfPq) => IndexKind::IvfPq,
+        Ok(pb::IndexKind::Flat) => IndexKind::Flat,
+        Ok(pb::IndexKind::Unspecified | pb::IndexKind::IvfPq) => IndexKind::IvfPq,
         Err(_) => {
             return Err(ApiError::bad(
                 "index.kind",
@@ -94,7 +107,7 @@ fn index_config(p: Option<pb::IndexParams>) -> ApiResult<IndexConfig> {
     if kind == IndexKind::Flat && (p.nlist != 0 || p.pq_m != 0 || p.pq_bits != 0) {
         return Err(ApiError::bad(
             "index",
-            "nlist, pq_m and pq_bits apply to INDEX_KIND_IVF_PQ only",
+            "nlist, pq_m and pq_bits apply to INDEX_KIND_IVF_PQ (the default) only",
         ));
     }
     Ok(IndexConfig {

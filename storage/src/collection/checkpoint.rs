@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use fs_err as fs;
 use roaring::RoaringBitmap;
 
+use super::filtering::persist_fields;
 use super::{
     Collection, CollectionRecord, SegmentRecord, Shared, encode_record, load_or_build_index, lock,
     read, write,
@@ -148,10 +149,16 @@ impl Collection {
         };
         if let Some(s) = &sealed {
             load_or_build_index(s, &self.config, &self.builds);
-            // The frozen segment's field indexes cover the same rows: sort them for reads.
+            // The frozen segment's field indexes cover the same rows: sort them for reads,
+            // and write them beside the segment so the next open reads no payload.
             let mut fields = read(&p.frozen).fields().clone();
             fields.seal();
-            s.set_fields(Arc::new(fields));
+            fields.set_rows(rows);
+            let fields = Arc::new(fields);
+            s.set_fields(Arc::clone(&fields));
+            if !self.schema().is_empty() {
+                persist_fields(s, fields);
+            }
         }
         self.swap_in(p, sealed, record);
         for f in stale_files {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use fs_err as fs;
 use roaring::RoaringBitmap;
 
-use super::filtering::index_fields;
+use super::filtering::{index_fields, save_fields};
 use super::indexes::build_index;
 use super::{Collection, SegmentRecord, encode_record, lock, read, write};
 use crate::background::{self, Pacer};
@@ -47,6 +47,11 @@ use crate::types::{IndexKind, MIN_INDEXED_ROWS};
 /// for this long (see [`resume_cursor`]).
 pub(crate) const MOVE_TTL: Duration = Duration::from_secs(600);
 
+/// Rows a tiered merge grows a segment to, at most, unless configured otherwise.
+pub const DEFAULT_MERGE_MAX_ROWS: u64 = 4_000_000;
+/// Segments of one tier merged at once, unless configured otherwise.
+pub const DEFAULT_MERGE_FACTOR: u32 = 4;
+
 /// What counts as worth compacting, and the disk budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompactionOptions {
@@ -56,6 +61,11 @@ pub struct CompactionOptions {
     pub io_bytes_per_sec: u64,
     /// Rewrite every segment with a dead row, whatever the fraction.
     pub force: bool,
+    /// Tiered merging: the most live rows a merged segment may hold (0 or at most the
+    /// collection's `segment_max_rows`: no tiered merging). See [`merge_run`].
+    pub merge_max_rows: u64,
+    /// Tiered merging: how many segments of one tier are merged into one (at least 2).
+    pub merge_factor: u32,
 }
 
 impl Default for CompactionOptions {
@@ -64,6 +74,8 @@ impl Default for CompactionOptions {
             min_dead_fraction: 0.2,
             io_bytes_per_sec: 0,
             force: false,
+            merge_max_rows: DEFAULT_MERGE_MAX_ROWS,
+            merge_factor: DEFAULT_MERGE_FACTOR,
         }
     }
 }
@@ -180,9 +192,8 @@ pub(crate) fn resume_cursor(
     ))
 }
 
-/// Picks the first run of consecutive segments worth rewriting: it holds a segment with many
-/// dead rows, or at least two small ones, and its live rows fit in one segment. Runs with no
-/// free id after them (data written before ids had gaps) are skipped.
+/// Picks the first run of consecutive segments worth rewriting: a vacuum ([`vacuum_run`])
+/// first, else a tiered merge ([`merge_run`]).
 fn plan(
     sealed: &[Arc<SealedSegment>],
     next_id: SegmentId,
@@ -190,6 +201,23 @@ fn plan(
     opts: CompactionOptions,
 ) -> Option<std::ops::Range<usize>> {
     let live: Vec<u64> = sealed.iter().map(|s| s.live_count()).collect();
+    let ids: Vec<SegmentId> = sealed.iter().map(|s| s.id).collect();
+    // A run's output takes the id after its last victim: that id must be free.
+    let id_free = |last: usize| ids[last] + 1 < ids.get(last + 1).copied().unwrap_or(next_id);
+    vacuum_run(sealed, &live, max_rows, opts, &id_free)
+        .or_else(|| merge_run(&live, max_rows, opts, &id_free))
+}
+
+/// A run that holds a segment with many dead rows, or at least two small ones, and whose
+/// live rows fit in one freshly sealed segment (`max_rows`). Runs with no free id after them
+/// (data written before ids had gaps) are skipped.
+fn vacuum_run(
+    sealed: &[Arc<SealedSegment>],
+    live: &[u64],
+    max_rows: u64,
+    opts: CompactionOptions,
+    id_free: &dyn Fn(usize) -> bool,
+) -> Option<std::ops::Range<usize>> {
     let heavy = |i: usize| {
         let rows = u64::from(sealed[i].rows());
         let dead = rows - live[i];
@@ -212,11 +240,61 @@ fn plan(
         if !(i..=j).any(heavy) && j == i {
             continue;
         }
-        let limit = sealed.get(j + 1).map_or(next_id, |s| s.id);
-        if total > 0 && sealed[j].id + 1 >= limit {
+        if total > 0 && !id_free(j) {
             continue;
         }
         return Some(i..j + 1);
+    }
+    None
+}
+
+/// Tiered merging, so that a query's fixed cost per segment (its coarse quantizer, its
+/// calibration) grows with the number of tiers, not with the number of rows: a segment of
+/// `live` rows is in tier `t` when `live < max_rows · factor^(t+1)` (freshly sealed segments
+/// are tier 0). A run of consecutive segments of one tier is merged into one when it holds
+/// `factor` of them, or at least two that together reach half the merge target, and fits
+/// the target. A segment holding half the target or more is final. Each row is rewritten
+/// about `log_factor(merge_max_rows / max_rows)` times over its life (3 with the defaults:
+/// 100k → 400k → 1.6M → 3.2M rows).
+fn merge_run(
+    live: &[u64],
+    max_rows: u64,
+    opts: CompactionOptions,
+    id_free: &dyn Fn(usize) -> bool,
+) -> Option<std::ops::Range<usize>> {
+    let target = opts.merge_max_rows;
+    let factor = u64::from(opts.merge_factor.max(2));
+    if target <= max_rows {
+        return None;
+    }
+    let tier = |rows: u64| {
+        let (mut t, mut cap) = (0u32, max_rows.saturating_mul(factor));
+        while rows >= cap && cap < u64::MAX {
+            t += 1;
+            cap = cap.saturating_mul(factor);
+        }
+        t
+    };
+    let open = |i: usize| live[i] > 0 && live[i] * 2 < target;
+    for i in 0..live.len() {
+        if !open(i) {
+            continue;
+        }
+        let t = tier(live[i]);
+        let (mut j, mut total) = (i, live[i]);
+        while j + 1 < live.len()
+            && ((j + 1 - i) as u64) < factor
+            && open(j + 1)
+            && tier(live[j + 1]) == t
+            && total + live[j + 1] <= target
+        {
+            j += 1;
+            total += live[j];
+        }
+        let count = (j + 1 - i) as u64;
+        if count >= 2 && (count >= factor || total * 2 >= target) && id_free(j) {
+            return Some(i..j + 1);
+        }
     }
     None
 }
@@ -281,21 +359,33 @@ impl Collection {
     ) -> Result<(Option<Arc<SealedSegment>>, Arc<Moved>, u64)> {
         let dim = self.config.dim;
         let seg_dir = self.dir.join("segments");
-        let mut vectors = Vec::new();
+        // The live rows' vectors as runs of the victims' maps: nothing is copied into memory,
+        // whatever the size of the merge.
+        let mut vectors: Vec<&[f32]> = Vec::new();
         let mut ids = Vec::new();
         let mut origin = Vec::new();
         let mut forward = HashMap::new();
         for v in victims {
             let dead = v.tombstones();
             let mut map = vec![GONE; v.rows() as usize];
-            for row in 0..v.rows() {
-                if dead.contains(row) {
+            let all = v.vectors();
+            let mut run: Option<u32> = None;
+            for row in 0..=v.rows() {
+                let live = row < v.rows() && !dead.contains(row);
+                match (live, run) {
+                    (true, None) => run = Some(row),
+                    (false, Some(start)) => {
+                        vectors.push(&all[start as usize * dim..row as usize * dim]);
+                        run = None;
+                    }
+                    _ => {}
+                }
+                if !live {
                     continue;
                 }
                 map[row as usize] = origin.len() as u32;
                 origin.push((v.id, row));
                 ids.push(v.id(row));
-                vectors.extend_from_slice(v.vector(row));
                 pacer.pace(dim * 4);
             }
             forward.insert(v.id, map);
@@ -312,7 +402,6 @@ impl Collection {
                 &RoaringBitmap::new(),
                 &mut |n| pacer.pace(n),
             )?;
-            drop(vectors);
             let seg = Arc::new(SealedSegment::open(&seg_dir, new_id, dim, None)?);
             self.build_indexes(&seg)?;
             Some(seg)
@@ -399,6 +488,7 @@ impl Collection {
         let schema = self.schema();
         if !schema.is_empty() {
             let f = index_fields(seg, &schema, self.meta.as_ref(), self.uid)?;
+            save_fields(seg, &f);
             seg.set_fields(Arc::new(f));
         }
         Ok(())
@@ -596,6 +686,61 @@ mod tests {
         assert!(
             e.starts_with("cursor: stale scroll cursor: segment 99"),
             "{e}"
+        );
+    }
+
+    fn merges(live: &[u64], seal: u64, target: u64) -> Option<std::ops::Range<usize>> {
+        let opts = CompactionOptions {
+            merge_max_rows: target,
+            merge_factor: 4,
+            ..Default::default()
+        };
+        merge_run(live, seal, opts, &|_| true)
+    }
+
+    /// Replays the policy as the compactor would: merge, replace, repeat until settled.
+    fn settle(mut live: Vec<u64>, seal: u64, target: u64) -> (Vec<u64>, u64) {
+        let mut rewritten = 0;
+        while let Some(r) = merges(&live, seal, target) {
+            let total: u64 = live[r.clone()].iter().sum();
+            rewritten += total;
+            live.splice(r, [total]);
+        }
+        (live, rewritten)
+    }
+
+    #[test]
+    fn tiered_merging_takes_a_tier_at_a_time() {
+        let seal = 100;
+        // Three fresh segments wait for a fourth.
+        assert_eq!(merges(&[100, 100, 100], seal, 4000), None);
+        assert_eq!(merges(&[100, 100, 100, 100], seal, 4000), Some(0..4));
+        // A larger tier is not mixed with a smaller one.
+        assert_eq!(merges(&[400, 100, 100, 100, 100], seal, 4000), Some(1..5));
+        assert_eq!(merges(&[400, 400, 100, 100, 100], seal, 4000), None);
+        // Two that reach half the target merge without waiting for a full tier.
+        assert_eq!(merges(&[1600, 1600], seal, 4000), Some(0..2));
+        // A segment of half the target or more is final; empty ones are the vacuum's.
+        assert_eq!(merges(&[2000, 1600, 1600], seal, 4000), Some(1..3));
+        assert_eq!(merges(&[2000, 2000, 0, 0], seal, 4000), None);
+        // Off, or a target no larger than a sealed segment.
+        assert_eq!(merges(&[100; 8], seal, 0), None);
+        assert_eq!(merges(&[100; 8], seal, 100), None);
+    }
+
+    #[test]
+    fn tiered_merging_keeps_few_segments_and_rewrites_each_row_a_few_times() {
+        // 10M rows sealed 100k at a time, merged toward 4M with factor 4.
+        let (live, rewritten) = settle(vec![100_000; 100], 100_000, 4_000_000);
+        assert_eq!(live.iter().sum::<u64>(), 10_000_000);
+        assert!(live.len() <= 6, "{live:?}");
+        assert!(live.iter().all(|&n| n <= 4_000_000), "{live:?}");
+        // Three rewrites per row: 100k → 400k → 1.6M → 3.2M.
+        assert!(rewritten <= 30_000_000, "{rewritten} rows rewritten");
+        // 400k rows end as one segment, the case of the GloVe run.
+        assert_eq!(
+            settle(vec![100_000; 4], 100_000, 4_000_000).0,
+            vec![400_000]
         );
     }
 }

@@ -17,8 +17,57 @@ use crate::segment::sealed::SealedSegment;
 /// Payloads fetched from the metadata store per batch when a filter reads undeclared keys.
 const PAYLOAD_BATCH: usize = 4096;
 
-/// Builds a sealed segment's field indexes from its stored payloads on a background thread
-/// (at open, or when fields are declared); filters read payloads until they are ready.
+/// The file of a sealed segment's field indexes, beside its other files.
+pub(crate) const FIELDS_FILE: &str = "fields.idx";
+
+/// The field indexes `seg` wrote for exactly `schema`, if its file is whole.
+fn load_fields(seg: &SealedSegment, schema: &Schema) -> Option<FieldIndexes> {
+    let bytes = std::fs::read(seg.dir().join(FIELDS_FILE)).ok()?;
+    let f = FieldIndexes::from_bytes(&bytes);
+    if f.is_none() {
+        tracing::warn!(segment = seg.id, "field index file unusable; rebuilding it");
+    }
+    f.filter(|f| f.covers(schema) && f.rows() == seg.rows())
+}
+
+/// Writes `fields` as `seg`'s field index file (temp name, fsync, rename, directory sync).
+/// A failure only costs a rebuild at the next open, so it is logged, not returned.
+pub(super) fn save_fields(seg: &SealedSegment, fields: &FieldIndexes) {
+    let dir = seg.dir();
+    let tmp = dir.join(format!("{FIELDS_FILE}.tmp"));
+    let written = (|| -> Result<()> {
+        use std::io::Write;
+        let mut f = fs_err::File::create(&tmp)?;
+        f.write_all(&fields.to_bytes())?;
+        f.sync_all()?;
+        fs_err::rename(&tmp, dir.join(FIELDS_FILE))?;
+        crate::fsutil::sync_dir(dir)
+    })();
+    if let Err(e) = written {
+        tracing::warn!(segment = seg.id, error = %e, "cannot write the field index file; it is rebuilt at the next open");
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// [`save_fields`] on a background thread (after a seal, which must not wait for it).
+pub(super) fn persist_fields(seg: &Arc<SealedSegment>, fields: Arc<FieldIndexes>) {
+    let weak: Weak<SealedSegment> = Arc::downgrade(seg);
+    let spawned = std::thread::Builder::new()
+        .name("quiver-fields".into())
+        .spawn(move || {
+            if let Some(seg) = weak.upgrade() {
+                save_fields(&seg, &fields);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a field index writer; the file is rebuilt at the next open");
+    }
+}
+
+/// Gives a sealed segment its field indexes for `schema`: read from its file when that holds
+/// exactly this schema (at open: no payload is read), else built from its stored payloads on
+/// a background thread and written to the file (at open after a schema change, or when
+/// fields are declared); filters read payloads until they are ready.
 pub(super) fn build_fields(
     seg: &Arc<SealedSegment>,
     schema: &Schema,
@@ -27,6 +76,9 @@ pub(super) fn build_fields(
 ) {
     if schema.is_empty() {
         return;
+    }
+    if let Some(f) = load_fields(seg, schema) {
+        return seg.set_fields(Arc::new(f));
     }
     // Weak references: a dropped segment or a closed engine cancels the build.
     let weak: Weak<SealedSegment> = Arc::downgrade(seg);
@@ -39,7 +91,10 @@ pub(super) fn build_fields(
             let fields = index_fields(&seg, &schema, meta.as_ref(), uid);
             drop(meta);
             match fields {
-                Ok(f) => seg.set_fields(Arc::new(f)),
+                Ok(f) => {
+                    save_fields(&seg, &f);
+                    seg.set_fields(Arc::new(f));
+                }
                 Err(e) => {
                     tracing::error!(segment = seg.id, error = %e, "cannot index payload fields; filters read payloads");
                 }

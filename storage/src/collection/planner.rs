@@ -14,7 +14,7 @@ use crate::filter::allowed::Allowed;
 use crate::index::ivf::IvfPqIndex;
 use crate::segment::SegmentId;
 use crate::segment::sealed::SealedSegment;
-use crate::types::SearchParams;
+use crate::types::{DEFAULT_TARGET_RECALL_BP, SearchParams};
 
 /// Which rows of a segment a search may return.
 #[derive(Debug, Clone, Copy)]
@@ -100,14 +100,13 @@ fn nprobe(idx: &IvfPqIndex, params: SearchParams, fraction: f64) -> usize {
     }
 }
 
-/// The nprobe a search asks of `idx` (explicit, from the target recall, or the default).
+/// The nprobe a search asks of `idx`: explicit, else the calibrated one for the search's
+/// target recall, or for [`DEFAULT_TARGET_RECALL_BP`] when it sets none.
 fn base_nprobe(idx: &IvfPqIndex, params: SearchParams) -> usize {
-    params
-        .nprobe
-        .unwrap_or_else(|| match params.target_recall_bp {
-            Some(bp) => idx.calibration().nprobe_for(f64::from(bp) / 10_000.0),
-            None => (idx.nlist() / 16).max(8),
-        })
+    params.nprobe.unwrap_or_else(|| {
+        let bp = params.target_recall_bp.unwrap_or(DEFAULT_TARGET_RECALL_BP);
+        idx.calibration().nprobe_for(f64::from(bp) / 10_000.0)
+    })
 }
 
 /// The nprobe for a filtered search. The k nearest allowed rows are about the k / f nearest

@@ -14,7 +14,7 @@ fn config(name: &str, dim: usize, metric: Metric, seg: u32) -> CollectionConfig 
         name: name.into(),
         dim,
         metric,
-        index: Default::default(),
+        index: crate::types::IndexConfig::flat(),
         segment_max_rows: seg,
         schema: Default::default(),
         labels: Default::default(),
@@ -475,6 +475,19 @@ fn search_batch_equals_single_searches() {
 }
 
 /// Clustered points (like real embeddings): `n` rows around 30 random centres.
+/// Points `first..` carrying `vectors`, with no payload.
+fn vector_writes(vectors: &[Vec<f32>], first: usize) -> Vec<PointWrite> {
+    vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| PointWrite {
+            id: PointId::Num((first + i) as u64),
+            vector: v.clone(),
+            payload: None,
+        })
+        .collect()
+}
+
 fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let centres: Vec<Vec<f32>> = (0..30)
@@ -525,16 +538,7 @@ fn ivf_pq_conformance_against_exact_search() {
         let c = engine.create_collection(cfg).unwrap();
         let data = clustered(9500, dim, 21);
         for (b, chunk) in data.chunks(500).enumerate() {
-            let pts = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, v)| PointWrite {
-                    id: PointId::Num((b * 500 + i) as u64),
-                    vector: v.clone(),
-                    payload: None,
-                })
-                .collect();
-            c.upsert(pts).unwrap();
+            c.upsert(vector_writes(chunk, b * 500)).unwrap();
         }
         // Deletes both before and after the indexes exist.
         c.delete(
@@ -1370,4 +1374,183 @@ fn a_staging_copy_replaces_the_live_collection() {
     assert_eq!(engine.collection("t").unwrap().count(), 90);
     // Only a hidden copy can replace a collection.
     assert!(engine.replace_collection_seq("t", "t", 0).is_err());
+}
+
+/// Tiered merging: eight sealed segments merge, a tier at a time, into one with its own
+/// IVF-PQ index. Exact results are the same before the merges, after them and after a
+/// reopen; deleted rows never come back; the merged index keeps its recall at the default
+/// (calibrated) nprobe; and the merged segment's index loads from its file at reopen.
+#[test]
+fn tiered_merging_grows_indexed_segments_and_keeps_every_result() {
+    let dim = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let mut cfg = config("m", dim, Metric::L2, 1100);
+    cfg.index.kind = crate::types::IndexKind::IvfPq;
+    let c = engine.create_collection(cfg).unwrap();
+    let data = clustered(8800, dim, 17);
+    for (b, chunk) in data.chunks(1100).enumerate() {
+        c.upsert(vector_writes(chunk, b * 1100)).unwrap();
+        c.flush().unwrap();
+    }
+    wait_for_indexes(&c);
+    assert_eq!(c.stats().sealed_segments, 8);
+    let dead: Vec<u64> = (0..8800).filter(|n| n % 7 == 0).collect();
+    c.delete(dead.iter().copied().map(PointId::Num).collect())
+        .unwrap();
+    let queries: Vec<Vec<f32>> = clustered(40, dim, 99);
+    let exact = SearchParams {
+        exact: true,
+        ..Default::default()
+    };
+    let search = |c: &Collection, params: SearchParams| -> Vec<Vec<u64>> {
+        queries
+            .iter()
+            .map(|q| {
+                c.search(q, 10, ReadOptions::default(), params)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| match h.id {
+                        PointId::Num(n) => n,
+                        PointId::Str(_) => unreachable!(),
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let before = search(&c, exact);
+    // Vacuuming off (nothing is dead enough): only the tiers merge. 943 live rows each:
+    // 8 → 2 (factor 4) → 1 (two that reach half the target).
+    let opts = crate::collection::CompactionOptions {
+        min_dead_fraction: 0.9,
+        merge_max_rows: 8000,
+        merge_factor: 4,
+        ..Default::default()
+    };
+    let reports = c.compact(opts).unwrap();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    let stats = c.stats();
+    assert_eq!(stats.sealed_segments, 1, "{reports:?}");
+    assert_eq!(stats.dead_points, 0, "merges drop dead rows too");
+    assert_eq!(c.index_progress(), (1, 1), "indexed as soon as it is live");
+    assert_eq!(search(&c, exact), before);
+    let recall = |c: &Collection| {
+        let got = search(c, SearchParams::default());
+        let hits: usize = got
+            .iter()
+            .zip(&before)
+            .map(|(g, w)| g.iter().filter(|id| w.contains(id)).count())
+            .sum();
+        hits as f64 / (10 * queries.len()) as f64
+    };
+    let merged = recall(&c);
+    assert!(merged >= 0.9, "recall@10 {merged} at the default nprobe");
+    for q in dead.iter().step_by(50) {
+        let v = &data[*q as usize];
+        let hits = c
+            .search(v, 10, ReadOptions::default(), SearchParams::default())
+            .unwrap();
+        assert!(
+            hits.iter().all(|h| h.id != PointId::Num(*q)),
+            "deleted {q} came back"
+        );
+    }
+    drop(c);
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.collection("m").unwrap();
+    assert_eq!(
+        c.index_progress(),
+        (1, 1),
+        "the merged index loads from its file"
+    );
+    assert_eq!(search(&c, exact), before);
+    assert_eq!(recall(&c), merged);
+    assert_eq!(c.count(), 8800 - dead.len() as u64);
+}
+
+/// Sealed segments write their field indexes beside their files: a reopen reads them (every
+/// segment's indexes are there the moment the collection opens, before any background
+/// build could run), filters answer the same, and a damaged file is rebuilt and rewritten.
+#[test]
+fn field_indexes_are_persisted_per_sealed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let mut cfg = config("p", 4, Metric::L2, 500);
+    cfg.schema = [
+        ("n".to_owned(), crate::filter::FieldType::Integer),
+        ("kw".to_owned(), crate::filter::FieldType::Keyword),
+    ]
+    .into();
+    let c = engine.create_collection(cfg).unwrap();
+    for start in (0..2000u64).step_by(500) {
+        let pts = (start..start + 500)
+            .map(|i| PointWrite {
+                id: PointId::Num(i),
+                vector: vec![i as f32, 1.0, 0.0, 2.0],
+                payload: Some(format!("{{\"n\":{},\"kw\":\"k{}\"}}", i % 100, i % 7).into_bytes()),
+            })
+            .collect();
+        c.upsert(pts).unwrap();
+        c.flush().unwrap();
+    }
+    let filters = [
+        "n < 10",
+        "kw = \"k3\" and n >= 50",
+        "not (kw any [\"k1\", \"k2\"])",
+    ]
+    .map(|t| crate::filter::parse(t).unwrap());
+    let counts = |c: &Collection| -> Vec<u64> {
+        filters
+            .iter()
+            .map(|f| c.count_filtered(f).unwrap())
+            .collect()
+    };
+    let want = counts(&c);
+    assert_eq!(want, vec![200, 143, 1428]);
+    fn files(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                files(&e.path(), out);
+            } else if e.file_name() == "fields.idx" {
+                out.push(e.path());
+            }
+        }
+    }
+    let found = || {
+        let mut v = Vec::new();
+        files(dir.path(), &mut v);
+        v.sort();
+        v
+    };
+    // Written after each seal on a thread of its own.
+    let started = std::time::Instant::now();
+    while found().len() < 4 {
+        assert!(started.elapsed().as_secs() < 30, "{:?}", found());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let paths = found();
+    assert_eq!(paths.len(), 4, "one per sealed segment: {paths:?}");
+    drop(c);
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.collection("p").unwrap();
+    assert_eq!(c.fields_progress(), (4, 4), "read from the files at open");
+    assert_eq!(counts(&c), want);
+    // A flipped byte: the file is refused, the indexes rebuilt from payloads and rewritten.
+    let mut bytes = std::fs::read(&paths[1]).unwrap();
+    bytes[20] ^= 0x10;
+    std::fs::write(&paths[1], &bytes).unwrap();
+    drop(c);
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.collection("p").unwrap();
+    let started = std::time::Instant::now();
+    while c.fields_progress() != (4, 4) {
+        assert!(started.elapsed().as_secs() < 30, "not rebuilt");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(counts(&c), want);
+    let fixed = std::fs::read(&paths[1]).unwrap();
+    assert!(crate::payload_index::FieldIndexes::from_bytes(&fixed).is_some());
 }

@@ -162,22 +162,26 @@ pub fn write_segment(
     ids: &[PointId],
     deleted: &RoaringBitmap,
 ) -> Result<()> {
-    write_segment_paced(segments_dir, id, dim, vectors, ids, deleted, &mut |_| {})
+    write_segment_paced(segments_dir, id, dim, &[vectors], ids, deleted, &mut |_| {})
 }
 
-/// [`write_segment`] reporting the bytes it writes to `pace` as it goes (background work
-/// holds its disk traffic to a budget this way).
+/// [`write_segment`] from the vectors in pieces (runs of rows, e.g. the live rows of other
+/// segments' maps, so that a merge copies nothing into memory), reporting the bytes it writes
+/// to `pace` as it goes (background work holds its disk traffic to a budget this way).
 pub fn write_segment_paced(
     segments_dir: &Path,
     id: SegmentId,
     dim: usize,
-    vectors: &[f32],
+    vectors: &[&[f32]],
     ids: &[PointId],
     deleted: &RoaringBitmap,
     pace: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let rows = ids.len() as u64;
-    debug_assert_eq!(vectors.len(), ids.len() * dim);
+    debug_assert_eq!(
+        vectors.iter().map(|v| v.len()).sum::<usize>(),
+        ids.len() * dim
+    );
     let tmp = segments_dir.join(format!("{id}.tmp"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
@@ -189,12 +193,10 @@ pub fn write_segment_paced(
     vh[4..8].copy_from_slice(&FORMAT.to_le_bytes());
     vh[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
     vh[12..20].copy_from_slice(&rows.to_le_bytes());
-    let vec_entry = write_file_paced(
-        &tmp,
-        "vectors.f32",
-        &[&vh, bytemuck::cast_slice(vectors)],
-        pace,
-    )?;
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(vectors.len() + 1);
+    parts.push(&vh);
+    parts.extend(vectors.iter().map(|v| bytemuck::cast_slice::<f32, u8>(v)));
+    let vec_entry = write_file_paced(&tmp, "vectors.f32", &parts, pace)?;
 
     let mut blob = Vec::new();
     let mut offsets = Vec::with_capacity(ids.len() + 1);

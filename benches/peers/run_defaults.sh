@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Quiver as a new user runs it, next to FAISS on the same data in the same run (issue 17):
+# a collection created with no index or segment settings, loaded over gRPC, left to the
+# background compactor's tiered merges and index builds until it settles, then searched with
+# no search parameters (the defaults), and with a sweep of target recalls and nprobe values,
+# one request at a time and as SearchBatch calls of 100. FAISS gets IVF-Flat, IVF-PQ 4-bit
+# fast-scan + exact refine, and IVF-RaBitQ fast-scan + exact refine, with nlist from its own
+# guideline (4·√N and 16·√N), one search thread.
+# Sets: GloVe-50 (390k, cosine) and Fashion-MNIST (60k × 784, L2; needs apt dataset-fashion-mnist).
+# Usage: benches/peers/run_defaults.sh [QUERIES] [SETS]   (SETS: glove,fashion)
+# Writes benches/results/defaults_<set>.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+nq="${1:-2000}"; sets="${2:-glove,fashion}"
+cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
+py=$(bash scripts/fetch-glove.sh "$cache")
+venv=$(dirname "$(dirname "$py")")
+"$py" -c 'import faiss' 2>/dev/null || "$venv/bin/pip" install -q faiss-cpu==1.15.1 >&2
+cargo build --release --locked -p quiver-benches -p quiver-server --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
+sweep="r0.9:4,r0.95:4,r0.99:4,8:4,16:4,32:4,64:4,128:4"
+faiss_sweep="8:4,16:4,24:4,32:4,48:4,64:4,96:4,128:4,192:4,256:4,64:8,128:8"
+
+run() { # SET DATA METRIC(cosine|l2)
+  local set=$1 data=$2 metric=$3 out=benches/results/defaults_$1.jsonl
+  : > "$out"
+  local dir log pid addr
+  dir=$(mktemp -d /tmp/quiver-defaults.XXXXXX); log="$dir.out"
+  "$bin/quiverd" --data-dir "$dir" --listen 127.0.0.1:0 >"$log" 2>"$dir.log" &
+  pid=$!
+  for _ in $(seq 1 200); do grep -q listening "$log" && break; sleep 0.05; done
+  addr="http://$(sed -n 's/^quiverd listening on //p' "$log")"
+  /usr/bin/time -v "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --defaults \
+    --metric "$metric" --sweep "$sweep" 2> "$dir.bench" | tee -a "$out"
+  grep -E "sealed segments|settled|Maximum resident" "$dir.bench" >&2 || true
+  echo "{\"system\": \"quiverd\", \"event\": \"rss\", \"max_rss_kb\": $(grep -o 'VmHWM:[[:space:]]*[0-9]*' /proc/$pid/status | grep -o '[0-9]*$')}" | tee -a "$out"
+  echo "{\"system\": \"quiverd\", \"event\": \"data\", \"bytes\": $(du -sb "$dir" | cut -f1)}" | tee -a "$out"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir" "$dir.log" "$dir.bench" "$log"
+  local n; n=$("$py" -c "import numpy as np; a=np.fromfile('$data/base.fvecs', dtype=np.int32); print(len(a)//(a[0]+1))")
+  local fm=ip; [ "$metric" = l2 ] && fm=l2
+  for mult in 4 16; do
+    local nlist; nlist=$("$py" -c "import math; print(int(round($mult*math.sqrt($n))))")
+    OMP_WAIT_POLICY=PASSIVE "$py" benches/peers/faiss_ivf.py "$data" --queries "$nq" --nlist "$nlist" \
+      --metric "$fm" --sweep "$faiss_sweep" --only faiss-IVF-Flat,faiss-IVF-PQfs-refine,faiss-IVF-RaBitQfs-refine \
+      ${FAISS_PQ_M:+--pq-m "$FAISS_PQ_M"} | sed "s/\"system\": \"\\([^\"]*\\)\"/\"system\": \"\\1-nlist$nlist\"/" | tee -a "$out"
+  done
+}
+
+case ",$sets," in *,glove,*)
+  data="$cache/glove50"
+  [ -s "$data/gt100.ivecs" ] || "$py" benches/make_glove50.py --out "$data"
+  run glove "$data" cosine ;;
+esac
+case ",$sets," in *,fashion,*)
+  data="$cache/fashion784"
+  [ -d /usr/share/datasets/fashion-mnist ] || {
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  }
+  [ -s "$data/gt100.ivecs" ] || "$py" benches/make_fashion_mnist.py --out "$data"
+  FAISS_PQ_M=392 run fashion "$data" l2 ;;
+esac
