@@ -215,7 +215,7 @@ async fn main() -> Result<()> {
 /// Returns the final index state.
 async fn settle(c: &mut Client, name: &str) -> Result<String> {
     let t = Instant::now();
-    let (mut last, mut since) = (u64::MAX, Instant::now());
+    let (mut last, mut since) = (u32::MAX, Instant::now());
     loop {
         let info = c
             .collections

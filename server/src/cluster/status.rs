@@ -18,11 +18,11 @@ pub struct LocalView {
     id: u64,
     role: String,
     term: u64,
-    last_log_index: u64,
+    pub(super) last_log_index: u64,
     applied_index: u64,
     snapshot_index: u64,
     purged_index: u64,
-    leader: Option<u64>,
+    pub(super) leader: Option<u64>,
     api_addr: String,
 }
 
