@@ -176,9 +176,10 @@ async fn flagged_sources_are_reported_and_can_be_filtered_out() {
             .any(|f| f == "flagged_sources"),
         "{a}"
     );
+    // Retrieve-only shows what the filter lets through: chunks, none of them flagged.
     let a = c.ask(
         "What is the Moon made of?",
-        &["--filter", "flagged = false"],
+        &["--filter", "flagged = false", "--mode", "retrieve-only"],
     );
     assert!(!citations(&a).is_empty(), "{a}");
     assert!(citations(&a).iter().all(|c| c["flagged"] == false), "{a}");

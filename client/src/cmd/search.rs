@@ -33,8 +33,8 @@ pub struct SearchArgs {
     /// Force the exact scan (ignore indexes).
     #[arg(long)]
     exact: bool,
-    /// IVF lists probed per segment (default: the calibrated nprobe for --target-recall,
-    /// 0.95 unless set).
+    /// IVF lists probed per segment (default: the calibrated nprobe for --target-recall; with
+    /// no target, for 0.95 and at least nlist/16).
     #[arg(long)]
     nprobe: Option<u32>,
     /// Re-rank k × F index candidates exactly (default 4).

@@ -101,11 +101,20 @@ fn nprobe(idx: &IvfPqIndex, params: SearchParams, fraction: f64) -> usize {
 }
 
 /// The nprobe a search asks of `idx`: explicit, else the calibrated one for the search's
-/// target recall, or for [`DEFAULT_TARGET_RECALL_BP`] when it sets none.
+/// target recall. A search that sets neither gets the calibrated nprobe for
+/// [`DEFAULT_TARGET_RECALL_BP`], but at least nlist / 16 (and 8): the calibration's queries are
+/// the segment's own rows, and queries from elsewhere (measured: a test whose queries come
+/// from other clusters than the data) need more lists for the same recall.
 fn base_nprobe(idx: &IvfPqIndex, params: SearchParams) -> usize {
     params.nprobe.unwrap_or_else(|| {
-        let bp = params.target_recall_bp.unwrap_or(DEFAULT_TARGET_RECALL_BP);
-        idx.calibration().nprobe_for(f64::from(bp) / 10_000.0)
+        let cal = idx.calibration();
+        match params.target_recall_bp {
+            Some(bp) => cal.nprobe_for(f64::from(bp) / 10_000.0),
+            None => cal
+                .nprobe_for(f64::from(DEFAULT_TARGET_RECALL_BP) / 10_000.0)
+                .max((idx.nlist() / 16).max(8))
+                .min(idx.nlist()),
+        }
     })
 }
 
