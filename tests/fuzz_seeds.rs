@@ -69,6 +69,39 @@ fn make_fuzz_seeds() {
         put(&root, "segment_files", &format!("file{i}"), &b);
     }
 
+    // A field index file over every field type (the target checks its own CRC: the seed is
+    // the body without the trailer).
+    let schema: quiver_storage::filter::Schema = [
+        ("k", "keyword"),
+        ("n", "integer"),
+        ("x", "float"),
+        ("b", "bool"),
+        ("d", "datetime"),
+        ("t", "keyword[]"),
+    ]
+    .iter()
+    .map(|(k, t)| {
+        let ty = quiver_storage::filter::FieldType::parse(t).expect("a type");
+        ((*k).to_owned(), ty)
+    })
+    .collect();
+    let payloads: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            let (k, t) = (["a", "b"][i % 2], ["x", "y"][..i % 3].to_vec());
+            serde_json::json!({"k": k, "n": i, "x": i as f64 / 4.0, "b": i % 3 == 0,
+                "d": format!("2024-01-{:02}T00:00:00Z", 1 + i % 28), "t": t})
+        })
+        .collect();
+    let fields = quiver_storage::payload_index::FieldIndexes::build(
+        &schema,
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(r, p)| (r as u32, Some(p))),
+    );
+    let file = fields.to_bytes();
+    put(&root, "field_index_file", "all_types", &file[..file.len() - 4]);
+
     // An IVF-PQ index over 64 rows of 8 dims (what the target opens it as).
     let idx = tempfile::tempdir().expect("tempdir");
     let v: Vec<f32> = (0..64 * 8)
