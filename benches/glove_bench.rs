@@ -211,11 +211,11 @@ async fn main() -> Result<()> {
 }
 
 /// Waits until the collection's background work has settled: every sealed segment indexed,
-/// and the segment count unchanged for 30 s (three compactor intervals), so merges are done.
+/// no compaction running, and both so for 30 s (three compactor intervals), so merges are done.
 /// Returns the final index state.
 async fn settle(c: &mut Client, name: &str) -> Result<String> {
     let t = Instant::now();
-    let (mut last, mut since) = (u32::MAX, Instant::now());
+    let (mut last, mut since) = ((u32::MAX, String::new()), Instant::now());
     loop {
         let info = c
             .collections
@@ -223,16 +223,21 @@ async fn settle(c: &mut Client, name: &str) -> Result<String> {
             .await?
             .into_inner();
         let stats = info.stats.unwrap_or_default();
-        if stats.sealed_segments != last {
+        let now = (stats.sealed_segments, stats.index_state.clone());
+        if now != last {
             eprintln!(
                 "{:.0}s: {} sealed segments: {}",
                 t.elapsed().as_secs_f64(),
                 stats.sealed_segments,
                 stats.index_state
             );
-            (last, since) = (stats.sealed_segments, Instant::now());
+            (last, since) = (now, Instant::now());
         }
-        let ready = stats.index_state.starts_with("ivf_pq ready");
+        let ready = stats.index_state.starts_with("ivf_pq ready")
+            && !stats.index_state.contains("compacting");
+        if !ready {
+            since = Instant::now();
+        }
         if ready && since.elapsed().as_secs() >= 30 {
             return Ok(format!(
                 "{} sealed segments after {:.0}s: {}",

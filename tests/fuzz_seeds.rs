@@ -100,7 +100,12 @@ fn make_fuzz_seeds() {
             .map(|(r, p)| (r as u32, Some(p))),
     );
     let file = fields.to_bytes();
-    put(&root, "field_index_file", "all_types", &file[..file.len() - 4]);
+    put(
+        &root,
+        "field_index_file",
+        "all_types",
+        &file[..file.len() - 4],
+    );
 
     // An IVF-PQ index over 64 rows of 8 dims (what the target opens it as).
     let idx = tempfile::tempdir().expect("tempdir");

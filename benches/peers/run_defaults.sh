@@ -16,27 +16,37 @@ cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
 py=$(bash scripts/fetch-glove.sh "$cache")
 venv=$(dirname "$(dirname "$py")")
 "$py" -c 'import faiss' 2>/dev/null || "$venv/bin/pip" install -q faiss-cpu==1.15.1 >&2
-cargo build --release --locked -p quiver-benches -p quiver-server --bins
+# The same build as scripts/test.sh and the demo (one feature set: nothing is compiled twice).
+cargo build --release --locked --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 sweep="r0.9:4,r0.95:4,r0.99:4,8:4,16:4,32:4,64:4,128:4"
 faiss_sweep="8:4,16:4,24:4,32:4,48:4,64:4,96:4,128:4,192:4,256:4,64:8,128:8"
 
-run() { # SET DATA METRIC(cosine|l2)
-  local set=$1 data=$2 metric=$3 out=benches/results/defaults_$1.jsonl
-  : > "$out"
-  local dir log pid addr
+# One quiverd with its defaults on a fresh data directory, loaded and searched by glove-bench.
+# PIN: empty (the server uses both cores) or "1core" (server on core 0, client on core 1).
+quiver() { # DATA METRIC OUT PIN
+  local data=$1 metric=$2 out=$3 pin=$4 dir log pid addr srv=() cli=() label=""
+  [ "$pin" = 1core ] && { srv=(taskset -c 0); cli=(taskset -c 1); label="-1core"; }
   dir=$(mktemp -d /tmp/quiver-defaults.XXXXXX); log="$dir.out"
-  "$bin/quiverd" --data-dir "$dir" --listen 127.0.0.1:0 >"$log" 2>"$dir.log" &
+  "${srv[@]}" "$bin/quiverd" --data-dir "$dir" --listen 127.0.0.1:0 >"$log" 2>"$dir.log" &
   pid=$!
   for _ in $(seq 1 200); do grep -q listening "$log" && break; sleep 0.05; done
   addr="http://$(sed -n 's/^quiverd listening on //p' "$log")"
-  /usr/bin/time -v "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --defaults \
-    --metric "$metric" --sweep "$sweep" 2> "$dir.bench" | tee -a "$out"
-  grep -E "sealed segments|settled|Maximum resident" "$dir.bench" >&2 || true
-  echo "{\"system\": \"quiverd\", \"event\": \"rss\", \"max_rss_kb\": $(grep -o 'VmHWM:[[:space:]]*[0-9]*' /proc/$pid/status | grep -o '[0-9]*$')}" | tee -a "$out"
-  echo "{\"system\": \"quiverd\", \"event\": \"data\", \"bytes\": $(du -sb "$dir" | cut -f1)}" | tee -a "$out"
+  "${cli[@]}" "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --defaults \
+    --metric "$metric" --sweep "$sweep" --label="$label" 2> "$dir.bench" | tee -a "$out"
+  grep -E "sealed segments|settled" "$dir.bench" >&2 || true
+  echo "{\"system\": \"quiverd$label\", \"event\": \"rss\", \"max_rss_kb\": $(grep -o 'VmHWM:[[:space:]]*[0-9]*' /proc/$pid/status | grep -o '[0-9]*$')}" | tee -a "$out"
+  echo "{\"system\": \"quiverd$label\", \"event\": \"data\", \"bytes\": $(du -sb "$dir" | cut -f1)}" | tee -a "$out"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$dir" "$dir.log" "$dir.bench" "$log"
+}
+
+run() { # SET DATA METRIC(cosine|l2)
+  local set=$1 data=$2 metric=$3 out=benches/results/defaults_$1.jsonl
+  : > "$out"
+  quiver "$data" "$metric" "$out" ""
+  quiver "$data" "$metric" "$out" 1core
+  [ -n "${SKIP_FAISS:-}" ] && return
   local n; n=$("$py" -c "import numpy as np; a=np.fromfile('$data/base.fvecs', dtype=np.int32); print(len(a)//(a[0]+1))")
   local fm=ip; [ "$metric" = l2 ] && fm=l2
   for mult in 4 16; do

@@ -174,6 +174,8 @@ pub struct Collection {
     moves: RwLock<Vec<Arc<Moved>>>,
     /// Held by the one compaction of this collection that may run at a time.
     compacting: Mutex<()>,
+    /// What that compaction is rewriting (segments, live rows), for the index state.
+    compaction_running: RwLock<Option<(usize, u64)>>,
     /// Owns this collection's queued index builds: cancelled when it is dropped.
     builds: Arc<BuildOwner>,
 }
@@ -255,6 +257,7 @@ impl Collection {
             schema: RwLock::new(record.config.schema.clone()),
             moves: RwLock::new(Vec::new()),
             compacting: Mutex::new(()),
+            compaction_running: RwLock::new(None),
             builds,
         })
     }

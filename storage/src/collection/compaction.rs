@@ -299,7 +299,28 @@ fn merge_run(
     None
 }
 
+/// Shows a compaction in the collection's index state while it runs.
+struct Running<'a>(&'a Collection);
+
+impl<'a> Running<'a> {
+    fn start(c: &'a Collection, segments: usize, rows: u64) -> Running<'a> {
+        *write(&c.compaction_running) = Some((segments, rows));
+        Running(c)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *write(&self.0.compaction_running) = None;
+    }
+}
+
 impl Collection {
+    /// The compaction running now: (segments it rewrites, their live rows).
+    pub fn compaction_running(&self) -> Option<(usize, u64)> {
+        *read(&self.compaction_running)
+    }
+
     /// Runs one compaction if any run of segments is worth it (see [`CompactionOptions`]);
     /// `None` when there is nothing to do, or another compaction or a retried checkpoint of
     /// this collection is in progress. Runs on the background pool's (lower-priority) threads.
@@ -324,6 +345,8 @@ impl Collection {
         };
         let victims: Vec<Arc<SealedSegment>> = snap.sealed[range].to_vec();
         drop(snap);
+        let live: u64 = victims.iter().map(|v| v.live_count()).sum();
+        let _shown = Running::start(self, victims.len(), live);
         let new_id = victims.last().expect("invariant: a plan is not empty").id + 1;
         let mut pacer = Pacer::new(opts.io_bytes_per_sec);
         let (new_seg, moved, rows_after) = self.build_compacted(&victims, new_id, &mut pacer)?;

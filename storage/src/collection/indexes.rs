@@ -97,8 +97,19 @@ impl Collection {
         progress(&self.snapshot().sealed)
     }
 
-    /// The index state of `sealed`, human-readable (for [`Collection::stats`]).
+    /// The index state of `sealed`, human-readable (for [`Collection::stats`]), with the
+    /// compaction or merge running in the background, if any.
     pub(super) fn index_state(&self, sealed: &[Arc<SealedSegment>]) -> String {
+        let state = self.index_state_of(sealed);
+        match self.compaction_running() {
+            Some((segments, rows)) => format!(
+                "{state}; compacting {segments} sealed segments ({rows} live rows) into one in the background"
+            ),
+            None => state,
+        }
+    }
+
+    fn index_state_of(&self, sealed: &[Arc<SealedSegment>]) -> String {
         match self.config.index.kind {
             IndexKind::Flat => "flat (exact scan)".to_owned(),
             IndexKind::IvfPq => {
