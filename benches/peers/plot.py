@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Turns the JSON lines of a benchmark run into a markdown report and a recall@10-vs-QPS PNG.
-Usage: plot.py RESULTS.jsonl OUT_PREFIX   (writes OUT_PREFIX.md and OUT_PREFIX.png)"""
+Usage: plot.py RESULTS.jsonl OUT_PREFIX [TITLE]   (writes OUT_PREFIX.md and OUT_PREFIX.png)"""
 import json, sys, collections
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{')]
 out = sys.argv[2]
+title = sys.argv[3] if len(sys.argv) > 3 else 'GloVe-50 (390k, cosine), one query per call'
 builds = [r for r in rows if r.get('event') == 'build']
 points = [r for r in rows if 'qps' in r and r.get('target_recall') is None]
 targets = [r for r in rows if 'qps' in r and r.get('target_recall') is not None]
@@ -62,7 +63,7 @@ try:
         ax.plot([r['recall10'] for r in front], [r['qps'] for r in front], marker='o', ms=3, label=s)
     ax.axvline(0.95, color='grey', lw=.8, ls='--')
     ax.set_xlabel('recall@10'); ax.set_ylabel('queries/s (one thread)'); ax.set_yscale('log')
-    ax.set_title('GloVe-50 (390k, cosine), one query per call'); ax.grid(True, alpha=.3); ax.legend(fontsize=7)
+    ax.set_title(title); ax.grid(True, alpha=.3); ax.legend(fontsize=7)
     fig.tight_layout(); fig.savefig(out + '.png', dpi=110)
 except ImportError:
     print('matplotlib missing: no PNG', file=sys.stderr)

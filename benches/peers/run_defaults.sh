@@ -15,7 +15,7 @@ nq="${1:-2000}"; sets="${2:-glove,fashion}"
 cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
 py=$(bash scripts/fetch-glove.sh "$cache")
 venv=$(dirname "$(dirname "$py")")
-"$py" -c 'import faiss' 2>/dev/null || "$venv/bin/pip" install -q faiss-cpu==1.15.1 >&2
+"$py" -c 'import faiss, matplotlib' 2>/dev/null || "$venv/bin/pip" install -q faiss-cpu==1.15.1 matplotlib >&2
 # The same build as scripts/test.sh and the demo (one feature set: nothing is compiled twice).
 cargo build --release --locked --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -41,12 +41,17 @@ quiver() { # DATA METRIC OUT PIN
   rm -rf "$dir" "$dir.log" "$dir.bench" "$log"
 }
 
-run() { # SET DATA METRIC(cosine|l2)
-  local set=$1 data=$2 metric=$3 out=benches/results/defaults_$1.jsonl
+run() { # SET DATA METRIC(cosine|l2) TITLE
+  local set=$1 data=$2 metric=$3 title=$4 out=benches/results/defaults_$1.jsonl
   : > "$out"
   quiver "$data" "$metric" "$out" ""
   quiver "$data" "$metric" "$out" 1core
-  [ -n "${SKIP_FAISS:-}" ] && return
+  # SKIP_FAISS=FILE: take the FAISS lines from an earlier run's FILE instead of running it.
+  if [ -n "${SKIP_FAISS:-}" ]; then
+    grep '"system": "faiss' "$SKIP_FAISS" >> "$out"
+    "$py" benches/peers/plot_defaults.py "$out" "benches/results/defaults_$set" "$title"
+    return
+  fi
   local n; n=$("$py" -c "import numpy as np; a=np.fromfile('$data/base.fvecs', dtype=np.int32); print(len(a)//(a[0]+1))")
   local fm=ip; [ "$metric" = l2 ] && fm=l2
   for mult in 4 16; do
@@ -55,12 +60,13 @@ run() { # SET DATA METRIC(cosine|l2)
       --metric "$fm" --sweep "$faiss_sweep" --only faiss-IVF-Flat,faiss-IVF-PQfs-refine,faiss-IVF-RaBitQfs-refine \
       ${FAISS_PQ_M:+--pq-m "$FAISS_PQ_M"} | sed "s/\"system\": \"\\([^\"]*\\)\"/\"system\": \"\\1-nlist$nlist\"/" | tee -a "$out"
   done
+  "$py" benches/peers/plot_defaults.py "$out" "benches/results/defaults_$set" "$title"
 }
 
 case ",$sets," in *,glove,*)
   data="$cache/glove50"
   [ -s "$data/gt100.ivecs" ] || "$py" benches/make_glove50.py --out "$data"
-  run glove "$data" cosine ;;
+  run glove "$data" cosine "GloVe-50 (390k, cosine): Quiver defaults over gRPC, FAISS in-process" ;;
 esac
 case ",$sets," in *,fashion,*)
   data="$cache/fashion784"
@@ -69,5 +75,5 @@ case ",$sets," in *,fashion,*)
     $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
   }
   [ -s "$data/gt100.ivecs" ] || "$py" benches/make_fashion_mnist.py --out "$data"
-  FAISS_PQ_M=392 run fashion "$data" l2 ;;
+  FAISS_PQ_M=392 run fashion "$data" l2 "Fashion-MNIST (60k x 784, L2): Quiver defaults over gRPC, FAISS in-process" ;;
 esac

@@ -159,7 +159,7 @@ pub const DEFAULT_PQ_BITS: u32 = 4;
 pub const MIN_INDEXED_ROWS: u32 = 1024;
 
 /// The recall@10 an IVF-PQ search aims at, in basis points, when it sets neither `nprobe`
-/// nor a target (never probing fewer than nlist / 16 lists, at least 8).
+/// nor a target (never probing fewer than 8 lists).
 pub const DEFAULT_TARGET_RECALL_BP: u16 = 9500;
 
 /// Candidates re-ranked exactly per result when a search does not set a refine factor.
@@ -171,8 +171,7 @@ pub struct SearchParams {
     /// Scan every row exactly, ignoring indexes.
     pub exact: bool,
     /// IVF lists probed per segment (`None`: the calibrated nprobe for `target_recall_bp`;
-    /// with no target either, the calibrated one for [`DEFAULT_TARGET_RECALL_BP`] and at least
-    /// nlist / 16, at least 8).
+    /// with no target either, the calibrated one for [`DEFAULT_TARGET_RECALL_BP`], at least 8).
     pub nprobe: Option<usize>,
     /// Candidates re-ranked exactly = k × refine (`None`: [`DEFAULT_REFINE`]).
     pub refine: Option<usize>,

@@ -34,7 +34,7 @@ pub struct SearchArgs {
     #[arg(long)]
     exact: bool,
     /// IVF lists probed per segment (default: the calibrated nprobe for --target-recall; with
-    /// no target, for 0.95 and at least nlist/16).
+    /// no target, for 0.95 and at least 8).
     #[arg(long)]
     nprobe: Option<u32>,
     /// Re-rank k × F index candidates exactly (default 4).
