@@ -167,3 +167,67 @@ async fn background_and_manual_compaction_keep_every_point() {
         .collect();
     assert_same(&contents(&s), &want, "after kill -9 and restart");
 }
+
+/// A `kill -9` in the middle of a tiered merge leaves the old segments or the merged one,
+/// never neither and never a mix: every point reads back the same after each restart, and
+/// the merge completes once the server is left alone. The merge is slowed to a few seconds by
+/// the disk budget, and killed at different points of it (deterministic delays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_merge_leaves_the_old_segments_or_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_with(
+        dir.path(),
+        &[
+            ("QUIVER__STORAGE__SEGMENT_MAX_ROWS", "1500"),
+            ("QUIVER__COMPACTION__INTERVAL_SECS", "1"),
+            // 4 × 1,500 rows × 32 bytes, read and written: about 4 s at 0.1 MiB/s.
+            ("QUIVER__COMPACTION__IO_MB_PER_SEC", "0.1"),
+        ],
+    )
+    .await;
+    ok(&s.cli(&["collection", "create", "c", "--dim", "8", "--metric", "l2"]));
+    ok(&s.cli(&[
+        "upsert",
+        "--collection",
+        "c",
+        "--batch-size",
+        "500",
+        &points_file(dir.path(), 0..6000, 1),
+    ]));
+    ok(&s.cli(&["collection", "flush", "c"]));
+    let want = contents(&s);
+    assert_eq!(want.len(), 6000);
+    assert_eq!(stats(&s)["sealed_segments"], 4);
+    let mut saw_merging = false;
+    for delay_ms in [1500u64, 2600, 3700] {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        saw_merging |= stats(&s)["index"]
+            .as_str()
+            .unwrap()
+            .contains("compacting 4 sealed segments");
+        s.kill9();
+        s.reopen().await;
+        let sealed = stats(&s)["sealed_segments"].as_u64().unwrap();
+        assert!(
+            sealed == 4 || sealed == 1,
+            "after a kill at {delay_ms} ms: {sealed} sealed segments"
+        );
+        assert_same(
+            &contents(&s),
+            &want,
+            &format!("after a kill at {delay_ms} ms"),
+        );
+    }
+    assert!(saw_merging, "no kill landed while the merge was running");
+    // Left alone, the merge completes and the points are still all there.
+    let started = std::time::Instant::now();
+    while stats(&s)["sealed_segments"] != 1 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "not merged: {}",
+            stats(&s)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_same(&contents(&s), &want, "after the merge");
+}
