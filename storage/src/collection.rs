@@ -384,6 +384,7 @@ fn open_sealed(
     cleanup_segments_dir(&seg_dir, record)?;
     for s in &sealed {
         load_or_build_index(s, &record.config, builds);
+        filtering::remove_stale_field_files(s);
         build_fields(s, &record.config.schema, meta, record.uid);
     }
     Ok(sealed)

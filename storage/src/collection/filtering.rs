@@ -33,8 +33,12 @@ fn load_fields(seg: &SealedSegment, schema: &Schema) -> Option<FieldIndexes> {
 /// Writes `fields` as `seg`'s field index file (temp name, fsync, rename, directory sync).
 /// A failure only costs a rebuild at the next open, so it is logged, not returned.
 pub(super) fn save_fields(seg: &SealedSegment, fields: &FieldIndexes) {
+    // A name of its own per write: a seal's writer and a declaration's rebuild may write the
+    // same segment's file at once, and must not interleave in one temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = seg.dir();
-    let tmp = dir.join(format!("{FIELDS_FILE}.tmp"));
+    let tmp = dir.join(format!("{FIELDS_FILE}.{n}.tmp"));
     let written = (|| -> Result<()> {
         use std::io::Write;
         let mut f = fs_err::File::create(&tmp)?;
@@ -46,6 +50,21 @@ pub(super) fn save_fields(seg: &SealedSegment, fields: &FieldIndexes) {
     if let Err(e) = written {
         tracing::warn!(segment = seg.id, error = %e, "cannot write the field index file; it is rebuilt at the next open");
         let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Removes temp files of field index writes that a crash interrupted (at open, before any
+/// writer of this segment runs).
+pub(super) fn remove_stale_field_files(seg: &SealedSegment) {
+    let Ok(entries) = std::fs::read_dir(seg.dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&format!("{FIELDS_FILE}.")) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
