@@ -873,6 +873,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tiered_merge_settings_are_bounded() {
+        let ok = CompactionConfig::default();
+        assert!(ok.validate().is_ok());
+        for (bad, field) in [
+            (
+                CompactionConfig {
+                    merge_factor: 1,
+                    ..ok
+                },
+                "compaction.merge_factor",
+            ),
+            (
+                CompactionConfig {
+                    merge_max_rows: MAX_MERGE_ROWS + 1,
+                    ..ok
+                },
+                "compaction.merge_max_rows",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().0;
+            assert!(e.starts_with(field), "{e}");
+        }
+        let off = CompactionConfig {
+            merge_max_rows: 0,
+            ..ok
+        };
+        assert_eq!(off.options(false).merge_max_rows, 0, "0 turns merging off");
+    }
+
+    #[test]
     fn defaults_validate() {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.listen.port(), 6334);
