@@ -40,6 +40,7 @@ fn main() -> Result<()> {
     let (queries, gt) = read_queries(&a.data, a.queries)?;
     let loaded = Loaded::new(
         &base,
+        quiver_storage::Metric::Cosine,
         IndexConfig {
             kind: IndexKind::IvfPq,
             nlist: Some(a.nlist),

@@ -1,4 +1,4 @@
-//! IVF-PQ on GloVe-50, in-process and single-threaded: build time, index size, and
+//! IVF-PQ in-process and single-threaded (GloVe-50 cosine, Fashion-MNIST l2, or any fvecs set): build time, index size, and
 //! recall@10 / QPS for a sweep of (nprobe, refine_factor). One JSON line per configuration.
 use std::path::PathBuf;
 use std::time::Instant;
@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use quiver_benches::{Loaded, parse_sweep, read_fvecs, read_queries, recall_at};
-use quiver_storage::{IndexConfig, IndexKind, PointId, ReadOptions, SearchParams};
+use quiver_storage::{IndexConfig, IndexKind, Metric, PointId, ReadOptions, SearchParams};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -25,6 +25,9 @@ struct Args {
     /// Bits per PQ code: 4 (fast-scan) or 8.
     #[arg(long, default_value_t = 4)]
     pq_bits: u32,
+    /// Distance: cosine (GloVe) or l2 (Fashion-MNIST).
+    #[arg(long, default_value = "cosine")]
+    metric: String,
     /// Configurations as nprobe:refine (or rTARGET_RECALL:refine), comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
@@ -39,8 +42,15 @@ fn main() -> Result<()> {
     let base = read_fvecs(&a.data.join("base.fvecs"))?;
     let (queries, gt) = read_queries(&a.data, a.queries)?;
     let nq = queries.len();
+    let metric = match a.metric.as_str() {
+        "cosine" => Metric::Cosine,
+        "l2" => Metric::L2,
+        "dot" => Metric::Dot,
+        other => anyhow::bail!("--metric: cosine, l2 or dot, not {other:?}"),
+    };
     let loaded = Loaded::new(
         &base,
+        metric,
         IndexConfig {
             kind: IndexKind::IvfPq,
             nlist: Some(a.nlist),

@@ -102,6 +102,7 @@ impl Loaded {
     /// background index and field builds.
     pub fn new(
         base: &[Vec<f32>],
+        metric: quiver_storage::Metric,
         index: quiver_storage::IndexConfig,
         schema: quiver_storage::filter::Schema,
         payload: impl Fn(u64) -> Option<Vec<u8>>,
@@ -117,7 +118,7 @@ impl Loaded {
         let c = engine.create_collection(quiver_storage::CollectionConfig {
             name: "glove".into(),
             dim: base.first().map_or(0, Vec::len),
-            metric: quiver_storage::Metric::Cosine,
+            metric,
             index,
             segment_max_rows: base.len() as u32 + 1,
             schema,

@@ -68,6 +68,25 @@ pub fn pack(codes: &[u8], m: usize) -> Vec<u8> {
     out
 }
 
+/// The inverse of [`pack`]: the `n` codes (`m` bytes per vector) held by `blocks`.
+pub fn unpack(blocks: &[u8], m: usize, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n * m];
+    for (bi, block) in blocks.chunks_exact(block_bytes(m)).enumerate() {
+        for j in 0..m {
+            let half = &block[(j / 2) * 32 + (j % 2) * 16..][..16];
+            for (b, &byte) in half.iter().enumerate() {
+                for (v, code) in [(slot(b), byte & 0x0f), (16 + slot(b), byte >> 4)] {
+                    let r = bi * BLOCK + v;
+                    if r < n {
+                        out[r * m + j] = code;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A per-query (or per-list) distance table quantised to bytes: the approximate distance of a
 /// vector with score `s` is `bias + s / scale`.
 #[derive(Debug, Clone, Default)]
@@ -87,11 +106,17 @@ impl QuantizedLut {
     pub fn quantize(lut: &[f32], m: usize, out: &mut QuantizedLut) {
         let m2 = padded_m(m);
         let qmax = (65_535 / m2).min(255) as f32;
+        let rows = || {
+            lut.chunks_exact(KSUB)
+                .take(m)
+                .map(|r| <&[f32; KSUB]>::try_from(r).expect("invariant: rows of KSUB"))
+        };
+        let mut lows = Vec::with_capacity(m);
         let mut bias = 0.0f32;
         let mut width = 0.0f32;
-        for row in lut.chunks_exact(KSUB).take(m) {
-            let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
-            let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for row in rows() {
+            let (lo, hi) = min_max(row);
+            lows.push(lo);
             bias += lo;
             width = width.max(hi - lo);
         }
@@ -102,15 +127,11 @@ impl QuantizedLut {
         };
         out.table.clear();
         out.table.resize(m2 * KSUB, 0);
-        for (row, q) in lut
-            .chunks_exact(KSUB)
-            .take(m)
-            .zip(out.table.chunks_exact_mut(KSUB))
-        {
-            let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
+        for ((row, q), lo) in rows().zip(out.table.chunks_exact_mut(KSUB)).zip(lows) {
             for (x, b) in row.iter().zip(q) {
                 // Non-negative, so adding ½ and truncating rounds (without a libm call).
-                *b = ((x - lo) * scale + 0.5).min(qmax) as u8;
+                let v = (x - lo) * scale + 0.5;
+                *b = (if v < qmax { v } else { qmax }) as u8;
             }
         }
         out.bias = bias;
@@ -134,6 +155,22 @@ impl QuantizedLut {
     pub fn distance(&self, score: u16) -> f32 {
         self.bias + f32::from(score) / self.scale
     }
+}
+
+/// The minimum and maximum of a table row, as a tree of pairwise comparisons (a chain of 15
+/// dependent ones per row cost more than the rest of the quantisation). NaN-free input.
+#[inline]
+fn min_max(row: &[f32; KSUB]) -> (f32, f32) {
+    let (mut lo, mut hi) = (*row, *row);
+    let mut n = KSUB / 2;
+    while n > 0 {
+        for i in 0..n {
+            lo[i] = if lo[i + n] < lo[i] { lo[i + n] } else { lo[i] };
+            hi[i] = if hi[i + n] > hi[i] { hi[i + n] } else { hi[i] };
+        }
+        n /= 2;
+    }
+    (lo[0], hi[0])
 }
 
 /// Scores every vector of `blocks` (consecutive packed blocks) into `scores` (32 per block)
@@ -285,6 +322,7 @@ mod tests {
                 *t = rng.below(qmax + 1) as u8;
             }
             let blocks = pack(&codes, m);
+            prop_assert_eq!(unpack(&blocks, m, n), codes.clone());
             let (mut s, mut k) = (Vec::new(), Vec::new());
             scan(&table, &blocks, m, limit, &mut s, &mut k);
             let nb = n.div_ceil(BLOCK);

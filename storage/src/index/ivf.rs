@@ -11,6 +11,9 @@
 //! | offsets | `nlist + 1` u64: list `l` holds entries `offsets[l]..offsets[l+1]` |
 //! | rows | u32 segment row of each entry, list-major |
 //! | codes | 8-bit: `m` bytes per entry, list-major, beside the rows. 4-bit: each list packed into [`fastscan`] blocks of 32 entries (the last one padded), lists one after another |
+//! | l2 terms (l2, version 3) | `rows` f32, list-major: entry `i` of list `l` holds `‖r̂‖² + 2·(c_l − μ)·r̂` for its decoded residual `r̂` |
+//! | l2 shift (l2, version 3) | `dim` f32: `μ`, the mean of the indexed vectors |
+//! | l2 list minima (l2, version 3) | `nlist` f32: the smallest term of each list (+∞ if empty) |
 //! | trailer | u32 CRC32 of everything before it |
 //!
 //! Written to a temp name, fsynced, then calibrated (see [`calibrate`]; the calibration file
@@ -19,20 +22,27 @@
 //! results.
 //!
 //! Search: the `nprobe` lists whose centroids are closest to the query are scanned with an
-//! ADC table; for cosine and dot one table per query serves every list (`q·x = q·c + q·r`),
-//! for l2 the table is built per list from `q − c`. With 4-bit codes the table is quantised
-//! to bytes and 32 entries are scored per SIMD step. The best `n_candidates` are returned for
-//! exact re-ranking by the caller.
+//! ADC table, and one table per query serves every list. For cosine and dot,
+//! `q·x = q·c + q·r`. For l2, `‖q − c − r‖² = ‖q − c‖² + t(r) − 2·(q − μ)·r`, where the
+//! per-entry term `t(r) = ‖r‖² + 2·(c − μ)·r` is computed once at build time and stored beside
+//! the codes (4 bytes per vector). That replaces a full `m × 2^bits` table per probed list
+//! (which, at 784-d with `m = 392`, cost more than scanning the list) with one addition per
+//! scanned entry. Shifting the query by the data's mean `μ` keeps the table's range (and so
+//! the 4-bit table's quantisation step) that of a centred query. Files of versions 1 and 2
+//! carry no terms: they are computed from the codes when such a file is opened. With 4-bit
+//! codes the table is quantised to bytes and 32 entries are scored per SIMD step. The best
+//! `n_candidates` are returned for exact re-ranking by the caller.
 use std::io::Write;
 use std::path::Path;
 
 use fs_err as fs;
 use rayon::prelude::*;
 
-use crate::distance::TopK;
+use crate::distance::{TopK, dot};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
 use crate::index::calibrate::{self, Calibration};
+use crate::index::coarse::{self, HalfTable};
 use crate::index::fastscan::{self, QuantizedLut};
 use crate::index::kmeans::{self, KMeansParams};
 use crate::index::pq::{self, ProductQuantizer};
@@ -41,7 +51,7 @@ use crate::rng::SplitMix64;
 use crate::types::Metric;
 
 const MAGIC: &[u8; 4] = b"QIVF";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const ALIGN: usize = 64;
 /// File name inside a segment directory.
 pub const FILE_NAME: &str = "ivfpq.bin";
@@ -206,6 +216,10 @@ pub fn build(
         rows[at] = r as u32;
         list_codes[at * m..(at + 1) * m].copy_from_slice(&codes[r * m..(r + 1) * m]);
     }
+    let l2 = (metric == Metric::L2).then(|| {
+        let shift = mean(vectors, dim);
+        L2Parts::compute(&pq, &centroids, shift, &offsets, &list_codes)
+    });
     if params.bits == 4 {
         list_codes = offsets
             .windows(2)
@@ -244,6 +258,14 @@ pub fn build(
     buf.extend_from_slice(bytemuck::cast_slice(&rows));
     pad(&mut buf);
     buf.extend_from_slice(&list_codes);
+    if let Some(l2) = &l2 {
+        pad(&mut buf);
+        buf.extend_from_slice(bytemuck::cast_slice(l2.terms_owned.as_slice()));
+        pad(&mut buf);
+        buf.extend_from_slice(bytemuck::cast_slice(&l2.shift));
+        pad(&mut buf);
+        buf.extend_from_slice(bytemuck::cast_slice(&l2.list_min));
+    }
     let crc = crc32fast::hash(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
 
@@ -278,16 +300,119 @@ pub struct IvfPqIndex {
     bits: u32,
     rows: usize,
     pq: ProductQuantizer,
+    /// 4-bit: the codebooks laid out for per-query tables.
+    books16: Option<pq::Books16>,
     /// 4-bit: list `l` is packed blocks `block_offsets[l]..block_offsets[l+1]`.
     block_offsets: Vec<u64>,
     /// Measured recall per nprobe (empty while the index is being calibrated).
     calibration: Calibration,
-    /// The coarse centroids, dimension-major, for the probe step.
-    table: kmeans::CentroidTable,
+    /// The coarse centroids as half floats, for the probe step's shortlist.
+    coarse: HalfTable,
     centroids_at: usize,
     offsets_at: usize,
     rows_at: usize,
     codes_at: usize,
+    codes_end: usize,
+    /// The l2 decomposition's parts (l2 indexes only).
+    l2: Option<L2Parts>,
+}
+
+/// What an l2 index adds to the codes so that one table per query serves every list.
+#[derive(Debug)]
+struct L2Parts {
+    /// Where the per-entry terms start in the file (version 3), or `None` when they were
+    /// computed at open into `terms_owned` (versions 1 and 2).
+    terms_at: Option<usize>,
+    terms_owned: Vec<f32>,
+    /// `μ`: the query is shifted by it before its table is built.
+    shift: Vec<f32>,
+    /// The smallest term of each list: a list's score limit assumes it.
+    list_min: Vec<f32>,
+}
+
+impl L2Parts {
+    /// Terms for list-major `codes` (`m` bytes per entry, unpacked).
+    fn compute(
+        pq: &ProductQuantizer,
+        centroids: &[f32],
+        shift: Vec<f32>,
+        offsets: &[u64],
+        codes: &[u8],
+    ) -> L2Parts {
+        let (dim, m, ksub, dsub) = (pq.dim, pq.m, pq.ksub, pq.dsub());
+        let terms: Vec<f32> = offsets
+            .par_windows(2)
+            .enumerate()
+            .flat_map_iter(|(l, w)| {
+                let c = &centroids[l * dim..(l + 1) * dim];
+                // table[j·ksub + k] = ‖b‖² + 2·(c − μ)_j·b for centroid b = k of sub-space j.
+                let mut table = Vec::with_capacity(m * ksub);
+                for j in 0..m {
+                    let (cj, sj) = (
+                        &c[j * dsub..(j + 1) * dsub],
+                        &shift[j * dsub..(j + 1) * dsub],
+                    );
+                    for b in pq.codebooks[j * ksub * dsub..(j + 1) * ksub * dsub].chunks_exact(dsub)
+                    {
+                        table.push(
+                            b.iter()
+                                .zip(cj.iter().zip(sj))
+                                .map(|(b, (c, s))| b * b + 2.0 * (c - s) * b)
+                                .sum::<f32>(),
+                        );
+                    }
+                }
+                codes[w[0] as usize * m..w[1] as usize * m]
+                    .chunks_exact(m)
+                    .map(|code| {
+                        code.iter()
+                            .enumerate()
+                            .map(|(j, &k)| table[j * ksub + usize::from(k)])
+                            .sum::<f32>()
+                    })
+                    .collect::<Vec<f32>>()
+            })
+            .collect();
+        let list_min = offsets
+            .windows(2)
+            .map(|w| {
+                terms[w[0] as usize..w[1] as usize]
+                    .iter()
+                    .copied()
+                    .fold(f32::INFINITY, f32::min)
+            })
+            .collect();
+        L2Parts {
+            terms_at: None,
+            terms_owned: terms,
+            shift,
+            list_min,
+        }
+    }
+}
+
+/// The mean of row-major `vectors` (summed in f64).
+fn mean(vectors: &[f32], dim: usize) -> Vec<f32> {
+    let n = (vectors.len() / dim).max(1);
+    let sum = vectors
+        .par_chunks(dim * 4096)
+        .map(|chunk| {
+            let mut acc = vec![0.0f64; dim];
+            for row in chunk.chunks_exact(dim) {
+                acc.iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &x)| *a += f64::from(x));
+            }
+            acc
+        })
+        .reduce(
+            || vec![0.0f64; dim],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    sum.iter().map(|s| (s / n as f64) as f32).collect()
 }
 
 fn align(x: usize) -> usize {
@@ -370,17 +495,37 @@ impl IvfPqIndex {
         } else {
             rows * m
         };
-        if codes_at + code_bytes != body.len() {
+        let codes_end = codes_at + code_bytes;
+        let l2_sections = version >= 3 && metric == Metric::L2;
+        let (terms_at, shift_at, min_at) = (
+            align(codes_end),
+            align(align(codes_end) + rows * 4),
+            align(align(align(codes_end) + rows * 4) + dim * 4),
+        );
+        let end = if l2_sections {
+            min_at + nlist * 4
+        } else {
+            codes_end
+        };
+        if end != body.len() {
             return Err(bad("index file length does not match its header"));
         }
         let codebooks: Vec<f32> =
             bytemuck::cast_slice(&b[books_at..books_at + m * ksub * (dim / m) * 4]).to_vec();
-        let table = kmeans::CentroidTable::new(
+        let coarse = HalfTable::new(
             bytemuck::cast_slice(&b[centroids_at..centroids_at + nlist * dim * 4]),
             dim,
         );
-        let idx = IvfPqIndex {
-            table,
+        let pq = ProductQuantizer {
+            dim,
+            m,
+            ksub,
+            codebooks,
+        };
+        let mut idx = IvfPqIndex {
+            books16: (bits == 4).then(|| pq::Books16::new(&pq)),
+            pq,
+            coarse,
             metric,
             dim,
             nlist,
@@ -393,20 +538,33 @@ impl IvfPqIndex {
                 refine: 0,
                 points: Vec::new(),
             }),
-            pq: ProductQuantizer {
-                dim,
-                m,
-                ksub,
-                codebooks,
-            },
             centroids_at,
             offsets_at,
             rows_at,
             codes_at,
+            codes_end,
+            l2: None,
             map,
         };
         if idx.row_ids().iter().any(|&r| r as usize >= rows) {
             return Err(bad("index lists are inconsistent"));
+        }
+        if l2_sections {
+            let b = idx.map.bytes();
+            let floats = |at: usize, n: usize| -> Vec<f32> {
+                b[at..at + n * 4]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            idx.l2 = Some(L2Parts {
+                terms_at: Some(terms_at),
+                terms_owned: Vec::new(),
+                shift: floats(shift_at, dim),
+                list_min: floats(min_at, nlist),
+            });
+        } else if metric == Metric::L2 {
+            idx.l2 = Some(idx.legacy_l2_parts());
         }
         Ok(idx)
     }
@@ -453,8 +611,51 @@ impl IvfPqIndex {
     }
 
     fn codes(&self) -> &[u8] {
-        let b = self.map.bytes();
-        &b[self.codes_at..b.len() - 4]
+        &self.map.bytes()[self.codes_at..self.codes_end]
+    }
+
+    /// The l2 per-entry terms, list-major (empty for other metrics).
+    fn terms(&self) -> &[f32] {
+        match &self.l2 {
+            Some(L2Parts {
+                terms_at: Some(at), ..
+            }) => bytemuck::cast_slice(&self.map.bytes()[*at..*at + self.rows * 4]),
+            Some(p) => &p.terms_owned,
+            None => &[],
+        }
+    }
+
+    /// A file written before version 3 carries no l2 terms: they are computed from its codes,
+    /// with the list-size-weighted mean of the centroids as `μ`.
+    fn legacy_l2_parts(&self) -> L2Parts {
+        let (offsets, dim, m) = (self.offsets(), self.dim, self.m);
+        let mut shift = vec![0.0f64; dim];
+        for (l, c) in self.centroids().chunks_exact(dim).enumerate() {
+            let w = (offsets[l + 1] - offsets[l]) as f64;
+            shift
+                .iter_mut()
+                .zip(c)
+                .for_each(|(s, &x)| *s += w * f64::from(x));
+        }
+        let n = self.rows.max(1) as f64;
+        let shift: Vec<f32> = shift.iter().map(|s| (s / n) as f32).collect();
+        let codes = if self.bits == 4 {
+            let bb = fastscan::block_bytes(m);
+            let mut out = Vec::with_capacity(self.rows * m);
+            for l in 0..self.nlist {
+                let blocks = &self.codes()
+                    [self.block_offsets[l] as usize * bb..self.block_offsets[l + 1] as usize * bb];
+                out.extend(fastscan::unpack(
+                    blocks,
+                    m,
+                    (offsets[l + 1] - offsets[l]) as usize,
+                ));
+            }
+            out
+        } else {
+            self.codes().to_vec()
+        };
+        L2Parts::compute(&self.pq, self.centroids(), shift, offsets, &codes)
     }
 
     /// Scans the `nprobe` nearest lists and returns up to `n_candidates` rows by approximate
@@ -466,28 +667,40 @@ impl IvfPqIndex {
         n_candidates: usize,
         is_deleted: impl Fn(u32) -> bool,
     ) -> TopK<u32> {
-        let centroids = self.centroids();
         let ip = matches!(self.metric, Metric::Cosine | Metric::Dot);
         // Coarse step. Lists were formed by L2 k-means, so cosine (unit vectors, where L2 and
         // cosine neighbours coincide) probes by L2 too; ranking by q·c would favour
         // large-norm centroids over the nearest ones. Dot (MIPS) probes by inner product.
         let by_l2 = self.metric != Metric::Dot;
+        // ‖q − c‖² less the constant ‖q‖² (l2), or −q·c.
+        let key = |l: usize, ip: f32| {
+            if by_l2 {
+                self.coarse.norm(l) - 2.0 * ip
+            } else {
+                -ip
+            }
+        };
         let mut ips = Vec::with_capacity(self.nlist);
-        self.table.inner_products(query, &mut ips);
+        self.coarse.inner_products(query, &mut ips);
         let mut coarse: Vec<(f32, u32)> = ips
             .iter()
             .enumerate()
-            .map(|(l, &ip)| {
-                // ‖q − c‖² less the constant ‖q‖².
-                let key = if by_l2 {
-                    self.table.norm(l) - 2.0 * ip
-                } else {
-                    -ip
-                };
-                (key, l as u32)
-            })
+            .map(|(l, &ip)| (key(l, ip), l as u32))
             .collect();
         let nprobe = nprobe.clamp(1, self.nlist);
+        // The half-float products shortlist the lists; the shortlist is ranked, and every
+        // probed list's offset taken, from exact products with the f32 centroids.
+        let short = coarse::shortlist(nprobe, self.nlist);
+        if short < coarse.len() {
+            coarse.select_nth_unstable_by(short - 1, |a, b| a.0.total_cmp(&b.0));
+            coarse.truncate(short);
+        }
+        let centroids = self.centroids();
+        for (k, l) in coarse.iter_mut() {
+            let l = *l as usize;
+            ips[l] = dot(query, &centroids[l * self.dim..(l + 1) * self.dim]);
+            *k = key(l, ips[l]);
+        }
         if nprobe < coarse.len() {
             coarse.select_nth_unstable_by(nprobe - 1, |a, b| a.0.total_cmp(&b.0));
             coarse.truncate(nprobe);
@@ -498,11 +711,12 @@ impl IvfPqIndex {
             return top;
         }
         let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
+        let terms = self.terms();
         let mut lut: pq::Lut = Vec::with_capacity(m);
-        let mut residual = vec![0.0f32; self.dim];
-        if ip {
-            self.pq.ip_table(query, &mut lut);
-        }
+        let shifted = self.shifted(query);
+        self.pq
+            .ip_table(shifted.as_deref().unwrap_or(query), &mut lut);
+        let qn = query.iter().map(|x| x * x).sum::<f32>();
         for &(_, l) in &coarse {
             let (s, e) = (
                 offsets[l as usize] as usize,
@@ -514,21 +728,16 @@ impl IvfPqIndex {
             let base = if ip {
                 ips[l as usize]
             } else {
-                let c = &centroids[l as usize * self.dim..(l as usize + 1) * self.dim];
-                residual
-                    .iter_mut()
-                    .zip(query.iter().zip(c))
-                    .for_each(|(r, (q, c))| *r = q - c);
-                self.pq.l2_table(&residual, &mut lut);
-                0.0
+                // ‖q − c‖²; an entry adds its term and −2·(q − μ)·r̂.
+                qn + self.coarse.norm(l as usize) - 2.0 * ips[l as usize]
             };
-            let to_distance = |a: f32| match self.metric {
+            let to_distance = |i: usize, a: f32| match self.metric {
                 Metric::Cosine => 1.0 - (base + a),
                 Metric::Dot => -(base + a),
-                Metric::L2 => a,
+                Metric::L2 => base + terms[s + i] - 2.0 * a,
             };
             let mut offer = |i: usize, a: f32| {
-                let d = to_distance(a);
+                let d = to_distance(i, a);
                 if d < top.threshold() {
                     let row = rows[s + i];
                     if !is_deleted(row) {
@@ -554,14 +763,20 @@ impl IvfPqIndex {
         top
     }
 
-    /// The offset `o` of a list (from `ip = q·c`) such that an entry's distance is `o + ADC sum`, where the ADC
-    /// table holds `−q·r` (cosine and dot) or `‖q − c − r‖²` per sub-space (l2).
+    /// The offset `o` of a list (from `ip = q·c`) such that an entry's distance is
+    /// `o + ADC sum`, where the ADC table holds `−q·r` (cosine and dot).
     fn list_offset(&self, ip: f32) -> f32 {
         match self.metric {
-            Metric::Cosine => 1.0 - ip,
             Metric::Dot => -ip,
-            Metric::L2 => 0.0,
+            _ => 1.0 - ip,
         }
+    }
+
+    /// `q − μ` for an l2 index, whose tables are built from the shifted query.
+    fn shifted(&self, query: &[f32]) -> Option<Vec<f32>> {
+        self.l2
+            .as_ref()
+            .map(|p| query.iter().zip(&p.shift).map(|(q, m)| q - m).collect())
     }
 
     /// 4-bit fast-scan over the probed lists.
@@ -575,35 +790,37 @@ impl IvfPqIndex {
     ) {
         let (offsets, rows, codes, m) = (self.offsets(), self.row_ids(), self.codes(), self.m);
         let bb = fastscan::block_bytes(m);
+        let terms = self.terms();
         let mut flat = Vec::with_capacity(m * fastscan::KSUB);
         let mut lut = QuantizedLut::default();
-        let mut residual = vec![0.0f32; self.dim];
         let (mut scores, mut masks) = (Vec::new(), Vec::new());
-        let neg_ip =
-            |a: &[f32], b: &[f32]| -> f32 { -a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() };
-        let l2 =
-            |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum() };
-        if self.metric != Metric::L2 {
-            self.pq.flat_table(query, &mut flat, neg_ip);
-            QuantizedLut::quantize(&flat, m, &mut lut);
-        }
+        // One table per query: −q·r (cosine, dot) or −2·(q − μ)·r (l2).
+        let factor = if self.metric == Metric::L2 {
+            -2.0
+        } else {
+            -1.0
+        };
+        let shifted = self.shifted(query);
+        let books = self
+            .books16
+            .as_ref()
+            .expect("invariant: 4-bit indexes have Books16");
+        books.ip_table(shifted.as_deref().unwrap_or(query), factor, &mut flat);
+        QuantizedLut::quantize(&flat, m, &mut lut);
+        let qn = query.iter().map(|x| x * x).sum::<f32>();
         for &(_, l) in coarse {
             let l = l as usize;
             let (s, e) = (offsets[l] as usize, offsets[l + 1] as usize);
             if s == e {
                 continue;
             }
-            if self.metric == Metric::L2 {
-                let c = &self.centroids()[l * self.dim..(l + 1) * self.dim];
-                residual
-                    .iter_mut()
-                    .zip(query.iter().zip(c))
-                    .for_each(|(r, (q, c))| *r = q - c);
-                self.pq.flat_table(&residual, &mut flat, l2);
-                QuantizedLut::quantize(&flat, m, &mut lut);
-            }
-            let off = self.list_offset(ips[l]);
-            let Some(limit) = lut.score_limit(top.threshold() - off) else {
+            // The list's part of every entry's distance; for l2 each entry adds its term, at
+            // least the list's smallest one, which bounds the scores worth looking at.
+            let (off, least) = match &self.l2 {
+                Some(p) => (qn + self.coarse.norm(l) - 2.0 * ips[l], p.list_min[l]),
+                None => (self.list_offset(ips[l]), 0.0),
+            };
+            let Some(limit) = lut.score_limit(top.threshold() - off - least) else {
                 continue;
             };
             let blocks = &codes
@@ -617,7 +834,8 @@ impl IvfPqIndex {
                     if i >= e - s {
                         break;
                     }
-                    let d = off + lut.distance(scores[i]);
+                    let d =
+                        off + lut.distance(scores[i]) + terms.get(s + i).copied().unwrap_or(0.0);
                     if d < top.threshold() {
                         let row = rows[s + i];
                         if !is_deleted(row) {
@@ -758,6 +976,89 @@ mod tests {
                 assert!(
                     nprobe < idx.nlist(),
                     "{metric:?} {bits}-bit: target {target} needs every list"
+                );
+            }
+        }
+    }
+
+    /// The l2 decomposition (one table per query plus a stored term per entry) gives the ADC
+    /// distance of the decoded vector, `‖q − c − r̂‖²`; a version-2 file (no stored terms)
+    /// gets the same distances from terms computed at open.
+    #[test]
+    fn l2_one_table_per_query_gives_the_decoded_distance_and_old_files_agree() {
+        let (n, dim) = (3000, 16);
+        let xs = data(n, dim, 21, false);
+        let dir = tempfile::tempdir().unwrap();
+        build(
+            dir.path(),
+            &xs,
+            dim,
+            Metric::L2,
+            IvfPqParams::for_data(n, dim, None, None, 8),
+        )
+        .unwrap();
+        let idx = IvfPqIndex::open(dir.path(), dim, Metric::L2, n)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            idx.l2,
+            Some(L2Parts {
+                terms_at: Some(_),
+                ..
+            })
+        ));
+        // The same file as version 2 wrote it: no l2 sections, version 2, a new CRC.
+        let bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let mut v2 = bytes[..idx.codes_end].to_vec();
+        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32fast::hash(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        let old_dir = tempfile::tempdir().unwrap();
+        std::fs::write(old_dir.path().join(FILE_NAME), &v2).unwrap();
+        std::fs::copy(
+            dir.path().join(calibrate::FILE_NAME),
+            old_dir.path().join(calibrate::FILE_NAME),
+        )
+        .unwrap();
+        let old = IvfPqIndex::open(old_dir.path(), dim, Metric::L2, n)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(old.l2, Some(L2Parts { terms_at: None, .. })));
+        let (offsets, rows, codes, m) = (idx.offsets(), idx.row_ids(), idx.codes(), idx.m);
+        let mut decoded = vec![0.0f32; n * dim];
+        let mut rec = Vec::new();
+        for l in 0..idx.nlist {
+            let c = &idx.centroids()[l * dim..(l + 1) * dim];
+            for e in offsets[l] as usize..offsets[l + 1] as usize {
+                idx.pq.decode(&codes[e * m..(e + 1) * m], &mut rec);
+                let r = rows[e] as usize;
+                for (d, o) in decoded[r * dim..(r + 1) * dim].iter_mut().enumerate() {
+                    *o = c[d] + rec[d];
+                }
+            }
+        }
+        for q in data(20, dim, 77, false).chunks_exact(dim) {
+            let all = |i: &IvfPqIndex| -> Vec<(u32, f32)> {
+                let mut v: Vec<(u32, f32)> = i
+                    .search(q, i.nlist(), n, |_| false)
+                    .into_sorted()
+                    .into_iter()
+                    .map(|c| (c.key, c.distance))
+                    .collect();
+                v.sort_by_key(|p| p.0);
+                v
+            };
+            let (new, legacy) = (all(&idx), all(&old));
+            assert_eq!(new.len(), n, "every list probed returns every row");
+            for ((r, d), (r2, d2)) in new.iter().zip(&legacy) {
+                let r = *r as usize;
+                let want = distance(Metric::L2, q, &decoded[r * dim..(r + 1) * dim]);
+                let tol = 1e-3 * want.max(1.0);
+                assert!((d - want).abs() <= tol, "row {r}: {d} against {want}");
+                assert_eq!(r, *r2 as usize);
+                assert!(
+                    (d2 - want).abs() <= tol,
+                    "old file, row {r}: {d2} against {want}"
                 );
             }
         }

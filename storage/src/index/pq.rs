@@ -182,14 +182,52 @@ impl ProductQuantizer {
     }
 }
 
-impl ProductQuantizer {
-    /// A flat table (`m × ksub`, row per sub-space) of `f(query sub-vector, centroid)`.
-    pub fn flat_table(&self, q: &[f32], out: &mut Vec<f32>, f: impl Fn(&[f32], &[f32]) -> f32) {
-        let dsub = self.dsub();
+/// 16-centroid codebooks (4-bit codes) laid out for per-query tables: row `j·dsub + d` holds
+/// dimension `d` of sub-space `j`'s 16 centroids side by side, so a table row is `dsub`
+/// 16-wide multiply-adds (a call per entry over 1–4 floats cost more than the scan at 784-d).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Books16 {
+    m: usize,
+    dsub: usize,
+    rows: Vec<[f32; 16]>,
+}
+
+impl Books16 {
+    /// Transposes a 4-bit quantizer's codebooks.
+    pub fn new(pq: &ProductQuantizer) -> Books16 {
+        assert_eq!(pq.ksub, 16, "invariant: 4-bit codebooks");
+        let dsub = pq.dsub();
+        let mut rows = vec![[0.0f32; 16]; pq.m * dsub];
+        for j in 0..pq.m {
+            for k in 0..16 {
+                for (d, v) in pq.centroid(j, k).iter().enumerate() {
+                    rows[j * dsub + d][k] = *v;
+                }
+            }
+        }
+        Books16 {
+            m: pq.m,
+            dsub,
+            rows,
+        }
+    }
+
+    /// `out[j·16 + k] = factor · (q_j · centroid(j, k))`.
+    pub fn ip_table(&self, q: &[f32], factor: f32, out: &mut Vec<f32>) {
         out.clear();
-        for (j, qj) in q.chunks_exact(dsub).enumerate().take(self.m) {
-            let book = &self.codebooks[j * self.ksub * dsub..(j + 1) * self.ksub * dsub];
-            out.extend(book.chunks_exact(dsub).map(|c| f(qj, c)));
+        out.reserve(self.m * 16);
+        for (qj, rows) in q
+            .chunks_exact(self.dsub)
+            .zip(self.rows.chunks_exact(self.dsub))
+            .take(self.m)
+        {
+            let mut acc = [0.0f32; 16];
+            for (x, row) in qj.iter().zip(rows) {
+                for (a, c) in acc.iter_mut().zip(row) {
+                    *a += x * c;
+                }
+            }
+            out.extend(acc.iter().map(|a| factor * a));
         }
     }
 }
@@ -231,6 +269,30 @@ mod tests {
         (0..n * dim)
             .map(|_| rng.below(20_000) as f32 / 10_000.0 - 1.0)
             .collect()
+    }
+
+    #[test]
+    fn books16_tables_equal_the_direct_products() {
+        let dim = 12;
+        let data = random(2000, dim, 3);
+        for m in [12, 6, 3] {
+            let pq = ProductQuantizer::train(&data, dim, m, 16, 5);
+            let books = Books16::new(&pq);
+            let q = random(1, dim, 8);
+            let mut table = Vec::new();
+            books.ip_table(&q, -2.0, &mut table);
+            assert_eq!(table.len(), m * 16);
+            let dsub = dim / m;
+            for j in 0..m {
+                for k in 0..16 {
+                    let want = -2.0 * dot(&q[j * dsub..(j + 1) * dsub], pq.centroid(j, k));
+                    assert!(
+                        (table[j * 16 + k] - want).abs() < 1e-5,
+                        "m {m}, j {j}, k {k}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
