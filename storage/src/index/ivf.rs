@@ -768,7 +768,7 @@ impl IvfPqIndex {
     fn list_offset(&self, ip: f32) -> f32 {
         match self.metric {
             Metric::Dot => -ip,
-            _ => 1.0 - ip,
+            Metric::Cosine | Metric::L2 => 1.0 - ip,
         }
     }
 

@@ -198,10 +198,10 @@ impl Books16 {
         assert_eq!(pq.ksub, 16, "invariant: 4-bit codebooks");
         let dsub = pq.dsub();
         let mut rows = vec![[0.0f32; 16]; pq.m * dsub];
-        for j in 0..pq.m {
-            for k in 0..16 {
-                for (d, v) in pq.centroid(j, k).iter().enumerate() {
-                    rows[j * dsub + d][k] = *v;
+        for (j, sub) in rows.chunks_exact_mut(dsub).enumerate() {
+            for (d, row) in sub.iter_mut().enumerate() {
+                for (k, v) in row.iter_mut().enumerate() {
+                    *v = pq.centroid(j, k)[d];
                 }
             }
         }
