@@ -28,6 +28,10 @@ struct Args {
     /// Reuse an already loaded collection.
     #[arg(long)]
     skip_load: bool,
+    /// Concurrent clients, comma-separated (e.g. 1,4,16): each opens its own connection and
+    /// sends default searches one at a time; their summed throughput is reported per count.
+    #[arg(long, default_value = "")]
+    clients: String,
     /// Rounds of the query loop (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -197,6 +201,14 @@ async fn main() -> Result<()> {
         }
         batched.push(nq as f64 / t.elapsed().as_secs_f64());
     }
+    for n in a.clients.split(',').filter(|s| !s.is_empty()) {
+        let n: usize = n.parse().context("--clients: counts like 1,4,16")?;
+        let (qps, recall) = concurrent(&a, n, &queries[..nq], &gt).await?;
+        println!(
+            "{}",
+            serde_json::json!({"system": system, "event": "clients", "clients": n, "queries": nq, "qps": qps, "recall10": recall})
+        );
+    }
     println!(
         "{system}: {nq} queries, recall@10 {recall:.4}, single-request QPS {:.1}, SearchBatch(100) QPS {:.1} (median of {} rounds)",
         median(single.clone()),
@@ -208,6 +220,58 @@ async fn main() -> Result<()> {
         serde_json::json!({"system": system, "queries": nq, "recall10": recall, "qps_single": median(single), "qps_batch": median(batched)})
     );
     Ok(())
+}
+
+/// `n` clients, each on its own connection, share the queries (client `i` takes every `n`-th
+/// from `i`) and send them one at a time with default search parameters. Returns (summed QPS,
+/// recall@10). Every client runs the whole list `rounds` times over, so each count does the
+/// same total work.
+async fn concurrent(
+    a: &Args,
+    n: usize,
+    queries: &[Vec<f32>],
+    gt: &[Vec<u32>],
+) -> Result<(f64, f64)> {
+    anyhow::ensure!(n > 0, "--clients: a count of 0");
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(Client::connect(&a.addr).await?);
+    }
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut c) in conns.into_iter().enumerate() {
+        let mine: Vec<(Vec<f32>, Vec<u32>)> = queries
+            .iter()
+            .zip(gt)
+            .skip(i)
+            .step_by(n)
+            .map(|(q, g)| (q.clone(), g.clone()))
+            .collect();
+        let (collection, rounds) = (a.collection.clone(), a.rounds);
+        tasks.spawn(async move {
+            let mut recall = 0.0;
+            for _ in 0..rounds {
+                for (q, truth) in &mine {
+                    let hits = c.search(&collection, q.clone(), 10, false).await?;
+                    let ids: Vec<u64> = hits
+                        .iter()
+                        .filter_map(|h| match h.id.as_ref()?.kind.as_ref()? {
+                            pb::point_id::Kind::Num(n) => Some(*n),
+                            pb::point_id::Kind::Str(_) => None,
+                        })
+                        .collect();
+                    recall += recall_at(10, &ids, truth);
+                }
+            }
+            anyhow::Ok(recall)
+        });
+    }
+    let mut recall = 0.0;
+    while let Some(r) = tasks.join_next().await {
+        recall += r??;
+    }
+    let total = (queries.len() * a.rounds) as f64;
+    Ok((total / t.elapsed().as_secs_f64(), recall / total))
 }
 
 /// Waits until the collection's background work has settled: every sealed segment indexed,

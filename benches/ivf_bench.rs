@@ -28,6 +28,9 @@ struct Args {
     /// Distance: cosine (GloVe) or l2 (Fashion-MNIST).
     #[arg(long, default_value = "cosine")]
     metric: String,
+    /// Search threads: queries are spread over this many threads (1: one after another).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Configurations as nprobe:refine (or rTARGET_RECALL:refine), comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
@@ -75,7 +78,9 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({"system": system, "event": "build", "seconds": build - flushed, "flush_seconds": flushed, "index_bytes": stats.index_bytes, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
     );
-    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.max(1))
+        .build()?;
     for point in parse_sweep(&a.sweep)? {
         let params = SearchParams {
             exact: false,
@@ -87,28 +92,44 @@ fn main() -> Result<()> {
             deadline: None,
             response_budget: 0,
         };
-        let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
+        let one = |(q, truth): (&Vec<f32>, &Vec<u32>)| -> Result<f64> {
+            let hits = c.search(q, 10, ReadOptions::default(), params)?;
+            let ids: Vec<u64> = hits
+                .iter()
+                .filter_map(|h| {
+                    if let PointId::Num(n) = h.id {
+                        Some(n)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            Ok(recall_at(10, &ids, truth))
+        };
+        let (recall, qps) = pool.install(|| -> Result<(f64, f64)> {
+            use rayon::prelude::*;
             let t = Instant::now();
-            let mut recall = 0.0;
-            for (q, truth) in queries.iter().zip(&gt).take(nq) {
-                let hits = c.search(q, 10, ReadOptions::default(), params)?;
-                let ids: Vec<u64> = hits
+            // One query per task: each thread takes the next query as it finishes one.
+            let recall: f64 = if a.threads <= 1 {
+                queries
                     .iter()
-                    .filter_map(|h| {
-                        if let PointId::Num(n) = h.id {
-                            Some(n)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                recall += recall_at(10, &ids, truth);
-            }
+                    .zip(&gt)
+                    .take(nq)
+                    .map(one)
+                    .sum::<Result<f64>>()?
+            } else {
+                queries[..nq]
+                    .par_iter()
+                    .zip(&gt[..nq])
+                    .with_max_len(1)
+                    .map(one)
+                    .sum::<Result<f64>>()?
+            };
             Ok((recall / nq as f64, nq as f64 / t.elapsed().as_secs_f64()))
         })?;
         println!(
             "{}",
-            serde_json::json!({"system": system, "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": 1})
+            serde_json::json!({"system": system, "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": a.threads.max(1)})
         );
     }
     Ok(())

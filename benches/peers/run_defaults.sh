@@ -3,7 +3,8 @@
 # a collection created with no index or segment settings, loaded over gRPC, left to the
 # background compactor's tiered merges and index builds until it settles, then searched with
 # no search parameters (the defaults), and with a sweep of target recalls and nprobe values,
-# one request at a time and as SearchBatch calls of 100. FAISS gets IVF-Flat, IVF-PQ 4-bit
+# one request at a time and as SearchBatch calls of 100, then with 1, 4 and 16 concurrent
+# clients. Quiver in-process (ivf-bench, no server) on 1 and 2 threads for the server-path ratio. FAISS gets IVF-Flat, IVF-PQ 4-bit
 # fast-scan + exact refine, and IVF-RaBitQ fast-scan + exact refine, with nlist from its own
 # guideline (4·√N and 16·√N), one search thread.
 # Sets: GloVe-50 (390k, cosine) and Fashion-MNIST (60k × 784, L2; needs apt dataset-fashion-mnist).
@@ -33,7 +34,7 @@ quiver() { # DATA METRIC OUT PIN
   for _ in $(seq 1 200); do grep -q listening "$log" && break; sleep 0.05; done
   addr="http://$(sed -n 's/^quiverd listening on //p' "$log")"
   "${cli[@]}" "$bin/glove-bench" --addr "$addr" --data "$data" --queries "$nq" --defaults \
-    --metric "$metric" --sweep "$sweep" --label="$label" 2> "$dir.bench" | tee -a "$out"
+    --metric "$metric" --sweep "$sweep" --label="$label" --clients 1,4,16 2> "$dir.bench" | tee -a "$out"
   grep -E "sealed segments|settled" "$dir.bench" >&2 || true
   echo "{\"system\": \"quiverd$label\", \"event\": \"rss\", \"max_rss_kb\": $(grep -o 'VmHWM:[[:space:]]*[0-9]*' /proc/$pid/status | grep -o '[0-9]*$')}" | tee -a "$out"
   echo "{\"system\": \"quiverd$label\", \"event\": \"data\", \"bytes\": $(du -sb "$dir" | cut -f1)}" | tee -a "$out"
@@ -46,6 +47,13 @@ run() { # SET DATA METRIC(cosine|l2) TITLE
   : > "$out"
   quiver "$data" "$metric" "$out" ""
   quiver "$data" "$metric" "$out" 1core
+  # Quiver in-process (the storage engine, no server), one segment with the nlist the merged
+  # defaults reach (4·√N), on one search thread and on two.
+  local nq4; nq4=$("$py" -c "import numpy as np, math; a=np.fromfile('$data/base.fvecs', dtype=np.int32); print(int(round(4*math.sqrt(len(a)//(a[0]+1)))))")
+  for t in 1 2; do
+    "$bin/ivf-bench" --data "$data" --queries "$nq" --metric "$metric" --nlist "$nq4" --threads "$t" \
+      --sweep "$sweep" 2>/dev/null | sed "s/\"system\":\"quiver-ivfpq4\"/\"system\":\"quiver-inprocess-${t}t\"/" | tee -a "$out"
+  done
   # SKIP_FAISS=FILE: take the FAISS lines from an earlier run's FILE instead of running it.
   if [ -n "${SKIP_FAISS:-}" ]; then
     grep '"system": "faiss' "$SKIP_FAISS" >> "$out"
