@@ -170,14 +170,7 @@ async fn main() -> Result<()> {
         let mut r = 0.0;
         for (q, truth) in queries.iter().zip(&gt).take(nq) {
             let hits = c.search(&a.collection, q.clone(), 10, false).await?;
-            let ids: Vec<u64> = hits
-                .iter()
-                .filter_map(|h| match h.id.as_ref()?.kind.as_ref()? {
-                    pb::point_id::Kind::Num(n) => Some(*n),
-                    pb::point_id::Kind::Str(_) => None,
-                })
-                .collect();
-            r += recall_at(10, &ids, truth);
+            r += recall_at(10, &ids(&hits), truth);
         }
         single.push(nq as f64 / t.elapsed().as_secs_f64());
         recall = r / nq as f64;
@@ -253,14 +246,7 @@ async fn concurrent(
             for _ in 0..rounds {
                 for (q, truth) in &mine {
                     let hits = c.search(&collection, q.clone(), 10, false).await?;
-                    let ids: Vec<u64> = hits
-                        .iter()
-                        .filter_map(|h| match h.id.as_ref()?.kind.as_ref()? {
-                            pb::point_id::Kind::Num(n) => Some(*n),
-                            pb::point_id::Kind::Str(_) => None,
-                        })
-                        .collect();
-                    recall += recall_at(10, &ids, truth);
+                    recall += recall_at(10, &ids(&hits), truth);
                 }
             }
             anyhow::Ok(recall)

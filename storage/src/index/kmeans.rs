@@ -236,25 +236,13 @@ unsafe fn inner_products_avx2(t: &CentroidTable, q: &[f32], out: &mut [f32]) {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 2 * GROUP];
             let base = t.transposed.as_ptr().add(tile * TILE * dim);
-            if g == GROUP {
-                for d in 0..dim {
-                    let xv = _mm256_set1_ps(*q.get_unchecked(d));
-                    for i in 0..GROUP {
-                        let row = base.add(i * TILE * dim + d * TILE);
-                        acc[2 * i] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row), acc[2 * i]);
-                        acc[2 * i + 1] =
-                            _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(8)), acc[2 * i + 1]);
-                    }
-                }
-            } else {
-                for d in 0..dim {
-                    let xv = _mm256_set1_ps(*q.get_unchecked(d));
-                    for i in 0..g {
-                        let row = base.add(i * TILE * dim + d * TILE);
-                        acc[2 * i] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row), acc[2 * i]);
-                        acc[2 * i + 1] =
-                            _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(8)), acc[2 * i + 1]);
-                    }
+            for d in 0..dim {
+                let xv = _mm256_set1_ps(*q.get_unchecked(d));
+                for i in 0..g {
+                    let row = base.add(i * TILE * dim + d * TILE);
+                    acc[2 * i] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row), acc[2 * i]);
+                    acc[2 * i + 1] =
+                        _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(8)), acc[2 * i + 1]);
                 }
             }
             for i in 0..g {
