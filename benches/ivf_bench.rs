@@ -31,6 +31,10 @@ struct Args {
     /// Search threads: queries are spread over this many threads (1: one after another).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Queries per `Collection::search_batch` call (the engine side of `SearchBatch`); 1
+    /// searches one query per call.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Configurations as nprobe:refine (or rTARGET_RECALL:refine), comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
@@ -91,26 +95,31 @@ fn main() -> Result<()> {
                 .map(|t| (f64::from(t) * 10_000.0).round() as u16),
             deadline: None,
             response_budget: 0,
+            budget_per_query: false,
         };
         let one = |(q, truth): (&Vec<f32>, &Vec<u32>)| -> Result<f64> {
             let hits = c.search(q, 10, ReadOptions::default(), params)?;
-            let ids: Vec<u64> = hits
-                .iter()
-                .filter_map(|h| {
-                    if let PointId::Num(n) = h.id {
-                        Some(n)
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            Ok(recall_at(10, &ids, truth))
+            Ok(recall_at(10, &num_ids(&hits), truth))
         };
         let (recall, qps) = pool.install(|| -> Result<(f64, f64)> {
             use rayon::prelude::*;
             let t = Instant::now();
             // One query per task: each thread takes the next query as it finishes one.
-            let recall: f64 = if a.threads <= 1 {
+            let recall: f64 = if a.batch > 1 {
+                let mut sum = 0.0;
+                for (qs, truths) in queries[..nq].chunks(a.batch).zip(gt[..nq].chunks(a.batch)) {
+                    let batch: Vec<(&[f32], usize)> =
+                        qs.iter().map(|q| (q.as_slice(), 10)).collect();
+                    for (r, truth) in c
+                        .search_batch(&batch, ReadOptions::default(), params)
+                        .into_iter()
+                        .zip(truths)
+                    {
+                        sum += recall_at(10, &num_ids(&r?), truth);
+                    }
+                }
+                sum
+            } else if a.threads <= 1 {
                 queries
                     .iter()
                     .zip(&gt)
@@ -129,8 +138,18 @@ fn main() -> Result<()> {
         })?;
         println!(
             "{}",
-            serde_json::json!({"system": system, "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": a.threads.max(1)})
+            serde_json::json!({"system": system, "nprobe": params.nprobe, "target_recall": point.target_recall, "refine": params.refine, "recall10": recall, "qps": qps, "threads": a.threads.max(1), "batch": a.batch.max(1)})
         );
     }
     Ok(())
+}
+
+/// The numeric ids of `hits`, in order.
+fn num_ids(hits: &[quiver_storage::Hit]) -> Vec<u64> {
+    hits.iter()
+        .filter_map(|h| match h.id {
+            PointId::Num(n) => Some(n),
+            _ => None,
+        })
+        .collect()
 }

@@ -166,12 +166,11 @@ async fn deep_filters_are_refused_while_parsing() {
     assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
 }
 
-#[tokio::test]
-async fn repeated_ids_cannot_multiply_the_work_of_a_request() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server whose responses and payload updates are bounded by an 8 MiB message size, and
+/// collection `c` holding ten points with 900 KB payloads each (9 MB of acknowledged data).
+async fn ten_big_points(dir: &std::path::Path) -> (Server, Client) {
     let s = Server::start_with(
-        dir.path(),
-        // Responses and payload updates are bounded by the message size.
+        dir,
         &[(
             "QUIVER__SERVER__MAX_MESSAGE_BYTES",
             &(8u32 << 20).to_string(),
@@ -180,10 +179,16 @@ async fn repeated_ids_cannot_multiply_the_work_of_a_request() {
     .await;
     let mut c = s.client().await;
     create(&mut c, "c", 2).await;
-    // Ten points with 900 KB payloads each: 9 MB of acknowledged data.
     for i in 0..10 {
         upsert(&mut c, "c", vec![point(i, Some(big_payload(900_000)))]).await;
     }
+    (s, c)
+}
+
+#[tokio::test]
+async fn repeated_ids_cannot_multiply_the_work_of_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut c) = ten_big_points(dir.path()).await;
     // Get repeating one big id 90,000 times: answered once.
     let got = c
         .points
@@ -320,6 +325,59 @@ async fn repeated_ids_cannot_multiply_the_work_of_a_request() {
     assert!(v.get("more").is_none());
     assert_eq!(count(&mut c, "c").await, 2010);
     assert!(s.peak_rss_mib() < PEAK_MIB, "{} MiB", s.peak_rss_mib());
+}
+
+#[tokio::test]
+async fn concurrent_searches_are_coalesced_and_each_keeps_its_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    // Five of the points (4.5 MB) fit one search's 8 MiB budget, ten do not. Searches queued
+    // together must not share one budget.
+    let (_s, mut c) = ten_big_points(dir.path()).await;
+    let search = |c: Client, x: f32, k: u32| async move {
+        let mut c = c;
+        c.search
+            .search(pb::SearchRequest {
+                collection: "c".into(),
+                vector: vec![x, 1.0],
+                k,
+                with_payload: true,
+                ..Default::default()
+            })
+            .await
+            .map(|r| {
+                let hits = r.into_inner().hits;
+                assert!(
+                    hits.iter()
+                        .all(|h| h.payload_json.as_ref().is_some_and(|p| p.len() > 900_000))
+                );
+                hits.iter()
+                    .map(|h| format!("{:?}", h.id))
+                    .collect::<Vec<_>>()
+            })
+    };
+    let alone_low = search(c.clone(), 0.0, 5).await.unwrap();
+    let alone_high = search(c.clone(), 9.0, 5).await.unwrap();
+    assert_ne!(alone_low, alone_high);
+    // 24 at once on one connection: every third asks for all ten and alone is refused.
+    let calls: Vec<_> = (0..24u32)
+        .map(|j| {
+            let (x, k) = match j % 3 {
+                0 => (0.0, 5),
+                1 => (9.0, 5),
+                _ => (4.0, 10),
+            };
+            tokio::spawn(search(c.clone(), x, k))
+        })
+        .collect();
+    for (j, call) in calls.into_iter().enumerate() {
+        match (j % 3, call.await.unwrap()) {
+            (0, Ok(ids)) => assert_eq!(ids, alone_low, "search {j}"),
+            (1, Ok(ids)) => assert_eq!(ids, alone_high, "search {j}"),
+            (2, Err(e)) => assert_status(&e, tonic::Code::ResourceExhausted, &["response budget"]),
+            (_, other) => panic!("search {j}: {:?}", other.map(|ids| ids.len())),
+        }
+    }
+    assert_eq!(count(&mut c, "c").await, 10);
 }
 
 #[tokio::test]

@@ -125,19 +125,21 @@ impl Collection {
             return queries.iter().map(|_| Err(expired())).collect();
         }
         // 4. The hits.
-        self.hits(&snap, checked, tops, opts, params.response_budget)
+        self.hits(&snap, checked, tops, opts, params)
     }
 
     /// The hits of each query from its top-k (`tops`: one per valid query of `checked`, in
-    /// order), resolved within `budget` bytes for the whole batch (0: no limit).
+    /// order), resolved within `params.response_budget` bytes for the whole batch, or for
+    /// each query with `params.budget_per_query` (0: no limit).
     fn hits(
         &self,
         snap: &Snapshot,
         checked: Vec<Result<Vec<f32>>>,
         tops: Vec<TopK<RowKey>>,
         opts: ReadOptions,
-        budget: usize,
+        params: SearchParams,
     ) -> Vec<Result<Vec<Hit>>> {
+        let budget = params.response_budget;
         let metric = self.config.metric;
         let mut tops = tops.into_iter();
         let mut spent = 0usize;
@@ -145,6 +147,9 @@ impl Collection {
             .into_iter()
             .map(|c| {
                 c?;
+                if params.budget_per_query {
+                    spent = 0;
+                }
                 let top = tops.next().expect("invariant: one top-k per valid query");
                 let cands = top.into_sorted();
                 let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
@@ -195,7 +200,7 @@ struct Executor<'a> {
 impl Executor<'_> {
     /// The top-k of each query, in groups whose vectors stay in L1 (~32 KiB) next to the row.
     fn run(&self, vectors: &[Vec<f32>], ks: &[usize]) -> Vec<TopK<RowKey>> {
-        let group = (32 * 1024 / (4 * self.dim)).clamp(1, 64);
+        let group = planner::query_group(&self.snap.sealed, self.params, self.dim, vectors.len());
         if vectors.len() <= group {
             self.group(vectors, ks)
         } else {
@@ -327,8 +332,10 @@ fn search_index(
     tops: &mut [TopK<RowKey>],
 ) {
     let refine = params.refine.unwrap_or(DEFAULT_REFINE).max(1);
-    for ((q, top), &k) in queries.iter().zip(tops.iter_mut()).zip(ks) {
-        let cands = idx.search(q, nprobe, k.saturating_mul(refine), &excluded);
+    let qs: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+    let wanted: Vec<usize> = ks.iter().map(|k| k.saturating_mul(refine)).collect();
+    let all = idx.search_many(&qs, nprobe, &wanted, &excluded);
+    for ((q, top), cands) in queries.iter().zip(tops.iter_mut()).zip(all) {
         for c in cands.into_sorted() {
             top.push(distance(metric, q, s.vector(c.key)), (s.id, c.key));
         }

@@ -449,8 +449,8 @@ fn gemm_block_rows(k: usize) -> usize {
 }
 
 /// `dst[r·k + c] = x_r · c_c` for the `rows` rows of `x` (row-major, `dim` wide) against the
-/// `k` row-major centroids.
-fn dots_gemm(x: &[f32], dim: usize, centroids: &[f32], k: usize, dst: &mut [f32]) {
+/// `k` row-major centroids, as one matrix product on the calling thread.
+pub(crate) fn dots(x: &[f32], dim: usize, centroids: &[f32], k: usize, dst: &mut [f32]) {
     let rows = x.len() / dim;
     assert!(x.len() == rows * dim && centroids.len() == k * dim && dst.len() == rows * k);
     if rows == 0 || k == 0 {
@@ -495,11 +495,11 @@ fn assign_gemm(data: &[f32], dim: usize, centroids: &[f32]) -> (Vec<u32>, f64) {
         .par_chunks(block * dim)
         .map(|chunk| {
             let rows = chunk.len() / dim;
-            let mut dots = vec![0.0f32; rows * k];
-            dots_gemm(chunk, dim, centroids, k, &mut dots);
+            let mut products = vec![0.0f32; rows * k];
+            dots(chunk, dim, centroids, k, &mut products);
             let mut a = Vec::with_capacity(rows);
             let mut obj = 0.0f64;
-            for (x, d) in chunk.chunks_exact(dim).zip(dots.chunks_exact(k)) {
+            for (x, d) in chunk.chunks_exact(dim).zip(products.chunks_exact(k)) {
                 let (mut best, mut best_d) = (0usize, f32::INFINITY);
                 for (c, (dot, n)) in d.iter().zip(&norms).enumerate() {
                     let v = n - 2.0 * dot;
