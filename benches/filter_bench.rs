@@ -102,7 +102,6 @@ fn main() -> Result<()> {
                 target_recall_bp: None,
                 deadline: None,
                 response_budget: 0,
-                budget_per_query: false,
             };
             let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
                 let t = Instant::now();

@@ -95,7 +95,6 @@ fn main() -> Result<()> {
                 .map(|t| (f64::from(t) * 10_000.0).round() as u16),
             deadline: None,
             response_budget: 0,
-            budget_per_query: false,
         };
         let one = |(q, truth): (&Vec<f32>, &Vec<u32>)| -> Result<f64> {
             let hits = c.search(q, 10, ReadOptions::default(), params)?;

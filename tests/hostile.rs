@@ -328,10 +328,10 @@ async fn repeated_ids_cannot_multiply_the_work_of_a_request() {
 }
 
 #[tokio::test]
-async fn concurrent_searches_are_coalesced_and_each_keeps_its_own_limits() {
+async fn concurrent_searches_each_keep_their_own_response_budget() {
     let dir = tempfile::tempdir().unwrap();
-    // Five of the points (4.5 MB) fit one search's 8 MiB budget, ten do not. Searches queued
-    // together must not share one budget.
+    // Five of the points (4.5 MB) fit one search's 8 MiB budget, ten do not. Searches that run
+    // at the same time (or are ever batched together) must not share one budget.
     let (_s, mut c) = ten_big_points(dir.path()).await;
     let search = |c: Client, x: f32, k: u32| async move {
         let mut c = c;

@@ -187,9 +187,6 @@ pub struct SearchParams {
     /// payloads and vectors are read within it, and the call fails with
     /// [`crate::Error::TooLarge`] rather than exceed it.
     pub response_budget: usize,
-    /// `response_budget` bounds each query's hits on its own rather than the whole call's
-    /// (a server batching independent requests gives each the budget it would have alone).
-    pub budget_per_query: bool,
 }
 
 impl SearchParams {

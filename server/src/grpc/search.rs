@@ -1,14 +1,12 @@
 //! `quiver.v1.Search`.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::search_server::Search;
 use quiver_storage::filter::Filter;
 use quiver_storage::{Collection, Engine, ReadOptions, SearchParams};
-use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
@@ -18,51 +16,20 @@ use crate::grpc::{AppState, blocking};
 #[derive(Debug, Clone)]
 pub struct SearchService {
     state: Arc<AppState>,
-    /// Concurrent single searches waiting to run together as one engine batch.
-    inbox: Arc<Mutex<Inbox>>,
 }
 
 impl SearchService {
     /// A service over the shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        SearchService {
-            state,
-            inbox: Arc::default(),
-        }
+        SearchService { state }
     }
 }
-
-/// Single `Search` calls that arrive while others run are coalesced: they queue here, and one
-/// drain task at a time takes everything queued and runs it as one engine batch (grouped by
-/// collection, parameters and filter, as `SearchBatch` is), so concurrent clients get the batch
-/// path's shared probe and L1-sized query groups. With one request in flight the queue holds
-/// only it and the drain task runs it at once: no waiting for a batch to fill.
-#[derive(Debug, Default)]
-struct Inbox {
-    queue: Vec<Pending>,
-    /// A drain task is running (or about to): new searches only queue.
-    draining: bool,
-}
-
-#[derive(Debug)]
-struct Pending {
-    query: Query,
-    enqueued: Instant,
-    reply: oneshot::Sender<ApiResult<pb::SearchResponse>>,
-}
-
-/// Searches that may wait in the inbox; past it a search is refused (RESOURCE_EXHAUSTED)
-/// rather than queued without bound.
-const MAX_PENDING: usize = 4096;
-/// Most searches one coalesced batch takes (the engine's largest index query group).
-const MAX_COALESCED: usize = 128;
 
 /// Searches that scan at most this many floats exactly (about 0.2 ms of SIMD work) run
 /// inline on the async worker.
 const INLINE_SCAN_FLOATS: usize = 1 << 20;
 
 /// A validated search, ready to run on a blocking thread.
-#[derive(Debug)]
 struct Query {
     collection: String,
     vector: Vec<f32>,
@@ -147,7 +114,6 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
             target_recall_bp,
             deadline: None,
             response_budget: 0,
-            budget_per_query: false,
         },
     })
 }
@@ -213,7 +179,7 @@ impl Search for SearchService {
             .exact_scan_floats(q.params)
             <= INLINE_SCAN_FLOATS;
         let out = if cheap {
-            self.coalesced(q).await?
+            run(&engine, q)?
         } else {
             blocking(move || run(&engine, q)).await?
         };
@@ -256,7 +222,7 @@ impl Search for SearchService {
             ))
             .into());
         }
-        let budget = Budget::Batch(self.state.response_budget());
+        let budget = self.state.response_budget();
         let results = blocking(move || Ok(run_batch(&engine, &queries, budget))).await?;
         let results = results
             .into_iter()
@@ -267,139 +233,15 @@ impl Search for SearchService {
     }
 }
 
-impl SearchService {
-    /// Runs a cheap search through the inbox (see [`Inbox`]).
-    async fn coalesced(&self, query: Query) -> ApiResult<pb::SearchResponse> {
-        let (reply, answer) = oneshot::channel();
-        let start_drain = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-            if inbox.queue.len() >= MAX_PENDING {
-                return Err(ApiError::TooLarge(format!(
-                    "search queue: {MAX_PENDING} searches are already waiting; retry later"
-                )));
-            }
-            inbox.queue.push(Pending {
-                query,
-                enqueued: Instant::now(),
-                reply,
-            });
-            !std::mem::replace(&mut inbox.draining, true)
-        };
-        if start_drain {
-            // A task of its own: a caller that goes away cannot strand the queue.
-            let span = tracing::info_span!("coalesced_searches");
-            tokio::spawn(drain(self.state.clone(), self.inbox.clone()).instrument(span));
-        }
-        answer
-            .await
-            .map_err(|_| ApiError::Internal("the search was dropped before it ran".into()))?
-    }
-}
-
-/// Runs what the inbox holds, batch after batch, until it is empty.
-async fn drain(state: Arc<AppState>, inbox: Arc<Mutex<Inbox>>) {
-    loop {
-        // Requests already decoded and ready to run get to queue first and join this batch.
-        tokio::task::yield_now().await;
-        let batch = {
-            let mut inbox = inbox.lock().unwrap_or_else(|p| p.into_inner());
-            if inbox.queue.is_empty() {
-                inbox.draining = false;
-                return;
-            }
-            take_batch(&mut inbox.queue)
-        };
-        // A panic fails this batch's callers (their replies drop), not every later search.
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_coalesced(&state, batch)
-        }));
-        if ran.is_err() {
-            tracing::error!("a coalesced search batch panicked; its searches failed");
-        }
-    }
-}
-
-/// The oldest queued searches, at most [`MAX_COALESCED`] and [`MAX_BATCH_CANDIDATES`]
-/// candidates (always at least one).
-fn take_batch(queue: &mut Vec<Pending>) -> Vec<Pending> {
-    let mut n = 0;
-    let mut total = 0usize;
-    while n < queue.len().min(MAX_COALESCED) {
-        total = total.saturating_add(candidates(&queue[n].query));
-        if n > 0 && total > MAX_BATCH_CANDIDATES {
-            break;
-        }
-        n += 1;
-    }
-    queue.drain(..n).collect()
-}
-
-/// Runs coalesced searches as one batch. Each keeps the limits it would have alone: its own
-/// response budget, and its deadline (an expired one is answered without searching; the batch
-/// stops at the latest deadline among the rest).
-fn run_coalesced(state: &AppState, batch: Vec<Pending>) {
-    let mut queries = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    let now = Instant::now();
-    for p in batch {
-        if p.reply.is_closed() {
-            continue; // the caller went away
-        }
-        if p.query.params.deadline.is_some_and(|d| d <= now) {
-            let _ = p.reply.send(Err(quiver_storage::Error::DeadlineExceeded {
-                elapsed_ms: p.enqueued.elapsed().as_millis() as u64,
-            }
-            .into()));
-            continue;
-        }
-        queries.push(p.query);
-        replies.push((p.enqueued, p.reply));
-    }
-    if queries.is_empty() {
-        return;
-    }
-    let results = match state.engine() {
-        Ok(engine) => {
-            // One deadline for all, so that they group: the latest, or none if any has none.
-            let deadline = queries
-                .iter()
-                .try_fold(now, |late, q| q.params.deadline.map(|d| d.max(late)));
-            for q in &mut queries {
-                q.params.deadline = deadline;
-            }
-            run_batch(&engine, &queries, Budget::PerQuery(state.response_budget()))
-        }
-        Err(e) => queries.iter().map(|_| Err(e.duplicate())).collect(),
-    };
-    for ((enqueued, reply), r) in replies.into_iter().zip(results) {
-        let _ = reply.send(r.map(|mut out| {
-            out.took_us = enqueued.elapsed().as_micros() as u64;
-            out
-        }));
-    }
-}
-
-/// What bounds the hit bytes of a batch.
-#[derive(Debug, Clone, Copy)]
-enum Budget {
-    /// All its searches together (one `SearchBatch` call).
-    Batch(usize),
-    /// Each search on its own (independent calls coalesced).
-    PerQuery(usize),
-}
-
 /// Runs a batch: queries on the same collection (and output options) share one pass over
 /// each segment. Results come back in request order.
-/// The hits stay within the budget: of all groups together, or of each query.
+/// The hits of all groups together stay within `budget` bytes.
 fn run_batch(
     engine: &Engine,
     queries: &[Query],
-    budget: Budget,
+    budget: usize,
 ) -> Vec<Result<pb::SearchResponse, ApiError>> {
-    let (mut left, per_query) = match budget {
-        Budget::Batch(b) => (b, false),
-        Budget::PerQuery(b) => (b, true),
-    };
+    let mut left = budget;
     type Key<'a> = (&'a str, bool, bool, SearchParams);
     let mut groups: Vec<(Key<'_>, Vec<usize>)> = Vec::new();
     for (i, q) in queries.iter().enumerate() {
@@ -436,19 +278,16 @@ fn run_batch(
                 let params = SearchParams {
                     // At least one byte: 0 would mean no limit.
                     response_budget: left.max(1),
-                    budget_per_query: per_query,
                     ..params
                 };
                 let results = c.search_batch_filtered(&batch, opts, params, filter);
-                if !per_query {
-                    let spent: usize = results
-                        .iter()
-                        .flatten()
-                        .flatten()
-                        .map(quiver_storage::Hit::response_bytes)
-                        .sum();
-                    left = left.saturating_sub(spent);
-                }
+                let spent: usize = results
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(quiver_storage::Hit::response_bytes)
+                    .sum();
+                left = left.saturating_sub(spent);
                 let took_us = started.elapsed().as_micros() as u64;
                 for (&i, r) in idxs.iter().zip(results) {
                     out[i] = Some(r.map_err(ApiError::from).map(|hits| pb::SearchResponse {

@@ -88,8 +88,8 @@ pub(super) fn plan_sealed<'a>(
 /// its queries against the centroids, which pays more the larger the group (Fashion-MNIST,
 /// batches of 100 on one thread, nprobe 8: groups of 10 gave 10,210 QPS, 25 gave 13,210, 50
 /// gave 14,438, 100 gave 17,826), so there the batch is split evenly over the threads, down
-/// to one query per thread: a small batch (a few coalesced single searches) still uses every
-/// core, as the same searches sent one by one would.
+/// to one query per thread: a small batch still uses every core, as the same searches sent
+/// one by one would.
 pub(super) fn query_group(
     sealed: &[Arc<SealedSegment>],
     params: SearchParams,

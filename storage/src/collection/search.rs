@@ -125,21 +125,19 @@ impl Collection {
             return queries.iter().map(|_| Err(expired())).collect();
         }
         // 4. The hits.
-        self.hits(&snap, checked, tops, opts, params)
+        self.hits(&snap, checked, tops, opts, params.response_budget)
     }
 
     /// The hits of each query from its top-k (`tops`: one per valid query of `checked`, in
-    /// order), resolved within `params.response_budget` bytes for the whole batch, or for
-    /// each query with `params.budget_per_query` (0: no limit).
+    /// order), resolved within `budget` bytes for the whole batch (0: no limit).
     fn hits(
         &self,
         snap: &Snapshot,
         checked: Vec<Result<Vec<f32>>>,
         tops: Vec<TopK<RowKey>>,
         opts: ReadOptions,
-        params: SearchParams,
+        budget: usize,
     ) -> Vec<Result<Vec<Hit>>> {
-        let budget = params.response_budget;
         let metric = self.config.metric;
         let mut tops = tops.into_iter();
         let mut spent = 0usize;
@@ -147,9 +145,6 @@ impl Collection {
             .into_iter()
             .map(|c| {
                 c?;
-                if params.budget_per_query {
-                    spent = 0;
-                }
                 let top = tops.next().expect("invariant: one top-k per valid query");
                 let cands = top.into_sorted();
                 let keys: Vec<RowKey> = cands.iter().map(|c| c.key).collect();
