@@ -193,7 +193,8 @@ struct Executor<'a> {
 }
 
 impl Executor<'_> {
-    /// The top-k of each query, in groups whose vectors stay in L1 (~32 KiB) next to the row.
+    /// The top-k of each query, in groups of [`planner::query_group`] queries: L1-sized for
+    /// exact scans, the batch split over the threads for indexed segments.
     fn run(&self, vectors: &[Vec<f32>], ks: &[usize]) -> Vec<TopK<RowKey>> {
         let group = planner::query_group(&self.snap.sealed, self.params, self.dim, vectors.len());
         if vectors.len() <= group {
