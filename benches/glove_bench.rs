@@ -32,6 +32,15 @@ struct Args {
     /// sends default searches one at a time; their summed throughput is reported per count.
     #[arg(long, default_value = "")]
     clients: String,
+    /// Measure only the --clients counts: no sweep, no single/batch rounds (for profiling
+    /// the concurrent phase alone).
+    #[arg(long)]
+    clients_only: bool,
+    /// With --clients: also measure the same clients against a 16-point flat collection of the
+    /// same dimension (`<collection>-floor`), whose search costs next to nothing: what the RPC
+    /// path alone (transport, HTTP/2, protobuf, the engine's fixed costs) sustains.
+    #[arg(long)]
+    rpc_floor: bool,
     /// Rounds of the query loop (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -60,7 +69,7 @@ struct Args {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 // One client issuing one request at a time: a current-thread runtime avoids cross-thread
@@ -155,7 +164,7 @@ async fn main() -> Result<()> {
             "{}",
             serde_json::json!({"system": format!("quiver-defaults-{}-grpc{}", a.metric, a.label), "event": "settled", "state": state})
         );
-        if !a.sweep.is_empty() {
+        if !a.sweep.is_empty() && !a.clients_only {
             ivf_sweep(&mut c, &a, &queries[..nq], &gt).await?;
         }
         format!("quiver-defaults-{}-grpc{}", a.metric, a.label)
@@ -165,7 +174,7 @@ async fn main() -> Result<()> {
     let mut single = Vec::new();
     let mut batched = Vec::new();
     let mut recall = 0.0;
-    for _ in 0..a.rounds {
+    for _ in 0..if a.clients_only { 0 } else { a.rounds } {
         let t = Instant::now();
         let mut r = 0.0;
         for (q, truth) in queries.iter().zip(&gt).take(nq) {
@@ -196,11 +205,57 @@ async fn main() -> Result<()> {
     }
     for n in a.clients.split(',').filter(|s| !s.is_empty()) {
         let n: usize = n.parse().context("--clients: counts like 1,4,16")?;
-        let (qps, recall) = concurrent(&a, n, &queries[..nq], &gt).await?;
+        let (qps, recall) = concurrent(&a, &a.collection, n, &queries[..nq], &gt).await?;
         println!(
             "{}",
             serde_json::json!({"system": system, "event": "clients", "clients": n, "queries": nq, "qps": qps, "recall10": recall})
         );
+    }
+    if a.rpc_floor {
+        let floor = format!("{}-floor", a.collection);
+        let _ = c
+            .collections
+            .delete(pb::DeleteCollectionRequest {
+                name: floor.clone(),
+            })
+            .await;
+        c.collections
+            .create(pb::CreateCollectionRequest {
+                name: floor.clone(),
+                dim: queries[0].len() as u32,
+                metric: pb::Metric::L2 as i32,
+                index: Some(pb::IndexParams {
+                    kind: pb::IndexKind::Flat as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+        let points = queries
+            .iter()
+            .take(16)
+            .enumerate()
+            .map(|(i, v)| pb::Point {
+                id: Some(num_id(i as u64)),
+                vector: v.clone(),
+                payload_json: None,
+            })
+            .collect();
+        c.points
+            .upsert(pb::UpsertRequest {
+                collection: floor.clone(),
+                batch_id: 0,
+                points,
+            })
+            .await?;
+        for n in a.clients.split(',').filter(|s| !s.is_empty()) {
+            let n: usize = n.parse().context("--clients: counts like 1,4,16")?;
+            let (qps, _) = concurrent(&a, &floor, n, &queries[..nq], &gt).await?;
+            println!(
+                "{}",
+                serde_json::json!({"system": system, "event": "rpc-floor", "clients": n, "queries": nq, "qps": qps})
+            );
+        }
     }
     println!(
         "{system}: {nq} queries, recall@10 {recall:.4}, single-request QPS {:.1}, SearchBatch(100) QPS {:.1} (median of {} rounds)",
@@ -221,6 +276,7 @@ async fn main() -> Result<()> {
 /// same total work.
 async fn concurrent(
     a: &Args,
+    collection: &str,
     n: usize,
     queries: &[Vec<f32>],
     gt: &[Vec<u32>],
@@ -240,7 +296,7 @@ async fn concurrent(
             .step_by(n)
             .map(|(q, g)| (q.clone(), g.clone()))
             .collect();
-        let (collection, rounds) = (a.collection.clone(), a.rounds);
+        let (collection, rounds) = (collection.to_string(), a.rounds);
         tasks.spawn(async move {
             let mut recall = 0.0;
             for _ in 0..rounds {

@@ -107,20 +107,41 @@ fn make_fuzz_seeds() {
         &file[..file.len() - 4],
     );
 
-    // An IVF-PQ index over 64 rows of 8 dims (what the target opens it as).
-    let idx = tempfile::tempdir().expect("tempdir");
+    // IVF-PQ indexes over 64 rows of 8 dims (what the target opens them as): the first byte
+    // picks the metric (0 l2, 1 cosine, 2 dot), the body goes without its CRC (the target adds
+    // it). Both code widths, one list and several, and l2's version-3 sections.
     let v: Vec<f32> = (0..64 * 8)
         .map(|i| ((i * 37) % 101) as f32 / 10.0)
         .collect();
-    let params = quiver_storage::index::ivf::IvfPqParams {
-        nlist: 1,
-        m: 4,
-        bits: 8,
-        seed: 7,
-    };
-    quiver_storage::index::ivf::build(idx.path(), &v, 8, Metric::L2, params).expect("index");
-    let b = std::fs::read(idx.path().join(quiver_storage::index::ivf::FILE_NAME)).expect("idx");
-    put(&root, "ivf_index_file", "nlist1", &b);
+    for (name, mode, metric, nlist, bits) in [
+        ("l2_nlist1_8bit", 0u8, Metric::L2, 1, 8),
+        ("l2_nlist4_4bit", 0, Metric::L2, 4, 4),
+        ("cosine_nlist4_4bit", 1, Metric::Cosine, 4, 4),
+        ("dot_nlist2_8bit", 2, Metric::Dot, 2, 8),
+    ] {
+        let idx = tempfile::tempdir().expect("tempdir");
+        let params = quiver_storage::index::ivf::IvfPqParams {
+            nlist,
+            m: 4,
+            bits,
+            seed: 7,
+        };
+        let rows: Vec<f32> = if metric == Metric::Cosine {
+            v.chunks_exact(8)
+                .flat_map(|r| {
+                    let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                    r.iter().map(move |x| x / n)
+                })
+                .collect()
+        } else {
+            v.clone()
+        };
+        quiver_storage::index::ivf::build(idx.path(), &rows, 8, metric, params).expect("index");
+        let b = std::fs::read(idx.path().join(quiver_storage::index::ivf::FILE_NAME)).expect("idx");
+        let mut seed = vec![mode];
+        seed.extend_from_slice(&b[..b.len() - 4]);
+        put(&root, "ivf_index_file", name, &seed);
+    }
 
     // A snapshot archive of a small export directory.
     let snap = tempfile::tempdir().expect("tempdir");
