@@ -31,6 +31,10 @@ struct Args {
     /// Search threads: queries are spread over this many threads (1: one after another).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Background threads for the index build (the server's `compaction.threads`); default
+    /// the server's default, half the cores.
+    #[arg(long)]
+    build_threads: Option<usize>,
     /// Queries per `Collection::search_batch` call (the engine side of `SearchBatch`); 1
     /// searches one query per call.
     #[arg(long, default_value_t = 1)]
@@ -42,6 +46,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if let Some(t) = a.build_threads {
+        quiver_storage::background::set_threads(t);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -80,7 +87,7 @@ fn main() -> Result<()> {
     let system = format!("quiver-ivfpq{}", a.pq_bits);
     println!(
         "{}",
-        serde_json::json!({"system": system, "event": "build", "seconds": build - flushed, "flush_seconds": flushed, "index_bytes": stats.index_bytes, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
+        serde_json::json!({"system": system, "event": "build", "build_threads": quiver_storage::background::threads(), "seconds": build - flushed, "flush_seconds": flushed, "index_bytes": stats.index_bytes, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
     );
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
