@@ -53,11 +53,18 @@ pub struct CompactionConfig {
     pub merge_max_rows: u64,
     /// Tiered merging: segments of one tier merged into one (at least 2).
     pub merge_factor: u32,
+    /// Seconds without a write after which a collection's segments that the tiers leave
+    /// under half of `merge_max_rows` are merged together, whatever their tier, so a
+    /// collection that stops growing is searched through as few indexes as its size allows.
+    /// 0 = never.
+    pub merge_when_idle_secs: u64,
 }
 
 impl Default for CompactionConfig {
     fn default() -> Self {
-        use quiver_storage::collection::{DEFAULT_MERGE_FACTOR, DEFAULT_MERGE_MAX_ROWS};
+        use quiver_storage::collection::{
+            DEFAULT_MERGE_FACTOR, DEFAULT_MERGE_MAX_ROWS, DEFAULT_MERGE_WHEN_IDLE,
+        };
         CompactionConfig {
             enabled: true,
             interval_secs: 10,
@@ -66,6 +73,7 @@ impl Default for CompactionConfig {
             threads: 0,
             merge_max_rows: DEFAULT_MERGE_MAX_ROWS,
             merge_factor: DEFAULT_MERGE_FACTOR,
+            merge_when_idle_secs: DEFAULT_MERGE_WHEN_IDLE.as_secs(),
         }
     }
 }
@@ -111,6 +119,8 @@ impl CompactionConfig {
             force,
             merge_max_rows: self.merge_max_rows,
             merge_factor: self.merge_factor,
+            merge_when_idle: (self.merge_when_idle_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.merge_when_idle_secs)),
         }
     }
 }

@@ -43,6 +43,7 @@ pub(crate) use checkpoint::PendingSeal;
 use compaction::Moved;
 pub use compaction::{
     CompactionOptions, CompactionReport, DEFAULT_MERGE_FACTOR, DEFAULT_MERGE_MAX_ROWS,
+    DEFAULT_MERGE_WHEN_IDLE,
 };
 use filtering::build_fields;
 use indexes::load_or_build_index;
@@ -178,6 +179,10 @@ pub struct Collection {
     compaction_running: RwLock<Option<(usize, u64)>>,
     /// Owns this collection's queued index builds: cancelled when it is dropped.
     builds: Arc<BuildOwner>,
+    /// When the collection was opened, and the last write in milliseconds after that (see
+    /// [`Collection::idle_for`]).
+    opened: std::time::Instant,
+    last_write_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -258,6 +263,8 @@ impl Collection {
             moves: RwLock::new(Vec::new()),
             compacting: Mutex::new(()),
             compaction_running: RwLock::new(None),
+            opened: std::time::Instant::now(),
+            last_write_ms: AtomicU64::new(0),
             builds,
         })
     }

@@ -66,7 +66,16 @@ pub struct CompactionOptions {
     pub merge_max_rows: u64,
     /// Tiered merging: how many segments of one tier are merged into one (at least 2).
     pub merge_factor: u32,
+    /// Once the collection has taken no write for this long, the segments the tiers leave
+    /// open (under half the target) are merged together regardless of tier, up to the
+    /// target: a collection that stops growing ends with as few indexes as its size allows
+    /// (1M rows: one segment, not 400k + 400k + 100k + 100k). `None`: never.
+    pub merge_when_idle: Option<Duration>,
 }
+
+/// How long a collection goes without writes before its open segments are consolidated,
+/// unless configured otherwise.
+pub const DEFAULT_MERGE_WHEN_IDLE: Duration = Duration::from_secs(30);
 
 impl Default for CompactionOptions {
     fn default() -> Self {
@@ -76,6 +85,7 @@ impl Default for CompactionOptions {
             force: false,
             merge_max_rows: DEFAULT_MERGE_MAX_ROWS,
             merge_factor: DEFAULT_MERGE_FACTOR,
+            merge_when_idle: Some(DEFAULT_MERGE_WHEN_IDLE),
         }
     }
 }
@@ -193,19 +203,22 @@ pub(crate) fn resume_cursor(
 }
 
 /// Picks the first run of consecutive segments worth rewriting: a vacuum ([`vacuum_run`])
-/// first, else a tiered merge ([`merge_run`]).
+/// first, else a tiered merge ([`merge_run`]), else, when the collection is `idle`, a
+/// consolidation of what the tiers leave (the same, ignoring tiers).
 fn plan(
     sealed: &[Arc<SealedSegment>],
     next_id: SegmentId,
     max_rows: u64,
     opts: CompactionOptions,
+    idle: bool,
 ) -> Option<std::ops::Range<usize>> {
     let live: Vec<u64> = sealed.iter().map(|s| s.live_count()).collect();
     let ids: Vec<SegmentId> = sealed.iter().map(|s| s.id).collect();
     // A run's output takes the id after its last victim: that id must be free.
     let id_free = |last: usize| ids[last] + 1 < ids.get(last + 1).copied().unwrap_or(next_id);
     vacuum_run(sealed, &live, max_rows, opts, &id_free)
-        .or_else(|| merge_run(&live, max_rows, opts, &id_free))
+        .or_else(|| merge_run(&live, max_rows, opts, &id_free, false))
+        .or_else(|| idle.then(|| merge_run(&live, max_rows, opts, &id_free, true))?)
 }
 
 /// A run that holds a segment with many dead rows, or at least two small ones, and whose
@@ -256,11 +269,17 @@ fn vacuum_run(
 /// the target. A segment holding half the target or more is final. Each row is rewritten
 /// about `log_factor(merge_max_rows / max_rows)` times over its life (3 with the defaults:
 /// 100k → 400k → 1.6M → 3.2M rows).
+///
+/// With `idle` (writes stopped for [`CompactionOptions::merge_when_idle`]), tiers are
+/// ignored: the first run of two or more open segments (under half the target) that fits the
+/// target is merged, so what the tiers leave is consolidated. That converges too: the merged
+/// segment is final (half the target or more), or open with no open neighbour left.
 fn merge_run(
     live: &[u64],
     max_rows: u64,
     opts: CompactionOptions,
     id_free: &dyn Fn(usize) -> bool,
+    idle: bool,
 ) -> Option<std::ops::Range<usize>> {
     let target = opts.merge_max_rows;
     let factor = u64::from(opts.merge_factor.max(2));
@@ -283,16 +302,16 @@ fn merge_run(
         let t = tier(live[i]);
         let (mut j, mut total) = (i, live[i]);
         while j + 1 < live.len()
-            && ((j + 1 - i) as u64) < factor
+            && (idle || ((j + 1 - i) as u64) < factor)
             && open(j + 1)
-            && tier(live[j + 1]) == t
+            && (idle || tier(live[j + 1]) == t)
             && total + live[j + 1] <= target
         {
             j += 1;
             total += live[j];
         }
         let count = (j + 1 - i) as u64;
-        if count >= 2 && (count >= factor || total * 2 >= target) && id_free(j) {
+        if count >= 2 && (idle || count >= factor || total * 2 >= target) && id_free(j) {
             return Some(i..j + 1);
         }
     }
@@ -335,11 +354,15 @@ impl Collection {
         let started = Instant::now();
         let snap = self.snapshot();
         let next_id = read(&snap.mutable).id;
+        let idle = opts
+            .merge_when_idle
+            .is_some_and(|quiet| self.idle_for() >= quiet);
         let Some(range) = plan(
             &snap.sealed,
             next_id,
             u64::from(self.config.segment_max_rows),
             opts,
+            idle,
         ) else {
             return Ok(None);
         };
@@ -718,7 +741,7 @@ mod tests {
             merge_factor: 4,
             ..Default::default()
         };
-        merge_run(live, seal, opts, &|_| true)
+        merge_run(live, seal, opts, &|_| true, false)
     }
 
     /// Replays the policy as the compactor would: merge, replace, repeat until settled.
@@ -749,6 +772,49 @@ mod tests {
         // Off, or a target no larger than a sealed segment.
         assert_eq!(merges(&[100; 8], seal, 0), None);
         assert_eq!(merges(&[100; 8], seal, 100), None);
+    }
+
+    #[test]
+    fn an_idle_collection_consolidates_what_the_tiers_leave() {
+        let opts = CompactionOptions {
+            merge_max_rows: 4_000_000,
+            merge_factor: 4,
+            ..Default::default()
+        };
+        let idle = |live: &[u64]| merge_run(live, 100_000, opts, &|_| true, true);
+        // 1M rows as the tiers leave them: one segment when idle, untouched by the tiers.
+        let tiers = [400_000, 400_000, 100_000, 100_000];
+        assert_eq!(merges(&tiers, 100_000, 4_000_000), None);
+        assert_eq!(idle(&tiers), Some(0..4));
+        // Final segments (half the target or more) stay; the run stops at the target.
+        assert_eq!(idle(&[2_000_000, 1_600_000, 400_000, 100_000]), Some(1..4));
+        assert_eq!(idle(&[1_900_000, 1_900_000, 400_000]), Some(0..2));
+        assert_eq!(
+            idle(&[2_000_000, 100_000]),
+            None,
+            "one open segment: nothing to join"
+        );
+        assert_eq!(
+            idle(&[100_000, 0, 100_000]),
+            None,
+            "empty ones are the vacuum's"
+        );
+        // Replayed, it converges, and 10M rows end as three segments of at most the target.
+        let (mut live, _) = settle(vec![100_000; 100], 100_000, 4_000_000);
+        while let Some(r) = idle(&live) {
+            let total: u64 = live[r.clone()].iter().sum();
+            live.splice(r, [total]);
+        }
+        assert_eq!(live.iter().sum::<u64>(), 10_000_000);
+        assert!(
+            live.len() <= 4 && live.iter().all(|&n| n <= 4_000_000),
+            "{live:?}"
+        );
+        let off = CompactionOptions {
+            merge_max_rows: 0,
+            ..opts
+        };
+        assert_eq!(merge_run(&tiers, 100_000, off, &|_| true, true), None);
     }
 
     #[test]

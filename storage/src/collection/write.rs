@@ -148,9 +148,17 @@ impl Collection {
         if seq != 0 {
             self.last_seq.fetch_max(seq, Ordering::AcqRel);
         }
+        self.last_write_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         drop(w);
         self.maybe_seal()?;
         Ok((n, lsn))
+    }
+
+    /// How long since the last write (or since the collection was opened, if none).
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 
     /// Inserts or overwrites points. Vectors are validated (dimension, finite) and normalised

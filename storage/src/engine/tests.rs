@@ -1562,3 +1562,83 @@ fn field_indexes_are_persisted_per_sealed_segment() {
     let fixed = std::fs::read(&paths[1]).unwrap();
     assert!(crate::payload_index::FieldIndexes::from_bytes(&fixed).is_some());
 }
+
+/// A collection that stops growing consolidates the segments its tiers leave: three sealed
+/// segments wait for a fourth under the tiers alone, and merge into one once the collection is
+/// idle. Exact results are the same before, after and across a reopen, the merged segment is
+/// indexed, and while writes keep coming nothing is consolidated.
+#[test]
+fn an_idle_collection_merges_what_its_tiers_leave() {
+    let dim = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let mut cfg = config("idle", dim, Metric::L2, 1100);
+    cfg.index.kind = crate::types::IndexKind::IvfPq;
+    let c = engine.create_collection(cfg).unwrap();
+    let data = clustered(3300, dim, 23);
+    for (b, chunk) in data.chunks(1100).enumerate() {
+        c.upsert(vector_writes(chunk, b * 1100)).unwrap();
+        c.flush().unwrap();
+    }
+    wait_for_indexes(&c);
+    assert_eq!(c.stats().sealed_segments, 3);
+    let queries: Vec<Vec<f32>> = clustered(30, dim, 98);
+    let exact = SearchParams {
+        exact: true,
+        ..Default::default()
+    };
+    let search = |c: &Collection| -> Vec<Vec<PointId>> {
+        queries
+            .iter()
+            .map(|q| {
+                c.search(q, 10, ReadOptions::default(), exact)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| h.id)
+                    .collect()
+            })
+            .collect()
+    };
+    let before = search(&c);
+    let tiers = crate::collection::CompactionOptions {
+        merge_max_rows: 8000,
+        merge_factor: 4,
+        merge_when_idle: None,
+        ..Default::default()
+    };
+    assert!(
+        c.compact(tiers).unwrap().is_empty(),
+        "three of a tier wait for a fourth"
+    );
+    let busy = crate::collection::CompactionOptions {
+        merge_when_idle: Some(std::time::Duration::from_secs(3600)),
+        ..tiers
+    };
+    assert!(
+        c.compact(busy).unwrap().is_empty(),
+        "written a moment ago: not idle"
+    );
+    assert!(c.idle_for() < std::time::Duration::from_secs(3600));
+    let idle = crate::collection::CompactionOptions {
+        merge_when_idle: Some(std::time::Duration::ZERO),
+        ..tiers
+    };
+    let reports = c.compact(idle).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].rows_after, 3300, "{reports:?}");
+    assert_eq!(c.stats().sealed_segments, 1);
+    assert_eq!(
+        c.index_progress(),
+        (1, 1),
+        "the consolidated segment is indexed"
+    );
+    assert_eq!(search(&c), before);
+    assert!(c.compact(idle).unwrap().is_empty(), "one segment: settled");
+    drop(c);
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.collection("idle").unwrap();
+    assert_eq!(c.stats().sealed_segments, 1);
+    assert_eq!(search(&c), before);
+    assert_eq!(c.count(), 3300);
+}
