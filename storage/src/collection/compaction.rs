@@ -73,6 +73,9 @@ pub struct CompactionOptions {
     pub merge_when_idle: Option<Duration>,
 }
 
+/// An idle consolidation adds at least 1/this of its largest segment's rows to it.
+const IDLE_MIN_GROWTH: u64 = 8;
+
 /// How long a collection goes without writes before its open segments are consolidated,
 /// unless configured otherwise.
 pub const DEFAULT_MERGE_WHEN_IDLE: Duration = Duration::from_secs(30);
@@ -311,7 +314,12 @@ fn merge_run(
             total += live[j];
         }
         let count = (j + 1 - i) as u64;
-        if count >= 2 && (idle || count >= factor || total * 2 >= target) && id_free(j) {
+        // Idle, a run is worth rewriting only if its largest member grows by an eighth or
+        // more: a trickle of small segments beside a large one waits until enough gathers,
+        // so each row is rewritten a bounded number of times however often writes pause.
+        let largest = live[i..=j].iter().copied().max().unwrap_or(0);
+        let worth = !idle || (total - largest) * IDLE_MIN_GROWTH >= largest;
+        if count >= 2 && worth && (idle || count >= factor || total * 2 >= target) && id_free(j) {
             return Some(i..j + 1);
         }
     }
@@ -799,7 +807,13 @@ mod tests {
             None,
             "empty ones are the vacuum's"
         );
-        // Replayed, it converges, and 10M rows end as three segments of at most the target.
+        // A trickle beside a large segment waits: 1M + 50k + 50k rewrites only the small two,
+        // and 1M + 100k + 100k + 100k (over an eighth) takes them in.
+        assert_eq!(idle(&[1_000_000, 50_000, 50_000]), Some(1..3));
+        assert_eq!(idle(&[1_000_000, 100_000]), None);
+        assert_eq!(idle(&[1_000_000, 100_000, 100_000, 100_000]), Some(0..4));
+        // Replayed, it converges, and 10M rows end as at most four segments of at most the
+        // target.
         let (mut live, _) = settle(vec![100_000; 100], 100_000, 4_000_000);
         while let Some(r) = idle(&live) {
             let total: u64 = live[r.clone()].iter().sum();
