@@ -65,6 +65,12 @@ struct Args {
     /// Distance metric of the collection: cosine or l2.
     #[arg(long, default_value = "cosine")]
     metric: String,
+    /// With --defaults: before measuring, send the N queries that follow the measured ones in
+    /// query.fvecs (default searches, one at a time, over and over) until the server's recall
+    /// audit has measured enough of them in every indexed segment for `target_recall` to use
+    /// the served queries' curve. The measured queries stay unseen by the audit's curve.
+    #[arg(long, default_value_t = 0)]
+    warm_queries: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -164,6 +170,15 @@ async fn main() -> Result<()> {
             "{}",
             serde_json::json!({"system": format!("quiver-defaults-{}-grpc{}", a.metric, a.label), "event": "settled", "state": state})
         );
+        if a.warm_queries > 0 {
+            let warm_set = quiver_benches::warm_queries(&a.data, nq, a.warm_queries)?;
+            let (secs, sent, state) = warm(&mut c, &a.collection, &warm_set).await?;
+            eprintln!("warmed after {secs:.0}s and {sent} searches: {state}");
+            println!(
+                "{}",
+                serde_json::json!({"system": format!("quiver-defaults-{}-grpc{}", a.metric, a.label), "event": "warmed", "seconds": secs, "searches": sent, "state": state})
+            );
+        }
         if !a.sweep.is_empty() && !a.clients_only {
             ivf_sweep(&mut c, &a, &queries[..nq], &gt).await?;
         }
@@ -358,6 +373,35 @@ async fn settle(c: &mut Client, name: &str) -> Result<String> {
             stats.index_state
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Sends `queries` as default searches, one at a time and over and over, until every indexed
+/// segment answers `target_recall` from its served queries. Returns (seconds, searches sent,
+/// index state).
+async fn warm(c: &mut Client, name: &str, queries: &[Vec<f32>]) -> Result<(f64, usize, String)> {
+    let t = Instant::now();
+    let mut sent = 0;
+    loop {
+        for q in queries.iter().cycle().skip(sent % queries.len()).take(200) {
+            c.search(name, q.clone(), 10, false).await?;
+            sent += 1;
+        }
+        let state = c
+            .collections
+            .get(pb::GetCollectionRequest { name: name.into() })
+            .await?
+            .into_inner()
+            .stats
+            .map(|s| s.index_state)
+            .unwrap_or_default();
+        if state.contains("served curves in every indexed segment") {
+            return Ok((t.elapsed().as_secs_f64(), sent, state));
+        }
+        anyhow::ensure!(
+            t.elapsed().as_secs() < 1200,
+            "not warmed after 20 minutes: {state}"
+        );
     }
 }
 

@@ -42,6 +42,12 @@ struct Args {
     /// Configurations as nprobe:refine (or rTARGET_RECALL:refine), comma-separated.
     #[arg(long, default_value = "8:4,16:4,24:4,32:4,48:4,64:4,32:8,64:8")]
     sweep: String,
+    /// Before the sweep, measure the N queries that follow the measured ones in query.fvecs
+    /// with the recall audit (`Collection::audit_recall`, what `quiverd`'s sampled audit does
+    /// in the background), so `target_recall` uses the served queries' curve, as on a server
+    /// that has been serving. The measured queries stay unseen by that curve.
+    #[arg(long, default_value_t = 0)]
+    warm_queries: usize,
 }
 
 fn main() -> Result<()> {
@@ -89,6 +95,23 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({"system": system, "event": "build", "build_threads": quiver_storage::background::threads(), "seconds": build - flushed, "flush_seconds": flushed, "index_bytes": stats.index_bytes, "bytes_on_disk": stats.bytes_on_disk, "nlist": a.nlist})
     );
+    if a.warm_queries > 0 {
+        let warm_set = quiver_benches::warm_queries(&a.data, nq, a.warm_queries)?;
+        let t = Instant::now();
+        for q in &warm_set {
+            c.audit_recall(q)?;
+        }
+        let state = c.stats().index_state;
+        eprintln!(
+            "warmed: {} served queries measured in {:.1}s: {state}",
+            a.warm_queries,
+            t.elapsed().as_secs_f64()
+        );
+        println!(
+            "{}",
+            serde_json::json!({"system": system, "event": "warmed", "queries": a.warm_queries, "seconds": t.elapsed().as_secs_f64(), "state": state})
+        );
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.max(1))
         .build()?;

@@ -159,3 +159,16 @@ impl Loaded {
         })
     }
 }
+
+/// The `n` queries of `data/query.fvecs` that follow the `measured` ones: the queries a
+/// benchmark sends to warm the recall audit, unseen among the measured.
+pub fn warm_queries(data: &Path, measured: usize, n: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut all = read_fvecs(&data.join("query.fvecs"))?;
+    anyhow::ensure!(
+        all.len() >= measured + n,
+        "--warm-queries {n}: query.fvecs holds {} queries, {measured} of them measured",
+        all.len()
+    );
+    all.truncate(measured + n);
+    Ok(all.split_off(measured))
+}

@@ -3,7 +3,10 @@
 # data directory, glove-bench --defaults (load, wait for merges and builds to settle, sweep
 # target_recall, 1 and 16 clients), the server's memory (VmHWM, VmRSS, data directory), then a
 # restart: open time and RSS before any search. Results go to stdout as JSON lines.
-#   bash benches/run_derived.sh DATA [METRIC]   (DATA from benches/make_derived.py)
+# Before measuring, the WARM queries after the measured 2,000 (default 1,000; 0 = none) are
+# searched until the server's recall audit has a served curve in every indexed segment, as a
+# server that has been serving would have; the measured queries are not among them.
+#   bash benches/run_derived.sh DATA [METRIC]   (DATA from benches/make_derived.py --queries 3000)
 set -euo pipefail
 data="$1"; metric="${2:-cosine}"
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -16,7 +19,7 @@ start() {
 }
 start 1
 "$bin/glove-bench" --addr "$addr" --data "$data" --collection derived --queries 2000 --defaults \
-  --metric "$metric" --sweep r0.9:4,r0.95:4,r0.99:4 --clients 1,16 --rounds 3 | grep '^{'
+  --warm-queries "${WARM:-1000}" --metric "$metric" --sweep r0.9:4,r0.95:4,r0.99:4 --clients 1,16 --rounds 3 | grep '^{'
 hwm=$(awk '/VmHWM/{print $2}' /proc/$pid/status); rss=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
 kill "$pid"; wait "$pid" || true
 t0=$(date +%s.%N); start 2; t1=$(date +%s.%N); sleep 2

@@ -186,20 +186,7 @@ async fn defaults_give_a_merged_ivf_pq_index_at_the_target_recall() {
         ],
     )
     .await;
-    let out = server.cli(&[
-        "collection",
-        "create",
-        "ix",
-        "--dim",
-        "16",
-        "--metric",
-        "l2",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    create_ix(&server);
     let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
     assert_eq!(info[0]["index_kind"], "ivf_pq", "{}", info[0]);
     assert_eq!(info[0]["index_pq_bits"], 4);
@@ -233,4 +220,120 @@ async fn defaults_give_a_merged_ivf_pq_index_at_the_target_recall() {
     let exact = ids(&search(&server, q, &["--exact"]));
     let r = recall(&ids(&search(&server, q, &[])), &exact);
     assert!(r >= 0.9, "recall@10 {r} with no search parameters");
+}
+
+/// `collection info`'s index state of `ix`.
+fn index_state(server: &Server) -> String {
+    let info = json_lines(&server.cli(&["collection", "info", "ix", "--json"]));
+    info[0]["index"].as_str().unwrap().to_owned()
+}
+
+/// Creates `ix`: 16-d, l2, the default index.
+fn create_ix(server: &Server) {
+    let out = server.cli(&[
+        "collection",
+        "create",
+        "ix",
+        "--dim",
+        "16",
+        "--metric",
+        "l2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server started with `env` whose `ix` (16-d, l2, default index) holds 6,000 points in one
+/// indexed segment.
+async fn indexed_server(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let server = Server::start_with(dir, env).await;
+    create_ix(&server);
+    load(&server, dir, 6000);
+    let started = std::time::Instant::now();
+    while !index_state(&server).starts_with("ivf_pq ready: 1/1") {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "not indexed: {}",
+            index_state(&server)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server
+}
+
+/// The recall audit through the real server: searches that leave nprobe to the calibration
+/// (no parameters, as a service sends them) are sampled by the server's background audit at
+/// the configured share, until every indexed segment's `target_recall` comes from the served
+/// queries' own curve; `collection info` says so, `/metrics` counts the audited queries, and
+/// the curve is still in use after a restart. A share of 0 audits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_queries_are_audited_and_recalibrate_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", quiver_tests::free_port());
+    let env = [
+        ("QUIVER__STORAGE__RECALL_AUDIT_SHARE", "0.5"),
+        ("QUIVER__SERVER__METRICS_LISTEN", metrics_addr.as_str()),
+    ];
+    let mut server = indexed_server(dir.path(), &env).await;
+    let state = index_state;
+    assert!(
+        state(&server).contains("fewest served queries measured 0 of 32"),
+        "{}",
+        state(&server)
+    );
+    // Unary searches with no parameters; the audit takes at most one every 100 ms.
+    let mut c = server.client().await;
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while !state(&server).contains("served curves in every indexed segment") {
+        for _ in 0..50 {
+            c.search("ix", point(60_000 + i), 10, false).await.unwrap();
+            i += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            started.elapsed().as_secs() < 90,
+            "no served curve after {i} searches: {}",
+            state(&server)
+        );
+    }
+    // The gauge is refreshed every 10 s.
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = quiver_tests::http_get(&metrics_addr, "/metrics").await;
+        let audited = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("quiver_recall_audit_queries "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if audited.is_some_and(|n| n >= 32.0) {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "gauge: {audited:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // The record is saved every 16 measurements: at least 32 of them are back.
+    server.restart().await;
+    let after = state(&server);
+    assert!(
+        after.contains("served curves in every indexed segment, from at least"),
+        "served curve lost in a restart: {after}"
+    );
+    drop(server);
+
+    // Off: the same searches audit nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let server = indexed_server(dir.path(), &[("QUIVER__STORAGE__RECALL_AUDIT_SHARE", "0")]).await;
+    let mut c = server.client().await;
+    for i in 0..100 {
+        c.search("ix", point(60_000 + i), 10, false).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        state(&server).contains("fewest served queries measured 0 of 32"),
+        "{}",
+        state(&server)
+    );
 }

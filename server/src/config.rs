@@ -521,6 +521,10 @@ pub struct StorageConfig {
     pub fsync_interval_ms: u64,
     /// Default rows in the in-memory segment before sealing (per collection overridable).
     pub segment_max_rows: u32,
+    /// Share of one core the recall audit may use: sampled searches are measured exactly in
+    /// the background so that `target_recall` follows the queries actually served (0 = off,
+    /// at most 0.5).
+    pub recall_audit_share: f64,
 }
 
 /// `[log]` section.
@@ -560,6 +564,7 @@ impl Default for StorageConfig {
             fsync: "per_batch".into(),
             fsync_interval_ms: 100,
             segment_max_rows: quiver_storage::DEFAULT_SEGMENT_MAX_ROWS,
+            recall_audit_share: quiver_storage::index::audit::DEFAULT_SHARE,
         }
     }
 }
@@ -608,6 +613,8 @@ pub struct Settings {
     pub fsync: FsyncPolicy,
     /// Default seal threshold.
     pub segment_max_rows: u32,
+    /// Share of one core for the recall audit.
+    pub recall_audit_share: f64,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -756,6 +763,13 @@ impl Config {
                 "storage.segment_max_rows must be between 16 and 10000000".into(),
             ));
         }
+        let share = self.storage.recall_audit_share;
+        if !(0.0..=quiver_storage::index::audit::MAX_SHARE).contains(&share) {
+            return Err(ConfigError(format!(
+                "storage.recall_audit_share must be in [0, {}], got {share}",
+                quiver_storage::index::audit::MAX_SHARE
+            )));
+        }
         let log_format = match self.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -777,6 +791,7 @@ impl Config {
                 .then(|| Duration::from_micros(self.server.idle_poll_us)),
             fsync,
             segment_max_rows: self.storage.segment_max_rows,
+            recall_audit_share: share,
             log_format,
             log_level: self.log.level.clone(),
             otlp: if self.log.otlp_endpoint.is_empty() {

@@ -306,6 +306,7 @@ async fn open_storage(
             settings.fsync
         },
     };
+    quiver_storage::index::audit::set_share(settings.recall_audit_share);
     if settings.compaction.threads > 0 {
         quiver_storage::background::set_threads(settings.compaction.threads as usize);
     }
@@ -376,6 +377,8 @@ fn gauges(engine: Arc<Engine>) -> JoinHandle<()> {
             tick.tick().await;
             let e = Arc::clone(&engine);
             let _ = tokio::task::spawn_blocking(move || {
+                metrics::gauge!("quiver_recall_audit_queries")
+                    .set(quiver_storage::index::audit::audited() as f64);
                 for c in e.list() {
                     let s = c.stats();
                     let name = c.config().name.clone();

@@ -388,7 +388,7 @@ impl Engine {
         self.meta.write(ops)?;
         self.note_seq(seq);
         self.write().remove(name);
-        fs::remove_dir_all(c.dir())?;
+        crate::fsutil::remove_dir_all(c.dir())?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use fs_err as fs;
 use super::Collection;
 use crate::background::{self, BuildOwner};
 use crate::error::Result;
+use crate::index::calibrate::MIN_SERVED;
 use crate::index::ivf::{self, IvfPqIndex, IvfPqParams};
 use crate::segment::sealed::SealedSegment;
 use crate::types::{CollectionConfig, DEFAULT_PQ_BITS, IndexKind, MIN_INDEXED_ROWS};
@@ -118,13 +119,13 @@ impl Collection {
                     .iter()
                     .find_map(|s| s.index())
                     .map(|i| {
-                        let cal = i.calibration();
                         let curve: Vec<String> = [0.9, 0.95, 0.99]
                             .iter()
-                            .map(|&t| format!("{t} at nprobe {}", cal.nprobe_for(t)))
+                            .map(|&t| format!("{t} at nprobe {}", i.nprobe_for(t)))
                             .collect();
+                        let source = served_state(sealed);
                         format!(
-                            " (nlist {} in the first indexed segment, pq_m {}, pq_bits {}; target recall@10 {})",
+                            " (nlist {} in the first indexed segment, pq_m {}, pq_bits {}; target recall@10 {}, {source})",
                             i.nlist(),
                             i.m(),
                             i.bits(),
@@ -142,5 +143,30 @@ impl Collection {
                 )
             }
         }
+    }
+}
+
+/// Where the indexed segments of `sealed` take their nprobe from: the curve of their served
+/// queries (once each has [`MIN_SERVED`]), or the held-out rows' one, with the fewest served
+/// queries measured in a segment.
+fn served_state(sealed: &[Arc<SealedSegment>]) -> String {
+    let indexes: Vec<&Arc<IvfPqIndex>> = sealed.iter().filter_map(|s| s.index()).collect();
+    let fewest = indexes
+        .iter()
+        .map(|i| i.served().measured())
+        .min()
+        .unwrap_or(0);
+    let served = indexes
+        .iter()
+        .filter(|i| i.served().curve().is_some())
+        .count();
+    if served == indexes.len() {
+        format!("served curves in every indexed segment, from at least {fewest} queries")
+    } else {
+        format!(
+            "held-out curve in {} of {} indexed segments; fewest served queries measured {fewest} of {MIN_SERVED}",
+            indexes.len() - served,
+            indexes.len()
+        )
     }
 }

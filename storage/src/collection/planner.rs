@@ -125,22 +125,27 @@ fn nprobe(idx: &IvfPqIndex, params: SearchParams, fraction: f64) -> usize {
 }
 
 /// The nprobe a search asks of `idx`: explicit, else the calibrated one for the search's
-/// target recall. A search that sets neither gets the calibrated nprobe for
-/// [`DEFAULT_TARGET_RECALL_BP`], but at least [`MIN_DEFAULT_NPROBE`] lists: the calibration's
-/// queries are the segment's own rows, and queries unlike the data (measured: a test whose
-/// queries come from other clusters than the data, on segments of 76 lists) need more lists
-/// for the same recall than a small index's calibration says.
+/// target recall (see [`IvfPqIndex::nprobe_for`]). A search that sets neither gets the
+/// calibrated nprobe for [`DEFAULT_TARGET_RECALL_BP`]. Until served queries are measured, that
+/// is at least [`MIN_DEFAULT_NPROBE`] lists: the held-out calibration's queries are the
+/// segment's own rows, and queries unlike the data (measured: a test whose queries come from
+/// other clusters than the data, on segments of 76 lists) need more lists for the same recall
+/// than a small index's held-out curve says.
 fn base_nprobe(idx: &IvfPqIndex, params: SearchParams) -> usize {
-    params.nprobe.unwrap_or_else(|| {
-        let cal = idx.calibration();
-        match params.target_recall_bp {
-            Some(bp) => cal.nprobe_for(f64::from(bp) / 10_000.0),
-            None => cal
-                .nprobe_for(f64::from(DEFAULT_TARGET_RECALL_BP) / 10_000.0)
-                .max(MIN_DEFAULT_NPROBE)
-                .min(idx.nlist()),
-        }
-    })
+    params
+        .nprobe
+        .unwrap_or_else(|| match params.target_recall_bp {
+            Some(bp) => idx.nprobe_for(f64::from(bp) / 10_000.0),
+            None => {
+                let target = f64::from(DEFAULT_TARGET_RECALL_BP) / 10_000.0;
+                idx.served().nprobe_for(target).unwrap_or_else(|| {
+                    idx.calibration()
+                        .nprobe_for(target)
+                        .max(MIN_DEFAULT_NPROBE)
+                        .min(idx.nlist())
+                })
+            }
+        })
 }
 
 /// The fewest lists a search without `nprobe` or a target probes (see [`base_nprobe`]). A

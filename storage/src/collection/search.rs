@@ -16,6 +16,7 @@ use crate::distance::{TopK, distance};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::filter::allowed::Allowed;
+use crate::index::audit;
 use crate::index::ivf::IvfPqIndex;
 use crate::segment::sealed::SealedSegment;
 use crate::segment::{RowKey, SegmentId};
@@ -124,8 +125,38 @@ impl Collection {
         if exec.stopped.load(Ordering::Relaxed) {
             return queries.iter().map(|_| Err(expired())).collect();
         }
+        if params.nprobe.is_none() && !params.exact && audit::due() {
+            self.offer_to_audit(&snap, &vectors);
+        }
         // 4. The hits.
         self.hits(&snap, checked, tops, opts, params.response_budget)
+    }
+
+    /// Measures `query` now, in this thread, on every indexed sealed segment, as the sampled
+    /// recall audit does in the background (see [`audit`]); returns how many segments were
+    /// measured. For benchmarks and tests that want the served curve without waiting for the
+    /// sampled audit.
+    pub fn audit_recall(&self, query: &[f32]) -> Result<usize> {
+        let q = self.check_query(query, "vector")?;
+        let snap = self.snapshot();
+        Ok(snap
+            .sealed
+            .iter()
+            .filter(|s| audit::measure(s, &q, self.config.metric).is_some())
+            .count())
+    }
+
+    /// Hands the first of `vectors` to the recall audit, with the indexed segments it read.
+    fn offer_to_audit(&self, snap: &Snapshot, vectors: &[Vec<f32>]) {
+        let indexed: Vec<Arc<SealedSegment>> = snap
+            .sealed
+            .iter()
+            .filter(|s| s.index().is_some())
+            .cloned()
+            .collect();
+        if let (Some(q), false) = (vectors.first(), indexed.is_empty()) {
+            audit::offer(indexed, q.clone(), self.config.metric);
+        }
     }
 
     /// The hits of each query from its top-k (`tops`: one per valid query of `checked`, in

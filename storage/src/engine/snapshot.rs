@@ -146,7 +146,7 @@ impl Engine {
         }
         let cols = self.root.join("collections");
         for entry in fs::read_dir(&cols)? {
-            fs::remove_dir_all(entry?.path())?;
+            crate::fsutil::remove_dir_all(&entry?.path())?;
         }
         let all = (Vec::new(), vec![0xff; 16]);
         let repl = REPLICATED_PREFIX.as_bytes();

@@ -1642,3 +1642,110 @@ fn an_idle_collection_merges_what_its_tiers_leave() {
     assert_eq!(search(&c), before);
     assert_eq!(c.count(), 3300);
 }
+
+/// Rows that come in tight groups fool a calibration that uses them as queries (each row's
+/// neighbours are its group, in its own list), while queries between groups need many lists.
+/// The recall audit measures such queries, and `target_recall` then holds on unseen ones; the
+/// curve survives a restart.
+#[test]
+fn served_queries_recalibrate_target_recall() {
+    use crate::index::audit;
+    let (dim, groups, copies) = (16, 600, 11);
+    let mut rng = StdRng::seed_from_u64(5);
+    let centres: Vec<Vec<f32>> = (0..groups)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let data: Vec<Vec<f32>> = (0..groups * copies)
+        .map(|i| {
+            centres[i / copies]
+                .iter()
+                .map(|c| c + rng.random_range(-0.01..0.01))
+                .collect()
+        })
+        .collect();
+    // Queries: midpoints of two random groups, so their neighbours are split between lists.
+    let midpoint = |rng: &mut StdRng| -> Vec<f32> {
+        let (a, b) = (rng.random_range(0..groups), rng.random_range(0..groups));
+        centres[a]
+            .iter()
+            .zip(&centres[b])
+            .map(|(x, y)| (x + y) / 2.0)
+            .collect()
+    };
+    let seen: Vec<Vec<f32>> = (0..48).map(|_| midpoint(&mut rng)).collect();
+    let unseen: Vec<Vec<f32>> = (0..100).map(|_| midpoint(&mut rng)).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let mut cfg = config("twins", dim, Metric::L2, (groups * copies) as u32);
+    cfg.index = crate::types::IndexConfig {
+        kind: crate::types::IndexKind::IvfPq,
+        ..crate::types::IndexConfig::flat()
+    };
+    let c = engine.create_collection(cfg).unwrap();
+    for (b, chunk) in data.chunks(1000).enumerate() {
+        c.upsert(vector_writes(chunk, b * 1000)).unwrap();
+    }
+    c.flush().unwrap();
+    wait_for_indexes(&c);
+    let target = SearchParams {
+        target_recall_bp: Some(9500),
+        ..Default::default()
+    };
+    let recall = |c: &Collection, params: SearchParams| -> f64 {
+        let exact = SearchParams {
+            exact: true,
+            ..Default::default()
+        };
+        let mut found = 0;
+        for q in &unseen {
+            let ids = |p| -> Vec<PointId> {
+                let hits = c.search(q, 10, ReadOptions::default(), p).unwrap();
+                hits.into_iter().map(|h| h.id).collect()
+            };
+            let want = ids(exact);
+            found += ids(params).iter().filter(|id| want.contains(id)).count();
+        }
+        found as f64 / (10 * unseen.len()) as f64
+    };
+    let before = recall(&c, target);
+    let info_before = c.stats().index_state;
+    for q in &seen {
+        assert_eq!(
+            c.audit_recall(q).unwrap(),
+            1,
+            "one indexed segment measured"
+        );
+    }
+    let after = recall(&c, target);
+    let info_after = c.stats().index_state;
+    eprintln!(
+        "target 0.95 on unseen queries: {before:.3} from held-out rows, {after:.3} from served queries\n{info_before}\n{info_after}"
+    );
+    assert!(
+        before < 0.9,
+        "the held-out rows' curve was expected to miss on these queries: {before}"
+    );
+    assert!(
+        after >= 0.93,
+        "target 0.95 from served queries gave {after}"
+    );
+    assert!(
+        info_after.contains("served curves in every indexed segment, from at least 48 queries"),
+        "{info_after}"
+    );
+    assert!(
+        info_before.contains(
+            "held-out curve in 1 of 1 indexed segments; fewest served queries measured 0 of 32"
+        ),
+        "{info_before}"
+    );
+    // Saved every 16 measurements: all 48 are back after a restart, with the same nprobes.
+    drop(c);
+    drop(engine);
+    engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.collection("twins").unwrap();
+    assert_eq!(recall(&c, target), after, "served curve lost in a restart");
+    // The audit is off in the library until an application turns it on.
+    assert_eq!(audit::share(), 0.0);
+}

@@ -41,7 +41,7 @@ use rayon::prelude::*;
 use crate::distance::{TopK, dot};
 use crate::error::{Error, Result};
 use crate::fsutil::sync_dir;
-use crate::index::calibrate::{self, Calibration};
+use crate::index::calibrate::{self, Calibration, Served};
 use crate::index::coarse::{self, HalfTable};
 use crate::index::fastscan::{self, QuantizedLut};
 use crate::index::kmeans::{self, KMeansParams};
@@ -309,6 +309,8 @@ pub struct IvfPqIndex {
     block_offsets: Vec<u64>,
     /// Measured recall per nprobe (empty while the index is being calibrated).
     calibration: Calibration,
+    /// Recall per nprobe measured on sampled served queries.
+    served: Served,
     /// The coarse centroids as half floats, for the probe step's shortlist.
     coarse: HalfTable,
     centroids_at: usize,
@@ -541,6 +543,7 @@ impl IvfPqIndex {
                 refine: 0,
                 points: Vec::new(),
             }),
+            served: Served::open(path.parent().unwrap_or(Path::new(".")), nlist),
             centroids_at,
             offsets_at,
             rows_at,
@@ -575,6 +578,19 @@ impl IvfPqIndex {
     /// The recall measured per nprobe at build time.
     pub fn calibration(&self) -> &Calibration {
         &self.calibration
+    }
+
+    /// The recall measured per nprobe on sampled served queries.
+    pub fn served(&self) -> &Served {
+        &self.served
+    }
+
+    /// The smallest nprobe expected to reach recall@10 `target`: from the served queries'
+    /// curve once enough are measured, else from the held-out rows' curve.
+    pub fn nprobe_for(&self, target: f64) -> usize {
+        self.served
+            .nprobe_for(target)
+            .unwrap_or_else(|| self.calibration.nprobe_for(target))
     }
 
     /// Number of inverted lists.
