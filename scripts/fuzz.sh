@@ -20,7 +20,7 @@ ws_target="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$ws_target/fuzz}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.1
 targets=(filter_text request_convert wal_record segment_files field_index_file ivf_index_file snapshot_archive
-  raft_payload pii_redactor prompt_builder)
+  raft_payload pii_redactor prompt_builder served_file)
 [ $# -gt 0 ] && targets=("$@")
 san="${FUZZ_SANITIZER:-none}"
 # The file-format targets write (and fsync) a small segment, index or archive per input: on

@@ -222,4 +222,15 @@ fn make_fuzz_seeds() {
     {
         put(&root, "prompt_builder", &format!("seed{i}"), t.as_bytes());
     }
+    // The served-recall record: first byte 9 is an index of 10 lists (grid 1..8, 10), valid
+    // CRC; the body is the record `Served` writes, with 2 and with 40 measured queries.
+    let grid = "[1,2,3,4,5,6,7,8,10]";
+    let row = "[0.5,0.6,0.7,0.8,0.9,0.95,1,1,1]";
+    for (i, n) in [2, 40].into_iter().enumerate() {
+        let rows = vec![row; n].join(",");
+        let body = format!(r#"{{"grid":{grid},"recalls":[{rows}]}}"#);
+        let mut seed = vec![9u8];
+        seed.extend_from_slice(body.as_bytes());
+        put(&root, "served_file", &format!("seed{i}"), &seed);
+    }
 }

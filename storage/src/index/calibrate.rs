@@ -247,7 +247,8 @@ fn read_sealed<T: serde::de::DeserializeOwned>(
 
 /// File of the served-query curves inside a segment directory.
 pub const SERVED_FILE: &str = "ivfpq.served";
-const SERVED_MAGIC: &[u8; 4] = b"QSRV";
+/// The first bytes of [`SERVED_FILE`].
+pub const SERVED_MAGIC: &[u8; 4] = b"QSRV";
 /// Served queries measured before their curve replaces the held-out rows' one: enough that
 /// one standard error of the mean is about 0.02 at the spread of per-query recall measured.
 pub const MIN_SERVED: usize = 32;
