@@ -379,6 +379,7 @@ fn gauges(engine: Arc<Engine>) -> JoinHandle<()> {
             let _ = tokio::task::spawn_blocking(move || {
                 metrics::gauge!("quiver_recall_audit_queries")
                     .set(quiver_storage::index::audit::audited() as f64);
+                memory_gauges(&e);
                 for c in e.list() {
                     let s = c.stats();
                     let name = c.config().name.clone();
@@ -392,6 +393,8 @@ fn gauges(engine: Arc<Engine>) -> JoinHandle<()> {
                         .set(s.bytes_on_disk as f64);
                     metrics::gauge!("quiver_collection_dead_points", "collection" => name.clone())
                         .set(s.dead_points as f64);
+                    metrics::gauge!("quiver_collection_move_map_bytes", "collection" => name.clone())
+                        .set(s.move_map_bytes as f64);
                     let (built, total) = c.index_progress();
                     metrics::gauge!("quiver_index_segments_built", "collection" => name.clone())
                         .set(built as f64);
@@ -402,6 +405,30 @@ fn gauges(engine: Arc<Engine>) -> JoinHandle<()> {
             .await;
         }
     })
+}
+
+/// Where the process's anonymous memory goes: jemalloc's own statistics (Rust allocations,
+/// when jemalloc is the global allocator, as in `quiverd`) and what RocksDB reports holding
+/// outside it (its C++ allocations go to the C library's malloc).
+fn memory_gauges(engine: &Engine) {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are a snapshot taken when the epoch advances.
+    if epoch::advance().is_ok() {
+        for (name, v) in [
+            ("quiver_heap_allocated_bytes", stats::allocated::read()),
+            ("quiver_heap_active_bytes", stats::active::read()),
+            ("quiver_heap_resident_bytes", stats::resident::read()),
+            ("quiver_heap_retained_bytes", stats::retained::read()),
+        ] {
+            if let Ok(v) = v {
+                metrics::gauge!(name).set(v as f64);
+            }
+        }
+    }
+    let m = engine.meta_memory();
+    metrics::gauge!("quiver_meta_memtable_bytes").set(m.memtables as f64);
+    metrics::gauge!("quiver_meta_block_cache_bytes").set(m.block_cache as f64);
+    metrics::gauge!("quiver_meta_table_readers_bytes").set(m.table_readers as f64);
 }
 
 /// Keeps the readiness service in step with [`AppState::ready`], every 500 ms.

@@ -102,6 +102,9 @@ pub struct CollectionStats {
     pub last_lsn: Lsn,
     /// Checkpoint LSN.
     pub checkpoint_lsn: Lsn,
+    /// Heap bytes of the row maps that recent compactions keep published (for
+    /// `compaction::MOVE_TTL`), so readers and scroll cursors can follow moved rows.
+    pub move_map_bytes: u64,
 }
 
 /// The catalog record's value in the metadata store (see [`crate::meta::keys`]).
@@ -347,6 +350,7 @@ impl Collection {
             index_state: self.index_state(&snap.sealed),
             last_lsn: self.last_lsn.load(Ordering::Acquire),
             checkpoint_lsn,
+            move_map_bytes: read(&self.moves).iter().map(|m| m.heap_bytes()).sum(),
         }
     }
 

@@ -246,6 +246,11 @@ impl Engine {
             })
     }
 
+    /// What the metadata store holds in memory.
+    pub fn meta_memory(&self) -> meta::MetaMemory {
+        self.meta.memory()
+    }
+
     /// Every collection, by name, without restores' hidden ones.
     pub fn list(&self) -> Vec<Arc<Collection>> {
         self.read()

@@ -68,7 +68,12 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Applies every op atomically; synced only when `sync` (otherwise a process crash keeps
     /// it, a machine crash may not).
-    fn write_opt(&self, ops: Vec<MetaOp>, sync: bool) -> Result<()>;
+    fn write_opt(&self, ops: Vec<MetaOp>, sync: bool) -> Result<()> {
+        self.write_each(&mut ops.into_iter(), sync)
+    }
+    /// Applies the operations `ops` yields atomically, taking them one at a time (a batch of
+    /// millions need not be listed first).
+    fn write_each(&self, ops: &mut dyn Iterator<Item = MetaOp>, sync: bool) -> Result<()>;
     /// Flushes memtables (on shutdown).
     fn flush(&self) -> Result<()>;
     /// Makes every write so far durable (fsyncs the write-ahead log): group commit for writes
@@ -77,6 +82,22 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Writes a consistent point-in-time copy of the whole store to `dir` (which must not
     /// exist), hard-linking immutable files where it can.
     fn checkpoint(&self, dir: &Path) -> Result<()>;
+    /// What the store holds in memory, summed over its column families (zeros for a store
+    /// that does not report it).
+    fn memory(&self) -> MetaMemory {
+        MetaMemory::default()
+    }
+}
+
+/// Memory a [`MetaStore`] holds outside Rust's allocator, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetaMemory {
+    /// Memtables, active and immutable (bounded by the store's memtable budget).
+    pub memtables: u64,
+    /// Blocks held by the block caches.
+    pub block_cache: u64,
+    /// Index and filter blocks of the open table files.
+    pub table_readers: u64,
 }
 
 /// Opens the default store (RocksDB) in `dir`.

@@ -35,6 +35,20 @@ impl MappedFile {
         })
     }
 
+    /// Tells the kernel that this map is read at random places (`MADV_RANDOM`): a page fault
+    /// reads that page, not the read-ahead window around it. For the vectors and ids of an
+    /// indexed segment, read a few rows per query: with read-ahead, a cold page cache under a
+    /// memory budget smaller than the file turned each re-ranked row into 128 KiB or more of
+    /// disk reads that evicted the hot index pages (benches/README.md, "Serving under a memory
+    /// budget"). Pages already cached are unaffected. Best effort: on failure, or where the
+    /// advice does not exist, reads stay correct, only read-ahead stays on.
+    pub fn advise_random(&self) {
+        #[cfg(unix)]
+        if let Err(e) = self.map.advise(memmap2::Advice::Random) {
+            tracing::debug!(path = %self.path.display(), error = %e, "madvise(MADV_RANDOM) failed");
+        }
+    }
+
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.map

@@ -129,6 +129,18 @@ pub(crate) struct Moved {
 
 const GONE: u32 = u32::MAX;
 
+impl Moved {
+    /// Heap bytes of the two maps.
+    pub(crate) fn heap_bytes(&self) -> u64 {
+        let forward: usize = self
+            .forward
+            .values()
+            .map(|v| v.capacity() * size_of::<u32>())
+            .sum();
+        (self.origin.capacity() * size_of::<RowKey>() + forward) as u64
+    }
+}
+
 /// The current location of the row the id map says is at (`seg`, `row`), given which sealed
 /// segments the caller sees (`has`): the same place, or across a recent compaction (in either
 /// direction). `None`: the row is not in any segment the caller sees.
@@ -515,6 +527,9 @@ impl Collection {
 
     /// Compacts until nothing is worth it; returns every compaction done.
     pub fn compact(&self, opts: CompactionOptions) -> Result<Vec<CompactionReport>> {
+        // Row maps past their time serve no reader or cursor (see [`MOVE_TTL`]): freed here
+        // rather than only when the next compaction publishes one.
+        write(&self.moves).retain(|m| m.published.elapsed() < MOVE_TTL);
         let mut out = Vec::new();
         // Each round removes at least one segment or dead row; the bound only guards
         // against a concurrent writer that keeps creating work.
@@ -563,23 +578,14 @@ impl Collection {
         record: &mut super::CollectionRecord,
     ) -> Result<()> {
         let new_id = moved.new_id;
-        // Moved rows dead by now, and the id-map entries of the others.
+        // Moved rows dead by now; the id-map entries of the others are made as the batch is
+        // (one row's at a time: at millions of rows, a list of them would hold ~100 B each).
+        let dead: Vec<RoaringBitmap> = victims.iter().map(|v| v.tombstones()).collect();
         let mut dead_now = RoaringBitmap::new();
-        let mut ops = Vec::new();
-        for v in victims {
-            let dead = v.tombstones();
+        for (v, dead) in victims.iter().zip(&dead) {
             for (old, &new) in moved.forward[&v.id].iter().enumerate() {
-                if new == GONE {
-                    continue;
-                }
-                if dead.contains(old as u32) {
+                if new != GONE && dead.contains(old as u32) {
                     dead_now.insert(new);
-                } else {
-                    ops.push(MetaOp::Put(
-                        Space::Ids,
-                        point_key(self.uid, &v.id(old as u32)),
-                        encode_location(new_id, new),
-                    ));
                 }
             }
         }
@@ -610,12 +616,26 @@ impl Collection {
                 },
             );
         }
-        ops.push(MetaOp::Put(
+        let catalog = MetaOp::Put(
             Space::Catalog,
             catalog_key(&self.config.name),
             encode_record(record)?,
-        ));
-        self.meta.write(ops)?;
+        );
+        let ids = victims.iter().zip(&dead).flat_map(|(v, dead)| {
+            moved.forward[&v.id]
+                .iter()
+                .enumerate()
+                .filter(move |&(old, &new)| new != GONE && !dead.contains(old as u32))
+                .map(move |(old, &new)| {
+                    MetaOp::Put(
+                        Space::Ids,
+                        point_key(self.uid, &v.id(old as u32)),
+                        encode_location(new_id, new),
+                    )
+                })
+        });
+        self.meta
+            .write_each(&mut ids.chain(std::iter::once(catalog)), true)?;
         self.swap_compacted(victims, new_seg, moved, &dead_now, record);
         Ok(())
     }

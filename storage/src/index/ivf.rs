@@ -32,7 +32,7 @@
 //! carry no terms: they are computed from the codes when such a file is opened. With 4-bit
 //! codes the table is quantised to bytes and 32 entries are scored per SIMD step. The best
 //! `n_candidates` are returned for exact re-ranking by the caller.
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::Path;
 
 use fs_err as fs;
@@ -124,9 +124,41 @@ fn metric_from(code: u32) -> Option<Metric> {
     }
 }
 
-fn pad(buf: &mut Vec<u8>) {
-    while !buf.len().is_multiple_of(ALIGN) {
-        buf.push(0);
+/// A writer that counts and checksums what passes through it; the file ends with the CRC-32
+/// of everything before it.
+struct Checksummed<W: Write> {
+    w: W,
+    crc: crc32fast::Hasher,
+    len: usize,
+}
+
+impl<W: Write> Checksummed<W> {
+    fn new(w: W) -> Self {
+        Checksummed {
+            w,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.crc.update(b);
+        self.len += b.len();
+        self.w.write_all(b)
+    }
+
+    /// Zeros up to the next multiple of [`ALIGN`].
+    fn pad(&mut self) -> io::Result<()> {
+        let k = (ALIGN - self.len % ALIGN) % ALIGN;
+        self.put(&[0u8; ALIGN][..k])
+    }
+
+    /// Appends the checksum and flushes.
+    fn finish(mut self) -> io::Result<W> {
+        let crc = self.crc.clone().finalize();
+        self.w.write_all(&crc.to_le_bytes())?;
+        self.w.flush()?;
+        Ok(self.w)
     }
 }
 
@@ -177,31 +209,24 @@ pub fn build(
     let t_assign = t0.elapsed();
     // PQ on residuals of a sample.
     let sample = training_rows(65_536, &mut rng);
-    let residual = |r: usize| -> Vec<f32> {
+    let residual_into = |r: usize, out: &mut [f32]| {
         let c = assignment[r] as usize;
-        vectors[r * dim..(r + 1) * dim]
-            .iter()
+        for ((o, x), y) in out
+            .iter_mut()
+            .zip(&vectors[r * dim..(r + 1) * dim])
             .zip(&centroids[c * dim..(c + 1) * dim])
-            .map(|(x, y)| x - y)
-            .collect()
+        {
+            *o = x - y;
+        }
     };
-    let train: Vec<f32> = sample.iter().flat_map(|&r| residual(r)).collect();
+    let mut train = vec![0.0f32; sample.len() * dim];
+    for (&r, out) in sample.iter().zip(train.chunks_exact_mut(dim)) {
+        residual_into(r, out);
+    }
     let pq = ProductQuantizer::train(&train, dim, params.m, ksub, params.seed);
+    drop(train);
     let t_pq = t0.elapsed();
     let m = params.m;
-    let residuals: Vec<f32> = (0..n).into_par_iter().flat_map_iter(residual).collect();
-    let codes = pq.encode_many(&residuals);
-    drop(residuals);
-    tracing::debug!(
-        rows = n,
-        nlist,
-        m,
-        coarse_ms = t_coarse.as_millis() as u64,
-        assign_ms = (t_assign - t_coarse).as_millis() as u64,
-        pq_train_ms = (t_pq - t_assign).as_millis() as u64,
-        encode_ms = (t0.elapsed() - t_pq).as_millis() as u64,
-        "IVF-PQ build phases"
-    );
     // Counting sort into list-major order.
     let mut offsets = vec![0u64; nlist + 1];
     for &a in &assignment {
@@ -212,33 +237,38 @@ pub fn build(
     }
     let mut fill = offsets.clone();
     let mut rows = vec![0u32; n];
-    let mut list_codes = vec![0u8; n * m];
     for (r, &a) in assignment.iter().enumerate() {
         let at = fill[a as usize] as usize;
         fill[a as usize] += 1;
         rows[at] = r as u32;
-        list_codes[at * m..(at + 1) * m].copy_from_slice(&codes[r * m..(r + 1) * m]);
     }
+    drop(fill);
+    // Encoded straight into list-major order from residuals made a chunk at a time: the
+    // build never holds all residuals (n·dim floats) or a second, row-major copy of the codes.
+    let list_codes = pq.encode_rows(n, |at, out| residual_into(rows[at] as usize, out));
+    tracing::debug!(
+        rows = n,
+        nlist,
+        m,
+        coarse_ms = t_coarse.as_millis() as u64,
+        assign_ms = (t_assign - t_coarse).as_millis() as u64,
+        pq_train_ms = (t_pq - t_assign).as_millis() as u64,
+        encode_ms = (t0.elapsed() - t_pq).as_millis() as u64,
+        "IVF-PQ build phases"
+    );
+    drop(assignment);
     let l2 = (metric == Metric::L2).then(|| {
         let shift = mean(vectors, dim);
         L2Parts::compute(&pq, &centroids, shift, &offsets, &list_codes)
     });
-    if params.bits == 4 {
-        list_codes = offsets
-            .windows(2)
-            .flat_map(|w| fastscan::pack(&list_codes[w[0] as usize * m..w[1] as usize * m], m))
-            .collect();
-    }
 
-    let mut buf = Vec::with_capacity(
-        ALIGN * 6
-            + centroids.len() * 4
-            + pq.codebooks.len() * 4
-            + offsets.len() * 8
-            + n * (4 + m)
-            + 4,
-    );
-    buf.extend_from_slice(MAGIC);
+    // Streamed to the file (4-bit lists packed one at a time), checksummed on the way.
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let mut out = Checksummed::new(io::BufWriter::with_capacity(
+        1 << 20,
+        fs::File::create(&tmp)?,
+    ));
+    out.put(MAGIC)?;
     for v in [
         VERSION,
         metric_code(metric),
@@ -246,39 +276,40 @@ pub fn build(
         nlist as u32,
         m as u32,
     ] {
-        buf.extend_from_slice(&v.to_le_bytes());
+        out.put(&v.to_le_bytes())?;
     }
-    buf.extend_from_slice(&(n as u64).to_le_bytes());
-    buf.extend_from_slice(&params.seed.to_le_bytes());
-    buf.extend_from_slice(&params.bits.to_le_bytes());
-    pad(&mut buf);
-    buf.extend_from_slice(bytemuck::cast_slice(&centroids));
-    pad(&mut buf);
-    buf.extend_from_slice(bytemuck::cast_slice(&pq.codebooks));
-    pad(&mut buf);
-    buf.extend_from_slice(bytemuck::cast_slice(&offsets));
-    pad(&mut buf);
-    buf.extend_from_slice(bytemuck::cast_slice(&rows));
-    pad(&mut buf);
-    buf.extend_from_slice(&list_codes);
+    out.put(&(n as u64).to_le_bytes())?;
+    out.put(&params.seed.to_le_bytes())?;
+    out.put(&params.bits.to_le_bytes())?;
+    out.pad()?;
+    out.put(bytemuck::cast_slice(&centroids))?;
+    out.pad()?;
+    out.put(bytemuck::cast_slice(&pq.codebooks))?;
+    out.pad()?;
+    out.put(bytemuck::cast_slice(&offsets))?;
+    out.pad()?;
+    out.put(bytemuck::cast_slice(&rows))?;
+    out.pad()?;
+    if params.bits == 4 {
+        for w in offsets.windows(2) {
+            out.put(&fastscan::pack(
+                &list_codes[w[0] as usize * m..w[1] as usize * m],
+                m,
+            ))?;
+        }
+    } else {
+        out.put(&list_codes)?;
+    }
+    drop(list_codes);
     if let Some(l2) = &l2 {
-        pad(&mut buf);
-        buf.extend_from_slice(bytemuck::cast_slice(l2.terms_owned.as_slice()));
-        pad(&mut buf);
-        buf.extend_from_slice(bytemuck::cast_slice(&l2.shift));
-        pad(&mut buf);
-        buf.extend_from_slice(bytemuck::cast_slice(&l2.list_min));
+        out.pad()?;
+        out.put(bytemuck::cast_slice(l2.terms_owned.as_slice()))?;
+        out.pad()?;
+        out.put(bytemuck::cast_slice(&l2.shift))?;
+        out.pad()?;
+        out.put(bytemuck::cast_slice(&l2.list_min))?;
     }
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(&crc.to_le_bytes());
-
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    drop(buf);
+    out.finish()?.get_ref().sync_all()?;
     let t_cal = std::time::Instant::now();
     let index = IvfPqIndex::open_file(&tmp, dim, metric, n, None)?;
     Calibration::measure(&index, vectors, dim, metric, params.seed).write(dir)?;
@@ -1070,13 +1101,56 @@ mod tests {
         }
     }
 
+    /// Embedding-like data of any dimension: 20 clusters in a 24-dimensional latent space,
+    /// mapped into `dim` dimensions by a fixed random matrix, plus a little isotropic noise
+    /// (real embeddings have a low intrinsic dimension; uniform noise in 768 dimensions does not).
+    fn embeddings(n: usize, dim: usize, seed: u64, normalize: bool) -> Vec<f32> {
+        const LATENT: usize = 24;
+        let mut basis_rng = SplitMix64::new(0xE3B);
+        let u = |r: &mut SplitMix64| r.below(20_000) as f32 / 10_000.0 - 1.0;
+        let basis: Vec<f32> = (0..LATENT * dim).map(|_| u(&mut basis_rng)).collect();
+        let centers: Vec<f32> = (0..20 * LATENT).map(|_| u(&mut basis_rng)).collect();
+        let mut rng = SplitMix64::new(seed);
+        let mut out = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            let c = &centers[(i % 20) * LATENT..(i % 20 + 1) * LATENT];
+            let z: Vec<f32> = c.iter().map(|x| x + 0.5 * u(&mut rng)).collect();
+            let mut v: Vec<f32> = (0..dim)
+                .map(|j| {
+                    z.iter()
+                        .enumerate()
+                        .map(|(l, zl)| zl * basis[l * dim + j])
+                        .sum::<f32>()
+                        + 0.05 * u(&mut rng)
+                })
+                .collect();
+            if normalize {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            out.extend(v);
+        }
+        out
+    }
+
     /// Recall measured with fresh queries (from the data's distribution, never indexed) at the
-    /// nprobe the calibration picks is close to the target, for both code widths.
+    /// nprobe the calibration picks is close to the target: for both code widths, and with the
+    /// default (4-bit) codes at the dimensions of RAG embeddings (384, 768) and of
+    /// Fashion-MNIST (784), where the default m packs two dimensions per sub-quantizer.
     #[test]
     fn calibration_predicts_recall_on_unseen_queries() {
-        let (n, nq, dim) = (6000, 300, 16);
-        for (metric, bits) in [(Metric::L2, 4), (Metric::Cosine, 8)] {
-            let all = data(n + nq, dim, 5, metric == Metric::Cosine);
+        let (n, nq) = (6000, 300);
+        type Gen = fn(usize, usize, u64, bool) -> Vec<f32>;
+        let cases: [(Metric, u32, usize, Gen); 5] = [
+            (Metric::L2, 4, 16, data),
+            (Metric::Cosine, 8, 16, data),
+            (Metric::Cosine, 4, 384, embeddings),
+            (Metric::Dot, 4, 768, embeddings),
+            (Metric::L2, 4, 784, embeddings),
+        ];
+        for (metric, bits, dim, gen_data) in cases {
+            let nq = if dim > 64 { nq / 3 } else { nq };
+            let all = gen_data(n + nq, dim, 5, metric == Metric::Cosine);
             let (xs, qs) = all.split_at(n * dim);
             let dir = tempfile::tempdir().unwrap();
             build(
@@ -1116,12 +1190,12 @@ mod tests {
                 let recall = hit as f64 / (nq * 10) as f64;
                 assert!(
                     recall >= target - 0.03,
-                    "{metric:?} {bits}-bit: target {target}, nprobe {nprobe} gave {recall} ({:?})",
+                    "{metric:?} {bits}-bit {dim}-d: target {target}, nprobe {nprobe} gave {recall} ({:?})",
                     cal.points
                 );
                 assert!(
                     nprobe < idx.nlist(),
-                    "{metric:?} {bits}-bit: target {target} needs every list"
+                    "{metric:?} {bits}-bit {dim}-d: target {target} needs every list"
                 );
             }
         }

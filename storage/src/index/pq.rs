@@ -110,10 +110,17 @@ impl ProductQuantizer {
         }
     }
 
-    /// Encodes row-major `data`, `m` bytes per row, in parallel; sub-vectors are matched four
-    /// rows at a time against each sub-space's [`kmeans::CentroidTable`].
-    pub fn encode_many(&self, data: &[f32]) -> Vec<u8> {
+    /// Encodes `n` rows, `m` bytes per row, in parallel, without ever holding them all:
+    /// `row(i, out)` writes row `i` (`dim` floats) into `out`, a chunk of 1,024 rows at a
+    /// time per worker. Sub-vectors are matched four rows at a time against each sub-space's
+    /// [`kmeans::CentroidTable`].
+    pub fn encode_rows(&self, n: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<u8> {
+        const CHUNK: usize = 1024;
         let (dim, m, dsub, ks) = (self.dim, self.m, self.dsub(), self.ksub);
+        let mut out = vec![0u8; n * m];
+        if m == 0 {
+            return out;
+        }
         let tables: Vec<kmeans::CentroidTable> = (0..m)
             .map(|j| {
                 kmeans::CentroidTable::new(
@@ -122,10 +129,14 @@ impl ProductQuantizer {
                 )
             })
             .collect();
-        data.par_chunks(1024 * dim)
-            .flat_map_iter(|chunk| {
-                let rows: Vec<&[f32]> = chunk.chunks_exact(dim).collect();
-                let mut out = vec![0u8; rows.len() * m];
+        out.par_chunks_mut(CHUNK * m)
+            .enumerate()
+            .for_each(|(c, codes)| {
+                let mut buf = vec![0.0f32; codes.len() / m * dim];
+                for (i, r) in buf.chunks_exact_mut(dim).enumerate() {
+                    row(c * CHUNK + i, r);
+                }
+                let rows: Vec<&[f32]> = buf.chunks_exact(dim).collect();
                 for (b, block) in rows.chunks(4).enumerate() {
                     for (j, table) in tables.iter().enumerate() {
                         let subs: Vec<&[f32]> =
@@ -136,13 +147,12 @@ impl ProductQuantizer {
                             .take(block.len())
                             .enumerate()
                         {
-                            out[(b * 4 + i) * m + j] = c as u8;
+                            codes[(b * 4 + i) * m + j] = c as u8;
                         }
                     }
                 }
-                out
-            })
-            .collect()
+            });
+        out
     }
 
     /// Reconstructs a vector from its code.

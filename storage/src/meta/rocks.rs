@@ -8,13 +8,22 @@ use rocksdb::{
 };
 
 use crate::error::{Error, Result};
-use crate::meta::{MetaOp, MetaStore, Space};
+use crate::meta::{MetaMemory, MetaOp, MetaStore, Space};
 
 /// RocksDB-backed metadata.
 #[derive(Debug)]
 pub struct RocksStore {
     db: DB,
 }
+
+const SPACES: [Space; 6] = [
+    Space::Catalog,
+    Space::Ids,
+    Space::Payloads,
+    Space::App,
+    Space::Audit,
+    Space::Raft,
+];
 
 fn cf_name(space: Space) -> &'static str {
     match space {
@@ -88,7 +97,7 @@ impl MetaStore for RocksStore {
             .collect()
     }
 
-    fn write_opt(&self, ops: Vec<MetaOp>, sync: bool) -> Result<()> {
+    fn write_each(&self, ops: &mut dyn Iterator<Item = MetaOp>, sync: bool) -> Result<()> {
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
@@ -180,16 +189,28 @@ impl MetaStore for RocksStore {
     }
 
     fn flush(&self) -> Result<()> {
-        for s in [
-            Space::Catalog,
-            Space::Ids,
-            Space::Payloads,
-            Space::App,
-            Space::Audit,
-            Space::Raft,
-        ] {
+        for s in SPACES {
             self.db.flush_cf(self.cf(s)?).map_err(meta_err)?;
         }
         Ok(())
+    }
+
+    fn memory(&self) -> MetaMemory {
+        let mut m = MetaMemory::default();
+        for s in SPACES {
+            let Ok(cf) = self.cf(s) else { continue };
+            let prop = |name: &str| {
+                self.db
+                    .property_int_value_cf(cf, name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            m.memtables += prop("rocksdb.cur-size-all-mem-tables");
+            // Each column family has its own block cache (its own table factory).
+            m.block_cache += prop("rocksdb.block-cache-usage");
+            m.table_readers += prop("rocksdb.estimate-table-readers-mem");
+        }
+        m
     }
 }

@@ -362,9 +362,14 @@ impl SealedSegment {
         *self.fields.write().unwrap_or_else(|p| p.into_inner()) = Some(fields);
     }
 
-    /// Publishes a built index (the first one wins).
+    /// Publishes a built index (the first one wins). From then on searches read the rows
+    /// they re-rank (and their ids) at random, so the maps' read-ahead is turned off (see
+    /// [`MappedFile::advise_random`]); an unindexed segment is scanned whole and keeps it.
     pub fn set_index(&self, index: Arc<IvfPqIndex>) {
-        let _ = self.index.set(index);
+        if self.index.set(index).is_ok() {
+            self.vectors.advise_random();
+            self.ids.advise_random();
+        }
     }
 
     /// Vector dimension.
