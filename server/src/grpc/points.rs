@@ -5,6 +5,7 @@ use quiver_proto::v1 as pb;
 use quiver_proto::v1::points_server::Points;
 use quiver_storage::ReadOptions;
 use quiver_storage::collection::PayloadLimits;
+use quiver_storage::types::PointWrite;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -27,18 +28,56 @@ impl PointsService {
     }
 
     async fn upsert_batch(&self, r: pb::UpsertRequest) -> ApiResult<(u64, u64)> {
+        let (collection, points) = self.prepare(r)?;
+        self.write_points(collection, points).await
+    }
+
+    /// Checks and converts a message's points (no write yet).
+    fn prepare(&self, r: pb::UpsertRequest) -> ApiResult<(String, Vec<PointWrite>)> {
         self.state.check_rows("points", r.points.len())?;
-        let n = r.points.len() as u64;
         let points = convert::points(r.points, self.state.settings.max_payload_bytes)?;
+        Ok((r.collection, points))
+    }
+
+    /// Writes converted points; returns how many and the LSN.
+    async fn write_points(
+        &self,
+        collection: String,
+        points: Vec<PointWrite>,
+    ) -> ApiResult<(u64, u64)> {
+        let n = points.len() as u64;
         let out = self
             .state
-            .write(Mutation::Upsert {
-                collection: r.collection,
-                points,
-            })
+            .write(Mutation::Upsert { collection, points })
             .await?;
         Ok((n, out.lsn))
     }
+}
+
+/// One message of an upsert stream, read and converted ahead of the write.
+struct Prepared {
+    /// Its position on the stream (1 = first).
+    message: u64,
+    batch_id: u64,
+    /// The collection and points, or why the message ends the stream.
+    points: Result<(String, Vec<PointWrite>), Refused>,
+}
+
+/// Why a stream message is not written.
+enum Refused {
+    /// The stream itself failed (a message too large or malformed), or the key may not write
+    /// the collection: reported as it is.
+    Plain(Status),
+    /// The message's content: reported with where it stands on the stream.
+    Content(ApiError),
+}
+
+/// A stream message's refusal, with where it stands on the stream.
+fn at_batch(e: ApiError, batch_id: u64, message: u64, total: u64) -> Status {
+    e.context(format_args!(
+        "batch {batch_id} (message {message} on this stream; {total} points acknowledged before it)"
+    ))
+    .into()
 }
 
 type AckStream = ReceiverStream<Result<pb::UpsertAck, Status>>;
@@ -63,48 +102,75 @@ impl Points for PointsService {
         let principal = req.extensions().get::<crate::auth::Principal>().cloned();
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Two stages: a reader decodes, authorises and converts the next message while the
+        // current one is written (the write, an fsynced WAL append, waits on the disk; the
+        // decode is CPU). The reader runs at most one message ahead, so a fast client is still
+        // held back by HTTP/2 flow control, and the server holds at most three messages of a
+        // stream (one written, one converted and waiting, one being read) instead of one.
+        let (ready_tx, mut ready) = tokio::sync::mpsc::channel::<Prepared>(1);
+        let reader = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut message = 0u64;
+                while let Some(item) = inbound.next().await {
+                    message += 1;
+                    // Refusals go through the writer too, so they reach the client after the
+                    // acknowledgements of the messages before them.
+                    let (batch_id, points) = match item {
+                        Ok(r) => (
+                            r.batch_id,
+                            match crate::auth::check_principal(principal.as_ref(), &r.collection) {
+                                Ok(()) => this.prepare(r).map_err(Refused::Content),
+                                Err(s) => Err(Refused::Plain(s)),
+                            },
+                        ),
+                        Err(s) => (0, Err(Refused::Plain(crate::error::oversized(s)))),
+                    };
+                    let refused = points.is_err();
+                    let prepared = Prepared {
+                        message,
+                        batch_id,
+                        points,
+                    };
+                    if ready_tx.send(prepared).await.is_err() || refused {
+                        return; // the writer stopped, or this message ends the stream
+                    }
+                }
+            })
+        };
         let this = self.clone();
         tokio::spawn(async move {
             let mut total = 0u64;
-            let mut message = 0u64;
-            // One batch at a time: the next message is read only after this one is durable, so
-            // a fast client is slowed by HTTP/2 flow control instead of filling server memory.
-            while let Some(item) = inbound.next().await {
-                message += 1;
-                let r = match item {
-                    Ok(r) => r,
-                    Err(s) => {
-                        let _ = tx.send(Err(crate::error::oversized(s))).await;
-                        return;
-                    }
+            while let Some(p) = ready.recv().await {
+                let result = match p.points {
+                    Ok((collection, points)) => this
+                        .write_points(collection, points)
+                        .await
+                        .map_err(|e| at_batch(e, p.batch_id, p.message, total)),
+                    Err(Refused::Plain(s)) => Err(s),
+                    Err(Refused::Content(e)) => Err(at_batch(e, p.batch_id, p.message, total)),
                 };
-                let batch_id = r.batch_id;
-                if let Err(s) = crate::auth::check_principal(principal.as_ref(), &r.collection) {
-                    let _ = tx.send(Err(s)).await;
-                    return;
-                }
-                match this.upsert_batch(r).await {
+                match result {
                     Ok((n, lsn)) => {
                         total += n;
                         let ack = pb::UpsertAck {
-                            batch_id,
+                            batch_id: p.batch_id,
                             upserted: n,
                             total_upserted: total,
                             lsn,
                         };
                         if tx.send(Ok(ack)).await.is_err() {
-                            return; // client went away
+                            break; // client went away
                         }
                     }
-                    Err(e) => {
-                        let e = e.context(format_args!(
-                            "batch {batch_id} (message {message} on this stream; {total} points acknowledged before it)"
-                        ));
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        break;
                     }
                 }
             }
+            // Whatever the reader has read ahead is never written.
+            reader.abort();
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
