@@ -407,9 +407,9 @@ fn gauges(engine: Arc<Engine>) -> JoinHandle<()> {
     })
 }
 
-/// Where the process's anonymous memory goes: jemalloc's own statistics (Rust allocations,
-/// when jemalloc is the global allocator, as in `quiverd`) and what RocksDB reports holding
-/// outside it (its C++ allocations go to the C library's malloc).
+/// Where the process's anonymous memory goes: jemalloc's own statistics (in `quiverd` it is
+/// the global allocator and the process's malloc, so they cover RocksDB's C++ allocations
+/// too), and what RocksDB reports holding of them.
 fn memory_gauges(engine: &Engine) {
     use tikv_jemalloc_ctl::{epoch, stats};
     // The statistics are a snapshot taken when the epoch advances.

@@ -89,7 +89,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Memory a [`MetaStore`] holds outside Rust's allocator, in bytes.
+/// Memory a [`MetaStore`] reports holding, in bytes (its own allocations, made through the
+/// process's malloc).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetaMemory {
     /// Memtables, active and immutable (bounded by the store's memtable budget).
