@@ -26,6 +26,12 @@ struct Args {
     /// nprobe:refine configurations (the filtered planner scales nprobe by 1 / selectivity).
     #[arg(long, default_value = "32:4,48:4,64:4,96:4")]
     sweep: String,
+    /// Only these filters (by name: none, 0.1%, 1%, 10%, 50%); empty: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Timed rounds, each over every selected (filter, setting) in turn; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// The payload columns of row `i`, as `glove_payloads.py` computes them.
@@ -77,68 +83,18 @@ fn main() -> Result<()> {
     ];
     let single = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let sweep = parse_sweep(&a.sweep)?;
-    let run = |name: &str,
-               text: Option<&str>,
-               selectivity: f64,
-               truth: &[Vec<u32>]|
-     -> Result<()> {
-        let filter = text.map(parse).transpose()?;
-        // Cost of evaluating the filter alone (the allowed-rows bitmaps), as Count does it.
-        let eval_us = match &filter {
-            Some(f) => {
-                let t = Instant::now();
-                for _ in 0..200 {
-                    c.count_filtered(f)?;
-                }
-                t.elapsed().as_secs_f64() * 1e6 / 200.0
-            }
-            None => 0.0,
-        };
-        for p in &sweep {
-            let params = SearchParams {
-                exact: false,
-                nprobe: p.nprobe.map(|n| n as usize),
-                refine: Some(p.refine as usize),
-                target_recall_bp: None,
-                deadline: None,
-                response_budget: 0,
-            };
-            let (recall, qps) = single.install(|| -> Result<(f64, f64)> {
-                let t = Instant::now();
-                let mut recall = 0.0;
-                for (q, want) in queries.iter().zip(truth) {
-                    let hits = c
-                        .search_batch_filtered(
-                            &[(q, 10)],
-                            ReadOptions::default(),
-                            params,
-                            filter.as_ref(),
-                        )
-                        .pop()
-                        .expect("one result")?;
-                    let ids: Vec<u64> = hits
-                        .iter()
-                        .filter_map(|h| match h.id {
-                            PointId::Num(n) => Some(n),
-                            PointId::Str(_) => None,
-                        })
-                        .collect();
-                    recall += recall_at(10, &ids, want);
-                }
-                Ok((
-                    recall / queries.len() as f64,
-                    queries.len() as f64 / t.elapsed().as_secs_f64(),
-                ))
-            })?;
-            println!(
-                "{}",
-                serde_json::json!({"system": "quiver-ivfpq4", "filter": name, "selectivity": selectivity, "nprobe": p.nprobe, "refine": p.refine, "recall10": recall, "qps": qps, "filter_eval_us": eval_us, "threads": 1})
-            );
-        }
-        Ok(())
-    };
-    run("none", None, 1.0, &gt)?;
+    let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
+    // Every selected filter with its exact filtered ground truth.
+    // (name, filter text, share of rows allowed, exact filtered top-10 per query)
+    type Case<'a> = (&'a str, Option<&'a str>, f64, Vec<Vec<u32>>);
+    let mut cases: Vec<Case> = Vec::new();
+    if wanted("none") {
+        cases.push(("none", None, 1.0, gt.clone()));
+    }
     for (name, text, pass) in &filters {
+        if !wanted(name) {
+            continue;
+        }
         let allowed: Vec<u32> = (0..base.len() as u64)
             .filter(|&n| pass(n))
             .map(|n| n as u32)
@@ -168,12 +124,81 @@ fn main() -> Result<()> {
                 best.into_iter().map(|x| x.1).collect()
             })
             .collect();
-        run(
-            name,
-            Some(text),
-            allowed.len() as f64 / base.len() as f64,
-            &truth,
-        )?;
+        let share = allowed.len() as f64 / base.len() as f64;
+        cases.push((name, Some(text), share, truth));
+    }
+    // One timed pass of the queries: (recall@10, QPS).
+    let measure = |filter: Option<&quiver_storage::filter::Filter>,
+                   params: SearchParams,
+                   truth: &[Vec<u32>]|
+     -> Result<(f64, f64)> {
+        single.install(|| {
+            let t = Instant::now();
+            let mut recall = 0.0;
+            for (q, want) in queries.iter().zip(truth) {
+                let hits = c
+                    .search_batch_filtered(&[(q, 10)], ReadOptions::default(), params, filter)
+                    .pop()
+                    .expect("one result")?;
+                let ids: Vec<u64> = hits
+                    .iter()
+                    .filter_map(|h| match h.id {
+                        PointId::Num(n) => Some(n),
+                        PointId::Str(_) => None,
+                    })
+                    .collect();
+                recall += recall_at(10, &ids, want);
+            }
+            Ok((
+                recall / queries.len() as f64,
+                queries.len() as f64 / t.elapsed().as_secs_f64(),
+            ))
+        })
+    };
+    let parsed: Vec<Option<quiver_storage::filter::Filter>> = cases
+        .iter()
+        .map(|c| c.1.map(parse).transpose())
+        .collect::<Result<_, _>>()?;
+    // Rounds interleave every (filter, setting): on a shared machine a slow spell then lowers
+    // every configuration's rounds alike instead of one configuration's only, and each reports
+    // its median round.
+    let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); cases.len() * sweep.len()];
+    for _ in 0..a.rounds.max(1) {
+        for (ci, filter) in parsed.iter().enumerate() {
+            // Cost of evaluating the filter alone (the allowed-rows bitmaps), as Count does it.
+            let eval_us = match filter {
+                Some(f) => {
+                    let t = Instant::now();
+                    for _ in 0..200 {
+                        c.count_filtered(f)?;
+                    }
+                    t.elapsed().as_secs_f64() * 1e6 / 200.0
+                }
+                None => 0.0,
+            };
+            for (pi, p) in sweep.iter().enumerate() {
+                let params = p.params();
+                let (recall, qps) = measure(filter.as_ref(), params, &cases[ci].3)?;
+                runs[ci * sweep.len() + pi].push((qps, recall, eval_us));
+            }
+        }
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    for (ci, (name, _, selectivity, _)) in cases.iter().enumerate() {
+        for (pi, p) in sweep.iter().enumerate() {
+            let r = &runs[ci * sweep.len() + pi];
+            let qps: Vec<f64> = r.iter().map(|x| x.0).collect();
+            println!(
+                "{}",
+                serde_json::json!({"system": "quiver-ivfpq4", "filter": name, "selectivity": selectivity,
+                    "nprobe": p.nprobe, "target_recall": p.target_recall, "refine": p.refine, "recall10": r[0].1,
+                    "qps": median(qps.clone()), "qps_rounds": qps,
+                    "filter_eval_us": median(r.iter().map(|x| x.2).collect()), "threads": 1})
+            );
+        }
     }
     Ok(())
 }

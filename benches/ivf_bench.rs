@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use quiver_benches::{Loaded, parse_sweep, read_fvecs, read_queries, recall_at};
-use quiver_storage::{IndexConfig, IndexKind, Metric, PointId, ReadOptions, SearchParams};
+use quiver_storage::{IndexConfig, IndexKind, Metric, PointId, ReadOptions};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -116,16 +116,7 @@ fn main() -> Result<()> {
         .num_threads(a.threads.max(1))
         .build()?;
     for point in parse_sweep(&a.sweep)? {
-        let params = SearchParams {
-            exact: false,
-            nprobe: point.nprobe.map(|n| n as usize),
-            refine: Some(point.refine as usize),
-            target_recall_bp: point
-                .target_recall
-                .map(|t| (f64::from(t) * 10_000.0).round() as u16),
-            deadline: None,
-            response_budget: 0,
-        };
+        let params = point.params();
         let one = |(q, truth): (&Vec<f32>, &Vec<u32>)| -> Result<f64> {
             let hits = c.search(q, 10, ReadOptions::default(), params)?;
             Ok(recall_at(10, &num_ids(&hits), truth))

@@ -59,6 +59,22 @@ pub struct SweepPoint {
     pub refine: u32,
 }
 
+impl SweepPoint {
+    /// The engine's search parameters for this configuration.
+    pub fn params(&self) -> quiver_storage::SearchParams {
+        quiver_storage::SearchParams {
+            exact: false,
+            nprobe: self.nprobe.map(|n| n as usize),
+            refine: Some(self.refine as usize),
+            target_recall_bp: self
+                .target_recall
+                .map(|t| (f64::from(t) * 10_000.0).round() as u16),
+            deadline: None,
+            response_budget: 0,
+        }
+    }
+}
+
 /// Parses `nprobe:refine` or `rTARGET:refine` entries, comma-separated (`32:4,r0.95:4`).
 pub fn parse_sweep(s: &str) -> anyhow::Result<Vec<SweepPoint>> {
     s.split(',')

@@ -395,6 +395,8 @@ fn gauges(engine: Arc<Engine>) -> JoinHandle<()> {
                         .set(s.dead_points as f64);
                     metrics::gauge!("quiver_collection_move_map_bytes", "collection" => name.clone())
                         .set(s.move_map_bytes as f64);
+                    metrics::gauge!("quiver_collection_list_map_bytes", "collection" => name.clone())
+                        .set(s.list_map_bytes as f64);
                     let (built, total) = c.index_progress();
                     metrics::gauge!("quiver_index_segments_built", "collection" => name.clone())
                         .set(built as f64);

@@ -105,6 +105,9 @@ pub struct CollectionStats {
     /// Heap bytes of the row maps that recent compactions keep published (for
     /// `compaction::MOVE_TTL`), so readers and scroll cursors can follow moved rows.
     pub move_map_bytes: u64,
+    /// Heap bytes of the indexes' row-to-list maps (2 per row of an indexed segment, built by
+    /// the first filtered search that scans the allowed rows of the nearest lists).
+    pub list_map_bytes: u64,
 }
 
 /// The catalog record's value in the metadata store (see [`crate::meta::keys`]).
@@ -351,6 +354,11 @@ impl Collection {
             last_lsn: self.last_lsn.load(Ordering::Acquire),
             checkpoint_lsn,
             move_map_bytes: read(&self.moves).iter().map(|m| m.heap_bytes()).sum(),
+            list_map_bytes: snap
+                .sealed
+                .iter()
+                .filter_map(|s| s.index().map(|i| i.list_map_bytes() as u64))
+                .sum(),
         }
     }
 

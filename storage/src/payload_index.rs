@@ -39,6 +39,28 @@ struct NumericColumn {
     /// so a wide range is one difference of two prefixes plus a few buckets.
     prefix: Vec<RoaringBitmap>,
     sorted: bool,
+    /// Sealed: one past the largest row in `entries`.
+    row_span: u32,
+}
+
+/// A sealed range that holds at least `row_span / DENSE_RANGE` entries but spans no whole
+/// prefix step is gathered into a plain bitset of the segment's rows, then converted: merging
+/// its buckets' array containers one into another costs more. Measured on GloVe-50's 390k rows
+/// (`num < k`, one segment): at 1% 16.6 µs from the buckets, 11.4 µs through the bitset; at 2%
+/// 27.8 and 17.0; at 5% 29.2 and 31.7. From one prefix step up the buckets win (10%: 10.0
+/// against 33.8 µs), and below 1% the bitset's zeroing and conversion of the whole segment's
+/// span would dominate.
+const DENSE_RANGE: usize = 100;
+
+/// The rows of `entries` as a bitmap, through a bitset of `span` rows (every row < `span`).
+fn bitset_of(entries: &[(f64, u32)], span: u32) -> RoaringBitmap {
+    let mut bytes = vec![0u8; (span as usize).div_ceil(8)];
+    for &(_, row) in entries {
+        if let Some(b) = bytes.get_mut((row >> 3) as usize) {
+            *b |= 1 << (row & 7);
+        }
+    }
+    RoaringBitmap::from_lsb0_bytes(0, &bytes)
 }
 
 /// Buckets per prefix step.
@@ -72,6 +94,7 @@ impl NumericColumn {
                 self.prefix.push(acc.clone());
             }
         }
+        self.row_span = self.entries.iter().map(|e| e.1 + 1).max().unwrap_or(0);
         self.sorted = true;
     }
 
@@ -79,14 +102,24 @@ impl NumericColumn {
     fn buckets_between(&self, a: usize, b: usize) -> RoaringBitmap {
         let (j1, j2) = (a.div_ceil(PREFIX_STRIDE), b / PREFIX_STRIDE);
         if self.prefix.is_empty() || j1 >= j2 {
-            return self.buckets[a..b].iter().union();
+            let mut out = RoaringBitmap::new();
+            self.buckets[a..b].iter().for_each(|bucket| out |= bucket);
+            return out;
         }
         // Buckets are disjoint here (single-valued column): a prefix difference is their union.
-        let mut out = &self.prefix[j2] - &self.prefix[j1];
-        out |= self.buckets[a..j1 * PREFIX_STRIDE]
+        let mut out = if j1 == 0 {
+            self.prefix[j2].clone()
+        } else {
+            &self.prefix[j2] - &self.prefix[j1]
+        };
+        // One bucket at a time into the (mostly dense) result, not a multi-way union merged in
+        // afterwards: GloVe-50's 390k rows, buckets 0..38 of `num < 100`, 24.7 → 9.1 µs.
+        for bucket in self.buckets[a..j1 * PREFIX_STRIDE]
             .iter()
             .chain(&self.buckets[j2 * PREFIX_STRIDE..b])
-            .union();
+        {
+            out |= bucket;
+        }
         out
     }
 
@@ -123,6 +156,11 @@ impl NumericColumn {
         let (first_full, last_full) = (lo.div_ceil(BUCKET), hi / BUCKET);
         if first_full >= last_full {
             return bitmap_of(self.entries[lo..hi].iter().map(|e| e.1).collect());
+        }
+        let prefixed = !self.prefix.is_empty()
+            && first_full.div_ceil(PREFIX_STRIDE) < last_full / PREFIX_STRIDE;
+        if !prefixed && (hi - lo) * DENSE_RANGE >= self.row_span as usize {
+            return bitset_of(&self.entries[lo..hi], self.row_span);
         }
         let mut out = self.buckets_between(first_full, last_full);
         out |= bitmap_of(

@@ -34,6 +34,7 @@
 //! `n_candidates` are returned for exact re-ranking by the caller.
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use fs_err as fs;
 use rayon::prelude::*;
@@ -351,6 +352,9 @@ pub struct IvfPqIndex {
     codes_end: usize,
     /// The l2 decomposition's parts (l2 indexes only).
     l2: Option<L2Parts>,
+    /// The list of each row, built on the first filtered search that needs it (see
+    /// [`IvfPqIndex::list_of_rows`]).
+    list_of: OnceLock<Vec<u16>>,
 }
 
 /// What an l2 index adds to the codes so that one table per query serves every list.
@@ -581,6 +585,7 @@ impl IvfPqIndex {
             codes_at,
             codes_end,
             l2: None,
+            list_of: OnceLock::new(),
             map,
         };
         if idx.row_ids().iter().any(|&r| r as usize >= rows) {
@@ -717,11 +722,53 @@ impl IvfPqIndex {
         n_candidates: usize,
         is_deleted: impl Fn(u32) -> bool,
     ) -> TopK<u32> {
+        let nprobe = nprobe.clamp(1, self.nlist);
+        let (coarse, ips) = self.shortlist(query, nprobe);
+        self.scan(query, coarse, nprobe, &ips, n_candidates, is_deleted)
+    }
+
+    /// The lists a probe of `nprobe` lists reads for `query`: the same lists
+    /// [`IvfPqIndex::search`] scans, in no particular order.
+    pub fn nearest_lists(&self, query: &[f32], nprobe: usize) -> Vec<u32> {
+        let nprobe = nprobe.clamp(1, self.nlist);
+        let (mut coarse, _) = self.shortlist(query, nprobe);
+        if nprobe < coarse.len() {
+            coarse.select_nth_unstable_by(nprobe - 1, |a, b| a.0.total_cmp(&b.0));
+            coarse.truncate(nprobe);
+        }
+        coarse.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// The list of each row of the segment (`u16::MAX` for a row the index does not hold;
+    /// `MAX_NLIST` lists fit in a `u16`). Built once, on first use, from the lists' row ids:
+    /// 2 bytes per row, for filtered searches that scan the allowed rows of the nearest lists.
+    pub fn list_of_rows(&self) -> &[u16] {
+        self.list_of.get_or_init(|| {
+            let (offsets, ids) = (self.offsets(), self.row_ids());
+            let mut out = vec![u16::MAX; self.rows];
+            for l in 0..self.nlist {
+                for &r in &ids[offsets[l] as usize..offsets[l + 1] as usize] {
+                    if let Some(x) = out.get_mut(r as usize) {
+                        *x = u16::try_from(l).unwrap_or(u16::MAX);
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// Heap bytes of the row-to-list map (0 until a filtered search builds it).
+    pub fn list_map_bytes(&self) -> usize {
+        self.list_of.get().map_or(0, |v| v.len() * 2)
+    }
+
+    /// The candidate lists of a probe of `nprobe` lists, with their keys, and `q·c` per list
+    /// (exact for the candidates). The half-float products shortlist the lists; the shortlist
+    /// is ranked, and every probed list's offset taken, from exact products with the f32
+    /// centroids.
+    fn shortlist(&self, query: &[f32], nprobe: usize) -> (Vec<(f32, u32)>, Vec<f32>) {
         let mut ips = Vec::with_capacity(self.nlist);
         self.coarse.inner_products(query, &mut ips);
-        let nprobe = nprobe.clamp(1, self.nlist);
-        // The half-float products shortlist the lists; the shortlist is ranked, and every
-        // probed list's offset taken, from exact products with the f32 centroids.
         let mut coarse = self.keys(&ips);
         let short = coarse::shortlist(nprobe, self.nlist);
         if short < coarse.len() {
@@ -734,7 +781,7 @@ impl IvfPqIndex {
             ips[l] = dot(query, &centroids[l * self.dim..(l + 1) * self.dim]);
             *k = self.key(l, ips[l]);
         }
-        self.scan(query, coarse, nprobe, &ips, n_candidates, is_deleted)
+        (coarse, ips)
     }
 
     /// [`IvfPqIndex::search`] for several queries (`n_candidates[i]` for query `i`). From
