@@ -4,7 +4,7 @@
 # (filter-bench) next to FAISS with IDSelector, Qdrant's engine with payload indexes, LanceDB with
 # scalar indexes and prefilter, and pgvector (PostgreSQL 18, HNSW + iterative scan), one after
 # another in the same run, one search thread, one query per call.
-# Writes benches/results/filtered_glove50.{jsonl,md,png}.
+# Writes benches/results/filtered_glove50.{jsonl,md,png} (or $OUT.{jsonl,md,png}).
 # Usage: benches/peers/run_filtered.sh [QUERIES]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,9 +19,9 @@ data="$cache/glove50"
 [ -s "$data/gt100.ivecs" ] || "$py" benches/make_glove50.py --out "$data"
 cargo build --release --locked -p quiver-benches --bin filter-bench
 bin="${CARGO_TARGET_DIR:-target}/release"
-out=benches/results/filtered_glove50
+out="${OUT:-benches/results/filtered_glove50}"
 : > "$out.jsonl"
-"$bin/filter-bench" --data "$data" --queries "$nq" --sweep 32:4,48:4,64:4,96:4 | tee -a "$out.jsonl"
+"$bin/filter-bench" --data "$data" --queries "$nq" --sweep 16:4,24:4,32:4,48:4,64:4,96:4 --rounds 3 | tee -a "$out.jsonl"
 OMP_WAIT_POLICY=PASSIVE "$py" benches/peers/faiss_filtered.py "$data" --queries "$nq" | tee -a "$out.jsonl"
 "$py" benches/peers/qdrant_edge_filtered.py "$data" --queries "$nq" | tee -a "$out.jsonl"
 "$py" benches/peers/lancedb_filtered.py "$data" --queries "$nq" | tee -a "$out.jsonl"

@@ -95,6 +95,11 @@ impl<K: Ord + Copy> TopK<K> {
         }
     }
 
+    /// How many results it keeps.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// The distance a candidate must beat to enter, or +∞ while not full.
     #[inline]
     pub fn threshold(&self) -> f32 {

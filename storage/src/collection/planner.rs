@@ -2,9 +2,10 @@
 //!
 //! Without a filter, a sealed segment with a usable IVF-PQ index is probed and every other
 //! segment scanned exactly. With a filter, the allowed rows of each segment are known first
-//! (see [`crate::filter`]); a segment with none is skipped, and a sealed one with an index is
-//! probed only when that is cheaper than an exact scan of its allowed rows, with nprobe
-//! raised for the share of rows the filter allows.
+//! (see [`crate::filter`]); a segment with none is skipped. For a sealed one with an index,
+//! nprobe is raised for the share of rows the filter allows, and the cheapest of three reads
+//! is taken (see [`Shape::cheapest`]): every allowed row exactly, the allowed rows of each
+//! query's nearest lists exactly, or the index probe.
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -301,7 +302,8 @@ mod tests {
             ..fast
         };
         assert_eq!(at(adc, 0.1), Read::Listed);
-        // A caller's nprobe above nlist reads every list, no more.
-        assert_eq!(fast.cheapest(3_900, rows, 1_000_000), Read::Exact);
+        // A caller's nprobe above nlist reads every list, no more: half the rows allowed, the
+        // index (every code) still beats an exact scan of them.
+        assert_eq!(fast.cheapest(195_000, rows, 1_000_000), Read::Index);
     }
 }

@@ -507,6 +507,7 @@ impl IvfPqIndex {
             || m == 0
             || !dim.is_multiple_of(m)
             || nlist == 0
+            || nlist > MAX_NLIST
         {
             return Err(bad("index header does not match the segment"));
         }
@@ -727,8 +728,9 @@ impl IvfPqIndex {
         self.scan(query, coarse, nprobe, &ips, n_candidates, is_deleted)
     }
 
-    /// The lists a probe of `nprobe` lists reads for `query`: the same lists
-    /// [`IvfPqIndex::search`] scans, in no particular order.
+    /// The lists a probe of `nprobe` lists reads for `query`, in no particular order: the lists
+    /// [`IvfPqIndex::search`] scans (a batch through [`IvfPqIndex::search_many`] ranks every
+    /// list by its exact product instead, so the two can differ at near-ties).
     pub fn nearest_lists(&self, query: &[f32], nprobe: usize) -> Vec<u32> {
         let nprobe = nprobe.clamp(1, self.nlist);
         let (mut coarse, _) = self.shortlist(query, nprobe);
@@ -739,9 +741,11 @@ impl IvfPqIndex {
         coarse.into_iter().map(|(_, l)| l).collect()
     }
 
-    /// The list of each row of the segment (`u16::MAX` for a row the index does not hold;
-    /// `MAX_NLIST` lists fit in a `u16`). Built once, on first use, from the lists' row ids:
-    /// 2 bytes per row, for filtered searches that scan the allowed rows of the nearest lists.
+    /// The list of each row of the segment. Built once, on first use, from the lists' row ids:
+    /// 2 bytes per row (`MAX_NLIST` lists fit in a `u16`, which `open` enforces), for filtered
+    /// searches that scan the allowed rows of the nearest lists. A valid index holds every row
+    /// once (`open` checks the lists' offsets and row ids); a row it does not hold keeps
+    /// `u16::MAX`.
     pub fn list_of_rows(&self) -> &[u16] {
         self.list_of.get_or_init(|| {
             let (offsets, ids) = (self.offsets(), self.row_ids());
@@ -1027,6 +1031,49 @@ mod tests {
             out.extend(v);
         }
         out
+    }
+
+    /// The row-to-list map agrees with the lists' row ids, and `nearest_lists` names the lists
+    /// whose centroids are nearest to the query (by exact L2, up to rounding at near-ties).
+    #[test]
+    fn rows_map_to_their_lists_and_the_nearest_lists_are_nearest() {
+        let (n, dim) = (3000, 16);
+        let xs = data(n, dim, 5, false);
+        let dir = tempfile::tempdir().unwrap();
+        let params = IvfPqParams::for_data(n, dim, None, None, 4);
+        build(dir.path(), &xs, dim, Metric::L2, params).unwrap();
+        let idx = IvfPqIndex::open(dir.path(), dim, Metric::L2, n)
+            .unwrap()
+            .unwrap();
+        let (offsets, ids, list_of) = (idx.offsets(), idx.row_ids(), idx.list_of_rows());
+        assert_eq!(list_of.len(), n);
+        for l in 0..idx.nlist() {
+            for &r in &ids[offsets[l] as usize..offsets[l + 1] as usize] {
+                assert_eq!(usize::from(list_of[r as usize]), l, "row {r}");
+            }
+        }
+        assert!(list_of.iter().all(|&l| usize::from(l) < idx.nlist()));
+        let centroids = idx.centroids();
+        for q in data(20, dim, 77, false).chunks_exact(dim) {
+            let d = |l: usize| -> f32 {
+                q.iter()
+                    .zip(&centroids[l * dim..(l + 1) * dim])
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum()
+            };
+            let mut all: Vec<f32> = (0..idx.nlist()).map(d).collect();
+            all.sort_by(f32::total_cmp);
+            for p in [1, 3, 8] {
+                let near = idx.nearest_lists(q, p);
+                assert_eq!(near.len(), p);
+                let worst = near.iter().map(|&l| d(l as usize)).fold(0.0, f32::max);
+                assert!(
+                    worst <= all[p - 1] * (1.0 + 1e-4) + 1e-5,
+                    "nprobe {p}: a list at {worst}, the {p}th nearest at {}",
+                    all[p - 1]
+                );
+            }
+        }
     }
 
     #[test]
