@@ -32,6 +32,13 @@ struct Args {
     /// Timed rounds, each over every selected (filter, setting) in turn; the median is reported.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Before the rounds, measure this many queries of query.fvecs that are not measured
+    /// (`quiver_benches::warm_queries`) with the recall audit, each with the selected filters
+    /// in turn (`Collection::audit_recall_filtered`; `audit_recall` for none), as `quiverd`'s
+    /// sampled audit measures the searches it serves: `target_recall` then widens filtered
+    /// searches as measured rather than by 1 / √f.
+    #[arg(long, default_value_t = 0)]
+    warm_queries: usize,
 }
 
 /// The payload columns of row `i`, as `glove_payloads.py` computes them.
@@ -159,6 +166,22 @@ fn main() -> Result<()> {
         .iter()
         .map(|c| c.1.map(parse).transpose())
         .collect::<Result<_, _>>()?;
+    if a.warm_queries > 0 {
+        let warm = quiver_benches::warm_queries(&a.data, queries.len(), a.warm_queries)?;
+        let t = Instant::now();
+        for (i, q) in warm.iter().enumerate() {
+            match &parsed[i % parsed.len()] {
+                Some(f) => c.audit_recall_filtered(q, f)?,
+                None => c.audit_recall(q)?,
+            };
+        }
+        eprintln!(
+            "warmed: {} served queries measured in {:.1}s: {}",
+            warm.len(),
+            t.elapsed().as_secs_f64(),
+            c.stats().index_state
+        );
+    }
     // Rounds interleave every (filter, setting): on a shared machine a slow spell then lowers
     // every configuration's rounds alike instead of one configuration's only, and each reports
     // its median round.

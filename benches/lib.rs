@@ -176,15 +176,30 @@ impl Loaded {
     }
 }
 
-/// The `n` queries of `data/query.fvecs` that follow the `measured` ones: the queries a
-/// benchmark sends to warm the recall audit, unseen among the measured.
+/// `n` queries of `data/query.fvecs` that [`read_queries`] does not pick for `measured`
+/// queries, spread evenly over the file as the measured ones are: the queries a benchmark
+/// sends to warm the recall audit, unseen among the measured. (Until 2026-12-07 these were the
+/// `n` queries after the first `measured`, which overlapped the picked ones whenever
+/// `read_queries` stepped over the file, and came from one stretch of it: GloVe's query file
+/// is ordered by word frequency.)
 pub fn warm_queries(data: &Path, measured: usize, n: usize) -> anyhow::Result<Vec<Vec<f32>>> {
-    let mut all = read_fvecs(&data.join("query.fvecs"))?;
+    let all = read_fvecs(&data.join("query.fvecs"))?;
+    let measured = measured.clamp(1, all.len().max(1));
+    let step = (all.len() / measured).max(1);
+    let picked = |i: usize| i.is_multiple_of(step) && i / step < measured;
+    let mut unseen: Vec<Vec<f32>> = all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !picked(*i))
+        .map(|(_, q)| q)
+        .collect();
     anyhow::ensure!(
-        all.len() >= measured + n,
-        "--warm-queries {n}: query.fvecs holds {} queries, {measured} of them measured",
-        all.len()
+        n > 0 && unseen.len() >= n,
+        "--warm-queries {n}: query.fvecs holds {} queries besides the {measured} measured",
+        unseen.len()
     );
-    all.truncate(measured + n);
-    Ok(all.split_off(measured))
+    let every = unseen.len() / n;
+    Ok((0..n)
+        .map(|i| std::mem::take(&mut unseen[i * every]))
+        .collect())
 }

@@ -3,6 +3,7 @@
 //! after a restart, with the server's idle polling on.
 use std::io::Write;
 
+use quiver_client::pb;
 use quiver_tests::{Server, json_lines, vector};
 use serde_json::Value;
 
@@ -37,7 +38,13 @@ fn load(server: &Server, dir: &std::path::Path, n: u64) {
     let file = dir.join("p.jsonl");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
     for i in 0..n {
-        writeln!(f, "{}", serde_json::json!({"id": i, "vector": point(i)})).unwrap();
+        let payload = serde_json::json!({"r": i % 10});
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({"id": i, "vector": point(i), "payload": payload})
+        )
+        .unwrap();
     }
     drop(f);
     for args in [
@@ -300,6 +307,56 @@ async fn served_queries_are_audited_and_recalibrate_the_index() {
             state(&server)
         );
     }
+    // Filtered searches (an undeclared key allowing 10% of the rows) are audited with their
+    // filter too, until the index widens their nprobe as measured rather than by 1/√f.
+    assert!(
+        state(&server).contains("until 32 filtered queries are measured"),
+        "{}",
+        state(&server)
+    );
+    // The record is saved every 16 measurements (a filtered search's audit makes two): with
+    // 40 filtered queries measured, at least 32 are on disk for the restart below.
+    let filtered_measured = |s: &str| -> usize {
+        s.split("as measured on at least ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    while filtered_measured(&state(&server)) < 40 {
+        for _ in 0..50 {
+            let hits = c
+                .search
+                .search(pb::SearchRequest {
+                    collection: "ix".into(),
+                    vector: point(60_000 + i),
+                    k: 10,
+                    with_payload: true,
+                    filter: Some(pb::Filter {
+                        text: "r = 3".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .hits;
+            assert_eq!(hits.len(), 10);
+            for h in &hits {
+                let p: Value = serde_json::from_str(h.payload_json.as_deref().unwrap()).unwrap();
+                assert_eq!(p["r"], 3, "a hit fails the filter: {p}");
+            }
+            i += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            started.elapsed().as_secs() < 90,
+            "no filtered measurements after {i} searches: {}",
+            state(&server)
+        );
+    }
     // The gauge is refreshed every 10 s.
     let started = std::time::Instant::now();
     loop {
@@ -318,7 +375,8 @@ async fn served_queries_are_audited_and_recalibrate_the_index() {
     server.restart().await;
     let after = state(&server);
     assert!(
-        after.contains("served curves in every indexed segment, from at least"),
+        after.contains("served curves in every indexed segment, from at least")
+            && after.contains("filtered searches widen nprobe as measured"),
         "served curve lost in a restart: {after}"
     );
     drop(server);

@@ -314,6 +314,12 @@ impl Collection {
         &self.dir
     }
 
+    /// The sealed segments as of now (for tests that look at their indexes).
+    #[cfg(test)]
+    pub(crate) fn sealed_segments(&self) -> Vec<Arc<SealedSegment>> {
+        self.snapshot().sealed
+    }
+
     /// The segments as of now, for one read.
     fn snapshot(&self) -> Snapshot {
         let st = read(&self.state);

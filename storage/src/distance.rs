@@ -100,6 +100,16 @@ impl<K: Ord + Copy> TopK<K> {
         self.k
     }
 
+    /// How many candidates it holds (at most `k`).
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The distance a candidate must beat to enter, or +∞ while not full.
     #[inline]
     pub fn threshold(&self) -> f32 {

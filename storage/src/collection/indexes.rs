@@ -160,7 +160,7 @@ fn served_state(sealed: &[Arc<SealedSegment>]) -> String {
         .iter()
         .filter(|i| i.served().curve().is_some())
         .count();
-    if served == indexes.len() {
+    let unfiltered = if served == indexes.len() {
         format!("served curves in every indexed segment, from at least {fewest} queries")
     } else {
         format!(
@@ -168,5 +168,20 @@ fn served_state(sealed: &[Arc<SealedSegment>]) -> String {
             indexes.len() - served,
             indexes.len()
         )
-    }
+    };
+    let fewest_filtered = indexes
+        .iter()
+        .map(|i| i.served().measured_filtered())
+        .min()
+        .unwrap_or(0);
+    let filtered = if fewest_filtered >= MIN_SERVED {
+        format!(
+            "filtered searches widen nprobe as measured on at least {fewest_filtered} served filtered queries"
+        )
+    } else {
+        format!(
+            "filtered searches widen nprobe to nprobe / √(allowed share) until {MIN_SERVED} filtered queries are measured (fewest {fewest_filtered})"
+        )
+    };
+    format!("{unfiltered}; {filtered}")
 }

@@ -12,6 +12,7 @@ use roaring::RoaringBitmap;
 
 use super::{Collection, read};
 use crate::filter::allowed::Allowed;
+use crate::index::calibrate::{DEFAULT_WIDENING, widened};
 use crate::index::ivf::IvfPqIndex;
 use crate::segment::SegmentId;
 use crate::segment::sealed::SealedSegment;
@@ -83,18 +84,28 @@ pub(super) fn plan_sealed<'a>(
         (Rows::Only(rows), None) => Plan::Exact(Rows::Only(rows)),
         (Rows::Only(rows), Some(idx)) => {
             let fraction = rows.len() as f64 / f64::from(s.rows().max(1));
-            let nprobe = nprobe(idx, params, fraction);
-            let shape = Shape::of(idx, dim);
-            match shape.cheapest(rows.len(), s.rows(), nprobe) {
-                Read::Exact => Plan::Exact(Rows::Only(rows)),
-                Read::Listed => Plan::Listed { idx, nprobe, rows },
-                Read::Index => Plan::Index {
-                    idx,
-                    nprobe,
-                    allowed: Some(rows),
-                },
-            }
+            plan_filtered(idx, rows, s.rows(), nprobe(idx, params, fraction), dim)
         }
+    }
+}
+
+/// How a filtered search reads `rows` (allowed) of a sealed segment of `seg_rows` rows with
+/// index `idx`, at `nprobe` lists: the cheapest read by [`Shape::cheapest`].
+pub(crate) fn plan_filtered<'a>(
+    idx: &'a IvfPqIndex,
+    rows: &'a RoaringBitmap,
+    seg_rows: u32,
+    nprobe: usize,
+    dim: usize,
+) -> Plan<'a> {
+    match Shape::of(idx, dim).cheapest(rows.len(), seg_rows, nprobe) {
+        Read::Exact => Plan::Exact(Rows::Only(rows)),
+        Read::Listed => Plan::Listed { idx, nprobe, rows },
+        Read::Index => Plan::Index {
+            idx,
+            nprobe,
+            allowed: Some(rows),
+        },
     }
 }
 
@@ -170,14 +181,24 @@ const MIN_DEFAULT_NPROBE: usize = 8;
 
 /// The nprobe for a filtered search. The k nearest allowed rows are about the k / f nearest
 /// rows overall (f = allowed fraction), which lie further out than the unfiltered top k but
-/// mostly within the nearest lists; probing nprobe / √f lists (capped at every list) keeps
-/// recall at the unfiltered level in the selectivity tests, where 1 / f would probe far more.
+/// mostly within the nearest lists: nprobe grows to base × f^−e (capped at every list). With
+/// a target (its own or the default), e is measured on the filtered queries the segment
+/// serves ([`crate::index::calibrate::Served::widening_for`]); until enough are, and with an
+/// explicit nprobe, e is ½ (nprobe / √f), which kept recall at the unfiltered level in the
+/// selectivity tests, where 1 / f would probe far more.
 fn filtered_nprobe(idx: &IvfPqIndex, params: SearchParams, fraction: f64) -> usize {
     let base = base_nprobe(idx, params);
+    let e = match params.nprobe {
+        Some(_) => DEFAULT_WIDENING,
+        None => {
+            let bp = params.target_recall_bp.unwrap_or(DEFAULT_TARGET_RECALL_BP);
+            idx.served()
+                .widening_for(f64::from(bp) / 10_000.0, base, fraction)
+                .unwrap_or(DEFAULT_WIDENING)
+        }
+    };
     // A caller's nprobe may exceed this segment's nlist: never probe more lists than exist.
-    ((base as f64 / fraction.max(1e-9).sqrt()).ceil() as usize)
-        .max(base)
-        .min(idx.nlist())
+    widened(base, fraction, e, idx.nlist())
 }
 
 /// The three ways to read a sealed segment's allowed rows when it has an index.

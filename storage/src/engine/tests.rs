@@ -1824,3 +1824,164 @@ fn served_queries_recalibrate_target_recall() {
     // The audit is off in the library until an application turns it on.
     assert_eq!(audit::share(), 0.0);
 }
+
+/// Filtered searches widen nprobe as measured on served filtered queries. Rows in 40 tight
+/// clusters carry their cluster `c` and a uniform `r`. A uniform 10% filter keeps its nearest
+/// allowed rows in the nearest lists, where nprobe / √f probes more than needed: once the
+/// audit has measured seen queries, it widens less and `target_recall` still holds on unseen
+/// ones. A filter allowing only the first four clusters (also 10%), asked by queries from the
+/// other clusters, finds no allowed row in the lists it probes: every search still returns
+/// its 10 hits (the probe's short queries read every allowed row), before and after its
+/// queries are measured too. The measurements survive a restart.
+#[test]
+fn filtered_searches_widen_nprobe_as_measured() {
+    let (dim, groups, per) = (16, 40, 500);
+    let mut rng = StdRng::seed_from_u64(17);
+    let centres: Vec<Vec<f32>> = (0..groups)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let near = |rng: &mut StdRng, g: usize, spread: f32| -> Vec<f32> {
+        centres[g]
+            .iter()
+            .map(|c| c + rng.random_range(-spread..spread))
+            .collect()
+    };
+    let n = groups * per;
+    let data: Vec<Vec<f32>> = (0..n).map(|i| near(&mut rng, i % groups, 0.3)).collect();
+    let rs: Vec<u32> = (0..n).map(|_| rng.random_range(0..10_000)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let mut cfg = config("w", dim, Metric::L2, n as u32);
+    cfg.index = crate::types::IndexConfig {
+        kind: crate::types::IndexKind::IvfPq,
+        ..crate::types::IndexConfig::flat()
+    };
+    cfg.schema = [
+        ("c".to_owned(), crate::filter::FieldType::Integer),
+        ("r".to_owned(), crate::filter::FieldType::Integer),
+    ]
+    .into();
+    let c = engine.create_collection(cfg).unwrap();
+    for (b, chunk) in data.chunks(1000).enumerate() {
+        let pts = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let row = b * 1000 + i;
+                PointWrite {
+                    id: PointId::Num(row as u64),
+                    vector: v.clone(),
+                    payload: Some(
+                        serde_json::json!({"c": row % groups, "r": rs[row]})
+                            .to_string()
+                            .into_bytes(),
+                    ),
+                }
+            })
+            .collect();
+        c.upsert(pts).unwrap();
+    }
+    c.flush().unwrap();
+    wait_for_indexes(&c);
+    // Queries from clusters 4.. (never allowed by the correlated filter).
+    let queries = |rng: &mut StdRng, count: usize| -> Vec<Vec<f32>> {
+        (0..count)
+            .map(|_| {
+                let g = rng.random_range(4..groups);
+                near(rng, g, 0.3)
+            })
+            .collect()
+    };
+    let seen = queries(&mut rng, 40);
+    let unseen = queries(&mut rng, 60);
+    let correlated = crate::filter::parse("c < 4").unwrap();
+    let uniform = crate::filter::parse("r < 1000").unwrap();
+    let pass_correlated = |row: usize| row % groups < 4;
+    let pass_uniform = |row: usize| rs[row] < 1000;
+    let recall = |c: &Collection, f: &crate::filter::Filter, pass: &dyn Fn(usize) -> bool| {
+        let mut found = 0;
+        for q in &unseen {
+            let mut all: Vec<(f64, usize)> = (0..n)
+                .filter(|&r| pass(r))
+                .map(|r| (naive_distance(Metric::L2, q, &data[r]), r))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let want: Vec<PointId> = all
+                .iter()
+                .take(10)
+                .map(|x| PointId::Num(x.1 as u64))
+                .collect();
+            let params = SearchParams {
+                target_recall_bp: Some(9500),
+                ..Default::default()
+            };
+            let hits = c
+                .search_batch_filtered(&[(q, 10)], ReadOptions::default(), params, Some(f))
+                .pop()
+                .unwrap()
+                .unwrap();
+            assert_eq!(hits.len(), 10, "a filtered search came back short");
+            assert!(hits.iter().all(|h| match h.id {
+                PointId::Num(r) => pass(r as usize),
+                PointId::Str(_) => false,
+            }));
+            found += hits.iter().filter(|h| want.contains(&h.id)).count();
+        }
+        found as f64 / (10 * unseen.len()) as f64
+    };
+    let widening = |c: &Collection| -> Option<f64> {
+        let sealed = c.sealed_segments();
+        let idx = sealed[0].index().unwrap();
+        idx.served().widening_for(0.95, idx.nprobe_for(0.95), 0.1)
+    };
+    let before = (
+        recall(&c, &correlated, &pass_correlated),
+        recall(&c, &uniform, &pass_uniform),
+    );
+    assert_eq!(widening(&c), None, "nothing measured yet");
+    // The uniform filter's queries measured: no wider a probe than 1/√f, recall kept.
+    for q in &seen {
+        assert_eq!(c.audit_recall_filtered(q, &uniform).unwrap(), 1);
+    }
+    let e_uniform = widening(&c).unwrap();
+    let uniform_after = recall(&c, &uniform, &pass_uniform);
+    let info = c.stats().index_state;
+    // Then the correlated filter's (the window now holds both kinds: 80 queries).
+    for q in &seen {
+        assert_eq!(c.audit_recall_filtered(q, &correlated).unwrap(), 1);
+    }
+    let e_mixed = widening(&c).unwrap();
+    let correlated_after = recall(&c, &correlated, &pass_correlated);
+    eprintln!(
+        "recall before (correlated, uniform): {before:?}; uniform measured: e = {e_uniform}, recall {uniform_after:.3}; both measured: e = {e_mixed}, correlated recall {correlated_after:.3}\n{info}"
+    );
+    assert!(before.0 >= 0.93, "correlated filter: recall {}", before.0);
+    assert!(e_uniform < 0.5, "uniform filter not narrowed: {e_uniform}");
+    assert!(
+        uniform_after >= 0.93,
+        "uniform filter: recall {uniform_after}"
+    );
+    assert!(
+        correlated_after >= 0.93,
+        "correlated filter: recall {correlated_after}"
+    );
+    assert!(
+        recall(&c, &uniform, &pass_uniform) >= 0.93,
+        "uniform filter, both measured"
+    );
+    assert!(
+        info.contains("filtered searches widen nprobe as measured on at least 40"),
+        "{info}"
+    );
+    // Saved every 16 measurements: all 80 are back after a restart.
+    drop(c);
+    drop(engine);
+    engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let c = engine.collection("w").unwrap();
+    assert_eq!(
+        widening(&c),
+        Some(e_mixed),
+        "filtered measurements lost in a restart"
+    );
+    assert_eq!(recall(&c, &correlated, &pass_correlated), correlated_after);
+}

@@ -5,6 +5,8 @@
 //! factor and exact re-rank, as searches run). Each segment's [`Served`] record keeps the
 //! results, and once it holds enough, `target_recall` is answered from the queries the
 //! collection actually serves rather than from held-out rows (see [`crate::index::calibrate`]).
+//! A filtered search's query is also measured with its filter, to choose how far filtered
+//! searches widen nprobe (see `Collection`'s `measure_filtered`).
 //!
 //! The audit's cost is bounded as a share of one core: one query at a time, and after a
 //! measurement that took `t`, none for `t × (1 / share − 1)` (at least [`MIN_GAP`]). A share of
@@ -13,8 +15,8 @@
 //! they [`set_share`]; `quiverd` sets [`DEFAULT_SHARE`] unless configured otherwise.
 //!
 //! [`Served`]: crate::index::calibrate::Served
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::distance::{TopK, distance};
@@ -91,9 +93,10 @@ impl Drop for Turn {
     }
 }
 
-/// Measures `query` (normalised as searches see it) on the indexed ones of `segments` in a
-/// background thread, if an audit is [`due`] and none is running; otherwise does nothing.
-pub fn offer(segments: Vec<Arc<SealedSegment>>, query: Vec<f32>, metric: Metric) {
+/// Runs `work` (the measurement of one served query, see [`measure`]) in a background thread,
+/// if an audit is [`due`] and none is running; otherwise does nothing. The time `work` takes
+/// sets the pause before the next.
+pub fn offer(work: impl FnOnce() + Send + 'static) {
     if !due()
         || BUSY
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -108,9 +111,7 @@ pub fn offer(segments: Vec<Arc<SealedSegment>>, query: Vec<f32>, metric: Metric)
         .name("quiver-audit".into())
         .spawn(move || {
             let _turn = turn;
-            for seg in &segments {
-                measure(seg, &query, metric);
-            }
+            work();
             AUDITED.fetch_add(1, Ordering::Relaxed);
         });
     if let Err(e) = spawned {
@@ -141,12 +142,7 @@ pub fn measure(seg: &SealedSegment, query: &[f32], metric: Metric) -> Option<Vec
         {
             top.push(distance(metric, query, seg.vector(c.key)), c.key);
         }
-        let found = top
-            .into_sorted()
-            .iter()
-            .filter(|c| want.contains(&c.key))
-            .count();
-        let recall = found as f32 / want.len() as f32;
+        let recall = recall_of(top, &want);
         recalls.push(recall);
         if recall >= 1.0 {
             // Every true neighbour found; larger nprobes are counted as finding them too (more
@@ -158,4 +154,14 @@ pub fn measure(seg: &SealedSegment, query: &[f32], metric: Metric) -> Option<Vec
     }
     idx.served().record(recalls.clone(), seg.dir());
     Some(recalls)
+}
+
+/// The share of `want` (the exact top-k, not empty) that `top` holds.
+pub(crate) fn recall_of<K: Ord + Copy>(top: TopK<K>, want: &[K]) -> f32 {
+    let found = top
+        .into_sorted()
+        .iter()
+        .filter(|c| want.contains(&c.key))
+        .count();
+    found as f32 / want.len().max(1) as f32
 }

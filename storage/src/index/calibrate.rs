@@ -16,7 +16,17 @@
 //! also keeps [`Served`]: the recall curves of sampled *served* queries, measured exactly in
 //! the background by [`crate::index::audit`]. Once [`MIN_SERVED`] of them are measured, their
 //! curve replaces the held-out one. File `ivfpq.served`: `b"QSRV"`, CRC32, then JSON.
-use std::collections::VecDeque;
+//!
+//! Filtered searches need more lists than unfiltered ones: the k nearest *allowed* rows lie
+//! further out. The planner widens nprobe to base × f^−e for an allowed share f. Until
+//! [`MIN_SERVED`] filtered queries are measured, e is [`DEFAULT_WIDENING`] (1/√f). The audit
+//! also measures sampled filtered queries, each at every nprobe of the grid, read as the planner
+//! reads it at that nprobe, and [`Served::widening_for`] then picks the smallest e of
+//! [`WIDENINGS`] whose mean recall on them, less one standard error, reaches the target. So a
+//! filter that allows rows near the query (uniform at random: measured on GloVe-50, √f probes
+//! up to 3× more lists than needed at 10%) probes fewer lists, and one whose allowed rows lie
+//! away from the query (correlated with the clusters) probes more.
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -257,17 +267,83 @@ pub const SERVED_WINDOW: usize = 256;
 /// New measurements between two writes of [`SERVED_FILE`].
 const SAVE_EVERY: usize = 16;
 
-/// What [`SERVED_FILE`] holds: per measured query, its recall at each nprobe of `grid`.
+/// What [`SERVED_FILE`] holds: per measured query, its recall at each nprobe of `grid`; the
+/// same for filtered queries, with their allowed share (absent from files of earlier versions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ServedFile {
     grid: Vec<usize>,
     recalls: Vec<Vec<f32>>,
+    #[serde(default)]
+    filtered: Vec<FilteredRecall>,
+}
+
+/// One measured filtered query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct FilteredRecall {
+    /// The share of the segment's rows its filter allowed, in (0, 1].
+    fraction: f32,
+    /// Its recall@10 at each nprobe of the grid.
+    recalls: Vec<f32>,
 }
 
 #[derive(Debug)]
 struct ServedState {
     recalls: VecDeque<Vec<f32>>,
+    filtered: VecDeque<FilteredRecall>,
     unsaved: usize,
+}
+
+/// The exponents e a filtered search's nprobe = base × f^−e may take ([`widened`]); the last
+/// probes every list.
+pub const WIDENINGS: [f64; 12] = [
+    0.0,
+    0.0625,
+    0.125,
+    0.1875,
+    0.25,
+    0.3125,
+    0.375,
+    0.5,
+    0.625,
+    0.75,
+    1.0,
+    f64::INFINITY,
+];
+/// The exponent until enough filtered queries are measured: nprobe / √f, which kept recall at
+/// the unfiltered level in the engine's selectivity tests (uniform filters, 0.1–50%).
+pub const DEFAULT_WIDENING: f64 = 0.5;
+
+/// The nprobe of a filtered search: `base` × `fraction`^−`e`, at least `base`, at most `nlist`.
+pub fn widened(base: usize, fraction: f64, e: f64, nlist: usize) -> usize {
+    if e.is_infinite() {
+        return nlist;
+    }
+    ((base as f64 * fraction.clamp(1e-9, 1.0).powf(-e)).ceil() as usize)
+        .max(base)
+        .min(nlist)
+}
+
+/// The measured filtered queries of an index once there are [`MIN_SERVED`], with the widening
+/// already chosen per (target in basis points, base nprobe, [`band`] of the share).
+#[derive(Debug)]
+struct Widening {
+    records: Vec<FilteredRecall>,
+    chosen: RwLock<HashMap<(u32, usize, u32), f64>>,
+}
+
+/// Most (target, base, band) keys whose widening is remembered; the map starts again when
+/// full.
+const MAX_CHOSEN: usize = 256;
+
+/// A share's band: half-decades of `fraction` (0: 100–32%, 1: 32–10%, 2: 10–3.2%, …), at
+/// most 20 (10^−10).
+fn band(fraction: f64) -> u32 {
+    let f = if fraction > 0.0 {
+        fraction.min(1.0)
+    } else {
+        1e-10
+    };
+    ((-2.0 * f.log10()).floor().max(0.0) as u32).min(20)
 }
 
 /// The recall curves of sampled served queries of one index (see the module docs).
@@ -277,6 +353,8 @@ pub struct Served {
     state: std::sync::Mutex<ServedState>,
     /// The curve of the window once it holds [`MIN_SERVED`] queries; read by every search.
     curve: RwLock<Option<Arc<Calibration>>>,
+    /// The filtered window once it holds [`MIN_SERVED`] queries; read by filtered searches.
+    widening: RwLock<Option<Arc<Widening>>>,
 }
 
 impl Served {
@@ -286,9 +364,11 @@ impl Served {
             grid: grid(nlist),
             state: std::sync::Mutex::new(ServedState {
                 recalls: VecDeque::new(),
+                filtered: VecDeque::new(),
                 unsaved: 0,
             }),
             curve: RwLock::new(None),
+            widening: RwLock::new(None),
         }
     }
 
@@ -300,17 +380,24 @@ impl Served {
         if !path.exists() {
             return served;
         }
+        let fits = |r: &Vec<f32>| {
+            r.len() == served.grid.len() && r.iter().all(|x| (0.0..=1.0).contains(x))
+        };
         match read_sealed::<ServedFile>(&path, SERVED_MAGIC, "served-recall") {
             Ok(f)
                 if f.grid == served.grid
                     && f.recalls.len() <= SERVED_WINDOW
-                    && f.recalls.iter().all(|r| {
-                        r.len() == f.grid.len() && r.iter().all(|x| (0.0..=1.0).contains(x))
-                    }) =>
+                    && f.filtered.len() <= SERVED_WINDOW
+                    && f.recalls.iter().all(fits)
+                    && f.filtered
+                        .iter()
+                        .all(|r| fits(&r.recalls) && r.fraction > 0.0 && r.fraction <= 1.0) =>
             {
                 let mut st = served.lock();
                 st.recalls = f.recalls.into();
+                st.filtered = f.filtered.into();
                 served.publish(&st);
+                served.publish_filtered(&st);
             }
             Ok(_) => {
                 tracing::warn!(path = %path.display(), "ignoring a served-recall file that does not fit this index")
@@ -341,13 +428,39 @@ impl Served {
             st.recalls.pop_front();
         }
         st.recalls.push_back(recalls);
-        st.unsaved += 1;
         self.publish(&st);
+        self.save_now_and_then(st, dir);
+    }
+
+    /// Adds one filtered query's recall at each nprobe of [`Served::grid`] (each read as the
+    /// planner reads it at that nprobe), its filter allowing `fraction` of the segment's rows;
+    /// saved as [`Served::record`] saves. A fraction outside (0, 1] is not recorded.
+    pub fn record_filtered(&self, fraction: f64, recalls: Vec<f32>, dir: &Path) {
+        debug_assert_eq!(recalls.len(), self.grid.len());
+        if !(fraction > 0.0 && fraction <= 1.0) || recalls.len() != self.grid.len() {
+            return;
+        }
+        let mut st = self.lock();
+        if st.filtered.len() == SERVED_WINDOW {
+            st.filtered.pop_front();
+        }
+        st.filtered.push_back(FilteredRecall {
+            fraction: fraction as f32,
+            recalls,
+        });
+        self.publish_filtered(&st);
+        self.save_now_and_then(st, dir);
+    }
+
+    /// Counts a new measurement, and writes the record to `dir` every [`SAVE_EVERY`].
+    fn save_now_and_then(&self, mut st: std::sync::MutexGuard<'_, ServedState>, dir: &Path) {
+        st.unsaved += 1;
         if st.unsaved >= SAVE_EVERY {
             st.unsaved = 0;
             let file = ServedFile {
                 grid: self.grid.clone(),
                 recalls: st.recalls.iter().cloned().collect(),
+                filtered: st.filtered.iter().cloned().collect(),
             };
             let json = serde_json::to_vec(&file).expect("invariant: plain numbers serialise");
             drop(st);
@@ -392,6 +505,92 @@ impl Served {
             })
         });
         *self.curve.write().unwrap_or_else(|p| p.into_inner()) = curve;
+    }
+
+    fn publish_filtered(&self, st: &ServedState) {
+        let widening = (st.filtered.len() >= MIN_SERVED).then(|| {
+            Arc::new(Widening {
+                records: st.filtered.iter().cloned().collect(),
+                chosen: RwLock::new(HashMap::new()),
+            })
+        });
+        *self.widening.write().unwrap_or_else(|p| p.into_inner()) = widening;
+    }
+
+    /// The exponent e for a filtered search at `target` whose unfiltered nprobe is `base` and
+    /// whose filter allows `fraction` of the rows (see the module docs), once [`MIN_SERVED`]
+    /// filtered queries are measured: the smallest of [`WIDENINGS`] at which the measured
+    /// queries' mean recall, less one standard error, reaches `target` (each query read at the
+    /// largest measured nprobe not above [`widened`]'s); the last (every list) if none does.
+    /// The queries are those of a similar share (within a factor of about ten, [`band`]) when
+    /// there are [`MIN_SERVED`] of them, else all: a workload that mixes selectivities gets
+    /// each its own widening, where a mean over all of them would let the easy ones (a tiny
+    /// share is scanned exactly at any nprobe) carry the hard ones.
+    pub fn widening_for(&self, target: f64, base: usize, fraction: f64) -> Option<f64> {
+        let w = self
+            .widening
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let b = band(fraction);
+        let key = ((target.clamp(0.0, 1.0) * 10_000.0).round() as u32, base, b);
+        if let Some(&e) = w.chosen.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Some(e);
+        }
+        let near: Vec<&FilteredRecall> = w
+            .records
+            .iter()
+            .filter(|r| band(f64::from(r.fraction)).abs_diff(b) <= 1)
+            .collect();
+        let records: Vec<&FilteredRecall> = if near.len() >= MIN_SERVED {
+            near
+        } else {
+            w.records.iter().collect()
+        };
+        let nlist = self.grid.last().copied().unwrap_or(1);
+        let n = records.len() as f64;
+        let e = WIDENINGS
+            .into_iter()
+            .find(|&e| {
+                let recalls: Vec<f64> = records
+                    .iter()
+                    .map(|r| {
+                        let probe = widened(base, f64::from(r.fraction), e, nlist);
+                        self.recall_at(&r.recalls, probe)
+                    })
+                    .collect();
+                let mean = recalls.iter().sum::<f64>() / n;
+                let var = recalls.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                mean - (var / n).sqrt() >= target
+            })
+            .unwrap_or(f64::INFINITY);
+        let mut chosen = w.chosen.write().unwrap_or_else(|p| p.into_inner());
+        if chosen.len() >= MAX_CHOSEN {
+            chosen.clear();
+        }
+        chosen.insert(key, e);
+        Some(e)
+    }
+
+    /// A query's recall at `probe` lists from its `recalls` on the grid: linear between the
+    /// grid points around it (recall grows ever more slowly with nprobe, so the line under-
+    /// rather than over-states it).
+    fn recall_at(&self, recalls: &[f32], probe: usize) -> f64 {
+        // The grid starts at 1, so some point is at or below `probe`.
+        let at = self.grid.partition_point(|&g| g <= probe).max(1) - 1;
+        let (lo, r_lo) = (self.grid[at], f64::from(recalls[at]));
+        match (self.grid.get(at + 1), recalls.get(at + 1)) {
+            (Some(&hi), Some(&r_hi)) if probe > lo => {
+                let t = (probe - lo) as f64 / (hi - lo) as f64;
+                r_lo + t * (f64::from(r_hi) - r_lo)
+            }
+            _ => r_lo,
+        }
+    }
+
+    /// Filtered served queries measured (in the window).
+    pub fn measured_filtered(&self) -> usize {
+        self.lock().filtered.len()
     }
 
     /// The served queries' curve, once [`MIN_SERVED`] are measured.
@@ -506,6 +705,61 @@ mod tests {
     }
 
     #[test]
+    fn widening_is_the_smallest_exponent_whose_recall_reaches_the_target() {
+        // grid(100): 1..8, 10, 12, 15, 18, 22, 27, 33, 41, 51, 63, 78, 97, 100.
+        let g = grid(100);
+        let step = |knee: usize| -> Vec<f32> {
+            g.iter()
+                .map(|&p| if p >= knee { 1.0 } else { 0.5 })
+                .collect()
+        };
+        assert_eq!(widened(8, 0.1, 0.0, 100), 8);
+        assert_eq!(widened(8, 0.1, 0.25, 100), 15, "8 × 10^¼ = 14.2");
+        assert_eq!(widened(8, 0.1, 0.5, 100), 26);
+        assert_eq!(widened(8, 0.1, f64::INFINITY, 100), 100);
+        assert_eq!(widened(200, 0.1, 0.5, 100), 100, "never beyond nlist");
+        assert_eq!(widened(8, 1.0, 1.0, 100), 8);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Served::new(100);
+        for _ in 0..MIN_SERVED - 1 {
+            s.record_filtered(0.1, step(15), dir.path());
+        }
+        assert_eq!(s.widening_for(0.95, 8, 0.1), None, "one query short");
+        s.record_filtered(0.1, step(15), dir.path());
+        // Between grid points the recall is read off the line between them: 13 lists lie a
+        // third of the way from 12 (0.5) to 15 (1.0).
+        assert!((s.recall_at(&step(15), 13) - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.recall_at(&step(15), 100), 1.0);
+        // e = 3/16 probes 13 lists (recall 0.67); e = ¼ probes 15 (1.0).
+        assert_eq!(s.widening_for(0.95, 8, 0.1), Some(0.25));
+        // A larger base needs less widening; one already past the knee none.
+        assert_eq!(s.widening_for(0.95, 12, 0.1), Some(0.125), "12 × 10^⅛ = 16");
+        assert_eq!(s.widening_for(0.95, 15, 0.1), Some(0.0));
+        // Queries whose allowed rows only the full probe reaches: every list.
+        for _ in 0..SERVED_WINDOW {
+            s.record_filtered(0.1, step(100), dir.path());
+        }
+        assert_eq!(s.widening_for(0.95, 8, 0.1), Some(f64::INFINITY));
+        // Each share is widened as the queries of a similar share measured: a window with
+        // enough queries at 0.1% (scanned exactly, so found at one list) leaves 10% at every
+        // list, and 0.1% at none; a share with too few of its own takes the whole window's.
+        for _ in 0..MIN_SERVED {
+            s.record_filtered(0.001, step(1), dir.path());
+        }
+        assert_eq!(s.widening_for(0.95, 8, 0.1), Some(f64::INFINITY));
+        assert_eq!(s.widening_for(0.95, 8, 0.001), Some(0.0));
+        assert_eq!(
+            (band(1.0), band(0.5), band(0.1), band(0.0999), band(0.0)),
+            (0, 0, 2, 2, 20)
+        );
+        // Shares outside (0, 1] are not recorded.
+        s.record_filtered(0.0, step(1), dir.path());
+        s.record_filtered(f64::NAN, step(1), dir.path());
+        assert_eq!(s.measured_filtered(), SERVED_WINDOW);
+        assert_eq!(s.widening_for(0.95, 8, 0.1), Some(f64::INFINITY));
+    }
+
+    #[test]
     fn served_record_survives_reopen_and_a_damaged_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let s = Served::new(10);
@@ -535,5 +789,21 @@ mod tests {
         let json = br#"{"grid":[1,2,3,4,5,6,7,8,10],"recalls":[[2,2,2,2,2,2,2,2,2]]}"#;
         write_sealed(dir.path(), SERVED_FILE, SERVED_MAGIC, json).unwrap();
         assert_eq!(Served::open(dir.path(), 10).measured(), 0);
+        // A filtered query with a share of 0 is refused too; a file of an earlier version
+        // (no filtered queries) is read.
+        let json = br#"{"grid":[1,2,3,4,5,6,7,8,10],"recalls":[],"filtered":[{"fraction":0,"recalls":[1,1,1,1,1,1,1,1,1]}]}"#;
+        write_sealed(dir.path(), SERVED_FILE, SERVED_MAGIC, json).unwrap();
+        assert_eq!(Served::open(dir.path(), 10).measured_filtered(), 0);
+        let json = br#"{"grid":[1,2,3,4,5,6,7,8,10],"recalls":[[1,1,1,1,1,1,1,1,1]]}"#;
+        write_sealed(dir.path(), SERVED_FILE, SERVED_MAGIC, json).unwrap();
+        let old = Served::open(dir.path(), 10);
+        assert_eq!((old.measured(), old.measured_filtered()), (1, 0));
+        // Filtered queries survive a reopen.
+        let s = Served::new(10);
+        for _ in 0..SAVE_EVERY {
+            s.record_filtered(0.25, step(4), dir.path());
+        }
+        let back = Served::open(dir.path(), 10);
+        assert_eq!(back.measured_filtered(), SAVE_EVERY);
     }
 }
