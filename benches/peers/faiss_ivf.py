@@ -30,6 +30,9 @@ specs = {
     'faiss-IVF-PQfs-refine': f'IVF{a.nlist},PQ{m4}x4fs,RFlat',
     # RaBitQ (1-bit rotation-based codes) with fast-scan, refined exactly: FAISS 1.15's answer.
     'faiss-IVF-RaBitQfs-refine': f'IVF{a.nlist},RaBitQfs,RFlat',
+    # Extended RaBitQ: 4 bits per dimension (the 1-bit fast-scan code plus 3 bits that
+    # refine the estimate), FAISS 1.15's multi-bit RaBitQ with fast-scan.
+    'faiss-IVF-RaBitQfs4-refine': f'IVF{a.nlist},RaBitQfs4,RFlat',
 }
 for name, spec in specs.items():
     if a.only and name not in a.only.split(','):

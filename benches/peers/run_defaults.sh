@@ -65,7 +65,7 @@ run() { # SET DATA METRIC(cosine|l2) TITLE
   for mult in 4 16; do
     local nlist; nlist=$("$py" -c "import math; print(int(round($mult*math.sqrt($n))))")
     OMP_WAIT_POLICY=PASSIVE "$py" benches/peers/faiss_ivf.py "$data" --queries "$nq" --nlist "$nlist" \
-      --metric "$fm" --sweep "$faiss_sweep" --only faiss-IVF-Flat,faiss-IVF-PQfs-refine,faiss-IVF-RaBitQfs-refine \
+      --metric "$fm" --sweep "$faiss_sweep" --only faiss-IVF-Flat,faiss-IVF-PQfs-refine,faiss-IVF-RaBitQfs-refine,faiss-IVF-RaBitQfs4-refine \
       ${FAISS_PQ_M:+--pq-m "$FAISS_PQ_M"} | sed "s/\"system\": \"\\([^\"]*\\)\"/\"system\": \"\\1-nlist$nlist\"/" | tee -a "$out"
   done
   "$py" benches/peers/plot_defaults.py "$out" "benches/results/defaults_$set" "$title"
