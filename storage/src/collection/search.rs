@@ -128,7 +128,8 @@ impl Collection {
         if exec.stopped.load(Ordering::Relaxed) {
             return queries.iter().map(|_| Err(expired())).collect();
         }
-        if params.nprobe.is_none() && !params.exact && audit::due() {
+        // The audit measures at the default refine factor, so only searches that use it.
+        if params.nprobe.is_none() && params.refine.is_none() && !params.exact && audit::due() {
             self.offer_to_audit(&snap, &vectors, allowed.as_ref());
         }
         // 4. The hits.
@@ -172,25 +173,29 @@ impl Collection {
     /// Hands the first of `vectors` to the recall audit, with the indexed segments it read and,
     /// for a filtered search, the rows its filter allowed in each.
     fn offer_to_audit(&self, snap: &Snapshot, vectors: &[Vec<f32>], allowed: Option<&Allowed>) {
-        // (segment, the rows its filter allows; `None`: no filter). Segments where the
-        // filter allows nothing are measured without it.
-        let indexed: Vec<(Arc<SealedSegment>, Option<RoaringBitmap>)> = snap
-            .sealed
-            .iter()
-            .filter(|s| s.index().is_some())
-            .map(|s| (s.clone(), allowed.and_then(|a| a.get(&s.id)).cloned()))
-            .collect();
-        let (Some(q), false) = (vectors.first(), indexed.is_empty()) else {
+        let Some(q) = vectors.first() else {
             return;
         };
-        let (q, metric, dim) = (q.clone(), self.config.metric, self.config.dim);
-        audit::offer(move || {
-            for (seg, rows) in &indexed {
-                audit::measure(seg, &q, metric);
-                if let Some(rows) = rows {
-                    measure_filtered(seg, rows, &q, metric, dim);
+        let (metric, dim) = (self.config.metric, self.config.dim);
+        audit::offer(|| {
+            // (segment, the rows its filter allows; `None`: no filter), copied only once the
+            // audit has taken this query. Segments where the filter allows nothing are
+            // measured without it.
+            let indexed: Vec<(Arc<SealedSegment>, Option<RoaringBitmap>)> = snap
+                .sealed
+                .iter()
+                .filter(|s| s.index().is_some())
+                .map(|s| (s.clone(), allowed.and_then(|a| a.get(&s.id)).cloned()))
+                .collect();
+            let q = q.clone();
+            (!indexed.is_empty()).then_some(move || {
+                for (seg, rows) in &indexed {
+                    audit::measure(seg, &q, metric);
+                    if let Some(rows) = rows {
+                        measure_filtered(seg, rows, &q, metric, dim);
+                    }
                 }
-            }
+            })
         });
     }
 
@@ -313,7 +318,10 @@ impl Executor<'_> {
             return t;
         }
         let plan = planner::plan_sealed(s, self.allowed, self.params, self.dim);
-        read_filtered(s, plan, self.metric, qs, ks, self.params, &mut t);
+        if read_filtered(s, plan, self.metric, qs, ks, self.params, &mut t) == Reread::Expired {
+            // Short queries left short: the search ends as past its deadline.
+            self.stopped.store(true, Ordering::Relaxed);
+        }
         t
     }
 }
@@ -358,31 +366,49 @@ fn read_planned(
 /// After a filtered index probe of segment `s` ([`Plan::Index`] with `rows` allowed): the
 /// probed lists may hold fewer allowed rows than a query asks for (a filter whose rows lie
 /// away from the query: measured, 0 of 10 hits through `quiverd` for a filter allowing 4 of
-/// 40 clusters). Such a query reads every allowed row exactly instead, so it never comes back
-/// short. Returns whether any query did.
+/// 40 clusters). Such queries read every allowed row exactly instead, in one pass, so they
+/// never come back short, unless the search is past its deadline.
 fn reread_short(
     s: &SealedSegment,
     rows: &RoaringBitmap,
     metric: Metric,
     qs: &[Vec<f32>],
     ks: &[usize],
+    params: SearchParams,
     t: &mut [TopK<RowKey>],
-) -> bool {
+) -> Reread {
     let allowed = usize::try_from(rows.len()).unwrap_or(usize::MAX);
-    let mut reread = false;
-    for ((q, &k), top) in qs.iter().zip(ks).zip(t.iter_mut()) {
-        if top.len() < k.min(allowed) {
-            *top = TopK::new(k);
-            let (q, top) = (std::slice::from_ref(q), std::slice::from_mut(top));
-            scan_allowed(metric, q, rows, |r| s.vector(r), s.id, top);
-            reread = true;
-        }
+    let short: Vec<usize> = (0..qs.len())
+        .filter(|&i| t[i].len() < ks[i].min(allowed))
+        .collect();
+    if short.is_empty() {
+        return Reread::Nothing;
     }
-    reread
+    if params.expired() {
+        return Reread::Expired;
+    }
+    let again: Vec<Vec<f32>> = short.iter().map(|&i| qs[i].clone()).collect();
+    let mut tops: Vec<TopK<RowKey>> = short.iter().map(|&i| TopK::new(ks[i])).collect();
+    scan_allowed(metric, &again, rows, |r| s.vector(r), s.id, &mut tops);
+    for (i, top) in short.into_iter().zip(tops) {
+        t[i] = top;
+    }
+    Reread::Done
+}
+
+/// What [`reread_short`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reread {
+    /// No query came back short (or the plan was not a filtered probe).
+    Nothing,
+    /// The short queries read every allowed row.
+    Done,
+    /// Some came back short, and the deadline had passed: left short.
+    Expired,
 }
 
 /// Reads sealed segment `s` for a filtered search as `plan` says, short queries of an index
-/// probe read again ([`reread_short`]); returns whether any was.
+/// probe read again ([`reread_short`]).
 #[allow(clippy::too_many_arguments)]
 fn read_filtered(
     s: &SealedSegment,
@@ -392,14 +418,14 @@ fn read_filtered(
     ks: &[usize],
     params: SearchParams,
     t: &mut [TopK<RowKey>],
-) -> bool {
+) -> Reread {
     read_planned(s, plan, metric, qs, ks, params, t);
     match plan {
         Plan::Index {
             allowed: Some(rows),
             ..
-        } => reread_short(s, rows, metric, qs, ks, t),
-        Plan::Index { allowed: None, .. } | Plan::Exact(_) | Plan::Listed { .. } => false,
+        } => reread_short(s, rows, metric, qs, ks, params, t),
+        Plan::Index { allowed: None, .. } | Plan::Exact(_) | Plan::Listed { .. } => Reread::Nothing,
     }
 }
 
@@ -434,7 +460,8 @@ fn measure_filtered(
     for &nprobe in grid {
         let plan = planner::plan_filtered(idx, rows, s.rows(), nprobe, dim);
         let mut top = fresh_tops(&ks);
-        let reread = read_filtered(s, plan, metric, &qs, &ks, SearchParams::default(), &mut top);
+        let reread = read_filtered(s, plan, metric, &qs, &ks, SearchParams::default(), &mut top)
+            != Reread::Nothing;
         let recall = audit::recall_of(top.pop()?, &want);
         recalls.push(recall);
         if recall >= 1.0 && !reread {

@@ -93,10 +93,11 @@ impl Drop for Turn {
     }
 }
 
-/// Runs `work` (the measurement of one served query, see [`measure`]) in a background thread,
-/// if an audit is [`due`] and none is running; otherwise does nothing. The time `work` takes
-/// sets the pause before the next.
-pub fn offer(work: impl FnOnce() + Send + 'static) {
+/// Runs the work `make` returns (the measurement of one served query, see [`measure`]) in a
+/// background thread, if an audit is [`due`] and none is running; otherwise does nothing, not
+/// even call `make` (which may copy a search's allowed rows). The time the work takes sets the
+/// pause before the next.
+pub fn offer<W: FnOnce() + Send + 'static>(make: impl FnOnce() -> Option<W>) {
     if !due()
         || BUSY
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -106,6 +107,10 @@ pub fn offer(work: impl FnOnce() + Send + 'static) {
     }
     let turn = Turn {
         started: Instant::now(),
+    };
+    let Some(work) = make() else {
+        // Nothing to measure: the turn ends here, and the pause is the shortest.
+        return;
     };
     let spawned = std::thread::Builder::new()
         .name("quiver-audit".into())

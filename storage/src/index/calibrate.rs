@@ -532,7 +532,8 @@ impl Served {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        let b = band(fraction);
+        // Records keep their share as f32: the search's band from the same rounding.
+        let b = band(f64::from(fraction as f32));
         let key = ((target.clamp(0.0, 1.0) * 10_000.0).round() as u32, base, b);
         if let Some(&e) = w.chosen.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Some(e);
