@@ -318,7 +318,7 @@ impl Executor<'_> {
             return t;
         }
         let plan = planner::plan_sealed(s, self.allowed, self.params, self.dim);
-        if read_filtered(s, plan, self.metric, qs, ks, self.params, &mut t) == Reread::Expired {
+        if read_planned(s, plan, self.metric, qs, ks, self.params, &mut t) == Reread::Expired {
             // Short queries left short: the search ends as past its deadline.
             self.stopped.store(true, Ordering::Relaxed);
         }
@@ -326,7 +326,9 @@ impl Executor<'_> {
     }
 }
 
-/// Reads sealed segment `s` as `plan` says, for each query of `qs` into its top-k.
+/// Reads sealed segment `s` as `plan` says, for each query of `qs` into its top-k; after a
+/// filtered index probe, short queries read again ([`reread_short`]).
+#[allow(clippy::too_many_arguments)]
 fn read_planned(
     s: &SealedSegment,
     plan: Plan<'_>,
@@ -335,7 +337,7 @@ fn read_planned(
     ks: &[usize],
     params: SearchParams,
     t: &mut [TopK<RowKey>],
-) {
+) -> Reread {
     match plan {
         Plan::Exact(Rows::All) => s.scan(metric, qs, t),
         Plan::Exact(Rows::Nothing) => {} // nothing allowed here
@@ -359,8 +361,10 @@ fn read_planned(
         } => {
             let excluded = |r| !rows.contains(r);
             search_index(s, idx, metric, qs, ks, params, nprobe, excluded, t);
+            return reread_short(s, rows, metric, qs, ks, params, t);
         }
     }
+    Reread::Nothing
 }
 
 /// After a filtered index probe of segment `s` ([`Plan::Index`] with `rows` allowed): the
@@ -399,7 +403,7 @@ fn reread_short(
 /// What [`reread_short`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reread {
-    /// No query came back short (or the plan was not a filtered probe).
+    /// No query came back short, or the plan was not a filtered probe.
     Nothing,
     /// The short queries read every allowed row.
     Done,
@@ -407,33 +411,11 @@ enum Reread {
     Expired,
 }
 
-/// Reads sealed segment `s` for a filtered search as `plan` says, short queries of an index
-/// probe read again ([`reread_short`]).
-#[allow(clippy::too_many_arguments)]
-fn read_filtered(
-    s: &SealedSegment,
-    plan: Plan<'_>,
-    metric: Metric,
-    qs: &[Vec<f32>],
-    ks: &[usize],
-    params: SearchParams,
-    t: &mut [TopK<RowKey>],
-) -> Reread {
-    read_planned(s, plan, metric, qs, ks, params, t);
-    match plan {
-        Plan::Index {
-            allowed: Some(rows),
-            ..
-        } => reread_short(s, rows, metric, qs, ks, params, t),
-        Plan::Index { allowed: None, .. } | Plan::Exact(_) | Plan::Listed { .. } => Reread::Nothing,
-    }
-}
-
 /// Measures one filtered query on sealed segment `s`, whose filter allows `rows`: its exact
 /// top-10 among those rows, then its recall@10 at each nprobe of the index's served grid, read
 /// as a filtered search at that nprobe is read (exact, listed, or the index probe with the
-/// default refine, and every allowed row when the probe comes back short), and records them in the index's served record (see
-/// [`crate::index::calibrate::Served::widening_for`]). `None` (nothing recorded): no index, no
+/// default refine, and every allowed row when the probe comes back short), and records them
+/// in the index's served record (see [`crate::index::calibrate::Served::widening_for`]). `None` (nothing recorded): no index, no
 /// row allowed, or every row.
 fn measure_filtered(
     s: &SealedSegment,
@@ -460,7 +442,7 @@ fn measure_filtered(
     for &nprobe in grid {
         let plan = planner::plan_filtered(idx, rows, s.rows(), nprobe, dim);
         let mut top = fresh_tops(&ks);
-        let reread = read_filtered(s, plan, metric, &qs, &ks, SearchParams::default(), &mut top)
+        let reread = read_planned(s, plan, metric, &qs, &ks, SearchParams::default(), &mut top)
             != Reread::Nothing;
         let recall = audit::recall_of(top.pop()?, &want);
         recalls.push(recall);
