@@ -2,7 +2,10 @@
 
 pub mod rag;
 use quiver_proto::v1 as pb;
+use quiver_storage::collection::HybridHit;
 use quiver_storage::filter::{self, Condition, FieldType, Filter, Literal, Range, Schema};
+use quiver_storage::text::fusion::BranchRank;
+use quiver_storage::text::{Analyzer, Language};
 use quiver_storage::{Hit, Metric, PointId, PointRecord, PointWrite, RowKey};
 
 use crate::error::{ApiError, ApiResult};
@@ -141,6 +144,23 @@ pub fn scored(h: Hit) -> pb::ScoredPoint {
         score: h.score,
         vector: h.vector.unwrap_or_default(),
         payload_json: payload_text(h.payload),
+        ..Default::default()
+    }
+}
+
+/// A hybrid hit, with where each branch ranked it.
+pub fn scored_hybrid(h: HybridHit) -> pb::ScoredPoint {
+    let rank = |b: Option<BranchRank>| {
+        b.map(|b| pb::BranchRank {
+            rank: b.rank,
+            score: b.score,
+        })
+    };
+    pb::ScoredPoint {
+        dense: rank(h.dense),
+        text: rank(h.text),
+        sparse: rank(h.sparse),
+        ..scored(h.hit)
     }
 }
 
@@ -179,9 +199,42 @@ pub fn to_cursor(k: Option<RowKey>) -> String {
     k.map(|(s, r)| format!("{s}.{r}")).unwrap_or_default()
 }
 
-/// A proto field type.
-fn field_type(t: i32, field: &str) -> ApiResult<FieldType> {
+/// A proto field type (with a text field's analyzer).
+fn field_type(f: &pb::FieldSchema, field: &str) -> ApiResult<FieldType> {
+    let t = f.r#type;
+    if t != pb::FieldType::Text as i32 && (!f.language.is_empty() || f.stop_words) {
+        return Err(ApiError::bad(
+            field,
+            "language and stop_words apply to text fields only",
+        ));
+    }
     Ok(match pb::FieldType::try_from(t) {
+        Ok(pb::FieldType::Text) => {
+            let language = if f.language.is_empty() {
+                None
+            } else {
+                Some(Language::parse(&f.language).ok_or_else(|| {
+                    ApiError::bad(
+                        field.replace(".type", ".language"),
+                        format!(
+                            "{:?} is not a language with a stemmer (english, french, german, spanish, ...)",
+                            f.language
+                        ),
+                    )
+                })?)
+            };
+            if f.stop_words && language.is_none() {
+                return Err(ApiError::bad(
+                    field.replace(".type", ".stop_words"),
+                    "stop words need a language",
+                ));
+            }
+            FieldType::Text(Analyzer {
+                language,
+                stop_words: f.stop_words,
+            })
+        }
+        Ok(pb::FieldType::Sparse) => FieldType::Sparse,
         Ok(pb::FieldType::Keyword) => FieldType::Keyword,
         Ok(pb::FieldType::Integer) => FieldType::Integer,
         Ok(pb::FieldType::Float) => FieldType::Float,
@@ -203,6 +256,23 @@ pub fn to_pb_field_type(t: FieldType) -> pb::FieldType {
         FieldType::Bool => pb::FieldType::Bool,
         FieldType::Datetime => pb::FieldType::Datetime,
         FieldType::KeywordArray => pb::FieldType::KeywordArray,
+        FieldType::Text(_) => pb::FieldType::Text,
+        FieldType::Sparse => pb::FieldType::Sparse,
+    }
+}
+
+/// The proto form of a declared field.
+pub fn to_pb_field(key: String, t: FieldType) -> pb::FieldSchema {
+    let (language, stop_words) = if let FieldType::Text(a) = t {
+        (a.language.map(|l| l.name().to_owned()), a.stop_words)
+    } else {
+        (None, false)
+    };
+    pb::FieldSchema {
+        key,
+        r#type: to_pb_field_type(t) as i32,
+        language: language.unwrap_or_default(),
+        stop_words,
     }
 }
 
@@ -210,7 +280,7 @@ pub fn to_pb_field_type(t: FieldType) -> pb::FieldType {
 pub fn schema(fields: &[pb::FieldSchema]) -> ApiResult<Schema> {
     let mut out = Schema::new();
     for (i, f) in fields.iter().enumerate() {
-        let ty = field_type(f.r#type, &format!("schema[{i}].type"))?;
+        let ty = field_type(f, &format!("schema[{i}].type"))?;
         if out.insert(f.key.clone(), ty).is_some() {
             return Err(ApiError::bad(
                 format!("schema[{i}].key"),

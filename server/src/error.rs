@@ -243,7 +243,7 @@ fn storage_kind(e: &quiver_storage::Error) -> Kind {
         E::Corrupt { .. } => Kind::DataLoss,
         E::Io(io) if io.raw_os_error() == Some(28) => Kind::ResourceExhausted, // ENOSPC
         E::Io(_) | E::Meta(_) => Kind::Internal,
-        E::Closed => Kind::Unavailable,
+        E::Closed | E::NotReady { .. } => Kind::Unavailable,
         E::DeadlineExceeded { .. } => Kind::DeadlineExceeded,
         E::TooLarge { .. } => Kind::ResourceExhausted,
     }

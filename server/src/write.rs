@@ -77,6 +77,10 @@ fn precheck(engine: &Engine, w: &Mutation) -> ApiResult<()> {
             quiver_storage::types::validate_vector(&p.vector, dim, &format!("points[{i}].vector"))?;
             p.id.validate(&format!("points[{i}].id"))?;
         }
+        // Sparse field values a replica could not index never enter the log.
+        if let Ok(c) = engine.collection_or_staging(collection) {
+            c.check_payloads(points)?;
+        }
     }
     Ok(())
 }

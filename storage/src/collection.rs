@@ -34,6 +34,7 @@ use crate::wal::{FsyncPolicy, Lsn, Wal};
 mod checkpoint;
 mod compaction;
 mod filtering;
+mod hybrid;
 mod indexes;
 mod planner;
 mod read;
@@ -46,6 +47,9 @@ pub use compaction::{
     DEFAULT_MERGE_WHEN_IDLE,
 };
 use filtering::build_fields;
+pub use hybrid::{
+    HybridHit, HybridQuery, MAX_CANDIDATES, SparseSearch, TextSearch, Weights, default_candidates,
+};
 use indexes::load_or_build_index;
 pub use write::{PayloadLimits, PayloadUpdate};
 

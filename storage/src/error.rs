@@ -81,6 +81,12 @@ pub enum Error {
         /// What it holds instead.
         detail: String,
     },
+    /// An index the request needs is still being built (retry shortly).
+    #[error("{what} is still being built; retry shortly")]
+    NotReady {
+        /// What is not ready, e.g. `the text index of field body in segment 3`.
+        what: String,
+    },
     /// The caller's deadline passed; the work was stopped.
     #[error("deadline exceeded after {elapsed_ms} ms; the search was stopped")]
     DeadlineExceeded {
@@ -133,6 +139,7 @@ impl Error {
                 detail: detail.clone(),
             },
             Error::Closed => Error::Closed,
+            Error::NotReady { what } => Error::NotReady { what: what.clone() },
             Error::DeadlineExceeded { elapsed_ms } => Error::DeadlineExceeded {
                 elapsed_ms: *elapsed_ms,
             },

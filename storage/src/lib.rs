@@ -21,6 +21,7 @@ pub mod mutation;
 pub mod payload_index;
 pub mod rng;
 pub mod segment;
+pub mod text;
 pub mod types;
 pub mod wal;
 

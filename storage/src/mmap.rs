@@ -16,6 +16,12 @@ pub struct MappedFile {
     path: PathBuf,
 }
 
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 impl MappedFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<MappedFile> {

@@ -18,6 +18,7 @@ use roaring::{MultiOps, RoaringBitmap};
 use serde_json::Value;
 
 use crate::filter::{Condition, FieldType, Literal, Range, Schema, parse_datetime, values_at};
+use crate::text::{Analyzer, Blob, SparseIndex, TextIndex, parse_sparse};
 
 /// Entries per bucket of a sealed numeric column: a range costs at most two buckets of single
 /// inserts plus one bitmap union per bucket it covers.
@@ -61,6 +62,20 @@ fn bitset_of(entries: &[(f64, u32)], span: u32) -> RoaringBitmap {
         }
     }
     RoaringBitmap::from_lsb0_bytes(0, &bytes)
+}
+
+/// The terms of a text field's values at `key` (a string, or an array of strings: their terms
+/// follow one another); `None` when it has no string value.
+fn text_terms(a: &Analyzer, payload: Option<&Value>, key: &str) -> Option<Vec<String>> {
+    let mut terms = Vec::new();
+    let mut any = false;
+    for v in values_at(payload, key) {
+        if let Some(s) = v.as_str() {
+            any = true;
+            a.for_each_term(s, |t| terms.push(t));
+        }
+    }
+    any.then_some(terms)
 }
 
 /// Buckets per prefix step.
@@ -178,6 +193,10 @@ impl NumericColumn {
 enum FieldIndex {
     Terms(HashMap<Term, RoaringBitmap>),
     Numbers(NumericColumn),
+    /// A text field's postings (see [`crate::text`]).
+    Text(TextIndex),
+    /// A sparse field's inverted index.
+    Sparse(SparseIndex),
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +226,8 @@ impl FieldIndexes {
                     FieldType::Integer | FieldType::Float | FieldType::Datetime => {
                         FieldIndex::Numbers(NumericColumn::default())
                     }
+                    FieldType::Text(_) => FieldIndex::Text(TextIndex::new()),
+                    FieldType::Sparse => FieldIndex::Sparse(SparseIndex::new()),
                 };
                 (
                     k.clone(),
@@ -248,6 +269,26 @@ impl FieldIndexes {
         self.rows = self.rows.max(row + 1);
         for (key, field) in &mut self.fields {
             let mut any = false;
+            match (&mut field.index, field.ty) {
+                (FieldIndex::Text(t), FieldType::Text(a)) => {
+                    if let Some(terms) = text_terms(&a, payload, key) {
+                        t.insert(row, &terms);
+                        field.present.insert(row);
+                    }
+                    continue;
+                }
+                (FieldIndex::Sparse(sp), FieldType::Sparse) => {
+                    if let Some(v) = values_at(payload, key)
+                        .into_iter()
+                        .find_map(|v| parse_sparse(v).ok())
+                    {
+                        sp.insert(row, &v);
+                        field.present.insert(row);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             for v in values_at(payload, key) {
                 match (&mut field.index, field.ty) {
                     (FieldIndex::Terms(t), FieldType::Keyword | FieldType::KeywordArray) => {
@@ -275,13 +316,18 @@ impl FieldIndexes {
                         }
                     }
                     (
-                        FieldIndex::Terms(_) | FieldIndex::Numbers(_),
+                        FieldIndex::Terms(_)
+                        | FieldIndex::Numbers(_)
+                        | FieldIndex::Text(_)
+                        | FieldIndex::Sparse(_),
                         FieldType::Keyword
                         | FieldType::KeywordArray
                         | FieldType::Bool
                         | FieldType::Datetime
                         | FieldType::Integer
-                        | FieldType::Float,
+                        | FieldType::Float
+                        | FieldType::Text(_)
+                        | FieldType::Sparse,
                     ) => {}
                 }
             }
@@ -291,12 +337,34 @@ impl FieldIndexes {
         }
     }
 
-    /// Sorts numeric columns into buckets (for a sealed segment).
+    /// Sorts numeric columns into buckets and encodes text and sparse indexes (for a sealed
+    /// segment).
     pub fn seal(&mut self) {
+        let rows = self.rows;
         for f in self.fields.values_mut() {
-            if let FieldIndex::Numbers(c) = &mut f.index {
-                c.seal();
+            match &mut f.index {
+                FieldIndex::Numbers(c) => c.seal(),
+                FieldIndex::Text(t) => t.seal(rows.max(t.rows())),
+                FieldIndex::Sparse(s) => s.seal(rows),
+                FieldIndex::Terms(_) => {}
             }
+        }
+    }
+
+    /// The text index of field `key`, with its analyzer, if it is a declared text field.
+    pub fn text(&self, key: &str) -> Option<(&TextIndex, Analyzer)> {
+        let f = self.fields.get(key)?;
+        match (&f.index, f.ty) {
+            (FieldIndex::Text(t), FieldType::Text(a)) => Some((t, a)),
+            _ => None,
+        }
+    }
+
+    /// The sparse index of field `key`, if it is a declared sparse field.
+    pub fn sparse(&self, key: &str) -> Option<&SparseIndex> {
+        match &self.fields.get(key)?.index {
+            FieldIndex::Sparse(s) => Some(s),
+            FieldIndex::Terms(_) | FieldIndex::Numbers(_) | FieldIndex::Text(_) => None,
         }
     }
 
@@ -310,6 +378,7 @@ impl FieldIndexes {
                 };
                 t.get(&term).cloned().unwrap_or_default()
             }
+            FieldIndex::Text(_) | FieldIndex::Sparse(_) => RoaringBitmap::new(),
             FieldIndex::Numbers(c) => {
                 let x = match (l, field.ty) {
                     (Literal::Int(i), _) => *i as f64,
@@ -348,7 +417,9 @@ impl FieldIndexes {
             }
             Condition::Range { range, .. } => match &field.index {
                 FieldIndex::Numbers(c) => c.range(range),
-                FieldIndex::Terms(_) => RoaringBitmap::new(),
+                FieldIndex::Terms(_) | FieldIndex::Text(_) | FieldIndex::Sparse(_) => {
+                    RoaringBitmap::new()
+                }
             },
             Condition::Exists { .. } => field.present.clone(),
             Condition::IsNull { .. } => {
@@ -378,7 +449,13 @@ impl FieldIndexes {
     /// Reads [`FieldIndexes::to_bytes`]' output back; `None` unless it is whole and
     /// well-formed.
     pub fn from_bytes(bytes: &[u8]) -> Option<FieldIndexes> {
-        codec::decode(bytes)
+        codec::decode(&Blob::new(std::sync::Arc::new(bytes.to_vec())))
+    }
+
+    /// [`FieldIndexes::from_bytes`] over shared bytes (a mapped file): text and sparse
+    /// indexes are read in place from them, not copied.
+    pub fn from_blob(blob: &Blob) -> Option<FieldIndexes> {
+        codec::decode(blob)
     }
 }
 

@@ -105,7 +105,8 @@ pub struct CreateArgs {
     #[arg(long, value_enum)]
     pq_bits: Option<PqBitsArg>,
     /// Declare (index) a payload field, KEY:TYPE with TYPE keyword, integer, float, bool,
-    /// datetime or keyword[] (repeatable).
+    /// datetime, keyword[], text (BM25; `text:english` stems, `text:english+stop` also drops
+    /// stop words) or sparse (repeatable).
     #[arg(long = "field", value_parser = parse_field)]
     fields: Vec<pb::FieldSchema>,
 }
@@ -113,9 +114,30 @@ pub struct CreateArgs {
 /// A `--field KEY:TYPE` value.
 fn parse_field(s: &str) -> Result<pb::FieldSchema, String> {
     let (key, ty) = s
-        .rsplit_once(':')
+        .split_once(':')
         .ok_or_else(|| format!("{s:?}: expected KEY:TYPE, e.g. tenant:keyword"))?;
+    if let Some(spec) = ty.strip_prefix("text") {
+        let (language, stop_words) = match spec.strip_prefix(':') {
+            None if spec.is_empty() => (String::new(), false),
+            None => {
+                return Err(format!(
+                    "{ty:?}: expected text, text:LANGUAGE or text:LANGUAGE+stop"
+                ));
+            }
+            Some(l) => match l.strip_suffix("+stop") {
+                Some(l) => (l.to_owned(), true),
+                None => (l.to_owned(), false),
+            },
+        };
+        return Ok(pb::FieldSchema {
+            key: key.to_owned(),
+            r#type: pb::FieldType::Text as i32,
+            language,
+            stop_words,
+        });
+    }
     let t = match ty {
+        "sparse" => pb::FieldType::Sparse,
         "keyword" => pb::FieldType::Keyword,
         "integer" | "int" => pb::FieldType::Integer,
         "float" => pb::FieldType::Float,
@@ -124,13 +146,14 @@ fn parse_field(s: &str) -> Result<pb::FieldSchema, String> {
         "keyword[]" | "tags" => pb::FieldType::KeywordArray,
         other => {
             return Err(format!(
-                "{other:?}: type must be keyword, integer, float, bool, datetime or keyword[]"
+                "{other:?}: type must be keyword, integer, float, bool, datetime, keyword[], text[:LANGUAGE[+stop]] or sparse"
             ));
         }
     };
     Ok(pb::FieldSchema {
         key: key.to_owned(),
         r#type: t as i32,
+        ..Default::default()
     })
 }
 

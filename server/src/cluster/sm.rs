@@ -113,7 +113,12 @@ fn deterministic(e: &quiver_storage::Error) -> bool {
         | E::CollectionExists { .. }
         | E::TooLarge { .. }
         | E::Conflict { .. } => true,
-        E::Corrupt { .. } | E::Io(_) | E::Meta(_) | E::Closed | E::DeadlineExceeded { .. } => false,
+        E::Corrupt { .. }
+        | E::Io(_)
+        | E::Meta(_)
+        | E::Closed
+        | E::NotReady { .. }
+        | E::DeadlineExceeded { .. } => false,
     }
 }
 

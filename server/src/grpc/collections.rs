@@ -63,10 +63,7 @@ pub fn info(c: &Collection) -> pb::CollectionInfo {
             schema: c
                 .schema()
                 .into_iter()
-                .map(|(key, t)| pb::FieldSchema {
-                    key,
-                    r#type: convert::to_pb_field_type(t) as i32,
-                })
+                .map(|(key, t)| convert::to_pb_field(key, t))
                 .collect(),
         }),
         stats: Some(pb::CollectionStats {

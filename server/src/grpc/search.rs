@@ -2,9 +2,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prost::Message;
 use quiver_proto::v1 as pb;
 use quiver_proto::v1::search_server::Search;
+use quiver_storage::collection::{HybridQuery, SparseSearch, TextSearch, Weights};
 use quiver_storage::filter::Filter;
+use quiver_storage::text::bm25::Bm25Params;
+use quiver_storage::text::fusion::{DEFAULT_RRF_K, Fusion};
+use quiver_storage::text::{MAX_SPARSE_ENTRIES, SparseVector};
 use quiver_storage::{Collection, Engine, ReadOptions, SearchParams};
 use tonic::{Request, Response, Status};
 
@@ -37,6 +42,102 @@ struct Query {
     opts: ReadOptions,
     params: SearchParams,
     filter: Option<Filter>,
+    /// A text or sparse branch (the dense one is `vector`, empty for none).
+    hybrid: Option<Hybrid>,
+}
+
+/// The non-dense parts of a hybrid search.
+#[derive(Debug, Clone, PartialEq)]
+struct Hybrid {
+    text: Option<TextSearch>,
+    sparse: Option<SparseSearch>,
+    fusion: Fusion,
+    weights: Weights,
+    candidates: Option<usize>,
+}
+
+/// The hybrid parts of a request, if it has a text or sparse query.
+fn hybrid(r: &pb::SearchRequest) -> ApiResult<Option<Hybrid>> {
+    if r.text.is_none() && r.sparse.is_none() {
+        for (set, name) in [
+            (r.rrf_k.is_some(), "rrf_k"),
+            (r.weights.is_some(), "weights"),
+            (r.candidates.is_some(), "candidates"),
+            (r.fusion != 0, "fusion"),
+        ] {
+            if set {
+                return Err(ApiError::bad(
+                    name,
+                    "applies to hybrid searches only (with text or sparse)",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let text = match &r.text {
+        Some(t) => {
+            if t.field.is_empty() {
+                return Err(ApiError::bad("text.field", "name the text field to search"));
+            }
+            let d = Bm25Params::default();
+            Some(TextSearch {
+                field: t.field.clone(),
+                query: t.query.clone(),
+                bm25: Bm25Params {
+                    k1: t.k1.unwrap_or(d.k1),
+                    b: t.b.unwrap_or(d.b),
+                },
+            })
+        }
+        None => None,
+    };
+    let sparse = match &r.sparse {
+        Some(s) => {
+            let v = s.vector.clone().unwrap_or_default();
+            if v.indices.len() > MAX_SPARSE_ENTRIES {
+                return Err(ApiError::bad(
+                    "sparse.vector",
+                    format!("{} entries; at most {MAX_SPARSE_ENTRIES}", v.indices.len()),
+                ));
+            }
+            Some(SparseSearch {
+                field: s.field.clone(),
+                vector: SparseVector {
+                    indices: v.indices,
+                    values: v.values,
+                },
+            })
+        }
+        None => None,
+    };
+    let fusion = match pb::Fusion::try_from(r.fusion) {
+        Ok(pb::Fusion::Unspecified | pb::Fusion::Rrf) => Fusion::Rrf {
+            k: r.rrf_k.unwrap_or(DEFAULT_RRF_K),
+        },
+        Ok(pb::Fusion::Dbsf) if r.rrf_k.is_some() => {
+            return Err(ApiError::bad("rrf_k", "applies to RRF fusion only"));
+        }
+        Ok(pb::Fusion::Dbsf) => Fusion::Dbsf,
+        Err(_) => {
+            return Err(ApiError::bad(
+                "fusion",
+                format!("unknown fusion {}; use RRF or DBSF", r.fusion),
+            ));
+        }
+    };
+    let w = r.weights.unwrap_or_default();
+    let weights = Weights {
+        dense: w.dense.unwrap_or(1.0),
+        text: w.text.unwrap_or(1.0),
+        sparse: w.sparse.unwrap_or(1.0),
+    };
+    Ok(Some(Hybrid {
+        text,
+        sparse,
+        fusion,
+        weights,
+        candidates: r.candidates.map(|c| c as usize),
+    }))
 }
 
 /// The caller's deadline from its `grpc-timeout` header (`<digits><H|M|S|m|u|n>`): searches
@@ -89,6 +190,13 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
     };
     let filter = convert::filter(r.filter.as_ref())?;
     let k = convert::k(r.k, max_k)?;
+    let hybrid = hybrid(&r)?;
+    if hybrid.is_none() && r.vector.is_empty() {
+        return Err(ApiError::bad(
+            "vector",
+            "a search needs a vector, a text query or a sparse vector",
+        ));
+    }
     let candidates = k.saturating_mul(refine.unwrap_or(quiver_storage::types::DEFAULT_REFINE));
     if candidates > MAX_CANDIDATES {
         return Err(ApiError::bad(
@@ -100,6 +208,7 @@ fn query(r: pb::SearchRequest, max_k: u32) -> ApiResult<Query> {
     }
     Ok(Query {
         filter,
+        hybrid,
         k,
         collection: r.collection,
         vector: r.vector,
@@ -142,10 +251,39 @@ fn unindexed(c: &Collection, filter: Option<&Filter>) -> ApiResult<Vec<String>> 
     Ok(keys)
 }
 
+/// A hybrid search's hits.
+fn run_hybrid(
+    c: &Collection,
+    q: &Query,
+    h: &Hybrid,
+    params: SearchParams,
+) -> ApiResult<Vec<pb::ScoredPoint>> {
+    let hq = HybridQuery {
+        dense: (!q.vector.is_empty()).then(|| q.vector.clone()),
+        text: h.text.clone(),
+        sparse: h.sparse.clone(),
+        k: q.k,
+        candidates: h.candidates,
+        fusion: h.fusion,
+        weights: h.weights,
+    };
+    Ok(c.hybrid_search(&hq, q.opts, params, q.filter.as_ref())?
+        .into_iter()
+        .map(convert::scored_hybrid)
+        .collect())
+}
+
 fn run(engine: &Engine, q: Query) -> ApiResult<pb::SearchResponse> {
     let started = Instant::now();
     let c = engine.collection(&q.collection)?;
     let unindexed_filter_keys = unindexed(&c, q.filter.as_ref())?;
+    if let Some(h) = &q.hybrid {
+        return Ok(pb::SearchResponse {
+            hits: run_hybrid(&c, &q, h, q.params)?,
+            took_us: started.elapsed().as_micros() as u64,
+            unindexed_filter_keys,
+        });
+    }
     let hits = c
         .search_batch_filtered(&[(&q.vector, q.k)], q.opts, q.params, q.filter.as_ref())
         .pop()
@@ -173,11 +311,12 @@ impl Search for SearchService {
         q.params.response_budget = self.state.response_budget();
         // A hop to the blocking pool costs tens of microseconds, more than an index probe:
         // cheap searches run on the async worker, long exact scans on the pool.
-        let cheap = engine
-            .collection(&q.collection)
-            .map_err(ApiError::from)?
-            .exact_scan_floats(q.params)
-            <= INLINE_SCAN_FLOATS;
+        let cheap = q.hybrid.is_none()
+            && engine
+                .collection(&q.collection)
+                .map_err(ApiError::from)?
+                .exact_scan_floats(q.params)
+                <= INLINE_SCAN_FLOATS;
         let out = if cheap {
             run(&engine, q)?
         } else {
@@ -244,7 +383,32 @@ fn run_batch(
     let mut left = budget;
     type Key<'a> = (&'a str, bool, bool, SearchParams);
     let mut groups: Vec<(Key<'_>, Vec<usize>)> = Vec::new();
+    let mut out: Vec<Option<Result<pb::SearchResponse, ApiError>>> =
+        queries.iter().map(|_| None).collect();
     for (i, q) in queries.iter().enumerate() {
+        // Hybrid searches run one at a time, within what is left of the budget.
+        if let Some(h) = &q.hybrid {
+            let started = Instant::now();
+            let params = SearchParams {
+                response_budget: left.max(1),
+                ..q.params
+            };
+            let r = engine
+                .collection(&q.collection)
+                .map_err(ApiError::from)
+                .and_then(|c| {
+                    let unindexed_filter_keys = unindexed(&c, q.filter.as_ref())?;
+                    let hits = run_hybrid(&c, q, h, params)?;
+                    left = left.saturating_sub(hits.iter().map(|p| p.encoded_len()).sum());
+                    Ok(pb::SearchResponse {
+                        hits,
+                        took_us: started.elapsed().as_micros() as u64,
+                        unindexed_filter_keys,
+                    })
+                });
+            out[i] = Some(r);
+            continue;
+        }
         let key = (
             q.collection.as_str(),
             q.opts.with_vectors,
@@ -259,8 +423,6 @@ fn run_batch(
             None => groups.push((key, vec![i])),
         }
     }
-    let mut out: Vec<Option<Result<pb::SearchResponse, ApiError>>> =
-        queries.iter().map(|_| None).collect();
     for ((name, _, _, params), idxs) in groups {
         let opts = queries[idxs[0]].opts;
         let started = Instant::now();

@@ -20,10 +20,12 @@ const PAYLOAD_BATCH: usize = 4096;
 /// The file of a sealed segment's field indexes, beside its other files.
 pub(crate) const FIELDS_FILE: &str = "fields.idx";
 
-/// The field indexes `seg` wrote for exactly `schema`, if its file is whole.
+/// The field indexes `seg` wrote for exactly `schema`, if its file is whole. The file is
+/// mapped: text and sparse indexes are read in place from it (only keyword and numeric ones
+/// are decoded onto the heap).
 fn load_fields(seg: &SealedSegment, schema: &Schema) -> Option<FieldIndexes> {
-    let bytes = std::fs::read(seg.dir().join(FIELDS_FILE)).ok()?;
-    let f = FieldIndexes::from_bytes(&bytes);
+    let file = crate::mmap::MappedFile::open(&seg.dir().join(FIELDS_FILE)).ok()?;
+    let f = FieldIndexes::from_blob(&crate::text::Blob::new(Arc::new(file)));
     if f.is_none() {
         tracing::warn!(segment = seg.id, "field index file unusable; rebuilding it");
     }

@@ -136,6 +136,46 @@ impl Collection {
         self.hits(&snap, checked, tops, opts, params.response_budget)
     }
 
+    /// The dense branch of a hybrid search: the top `k` of one query in `snap`, among the
+    /// rows `allowed` (if a filter was given), planned as [`Collection::search_batch_filtered`]
+    /// plans; candidates with the metric's user-facing score (higher is better).
+    pub(super) fn dense_top(
+        &self,
+        snap: &Snapshot,
+        allowed: Option<&Allowed>,
+        query: &[f32],
+        k: usize,
+        params: SearchParams,
+        started: std::time::Instant,
+    ) -> Result<Vec<(RowKey, f32)>> {
+        let q = self.check_query(query, "vector")?;
+        let exec = Executor {
+            snap,
+            allowed,
+            params,
+            metric: self.config.metric,
+            dim: self.config.dim,
+            parallel: planner::scan_in_parallel(&snap.sealed, params),
+            stopped: AtomicBool::new(false),
+        };
+        let vectors = [q];
+        let top = exec
+            .run(&vectors, &[k])
+            .pop()
+            .unwrap_or_else(|| TopK::new(k));
+        if exec.stopped.load(Ordering::Relaxed) {
+            return Err(Error::DeadlineExceeded {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        let metric = self.config.metric;
+        Ok(top
+            .into_sorted()
+            .into_iter()
+            .map(|c| (c.key, metric.score(c.distance)))
+            .collect())
+    }
+
     /// Measures `query` now, in this thread, on every indexed sealed segment, as the sampled
     /// recall audit does in the background (see [`audit`]); returns how many segments were
     /// measured. For benchmarks and tests that want the served curve without waiting for the

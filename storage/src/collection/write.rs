@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::compaction::{Moved, translate};
 use super::{Collection, CollectionRecord, State, encode_record, lock, read, write};
 use crate::error::{Error, Result};
-use crate::filter::Filter;
+use crate::filter::{FieldType, Filter};
 use crate::meta::keys::{catalog_key, decode_location, point_key};
 use crate::meta::{MetaOp, MetaStore, Space};
 use crate::segment::mutable::MutableSegment;
@@ -40,6 +40,22 @@ pub struct PayloadLimits {
     pub per_point: usize,
     /// Largest total of the merged payloads, bytes.
     pub total: usize,
+}
+
+/// Checks the values of `sparse` keys in payload `v`; errors are named `{at}.{key}...`.
+pub(super) fn check_sparse_values(
+    v: &serde_json::Value,
+    sparse: &[&String],
+    at: &str,
+    id: &PointId,
+) -> Result<()> {
+    for key in sparse {
+        for x in crate::filter::values_at(Some(v), key) {
+            crate::text::parse_sparse(x)
+                .map_err(|e| Error::invalid(format!("{at}.{key}"), format!("point {id}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// The sealed location of each id, as of the checkpoint, fetched in one batch and followed
@@ -128,6 +144,29 @@ pub(super) fn apply(
 }
 
 impl Collection {
+    /// Refuses points whose payload holds a malformed value for a declared `sparse` field
+    /// (unsorted or repeated indices, non-finite values, too many entries), naming the point,
+    /// the field and the entry: such a value could not be indexed, so it is not logged.
+    pub fn check_payloads(&self, points: &[PointWrite]) -> Result<()> {
+        let schema = read(&self.schema);
+        let sparse: Vec<&String> = schema
+            .iter()
+            .filter(|(_, t)| **t == FieldType::Sparse)
+            .map(|(k, _)| k)
+            .collect();
+        if sparse.is_empty() {
+            return Ok(());
+        }
+        for (i, p) in points.iter().enumerate() {
+            let Some(bytes) = &p.payload else { continue };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+                continue;
+            };
+            check_sparse_values(&v, &sparse, &format!("points[{i}].payload"), &p.id)?;
+        }
+        Ok(())
+    }
+
     fn log_and_apply(&self, rec: WalRecord, seq: u64) -> Result<(u64, Lsn)> {
         let mut w = lock(&self.writer);
         if w.dropped {
@@ -182,6 +221,7 @@ impl Collection {
                 normalize(&mut p.vector, &field)?;
             }
         }
+        self.check_payloads(&points)?;
         self.log_and_apply(WalRecord::Upsert(points), seq)
             .map(|(_, lsn)| lsn)
     }

@@ -1985,3 +1985,339 @@ fn filtered_searches_widen_nprobe_as_measured() {
     );
     assert_eq!(recall(&c, &correlated, &pass_correlated), correlated_after);
 }
+
+/// Text, sparse and hybrid searches give the same hits and scores whether the rows sit in one
+/// segment or many, before and after compaction and after a restart; BM25 scores equal a
+/// direct computation over the live rows; filters hold in every branch.
+#[test]
+fn hybrid_search_is_independent_of_segments_and_honours_filters() {
+    use crate::collection::{HybridQuery, SparseSearch, TextSearch};
+    use crate::filter::FieldType;
+    use crate::text::fusion::Fusion;
+    use crate::text::{Analyzer, Language, SparseVector};
+
+    let words = [
+        "abacus", "river", "quantum", "violin", "harbor", "granite", "saffron", "comet", "lantern",
+        "meadow", "cobalt", "falcon", "the", "of", "and", "engine", "ledger", "orbit", "pepper",
+        "tundra", "walnut", "zephyr", "beacon", "cipher",
+    ];
+    let analyzer = Analyzer {
+        language: Some(Language::English),
+        stop_words: false,
+    };
+    let mut rng = StdRng::seed_from_u64(11);
+    // 1,200 writes over 1,000 ids (overwrites), then 60 deletes: dead rows in several segments.
+    let mut writes = Vec::new();
+    for n in 0..1200u64 {
+        let id = if n < 1000 {
+            n
+        } else {
+            rng.random_range(0..1000)
+        };
+        let len = rng.random_range(3..30);
+        // Zipf-like: low word indexes far more frequent.
+        let body: Vec<&str> = (0..len)
+            .map(|_| words[(rng.random_range(0.0f64..1.0).powi(3) * words.len() as f64) as usize])
+            .collect();
+        let dims: Vec<u32> = {
+            let mut d: Vec<u32> = (0..rng.random_range(1..6))
+                .map(|_| rng.random_range(0..40))
+                .collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        let vals: Vec<f32> = dims.iter().map(|_| rng.random_range(0.1f32..2.0)).collect();
+        let payload = serde_json::json!({
+            "body": body.join(" "),
+            "grp": format!("g{}", id % 3),
+            "sp": {"indices": dims, "values": vals},
+        });
+        let vector: Vec<f32> = (0..8).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        writes.push(PointWrite {
+            id: PointId::Num(id),
+            vector,
+            payload: Some(payload.to_string().into_bytes()),
+        });
+    }
+    let deletes: Vec<PointId> = (0..60).map(|i| PointId::Num(i * 16)).collect();
+    let schema: crate::filter::Schema = [
+        ("body".to_owned(), FieldType::Text(analyzer)),
+        ("grp".to_owned(), FieldType::Keyword),
+        ("sp".to_owned(), FieldType::Sparse),
+    ]
+    .into();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let load = |name: &str, seg: u32| {
+        let mut cfg = config(name, 8, Metric::Cosine, seg);
+        cfg.schema = schema.clone();
+        let c = engine.create_collection(cfg).unwrap();
+        for chunk in writes.chunks(100) {
+            c.upsert(chunk.to_vec()).unwrap();
+        }
+        c.delete(deletes.clone()).unwrap();
+        c
+    };
+    let one = load("one", 100_000);
+    let many = load("many", 150);
+    assert!(many.segment_count() >= 6, "{}", many.segment_count());
+    let q_vec: Vec<f32> = (0..8).map(|i| (i as f32 * 0.7).sin()).collect();
+    let text = |q: &str| TextSearch {
+        field: "body".into(),
+        query: q.into(),
+        bm25: Default::default(),
+    };
+    let sparse = SparseSearch {
+        field: "sp".into(),
+        vector: SparseVector {
+            indices: vec![2, 5, 17, 33],
+            values: vec![1.0, 0.5, 2.0, 0.25],
+        },
+    };
+    let queries = [
+        HybridQuery {
+            text: Some(text("abacus violins")),
+            k: 10,
+            ..Default::default()
+        },
+        HybridQuery {
+            text: Some(text("+comet lantern -river")),
+            k: 10,
+            ..Default::default()
+        },
+        HybridQuery {
+            sparse: Some(sparse.clone()),
+            k: 10,
+            ..Default::default()
+        },
+        HybridQuery {
+            dense: Some(q_vec.clone()),
+            text: Some(text("meadow cobalt falcon")),
+            sparse: Some(sparse.clone()),
+            k: 10,
+            ..Default::default()
+        },
+        HybridQuery {
+            dense: Some(q_vec.clone()),
+            text: Some(text("granite saffron")),
+            k: 10,
+            fusion: Fusion::Dbsf,
+            ..Default::default()
+        },
+    ];
+    let filter = crate::filter::parse("grp = \"g1\"").unwrap();
+    let opts = ReadOptions {
+        with_vectors: false,
+        with_payload: true,
+    };
+    let exact = SearchParams {
+        exact: true,
+        ..Default::default()
+    };
+    let run = |c: &Collection, f: Option<&crate::filter::Filter>| -> Vec<Vec<(PointId, f32)>> {
+        queries
+            .iter()
+            .map(|q| {
+                c.hybrid_search(q, opts, exact, f)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| (h.hit.id, h.hit.score))
+                    .collect()
+            })
+            .collect()
+    };
+    let same = |a: &[Vec<(PointId, f32)>], b: &[Vec<(PointId, f32)>], what: &str| {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(x.len(), y.len(), "{what}, query {i}");
+            for (p, q) in x.iter().zip(y) {
+                assert!(
+                    (p.1 - q.1).abs() <= 1e-5 * p.1.abs().max(1.0),
+                    "{what}, query {i}: {x:?} vs {y:?}"
+                );
+            }
+            // Ids equal up to ties.
+            let ids = |v: &Vec<(PointId, f32)>| v.iter().map(|h| h.0.clone()).collect::<Vec<_>>();
+            if ids(x) != ids(y) {
+                let s = |v: &Vec<(PointId, f32)>| v.iter().map(|h| h.1).collect::<Vec<_>>();
+                assert_eq!(s(x).len(), s(y).len(), "{what}, query {i}");
+            }
+        }
+    };
+    let base = run(&one, None);
+    assert!(base.iter().all(|h| !h.is_empty()), "{base:?}");
+    same(&base, &run(&many, None), "one vs many segments");
+    let base_f = run(&one, Some(&filter));
+    same(&base_f, &run(&many, Some(&filter)), "filtered, one vs many");
+
+    // BM25 against a direct computation over the live rows.
+    let live: Vec<(u64, Vec<String>, String)> = {
+        let mut last: BTreeMap<u64, &PointWrite> = BTreeMap::new();
+        for w in &writes {
+            if let PointId::Num(n) = w.id {
+                last.insert(n, w);
+            }
+        }
+        last.into_iter()
+            .filter(|(id, _)| !deletes.contains(&PointId::Num(*id)))
+            .map(|(id, w)| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(w.payload.as_ref().unwrap()).unwrap();
+                (
+                    id,
+                    analyzer.terms(v["body"].as_str().unwrap()),
+                    v["grp"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let n = live.len() as f64;
+    let avg = live.iter().map(|d| d.1.len()).sum::<usize>() as f64 / n;
+    let qterms = analyzer.terms("abacus violins");
+    let mut reference: Vec<(f64, u64, &str)> = live
+        .iter()
+        .map(|(id, d, g)| {
+            let s: f64 = qterms
+                .iter()
+                .map(|t| {
+                    let df = live.iter().filter(|x| x.1.contains(t)).count() as f64;
+                    let tf = d.iter().filter(|x| *x == t).count() as f64;
+                    let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                    idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * d.len() as f64 / avg))
+                })
+                .sum();
+            (s, *id, g.as_str())
+        })
+        .filter(|x| x.0 > 0.0)
+        .collect();
+    reference.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (got, want) in base[0].iter().zip(&reference) {
+        assert!(
+            (f64::from(got.1) - want.0).abs() < 1e-4 * want.0,
+            "{:?} vs {:?}",
+            base[0],
+            &reference[..10]
+        );
+    }
+    let want_f: Vec<f64> = reference
+        .iter()
+        .filter(|r| r.2 == "g1")
+        .take(10)
+        .map(|r| r.0)
+        .collect();
+    let got_f: Vec<f64> = base_f[0].iter().map(|h| f64::from(h.1)).collect();
+    assert_eq!(got_f.len(), want_f.len());
+    for (g, w) in got_f.iter().zip(&want_f) {
+        assert!(
+            (g - w).abs() < 1e-4 * w,
+            "filtered: {got_f:?} vs {want_f:?}"
+        );
+    }
+    // Filters hold in every branch of every query.
+    for q in &queries {
+        for h in many.hybrid_search(q, opts, exact, Some(&filter)).unwrap() {
+            let p: serde_json::Value =
+                serde_json::from_slice(h.hit.payload.as_ref().unwrap()).unwrap();
+            assert_eq!(p["grp"], "g1", "{h:?}");
+        }
+    }
+    // Required and excluded terms hold.
+    for h in &many.hybrid_search(&queries[1], opts, exact, None).unwrap() {
+        let p: serde_json::Value = serde_json::from_slice(h.hit.payload.as_ref().unwrap()).unwrap();
+        let body = p["body"].as_str().unwrap();
+        assert!(body.contains("comet") && !body.contains("river"), "{body}");
+    }
+
+    // Compaction, then a restart: the same hits.
+    many.compact(crate::collection::CompactionOptions {
+        force: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(many.stats().dead_points, 0);
+    same(&base, &run(&many, None), "after compaction");
+    drop((one, many));
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let many = engine.collection("many").unwrap();
+    let started = std::time::Instant::now();
+    while many.fields_progress().0 != many.fields_progress().1 {
+        assert!(started.elapsed().as_secs() < 30);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    same(&base, &run(&many, None), "after a restart");
+    same(
+        &base_f,
+        &run(&many, Some(&filter)),
+        "filtered, after a restart",
+    );
+
+    // Bad input is refused, naming the field.
+    let bad = |q: HybridQuery| {
+        many.hybrid_search(&q, opts, exact, None)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad(HybridQuery {
+            text: Some(TextSearch {
+                field: "grp".into(),
+                ..text("x")
+            }),
+            k: 5,
+            ..Default::default()
+        })
+        .contains("text.field")
+    );
+    assert!(
+        bad(HybridQuery {
+            text: Some(TextSearch {
+                field: "nope".into(),
+                ..text("x")
+            }),
+            k: 5,
+            ..Default::default()
+        })
+        .contains("not declared")
+    );
+    let w = crate::collection::Weights {
+        text: -1.0,
+        ..Default::default()
+    };
+    assert!(
+        bad(HybridQuery {
+            text: Some(text("x")),
+            weights: w,
+            k: 5,
+            ..Default::default()
+        })
+        .contains("weights.text")
+    );
+    let unsorted = SparseSearch {
+        field: "sp".into(),
+        vector: SparseVector {
+            indices: vec![3, 1],
+            values: vec![1.0, 1.0],
+        },
+    };
+    assert!(
+        bad(HybridQuery {
+            sparse: Some(unsorted),
+            k: 5,
+            ..Default::default()
+        })
+        .contains("indices[1]")
+    );
+    let e = many
+        .upsert(vec![PointWrite {
+            id: PointId::Num(5000),
+            vector: vec![1.0; 8],
+            payload: Some(br#"{"sp": {"indices": [4, 4], "values": [1, 2]}}"#.to_vec()),
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("points[0].payload.sp") && e.contains("indices[1]") && e.contains("5000"),
+        "{e}"
+    );
+}

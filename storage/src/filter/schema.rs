@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ast::{Condition, Filter, Literal};
 use crate::error::{Error, Result};
+use crate::text::Analyzer;
 
 /// A declared payload field's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,22 +23,29 @@ pub enum FieldType {
     Datetime,
     /// An array of strings (tags).
     KeywordArray,
+    /// Full text (a string, or an array of strings), searched with BM25 text queries.
+    Text(Analyzer),
+    /// A sparse vector `{"indices": [...], "values": [...]}`, searched by dot product.
+    Sparse,
 }
 
 impl FieldType {
-    /// Name as written in schemas and errors.
-    pub fn name(self) -> &'static str {
+    /// Name as written in schemas and errors (`text:english+stop` for a text field with
+    /// its analyzer).
+    pub fn name(self) -> String {
         match self {
-            FieldType::Keyword => "keyword",
-            FieldType::Integer => "integer",
-            FieldType::Float => "float",
-            FieldType::Bool => "bool",
-            FieldType::Datetime => "datetime",
-            FieldType::KeywordArray => "keyword[]",
+            FieldType::Keyword => "keyword".into(),
+            FieldType::Integer => "integer".into(),
+            FieldType::Float => "float".into(),
+            FieldType::Bool => "bool".into(),
+            FieldType::Datetime => "datetime".into(),
+            FieldType::KeywordArray => "keyword[]".into(),
+            FieldType::Text(a) => format!("text{}", a.suffix()),
+            FieldType::Sparse => "sparse".into(),
         }
     }
 
-    /// Parses a type name.
+    /// Parses a type name (see [`FieldType::name`]; `text:en` for English stemming).
     pub fn parse(s: &str) -> Option<FieldType> {
         Some(match s {
             "keyword" => FieldType::Keyword,
@@ -46,8 +54,14 @@ impl FieldType {
             "bool" => FieldType::Bool,
             "datetime" => FieldType::Datetime,
             "keyword[]" | "keyword_array" | "tags" => FieldType::KeywordArray,
-            _ => return None,
+            "sparse" => FieldType::Sparse,
+            _ => FieldType::Text(Analyzer::parse_suffix(s.strip_prefix("text")?)?),
         })
+    }
+
+    /// Whether the field is searched (text, sparse) rather than filtered by value.
+    pub fn is_searched(self) -> bool {
+        matches!(self, FieldType::Text(_) | FieldType::Sparse)
     }
 }
 
@@ -93,6 +107,21 @@ fn check_condition(c: &Condition, schema: &Schema) -> Result<()> {
         return Ok(());
     };
     let field = format!("filter.{key}");
+    if ty.is_searched() {
+        return match c {
+            Condition::Exists { .. } | Condition::IsNull { .. } | Condition::HasId(_) => Ok(()),
+            Condition::Match { .. }
+            | Condition::Any { .. }
+            | Condition::Except { .. }
+            | Condition::Range { .. } => Err(Error::invalid(
+                field,
+                format!(
+                    "a {} field is searched (a text or sparse query), not filtered by value; filter it only with exists or is_null",
+                    ty.name()
+                ),
+            )),
+        };
+    }
     let literal_ok = |l: &Literal| match (ty, l) {
         (FieldType::Keyword | FieldType::KeywordArray, Literal::Str(_))
         | (FieldType::Integer, Literal::Int(_))
@@ -105,7 +134,9 @@ fn check_condition(c: &Condition, schema: &Schema) -> Result<()> {
             | FieldType::Integer
             | FieldType::Float
             | FieldType::Bool
-            | FieldType::Datetime,
+            | FieldType::Datetime
+            | FieldType::Text(_)
+            | FieldType::Sparse,
             Literal::Str(_) | Literal::Int(_) | Literal::Float(_) | Literal::Bool(_),
         ) => false,
     };
@@ -135,7 +166,9 @@ fn check_condition(c: &Condition, schema: &Schema) -> Result<()> {
                 | FieldType::KeywordArray
                 | FieldType::Integer
                 | FieldType::Float
-                | FieldType::Bool,
+                | FieldType::Bool
+                | FieldType::Text(_)
+                | FieldType::Sparse,
                 _,
             ) => Err(Error::invalid(
                 field,

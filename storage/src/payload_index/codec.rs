@@ -18,29 +18,59 @@ use roaring::RoaringBitmap;
 
 use super::{Field, FieldIndex, FieldIndexes, NumericColumn, Term};
 use crate::filter::FieldType;
+use crate::text::{Analyzer, Blob, Language, SparseIndex, TextIndex};
 
 const MAGIC: &[u8; 4] = b"QFLD";
 const FORMAT: u32 = 1;
 
-fn type_code(t: FieldType) -> u8 {
-    match t {
+/// A type's code; a text field's is followed by its analyzer's language (`u8` length + name,
+/// empty for none) and stop-word flag (`u8`).
+fn put_type(out: &mut Vec<u8>, t: FieldType) {
+    out.push(match t {
         FieldType::Keyword => 0,
         FieldType::Integer => 1,
         FieldType::Float => 2,
         FieldType::Bool => 3,
         FieldType::Datetime => 4,
         FieldType::KeywordArray => 5,
+        FieldType::Text(_) => 6,
+        FieldType::Sparse => 7,
+    });
+    if let FieldType::Text(a) = t {
+        let name = a.language.map_or("", |l| l.name());
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(u8::from(a.stop_words));
     }
 }
 
-fn type_of(code: u8) -> Option<FieldType> {
-    Some(match code {
+fn read_type(r: &mut Reader<'_>) -> Option<FieldType> {
+    Some(match r.u8()? {
         0 => FieldType::Keyword,
         1 => FieldType::Integer,
         2 => FieldType::Float,
         3 => FieldType::Bool,
         4 => FieldType::Datetime,
         5 => FieldType::KeywordArray,
+        6 => {
+            let n = usize::from(r.u8()?);
+            let name = std::str::from_utf8(r.take(n)?).ok()?;
+            let language = if name.is_empty() {
+                None
+            } else {
+                Some(Language::parse(name)?)
+            };
+            let stop_words = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            FieldType::Text(Analyzer {
+                language,
+                stop_words,
+            })
+        }
+        7 => FieldType::Sparse,
         _ => return None,
     })
 }
@@ -60,6 +90,12 @@ fn put_bitmap(out: &mut Vec<u8>, b: &RoaringBitmap) {
         .expect("invariant: writing to a Vec cannot fail");
 }
 
+/// A text or sparse index's sealed form: `u64` length, then the bytes.
+fn put_blob(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// Encodes sealed indexes (numeric columns sorted).
 pub(super) fn encode(f: &FieldIndexes) -> Vec<u8> {
     let mut out = Vec::new();
@@ -72,7 +108,7 @@ pub(super) fn encode(f: &FieldIndexes) -> Vec<u8> {
     for key in keys {
         let field = &f.fields[key];
         put_str(&mut out, key);
-        out.push(type_code(field.ty));
+        put_type(&mut out, field.ty);
         put_bitmap(&mut out, &field.present);
         match &field.index {
             FieldIndex::Terms(terms) => {
@@ -93,6 +129,8 @@ pub(super) fn encode(f: &FieldIndexes) -> Vec<u8> {
                     put_bitmap(&mut out, rows);
                 }
             }
+            FieldIndex::Text(t) => put_blob(&mut out, &t.to_bytes()),
+            FieldIndex::Sparse(sp) => put_blob(&mut out, &sp.to_bytes()),
             FieldIndex::Numbers(c) => {
                 out.extend_from_slice(&(c.entries.len() as u64).to_le_bytes());
                 for (v, row) in &c.entries {
@@ -150,7 +188,8 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes a file written by [`encode`]; `None` when it is not whole and well-formed.
-pub(super) fn decode(bytes: &[u8]) -> Option<FieldIndexes> {
+pub(super) fn decode(blob: &Blob) -> Option<FieldIndexes> {
+    let bytes = blob.as_ref();
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(body).to_le_bytes() != crc {
         return None;
@@ -164,7 +203,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<FieldIndexes> {
     let mut fields = HashMap::new();
     for _ in 0..count {
         let key = r.str()?;
-        let ty = type_of(r.u8()?)?;
+        let ty = read_type(&mut r)?;
         let present = r.bitmap(rows)?;
         let index = match ty {
             FieldType::Keyword | FieldType::KeywordArray | FieldType::Bool => {
@@ -180,6 +219,27 @@ pub(super) fn decode(bytes: &[u8]) -> Option<FieldIndexes> {
                     terms.insert(term, r.bitmap(rows)?);
                 }
                 FieldIndex::Terms(terms)
+            }
+            FieldType::Text(_) | FieldType::Sparse => {
+                let n = usize::try_from(r.u64()?).ok()?;
+                let at = r.at;
+                r.take(n)?;
+                // Read in place from the shared bytes (the mapped file), never copied.
+                let part = blob.slice(at, n)?;
+                match ty {
+                    FieldType::Text(_) => {
+                        let t = TextIndex::open(part)?;
+                        (t.rows() <= rows).then_some(())?;
+                        FieldIndex::Text(t)
+                    }
+                    FieldType::Sparse
+                    | FieldType::Keyword
+                    | FieldType::Integer
+                    | FieldType::Float
+                    | FieldType::Bool
+                    | FieldType::Datetime
+                    | FieldType::KeywordArray => FieldIndex::Sparse(SparseIndex::open(part)?),
+                }
             }
             FieldType::Integer | FieldType::Float | FieldType::Datetime => {
                 let n = usize::try_from(r.u64()?).ok()?;
