@@ -9,6 +9,7 @@ mod crash;
 mod filters;
 mod fuzz_seeds;
 mod hostile;
+mod hybrid;
 mod index;
 mod ingest;
 mod limits;

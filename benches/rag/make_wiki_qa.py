@@ -7,6 +7,9 @@ OUT/questions.jsonl: for a seeded sample of articles, the question "What is <des
 with the article as the expected document. The description is Wikidata's one-line definition,
 written separately from the extract, so answering needs retrieval by meaning and shared words,
 not copying.
+Also OUT/questions_title.jsonl: "What is <title>?" for the same articles — the shape where the
+question's only rare term is the article's name (exact names are what dense models miss and
+BM25 finds).
 Usage: make_wiki_qa.py OUT [--questions 300] [--seed 7]"""
 import argparse, glob, json, os, random, subprocess, sys, tempfile, zipfile
 
@@ -31,7 +34,11 @@ with open(os.path.join(a.out, 'docs.jsonl'), 'w') as f:
         f.write(json.dumps({'id': x['title'], 'text': x['extract']}) + '\n')
 rng = random.Random(a.seed)
 pool = [x for x in arts if x.get('description')]
+sample = rng.sample(pool, min(a.questions, len(pool)))
 with open(os.path.join(a.out, 'questions.jsonl'), 'w') as f:
-    for x in rng.sample(pool, min(a.questions, len(pool))):
+    for x in sample:
         f.write(json.dumps({'question': f"What is {x['description']}?", 'expected_documents': [x['title']]}) + '\n')
+with open(os.path.join(a.out, 'questions_title.jsonl'), 'w') as f:
+    for x in sample:
+        f.write(json.dumps({'question': f"What is {x['title']}?", 'expected_documents': [x['title']]}) + '\n')
 print(f'{len(arts)} documents, {min(a.questions, len(pool))} questions in {a.out}', file=sys.stderr)

@@ -208,6 +208,8 @@ pub fn ask_json(r: &pb::AskResponse) -> Value {
         "citations": r.citations.iter().map(|c| json!({
             "document_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score,
             "source": c.source, "text": c.text, "flagged": c.flagged,
+            "dense_rank": (c.dense_rank > 0).then_some(c.dense_rank),
+            "text_rank": (c.text_rank > 0).then_some(c.text_rank),
         })).collect::<Vec<_>>(),
         "flags": r.flags,
         "invalid_citations": r.invalid_citations,
@@ -248,7 +250,12 @@ pub struct EvalOptions {
     pub provider: String,
     /// Answer length limit (0 = server default).
     pub max_answer_tokens: u32,
+    /// Retrieval of the evaluated asks (dense, text, hybrid; "" = the collection's).
+    pub retrieval: String,
 }
+
+/// The retrieval modes `quiver eval` compares.
+const RETRIEVAL_MODES: [&str; 3] = ["dense", "text", "hybrid"];
 
 /// `quiver eval`: per question, retrieval recall@k and reciprocal rank of the expected documents
 /// (from a `retrieve_only` ask), whether the answer (extractive or generated) contains or
@@ -296,6 +303,7 @@ async fn eval_case(
         mode,
         provider: o.provider.clone(),
         max_answer_tokens: o.max_answer_tokens,
+        retrieval: o.retrieval.clone(),
         ..Default::default()
     };
     let started = std::time::Instant::now();
@@ -320,6 +328,27 @@ async fn eval_case(
         .map_err(ClientError::from)?
         .into_inner();
     let (recall, rr) = retrieval_scores(&retrieved, &case.expected_documents);
+    // Each retrieval mode's recall and reciprocal rank (null where the collection cannot
+    // retrieve that way, e.g. text on a collection without text fields).
+    let mut by_mode = serde_json::Map::new();
+    for mode in RETRIEVAL_MODES {
+        let r = client
+            .rag
+            .ask(pb::AskRequest {
+                retrieval: mode.into(),
+                ..ask(pb::AskMode::RetrieveOnly as i32)
+            })
+            .await;
+        let v = match r {
+            Ok(r) => {
+                let (recall, rr) = retrieval_scores(&r.into_inner(), &case.expected_documents);
+                json!({"recall_at_k": recall, "reciprocal_rank": rr})
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Value::Null,
+            Err(s) => return Err(ClientError::from(s).into()),
+        };
+        by_mode.insert(mode.into(), v);
+    }
     let valid = citation_validity(&retrieved, &answered);
     let usage = answered.usage.clone().unwrap_or_default();
     let norm = |s: &str| {
@@ -339,6 +368,7 @@ async fn eval_case(
         .map(|e| answer_text == norm(e));
     Ok(json!({
         "question": case.question, "recall_at_k": recall, "reciprocal_rank": rr,
+        "by_retrieval": by_mode,
         "answer_contains": contains, "answer_exact": exact, "citation_validity": valid,
         "latency_ms": latency_ms, "server_us": answered.took_us,
         // The retrieve-only ask embeds the question (the answer's ask reuses the cached
@@ -433,8 +463,28 @@ fn eval_totals(rows: &[Value], k: u32) -> Value {
         .filter_map(|r| r["completion_tokens"].as_u64())
         .sum();
     let tokens_per_s = (model_ms > 0.0).then(|| generated as f64 / (model_ms / 1e3));
+    let by_retrieval: serde_json::Map<String, Value> = RETRIEVAL_MODES
+        .iter()
+        .map(|m| {
+            let vals = |key: &str| -> Vec<f64> {
+                rows.iter()
+                    .filter_map(|r| r["by_retrieval"][*m][key].as_f64())
+                    .collect()
+            };
+            let mean =
+                |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            let recall = vals("recall_at_k");
+            let v = if recall.is_empty() {
+                Value::Null
+            } else {
+                json!({"recall_at_k": mean(recall), "mrr": mean(vals("reciprocal_rank"))})
+            };
+            ((*m).to_owned(), v)
+        })
+        .collect();
     json!({
         "questions": rows.len(), "k": k,
+        "by_retrieval": by_retrieval,
         "recall_at_k": mean("recall_at_k"), "mrr": mean("reciprocal_rank"),
         "answer_contains": mean("answer_contains"), "answer_exact": mean("answer_exact"),
         "citation_validity": mean("citation_validity"),

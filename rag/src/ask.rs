@@ -29,10 +29,11 @@ use crate::llm::{GenParams, Generation, Generator, Prompt};
 use crate::prompt::{self, ContextChunk};
 use crate::state::Reservation;
 use crate::types::{
-    Answer, AuditRecord, ChatMessage, Citation, Event, Mode, Policy, Question, RagConfig, Review,
-    Usage,
+    Answer, AuditRecord, ChatMessage, Citation, Event, Mode, Policy, Question, RagConfig,
+    Retrieval, Review, Usage,
 };
 use crate::{CallContext, Rag, blocking, extract, micros, pii};
+use quiver_storage::collection::{HybridQuery, TextSearch};
 
 /// Most chunks a question retrieves.
 pub const MAX_K: u32 = 100;
@@ -46,11 +47,14 @@ pub const MAX_CONTEXT_TOKENS: u32 = 100_000;
 /// Where streamed events go.
 pub type EventSink = UnboundedSender<Event>;
 
-/// A retrieved chunk: payload, score, id.
+/// A retrieved chunk: payload, score, id, and its ranks in the dense and BM25 branches (0: not
+/// found there).
 struct Source {
     payload: Map<String, Value>,
     score: f32,
     id: String,
+    dense_rank: u32,
+    text_rank: u32,
 }
 
 impl Source {
@@ -77,6 +81,8 @@ impl Source {
             source: self.str("source"),
             text,
             flagged: self.flagged(),
+            dense_rank: self.dense_rank,
+            text_rank: self.text_rank,
         }
     }
 }
@@ -141,8 +147,14 @@ fn validate(q: Question) -> Result<Asked> {
         return Err(Error::bad("temperature", "must be between 0 and 2"));
     }
     let scope = format!(
-        "{:?}|{k}|{:?}|{}|{}|{}|{:?}",
-        q.filter, q.mode, q.provider, q.max_context_tokens, q.max_answer_tokens, q.temperature
+        "{:?}|{k}|{:?}|{}|{}|{}|{:?}|{:?}",
+        q.filter,
+        q.mode,
+        q.provider,
+        q.max_context_tokens,
+        q.max_answer_tokens,
+        q.temperature,
+        q.retrieval
     );
     let key = format!("{:?}|{scope}", q.question);
     Ok(Asked { q, k, key, scope })
@@ -298,15 +310,36 @@ impl Rag {
             tracing::debug!(similarity, "semantic cache hit");
             return Ok(Found::Hit(hit, "semantic"));
         }
+        let mode =
+            a.q.retrieval
+                .or(d.cfg.retrieval)
+                .unwrap_or(Retrieval::Dense);
+        if mode != Retrieval::Dense {
+            crate::ingest::check_text_fields(&d.c)?;
+        }
         let (c, k, filter, qv) = (Arc::clone(&d.c), a.k, a.q.filter.clone(), q.clone());
+        let question = a.q.question.clone();
         let hits = blocking(move || {
             let opts = ReadOptions {
                 with_vectors: false,
                 with_payload: true,
             };
-            c.search_batch_filtered(&[(&qv, k)], opts, SearchParams::default(), filter.as_ref())
-                .pop()
-                .ok_or_else(|| Error::Internal("search returned no result list".into()))?
+            let text = TextSearch {
+                field: crate::ingest::TEXT_FIELD.into(),
+                more_fields: vec![crate::ingest::CONTEXT_FIELD.into()],
+                // Questions are sentences: required/excluded syntax is not theirs.
+                query: question.replace(['+', '-'], " "),
+                bm25: Default::default(),
+            };
+            let hq = HybridQuery {
+                dense: (mode != Retrieval::Text).then_some(qv),
+                text: (mode != Retrieval::Dense).then_some(text),
+                k,
+                // One branch needs no candidates beyond k.
+                candidates: (mode != Retrieval::Hybrid).then_some(k),
+                ..Default::default()
+            };
+            c.hybrid_search(&hq, opts, SearchParams::default(), filter.as_ref())
                 .map_err(Error::from)
         })
         .await?;
@@ -314,15 +347,18 @@ impl Rag {
             .into_iter()
             .map(|h| Source {
                 payload: h
+                    .hit
                     .payload
                     .as_deref()
                     .and_then(|b| serde_json::from_slice(b).ok())
                     .unwrap_or_default(),
-                score: h.score,
-                id: match h.id {
+                score: h.hit.score,
+                id: match h.hit.id {
                     PointId::Str(s) => s,
                     PointId::Num(n) => n.to_string(),
                 },
+                dense_rank: h.dense.map_or(0, |b| b.rank),
+                text_rank: h.text.map_or(0, |b| b.rank),
             })
             .collect();
         Ok(Found::Fresh(Retrieved {

@@ -51,17 +51,37 @@ fn blocks(text: &str) -> Vec<String> {
 
 /// Splits `text` into chunks.
 pub fn chunk(text: &str, p: ChunkParams) -> Vec<String> {
+    chunk_with_headings(text, p)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Splits `text` into chunks, each with the Markdown heading in effect where it starts (the
+/// section it belongs to), if any.
+pub fn chunk_with_headings(text: &str, p: ChunkParams) -> Vec<(String, Option<String>)> {
     let target = p.target.max(1);
     let overlap = p.overlap.min(target / 2);
-    let mut chunks: Vec<Vec<String>> = Vec::new();
-    let mut cur: Vec<String> = Vec::new();
+    // Words, each with the index of the heading in effect (into `headings`).
+    type Words = Vec<(String, Option<usize>)>;
+    let mut chunks: Vec<Words> = Vec::new();
+    let mut cur: Words = Vec::new();
+    let mut headings: Vec<String> = Vec::new();
     let blocks = blocks(text);
     for b in &blocks {
+        if b.starts_with('#') {
+            let h = b.lines().next().unwrap_or_default();
+            headings.push(h.trim_start_matches('#').trim().to_owned());
+        }
+        let in_effect = headings.len().checked_sub(1);
         // The last word of a block carries the line break, so chunks keep block boundaries
         // (a heading stays its own line, not the start of the next sentence).
-        let mut words: Vec<String> = b.split_whitespace().map(str::to_owned).collect();
+        let mut words: Words = b
+            .split_whitespace()
+            .map(|w| (w.to_owned(), in_effect))
+            .collect();
         if let Some(last) = words.last_mut() {
-            last.push('\n');
+            last.0.push('\n');
         }
         // A block that fits goes whole into the current chunk, or starts the next one.
         if !cur.is_empty() && cur.len() + words.len() > target {
@@ -81,8 +101,22 @@ pub fn chunk(text: &str, p: ChunkParams) -> Vec<String> {
     }
     chunks
         .into_iter()
-        .map(|c| c.join(" ").replace("\n ", "\n").trim().to_owned())
-        .filter(|c| !c.is_empty())
+        .map(|c| {
+            // The section of the chunk's last word: a chunk that ends in a new section is
+            // mostly about it; one inside a section takes that section's heading.
+            let heading = c
+                .last()
+                .and_then(|w| w.1)
+                .and_then(|i| headings.get(i))
+                .filter(|h| !h.is_empty())
+                .cloned();
+            let words: Vec<String> = c.into_iter().map(|w| w.0).collect();
+            (
+                words.join(" ").replace("\n ", "\n").trim().to_owned(),
+                heading,
+            )
+        })
+        .filter(|c| !c.0.is_empty())
         .collect()
 }
 

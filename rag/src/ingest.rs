@@ -12,8 +12,9 @@ use serde_json::{Map, Value, json};
 use crate::chunk::{self, ChunkParams};
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
-use crate::types::{Document, Ingested, RagConfig};
+use crate::types::{Document, Ingested, RagConfig, Retrieval};
 use crate::{CallContext, Rag, blocking, inject, state};
+use quiver_storage::text::{Analyzer, Language};
 
 /// Largest document text, bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
@@ -41,6 +42,70 @@ struct Parsed {
     doc: Document,
     meta: Map<String, Value>,
     texts: Vec<String>,
+    /// Per chunk, its context header: the document's title (or source, or id) and the
+    /// section heading in effect, if any ("contextual retrieval").
+    contexts: Vec<String>,
+    /// Per chunk, what is embedded: the header, a line break, the chunk.
+    embedded: Vec<String>,
+}
+
+/// The chunk payload key indexed as text (the chunk itself).
+pub const TEXT_FIELD: &str = "text";
+/// The chunk payload key holding its context header, indexed as text too.
+pub const CONTEXT_FIELD: &str = "context";
+/// Longest context header, bytes (a longer title is cut at a character boundary).
+const MAX_CONTEXT_BYTES: usize = 300;
+
+/// The analyzer of document text fields: English stemming and stop words (questions are
+/// sentences; their "what is the" must not outweigh the rare term that matters).
+pub fn text_field_type() -> FieldType {
+    FieldType::Text(Analyzer {
+        language: Some(Language::English),
+        stop_words: true,
+    })
+}
+
+/// Checks that `c` indexes its chunks' text for BM25 (collections created before text
+/// indexing do not, until the fields are declared).
+pub fn check_text_fields(c: &Collection) -> Result<()> {
+    let schema = c.schema();
+    for key in [TEXT_FIELD, CONTEXT_FIELD] {
+        if !matches!(schema.get(key), Some(FieldType::Text(_))) {
+            return Err(Error::Precondition(format!(
+                "collection {} does not index its chunks' {key} for text retrieval (it predates text indexing): declare it with `quiver collection declare-fields {} --field {key}:text:english+stop`, or use retrieval dense",
+                c.config().name,
+                c.config().name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A chunk's context header: `title › section` (the title from the metadata's `title`, else
+/// the source, else the document id).
+fn context_header(doc: &Document, meta: &Map<String, Value>, heading: Option<&str>) -> String {
+    let title = meta
+        .get("title")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or(if doc.source.trim().is_empty() {
+            &doc.id
+        } else {
+            &doc.source
+        })
+        .trim();
+    let mut h = match heading {
+        Some(s) if !s.eq_ignore_ascii_case(title) => format!("{title} › {s}"),
+        _ => title.to_owned(),
+    };
+    if h.len() > MAX_CONTEXT_BYTES {
+        let mut end = MAX_CONTEXT_BYTES;
+        while !h.is_char_boundary(end) {
+            end -= 1;
+        }
+        h.truncate(end);
+    }
+    h
 }
 
 /// The filter selecting a document's chunks (from `from_position` on).
@@ -89,7 +154,17 @@ fn parse_documents(docs: Vec<Document>, max_payload: usize) -> Result<Vec<Parsed
         }
         // Metadata is copied into every chunk: it must leave room for the chunk's text.
         let meta = metadata(doc.metadata_json.as_deref(), &field, max_meta)?;
-        let texts = chunk::chunk(&doc.text, ChunkParams::default());
+        let chunks = chunk::chunk_with_headings(&doc.text, ChunkParams::default());
+        let contexts: Vec<String> = chunks
+            .iter()
+            .map(|(_, h)| context_header(&doc, &meta, h.as_deref()))
+            .collect();
+        let embedded = chunks
+            .iter()
+            .zip(&contexts)
+            .map(|((t, _), c)| format!("{c}\n{t}"))
+            .collect();
+        let texts: Vec<String> = chunks.into_iter().map(|(t, _)| t).collect();
         let meta_bytes = doc.metadata_json.as_deref().map_or(0, str::len);
         copied = copied.saturating_add(meta_bytes.saturating_mul(texts.len()));
         if copied > MAX_COPIED_METADATA {
@@ -97,7 +172,13 @@ fn parse_documents(docs: Vec<Document>, max_payload: usize) -> Result<Vec<Parsed
                 "{field}.metadata_json: copied into each chunk, the message's metadata would total {copied} bytes; the limit is {MAX_COPIED_METADATA} (send less metadata, or fewer documents per message)"
             )));
         }
-        parsed.push(Parsed { doc, meta, texts });
+        parsed.push(Parsed {
+            doc,
+            meta,
+            texts,
+            contexts,
+            embedded,
+        });
     }
     Ok(parsed)
 }
@@ -176,6 +257,8 @@ impl Rag {
         if cfg.embedder.is_empty() {
             cfg.embedder = "builtin".into();
         }
+        // New document collections retrieve hybrid unless asked otherwise.
+        cfg.retrieval.get_or_insert(Retrieval::Hybrid);
         self.check_policy(&cfg)?;
         let e = self.embedder(&cfg.embedder).await?;
         let config = CollectionConfig {
@@ -189,6 +272,8 @@ impl Rag {
                 ("source".to_owned(), FieldType::Keyword),
                 ("position".to_owned(), FieldType::Integer),
                 ("flagged".to_owned(), FieldType::Bool),
+                (TEXT_FIELD.to_owned(), text_field_type()),
+                (CONTEXT_FIELD.to_owned(), text_field_type()),
             ]
             .into(),
             labels: [(state::RAG_LABEL.to_owned(), state::config_label(&cfg))].into(),
@@ -217,7 +302,7 @@ impl Rag {
         let d = self.doc_collection(collection, create).await?;
         let refs: Vec<&str> = parsed
             .iter()
-            .flat_map(|p| p.texts.iter().map(String::as_str))
+            .flat_map(|p| p.embedded.iter().map(String::as_str))
             .collect();
         let vectors = if refs.is_empty() {
             Vec::new()
@@ -267,8 +352,15 @@ fn points(parsed: Vec<Parsed>, vectors: Vec<Vec<f32>>, max_payload: usize) -> Re
     let (mut batches, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0usize);
     let mut out = Ingested::default();
     let mut ends = Vec::with_capacity(parsed.len());
-    for Parsed { doc, meta, texts } in parsed {
-        for (n, text) in texts.iter().enumerate() {
+    for Parsed {
+        doc,
+        meta,
+        texts,
+        contexts,
+        ..
+    } in parsed
+    {
+        for (n, (text, context)) in texts.iter().zip(&contexts).enumerate() {
             let vector = vectors
                 .next()
                 .ok_or_else(|| Error::Internal("the embedder returned too few vectors".into()))?;
@@ -279,7 +371,8 @@ fn points(parsed: Vec<Parsed>, vectors: Vec<Vec<f32>>, max_payload: usize) -> Re
                 ("document_id".to_owned(), json!(doc.id)),
                 ("source".to_owned(), json!(doc.source)),
                 ("position".to_owned(), json!(n)),
-                ("text".to_owned(), json!(text)),
+                (TEXT_FIELD.to_owned(), json!(text)),
+                (CONTEXT_FIELD.to_owned(), json!(context)),
                 ("flagged".to_owned(), json!(!reasons.is_empty())),
                 ("flag_reasons".to_owned(), json!(reasons)),
             ]);

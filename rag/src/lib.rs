@@ -398,10 +398,18 @@ impl Rag {
         collection: &str,
         policy: Option<Policy>,
         generator: Option<String>,
+        retrieval: Option<Retrieval>,
     ) -> Result<RagConfig> {
         let mut cfg = self.config(collection)?;
         if let Some(p) = policy {
             cfg.policy = p;
+        }
+        if let Some(r) = retrieval {
+            if r != Retrieval::Dense {
+                let engine = self.host.engine()?;
+                ingest::check_text_fields(engine.collection(collection)?.as_ref())?;
+            }
+            cfg.retrieval = Some(r);
         }
         if let Some(g) = generator {
             cfg.generator = g;

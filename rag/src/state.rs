@@ -10,7 +10,9 @@ use quiver_storage::{AuxSpace, AuxStore, Mutation};
 
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::types::{Decision, Page, Policy, RagConfig, Review, ReviewQuery, ReviewStatus, Verdict};
+use crate::types::{
+    Decision, Page, Policy, RagConfig, Retrieval, Review, ReviewQuery, ReviewStatus, Verdict,
+};
 
 /// Durable RAG state.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ struct RagLabel {
     policy: i32,
     #[serde(default)]
     generator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retrieval: Option<Retrieval>,
 }
 
 /// A collection's settings as its `rag` label value (the policy as its protocol number, as
@@ -41,6 +45,7 @@ pub fn config_label(c: &RagConfig) -> String {
             Policy::LocalOnly => 2,
         },
         generator: c.generator.clone(),
+        retrieval: c.retrieval,
     })
     .unwrap_or_default()
 }
@@ -144,6 +149,7 @@ impl RagState {
                 embedder: l.embedder,
                 policy: policy_of(l.policy),
                 generator: l.generator,
+                retrieval: l.retrieval,
             });
         }
         let uid = c.uid();

@@ -20,6 +20,41 @@ pub enum Mode {
     Review,
 }
 
+/// How a document collection retrieves chunks for a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retrieval {
+    /// The question's embedding against the chunks' (what collections made before text
+    /// indexing do).
+    #[default]
+    Dense,
+    /// BM25 over the chunks' text and context headers.
+    Text,
+    /// Both, fused by reciprocal rank (the default for new document collections).
+    Hybrid,
+}
+
+impl Retrieval {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Retrieval::Dense => "dense",
+            Retrieval::Text => "text",
+            Retrieval::Hybrid => "hybrid",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Retrieval> {
+        Some(match s {
+            "dense" => Retrieval::Dense,
+            "text" | "bm25" => Retrieval::Text,
+            "hybrid" => Retrieval::Hybrid,
+            _ => return None,
+        })
+    }
+}
+
 /// One question to a collection.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Question {
@@ -41,6 +76,8 @@ pub struct Question {
     pub max_answer_tokens: u32,
     /// Sampling temperature (unset = 0, greedy).
     pub temperature: Option<f32>,
+    /// Retrieval for this question (`None`: the collection's).
+    pub retrieval: Option<Retrieval>,
 }
 
 /// A retrieved chunk cited by an answer.
@@ -59,6 +96,10 @@ pub struct Citation {
     pub text: String,
     /// The chunk looked like instructions to a model.
     pub flagged: bool,
+    /// Its rank (from 1) in the dense branch of retrieval (0: not found there).
+    pub dense_rank: u32,
+    /// Its rank in the BM25 branch (0: not found there).
+    pub text_rank: u32,
 }
 
 /// Tokens, cost and time of one answer.
@@ -154,6 +195,9 @@ pub struct RagConfig {
     pub policy: Policy,
     /// Its default generator (empty = the server default).
     pub generator: String,
+    /// How questions retrieve (`None`: a collection made before text indexing, dense; new
+    /// collections are created hybrid unless asked otherwise).
+    pub retrieval: Option<Retrieval>,
 }
 
 /// A chat turn as a model saw it.

@@ -274,9 +274,16 @@ impl RagRpc for RagService {
         crate::auth::check_collection(&req, &req.get_ref().collection)?;
         let r = req.into_inner();
         let policy = r.policy.map(|p| conv::policy(p, "policy")).transpose()?;
+        let retrieval = match r.retrieval.as_deref() {
+            Some(s) => Some(
+                conv::retrieval(s, "retrieval")?
+                    .ok_or_else(|| ApiError::bad("retrieval", "use dense, text or hybrid"))?,
+            ),
+            None => None,
+        };
         let cfg = self
             .rag()?
-            .set_config(&r.collection, policy, r.generator)
+            .set_config(&r.collection, policy, r.generator, retrieval)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(conv::to_pb_rag_config(cfg)))

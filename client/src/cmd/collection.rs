@@ -157,6 +157,26 @@ fn parse_field(s: &str) -> Result<pb::FieldSchema, String> {
     })
 }
 
+/// A declared field's type as `--field` spells it (`keyword`, `text:english+stop`).
+fn field_type_name(f: &pb::FieldSchema) -> String {
+    let base = match pb::FieldType::try_from(f.r#type) {
+        Ok(pb::FieldType::Keyword) => "keyword",
+        Ok(pb::FieldType::Integer) => "integer",
+        Ok(pb::FieldType::Float) => "float",
+        Ok(pb::FieldType::Bool) => "bool",
+        Ok(pb::FieldType::Datetime) => "datetime",
+        Ok(pb::FieldType::KeywordArray) => "keyword[]",
+        Ok(pb::FieldType::Text) => "text",
+        Ok(pb::FieldType::Sparse) => "sparse",
+        Ok(pb::FieldType::Unspecified) | Err(_) => "unknown",
+    };
+    match (f.language.as_str(), f.stop_words) {
+        ("", _) => base.to_owned(),
+        (l, false) => format!("{base}:{l}"),
+        (l, true) => format!("{base}:{l}+stop"),
+    }
+}
+
 /// A collection's configuration and statistics as JSON (`collection info --json`).
 fn info_json(i: &pb::CollectionInfo) -> Value {
     let c = i.config.clone().unwrap_or_default();
@@ -178,7 +198,7 @@ fn info_json(i: &pb::CollectionInfo) -> Value {
     };
     json!({
         "name": c.name, "dim": c.dim, "metric": metric_name(c.metric), "segment_max_rows": c.segment_max_rows,
-        "schema": c.schema.iter().map(|f| (f.key.clone(), json!(pb::FieldType::try_from(f.r#type).map_or("unknown", |t| t.as_str_name())))).collect::<serde_json::Map<_, _>>(),
+        "schema": c.schema.iter().map(|f| (f.key.clone(), json!(field_type_name(f)))).collect::<serde_json::Map<_, _>>(),
         "index_kind": kind, "index_nlist": nlist, "index_pq_m": param(ix.pq_m), "index_pq_bits": param(ix.pq_bits),
         "points": s.points, "sealed_segments": s.sealed_segments, "mutable_points": s.mutable_points, "dead_points": s.dead_points,
         "bytes_on_disk": s.bytes_on_disk, "wal_bytes": s.wal_bytes, "index_bytes": s.index_bytes, "index": s.index_state,

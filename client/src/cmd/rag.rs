@@ -67,6 +67,9 @@ pub enum RagCmd {
         /// Set the default generator for generate/review ("" = the server default).
         #[arg(long)]
         generator: Option<String>,
+        /// Set how questions retrieve: dense, text (BM25) or hybrid (both, RRF).
+        #[arg(long, value_parser = ["dense", "text", "hybrid"])]
+        retrieval: Option<String>,
     },
 }
 
@@ -97,6 +100,9 @@ pub struct IngestDocsArgs {
     /// With --create: the default generator for generate/review.
     #[arg(long)]
     generator: Option<String>,
+    /// With --create: how questions retrieve, dense, text (BM25) or hybrid (default: hybrid).
+    #[arg(long, value_parser = ["dense", "text", "hybrid"])]
+    retrieval: Option<String>,
     /// Print the counts as JSON.
     #[arg(long)]
     json: bool,
@@ -136,6 +142,10 @@ pub struct AskArgs {
     /// Sampling temperature (0 = greedy).
     #[arg(long)]
     temperature: Option<f32>,
+    /// Retrieval for this question: dense, text (BM25) or hybrid (default: the
+    /// collection's).
+    #[arg(long, value_parser = ["dense", "text", "hybrid"])]
+    retrieval: Option<String>,
     /// Chunks retrieved.
     #[arg(long, default_value_t = 5)]
     k: u32,
@@ -175,6 +185,10 @@ pub struct EvalArgs {
     /// Answer length limit for --mode generate (0 = server default).
     #[arg(long, default_value_t = 0)]
     max_answer_tokens: u32,
+    /// Retrieval of the evaluated answers: dense, text or hybrid (default: the collection's).
+    /// Recall and MRR are reported for every mode either way.
+    #[arg(long, value_parser = ["dense", "text", "hybrid"])]
+    retrieval: Option<String>,
 }
 
 /// `quiver ingest-docs`: chunk, embed and store documents; prints the counts.
@@ -183,6 +197,7 @@ pub async fn ingest_docs(client: &mut Client, a: IngestDocsArgs) -> Result<()> {
         embedder: a.embedder.unwrap_or_default(),
         policy: a.policy.map_or(0, PolicyArg::proto),
         generator: a.generator.unwrap_or_default(),
+        retrieval: a.retrieval.unwrap_or_default(),
     };
     let r = docs::ingest(
         client,
@@ -230,6 +245,7 @@ pub async fn eval(client: &mut Client, a: EvalArgs) -> Result<()> {
         mode: a.mode.proto(),
         provider: a.provider,
         max_answer_tokens: a.max_answer_tokens,
+        retrieval: a.retrieval.unwrap_or_default(),
     };
     let totals = docs::eval(client, &a.collection, &a.questions, &opts).await?;
     println!("{totals}");
@@ -249,6 +265,7 @@ pub async fn ask(client: &mut Client, a: AskArgs, consistency: i32) -> Result<()
         max_answer_tokens: a.max_answer_tokens,
         temperature: a.temperature,
         consistency,
+        retrieval: a.retrieval.unwrap_or_default(),
     };
     if a.stream {
         return docs::ask_stream(client, req, a.json).await;
@@ -274,8 +291,24 @@ fn print_answer(r: &pb::AskResponse) {
         println!("{}\n", r.answer);
     }
     for c in &r.citations {
+        let rank = |r: u32| {
+            if r == 0 {
+                "-".to_owned()
+            } else {
+                r.to_string()
+            }
+        };
+        let ranks = if c.dense_rank > 0 || c.text_rank > 0 {
+            format!(
+                " (dense {}, text {})",
+                rank(c.dense_rank),
+                rank(c.text_rank)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "[{}] {:.3} {}{}\n    {}",
+            "[{}] {:.3}{ranks} {}{}\n    {}",
             c.chunk_id,
             c.score,
             c.source,
@@ -321,7 +354,8 @@ pub async fn run(client: &mut Client, cmd: RagCmd) -> Result<()> {
             collection,
             policy,
             generator,
-        } => config(client, collection, policy, generator).await,
+            retrieval,
+        } => config(client, collection, policy, generator, retrieval).await,
     }
 }
 
@@ -331,8 +365,9 @@ async fn config(
     collection: String,
     policy: Option<PolicyArg>,
     generator: Option<String>,
+    retrieval: Option<String>,
 ) -> Result<()> {
-    let cfg = if policy.is_none() && generator.is_none() {
+    let cfg = if policy.is_none() && generator.is_none() && retrieval.is_none() {
         client
             .rag
             .get_rag_config(pb::GetRagConfigRequest { collection })
@@ -344,6 +379,7 @@ async fn config(
                 collection,
                 policy: policy.map(PolicyArg::proto),
                 generator,
+                retrieval,
             })
             .await
     }
@@ -355,7 +391,7 @@ async fn config(
     };
     println!(
         "{}",
-        json!({"embedder": cfg.embedder, "policy": policy, "generator": cfg.generator})
+        json!({"embedder": cfg.embedder, "policy": policy, "generator": cfg.generator, "retrieval": cfg.retrieval})
     );
     Ok(())
 }

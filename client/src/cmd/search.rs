@@ -52,7 +52,8 @@ pub struct SearchArgs {
     /// --like too, a hybrid search fused by --fusion.
     #[arg(long)]
     text: Option<String>,
-    /// The text field --text searches (default: the collection's only text field).
+    /// The text field --text searches (default: the collection's only text field); several,
+    /// comma-separated, sum their BM25 scores (e.g. title,body).
     #[arg(long)]
     text_field: Option<String>,
     /// A sparse query on --sparse-field, as JSON {"indices": [..], "values": [..]}.
@@ -144,11 +145,14 @@ pub async fn run(client: &mut Client, a: SearchArgs, consistency: i32) -> Result
         weights,
         candidates: a.candidates,
     };
+    let mut text_fields = text_field.split(',').map(str::trim).map(str::to_owned);
+    let first_field = text_fields.next().unwrap_or_default();
+    let more_fields: Vec<String> = text_fields.collect();
     let text = a.text.map(|q| pb::TextQuery {
-        field: text_field.clone(),
+        field: first_field.clone(),
         query: q,
-        k1: None,
-        b: None,
+        more_fields: more_fields.clone(),
+        ..Default::default()
     });
     let sparse = match a.sparse {
         Some(s) => Some(pb::SparseQuery {
@@ -380,12 +384,15 @@ fn query_line(
         Some(Value::String(q)) if fields.0.is_empty() => {
             return Err(at(anyhow!("field 'text' needs --text-field")));
         }
-        Some(Value::String(q)) => Some(pb::TextQuery {
-            field: fields.0.to_owned(),
-            query: q.clone(),
-            k1: None,
-            b: None,
-        }),
+        Some(Value::String(q)) => {
+            let mut f = fields.0.split(',').map(str::trim).map(str::to_owned);
+            Some(pb::TextQuery {
+                field: f.next().unwrap_or_default(),
+                query: q.clone(),
+                more_fields: f.collect(),
+                ..Default::default()
+            })
+        }
         Some(_) => return Err(at(anyhow!("field 'text' must be a string"))),
         None => base.text.clone(),
     };

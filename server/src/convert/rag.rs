@@ -24,6 +24,20 @@ pub fn question(r: pb::AskRequest) -> ApiResult<rag::Question> {
         max_context_tokens: r.max_context_tokens,
         max_answer_tokens: r.max_answer_tokens,
         temperature: r.temperature,
+        retrieval: retrieval(&r.retrieval, "retrieval")?,
+    })
+}
+
+/// A retrieval mode's name (`None` for "").
+pub fn retrieval(s: &str, field: &str) -> ApiResult<Option<rag::Retrieval>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    rag::Retrieval::parse(s).map(Some).ok_or_else(|| {
+        ApiError::bad(
+            field,
+            format!("unknown retrieval {s:?}; use dense, text or hybrid"),
+        )
     })
 }
 
@@ -42,6 +56,7 @@ pub fn rag_config(c: pb::RagConfig) -> ApiResult<rag::RagConfig> {
         policy: policy(c.policy, "config.policy")?,
         embedder: c.embedder,
         generator: c.generator,
+        retrieval: retrieval(&c.retrieval, "config.retrieval")?,
     })
 }
 
@@ -54,6 +69,11 @@ pub fn to_pb_rag_config(c: rag::RagConfig) -> pb::RagConfig {
             rag::Policy::LocalOnly => pb::RagPolicy::LocalOnly,
         } as i32,
         generator: c.generator,
+        retrieval: c
+            .retrieval
+            .unwrap_or(rag::Retrieval::Dense)
+            .name()
+            .to_owned(),
     }
 }
 
@@ -78,6 +98,8 @@ pub fn to_pb_citation(c: rag::Citation) -> pb::Citation {
         source: c.source,
         text: c.text,
         flagged: c.flagged,
+        dense_rank: c.dense_rank,
+        text_rank: c.text_rank,
     }
 }
 
@@ -89,6 +111,8 @@ fn citation(c: pb::Citation) -> rag::Citation {
         source: c.source,
         text: c.text,
         flagged: c.flagged,
+        dense_rank: c.dense_rank,
+        text_rank: c.text_rank,
     }
 }
 

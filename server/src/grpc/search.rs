@@ -82,6 +82,7 @@ fn hybrid(r: &pb::SearchRequest) -> ApiResult<Option<Hybrid>> {
             let d = Bm25Params::default();
             Some(TextSearch {
                 field: t.field.clone(),
+                more_fields: t.more_fields.clone(),
                 query: t.query.clone(),
                 bm25: Bm25Params {
                     k1: t.k1.unwrap_or(d.k1),

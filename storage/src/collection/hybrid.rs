@@ -19,6 +19,16 @@ use crate::text::fusion::{self, BranchRank, Fusion};
 use crate::text::{MAX_SPARSE_ENTRIES, SparseVector};
 use crate::types::{Hit, ReadOptions, SearchParams};
 
+/// The most fields one text query may search.
+pub const MAX_TEXT_FIELDS: usize = 8;
+
+impl TextSearch {
+    /// Every field searched, `field` first.
+    pub fn fields(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.field).chain(&self.more_fields)
+    }
+}
+
 /// The most candidates a branch may retrieve.
 pub const MAX_CANDIDATES: usize = 10_000;
 
@@ -28,11 +38,14 @@ pub fn default_candidates(k: usize) -> usize {
     (2 * k).clamp(50, MAX_CANDIDATES)
 }
 
-/// A BM25 text query on one `text` field.
+/// A BM25 text query on one or more `text` fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextSearch {
     /// The field (declared `text`).
     pub field: String,
+    /// More text fields searched with it: a row's score is the sum of its fields' BM25
+    /// scores, each with its own statistics (a document's title and body, say).
+    pub more_fields: Vec<String>,
     /// The query: words, `+required`, `-excluded`.
     pub query: String,
     /// k1 and b.
@@ -149,22 +162,47 @@ impl Collection {
         }
         let schema = self.schema();
         if let Some(t) = &q.text {
-            match schema.get(&t.field) {
-                Some(FieldType::Text(_)) => {}
-                Some(other) => {
-                    return Err(Error::invalid(
-                        "text.field",
-                        format!("field {} is declared {}, not text", t.field, other.name()),
-                    ));
-                }
-                None => {
-                    return Err(Error::invalid(
-                        "text.field",
-                        format!(
-                            "field {} is not declared; declare it as text (--field {}:text)",
-                            t.field, t.field
-                        ),
-                    ));
+            if t.more_fields.len() > MAX_TEXT_FIELDS - 1 {
+                return Err(Error::invalid(
+                    "text.more_fields",
+                    format!("at most {MAX_TEXT_FIELDS} fields in one text query"),
+                ));
+            }
+            let mut analyzer = None;
+            for (i, f) in t.fields().enumerate() {
+                let at = if i == 0 {
+                    "text.field".to_owned()
+                } else {
+                    format!("text.more_fields[{}]", i - 1)
+                };
+                match schema.get(f) {
+                    Some(FieldType::Text(a)) => {
+                        if analyzer.is_some_and(|x| x != *a) {
+                            return Err(Error::invalid(
+                                at,
+                                format!(
+                                    "field {f} is declared {}, unlike {}: fields searched together share an analyzer",
+                                    FieldType::Text(*a).name(),
+                                    t.field
+                                ),
+                            ));
+                        }
+                        analyzer = Some(*a);
+                    }
+                    Some(other) => {
+                        return Err(Error::invalid(
+                            at,
+                            format!("field {f} is declared {}, not text", other.name()),
+                        ));
+                    }
+                    None => {
+                        return Err(Error::invalid(
+                            at,
+                            format!(
+                                "field {f} is not declared; declare it as text (--field {f}:text)"
+                            ),
+                        ));
+                    }
                 }
             }
             let Bm25Params { k1, b } = t.bm25;
@@ -374,20 +412,26 @@ fn text_top(
     q: &TextQuery,
     n: usize,
 ) -> Result<Vec<(RowKey, f32)>> {
-    let mut segs = Vec::with_capacity(parts.len());
-    for p in parts {
-        let idx = p
-            .fields()
-            .and_then(|f| f.text(&t.field))
-            .ok_or_else(|| not_ready("text", &t.field, p.id))?;
-        segs.push((p.view(), idx.0));
+    // Per field: each segment's index, and the statistics over every segment, the filter
+    // ignored (as in every engine): a filter narrows which rows are returned, not how a term
+    // is weighed.
+    let mut per_field = Vec::new();
+    for field in t.fields() {
+        let mut segs = Vec::with_capacity(parts.len());
+        for p in parts {
+            let idx = p
+                .fields()
+                .and_then(|f| f.text(field))
+                .ok_or_else(|| not_ready("text", field, p.id))?;
+            segs.push((p.view(), idx.0));
+        }
+        let st = bm25::stats(&segs, q);
+        per_field.push((segs, st));
     }
-    // Statistics over every segment, the filter ignored (as in every engine): a filter
-    // narrows which rows are returned, not how a term is weighed.
-    let st = bm25::stats(&segs, q);
     let mut top = crate::distance::TopK::new(n);
-    for (view, idx) in &segs {
-        bm25::score_segment(*view, idx, q, &st, t.bm25, &mut top);
+    for (i, p) in parts.iter().enumerate() {
+        let fields: Vec<_> = per_field.iter().map(|(segs, st)| (segs[i].1, st)).collect();
+        bm25::score_segment(p.view(), &fields, q, t.bm25, &mut top);
     }
     Ok(top
         .into_sorted()

@@ -2065,6 +2065,7 @@ fn hybrid_search_is_independent_of_segments_and_honours_filters() {
     let q_vec: Vec<f32> = (0..8).map(|i| (i as f32 * 0.7).sin()).collect();
     let text = |q: &str| TextSearch {
         field: "body".into(),
+        more_fields: Vec::new(),
         query: q.into(),
         bm25: Default::default(),
     };

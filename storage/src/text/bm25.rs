@@ -231,22 +231,28 @@ fn rows_with(idx: &TextIndex, term: &str) -> RoaringBitmap {
     RoaringBitmap::from_sorted_iter(rows).unwrap_or_default()
 }
 
-/// The BM25 top-k of `q` in one segment, into `top` (distance = −score).
+/// The BM25 top-k of `q` in one segment, into `top` (distance = −score). `fields` holds the
+/// segment's index of each field searched, with that field's collection-wide statistics: a
+/// row's score is the sum of its fields' scores, and a required term may occur in any field.
 pub fn score_segment(
     view: SegmentView<'_>,
-    idx: &TextIndex,
+    fields: &[(&TextIndex, &Bm25Stats)],
     q: &TextQuery,
-    st: &Bm25Stats,
     p: Bm25Params,
     top: &mut TopK<RowKey>,
 ) {
-    if q.is_empty() || st.docs == 0 {
+    if q.is_empty() || fields.iter().all(|(_, st)| st.docs == 0) {
         return;
     }
+    let in_any = |t: &str| {
+        fields.iter().fold(RoaringBitmap::new(), |acc, (idx, _)| {
+            acc | rows_with(idx, t)
+        })
+    };
     // Required terms: a row must hold all of them, so a segment missing one has no hits.
     let mut must: Option<RoaringBitmap> = None;
     for t in &q.must {
-        let rows = rows_with(idx, t);
+        let rows = in_any(t);
         must = Some(match must {
             Some(m) => m & rows,
             None => rows,
@@ -257,24 +263,30 @@ pub fn score_segment(
     }
     let mut must_not = RoaringBitmap::new();
     for t in &q.must_not {
-        must_not |= rows_with(idx, t);
+        must_not |= in_any(t);
     }
     let (k1, b) = (p.k1, p.b);
-    let avg = st.avg_len as f32;
+    let rows = fields.iter().map(|(i, _)| i.rows()).max().unwrap_or(0);
     ACC.with_borrow_mut(|acc| {
-        acc.reset(idx.rows() as usize);
-        for (i, (term, qtf)) in q.scoring.iter().enumerate() {
-            let Some(info) = idx.term(term) else { continue };
-            let w = (idf(st.docs, st.df[i]) * f64::from(*qtf)) as f32 * (k1 + 1.0);
-            idx.for_each_block(term, &info, |rows, tfs, _| {
-                for (&r, &tf) in rows.iter().zip(tfs) {
-                    let tf = tf as f32;
-                    let len = idx.len_of(r) as f32;
-                    let norm = k1 * (1.0 - b + b * len / avg);
-                    acc.add(r, w * tf / (tf + norm));
-                }
-                true
-            });
+        acc.reset(rows as usize);
+        for (idx, st) in fields {
+            if st.docs == 0 {
+                continue;
+            }
+            let avg = st.avg_len as f32;
+            for (i, (term, qtf)) in q.scoring.iter().enumerate() {
+                let Some(info) = idx.term(term) else { continue };
+                let w = (idf(st.docs, st.df[i]) * f64::from(*qtf)) as f32 * (k1 + 1.0);
+                idx.for_each_block(term, &info, |rows, tfs, _| {
+                    for (&r, &tf) in rows.iter().zip(tfs) {
+                        let tf = tf as f32;
+                        let len = idx.len_of(r) as f32;
+                        let norm = k1 * (1.0 - b + b * len / avg);
+                        acc.add(r, w * tf / (tf + norm));
+                    }
+                    true
+                });
+            }
         }
         acc.select(view.id, top, |r| {
             !view.dead.contains(r)
@@ -369,7 +381,7 @@ mod tests {
             let st = stats(&[(view, &idx)], &q);
             assert_eq!(st.docs, 5);
             let mut top = TopK::new(10);
-            score_segment(view, &idx, &q, &st, p, &mut top);
+            score_segment(view, &[(&idx, &st)], &q, p, &mut top);
             let got = top.into_sorted();
             assert_eq!(got.len(), 4, "doc 4 has none of the terms");
             for c in got {
@@ -386,7 +398,7 @@ mod tests {
         let q = TextQuery::parse(&a, "+dog -lazy fox").unwrap();
         let st = stats(&[(view, &idx)], &q);
         let mut top = TopK::new(10);
-        score_segment(view, &idx, &q, &st, p, &mut top);
+        score_segment(view, &[(&idx, &st)], &q, p, &mut top);
         let rows: Vec<u32> = top.into_sorted().iter().map(|c| c.key.1).collect();
         assert_eq!(rows, [2], "doc 3 has dogs, not dog; docs 0 and 1 are lazy");
         // Stemming joins dog and dogs.
