@@ -260,3 +260,101 @@ async fn asking_a_collection_not_made_for_documents_fails_its_precondition() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("FAILED_PRECONDITION"), "{err}");
 }
+
+/// New document collections retrieve hybrid: a chunk is found by its document's title (in its
+/// context header) even when its text never names it, citations carry each branch's rank, the
+/// retrieval and reranker are set per collection and per question, and `eval` reports every
+/// retrieval mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_retrieval_finds_a_document_by_its_title_and_eval_compares_modes() {
+    let c = Corpus::ingest().await;
+    c.write(
+        "tools.jsonl",
+        concat!(
+            r#"{"id": "abacus", "title": "Abacus", "text": "A counting frame with beads on rods, used for arithmetic long before written numerals."}"#,
+            "\n",
+            r#"{"id": "slide-rule", "title": "Slide rule", "text": "A mechanical analog computer for multiplication and division using logarithmic scales."}"#,
+            "\n"
+        ),
+    );
+    let tools = c.path("tools.jsonl");
+    ok(&c
+        .server
+        .cli(&["ingest-docs", "--collection", "docs", "--json", &tools]));
+    let cfg: Value = serde_json::from_str(&ok(&c.server.cli(&["rag", "config", "docs"]))).unwrap();
+    assert_eq!(cfg["retrieval"], "hybrid", "{cfg}");
+    // The chunk's header holds the title; BM25 finds it by that word alone.
+    let got = json_lines(
+        &c.server
+            .cli(&["get", "--collection", "docs", "\"abacus#0\""]),
+    );
+    assert_eq!(got[0]["payload"]["context"], "Abacus");
+    let first = |extra: &[&str]| {
+        let mut args = vec!["--mode", "retrieve-only"];
+        args.extend_from_slice(extra);
+        let a = c.ask("What is Abacus?", &args);
+        citations(&a)[0].clone()
+    };
+    let text = first(&["--retrieval", "text"]);
+    assert_eq!(text["document_id"], "abacus");
+    assert_eq!(text["text_rank"], 1);
+    assert!(text["dense_rank"].is_null(), "{text}");
+    let hybrid = first(&[]);
+    assert_eq!(hybrid["document_id"], "abacus");
+    assert_eq!(hybrid["text_rank"], 1, "{hybrid}");
+    let dense = first(&["--retrieval", "dense"]);
+    assert!(dense["text_rank"].is_null(), "{dense}");
+    // The embedder reranker re-scores by the question's embedding: scores are cosines now.
+    let reranked = c.ask(
+        "What is Abacus?",
+        &["--mode", "retrieve-only", "--rerank", "embedder"],
+    );
+    assert!(
+        citations(&reranked)
+            .iter()
+            .all(|x| x["score"].as_f64().unwrap() <= 1.0 + 1e-6)
+    );
+    // Unknown rerankers and retrieval modes are refused, naming the field.
+    let bad = c
+        .server
+        .cli(&["ask", "x", "--collection", "docs", "--rerank", "nope"]);
+    quiver_tests::fails_with(&bad, &["rerank", "unknown reranker"]);
+    // The collection's settings change: text retrieval by default.
+    ok(&c
+        .server
+        .cli(&["rag", "config", "docs", "--retrieval", "text"]));
+    let cfg: Value = serde_json::from_str(&ok(&c.server.cli(&["rag", "config", "docs"]))).unwrap();
+    assert_eq!(cfg["retrieval"], "text");
+    let t = first(&[]);
+    assert!(t["dense_rank"].is_null() && t["text_rank"] == 1, "{t}");
+    // eval: recall and MRR per retrieval mode, and with the reranker.
+    c.write(
+        "q.jsonl",
+        &[
+            serde_json::json!({"question": "What is Abacus?", "expected_documents": ["abacus"]}),
+            serde_json::json!({"question": "What is the capital of France?", "expected_documents": [c.path("france.md")]}),
+        ]
+        .iter()
+        .map(|v| v.to_string() + "\n")
+        .collect::<String>(),
+    );
+    let qs = c.path("q.jsonl");
+    let totals: Value = serde_json::from_str(&ok(&c.server.cli(&[
+        "eval",
+        "--collection",
+        "docs",
+        "--questions",
+        &qs,
+        "--rerank",
+        "embedder",
+    ])))
+    .unwrap();
+    for mode in ["dense", "text", "hybrid", "hybrid+rerank"] {
+        let m = &totals["by_retrieval"][mode];
+        assert!(
+            m["recall_at_k"].as_f64().is_some() && m["mrr"].as_f64().is_some(),
+            "{mode}: {totals}"
+        );
+    }
+    assert_eq!(totals["by_retrieval"]["text"]["mrr"], 1.0, "{totals}");
+}

@@ -252,6 +252,8 @@ pub struct EvalOptions {
     pub max_answer_tokens: u32,
     /// Retrieval of the evaluated asks (dense, text, hybrid; "" = the collection's).
     pub retrieval: String,
+    /// Reranker of the evaluated asks ("" = the collection's).
+    pub rerank: String,
 }
 
 /// The retrieval modes `quiver eval` compares.
@@ -304,6 +306,7 @@ async fn eval_case(
         provider: o.provider.clone(),
         max_answer_tokens: o.max_answer_tokens,
         retrieval: o.retrieval.clone(),
+        rerank: o.rerank.clone(),
         ..Default::default()
     };
     let started = std::time::Instant::now();
@@ -331,11 +334,21 @@ async fn eval_case(
     // Each retrieval mode's recall and reciprocal rank (null where the collection cannot
     // retrieve that way, e.g. text on a collection without text fields).
     let mut by_mode = serde_json::Map::new();
-    for mode in RETRIEVAL_MODES {
+    let modes: Vec<(&str, &str, &str)> = RETRIEVAL_MODES
+        .iter()
+        .map(|m| (*m, *m, "none"))
+        .chain((!o.rerank.is_empty() && o.rerank != "none").then_some((
+            "hybrid+rerank",
+            "hybrid",
+            o.rerank.as_str(),
+        )))
+        .collect();
+    for (mode, retrieval, rerank) in modes {
         let r = client
             .rag
             .ask(pb::AskRequest {
-                retrieval: mode.into(),
+                retrieval: retrieval.into(),
+                rerank: rerank.into(),
                 ..ask(pb::AskMode::RetrieveOnly as i32)
             })
             .await;
@@ -465,6 +478,8 @@ fn eval_totals(rows: &[Value], k: u32) -> Value {
     let tokens_per_s = (model_ms > 0.0).then(|| generated as f64 / (model_ms / 1e3));
     let by_retrieval: serde_json::Map<String, Value> = RETRIEVAL_MODES
         .iter()
+        .chain(&["hybrid+rerank"])
+        .filter(|m| rows.iter().any(|r| r["by_retrieval"].get(**m).is_some()))
         .map(|m| {
             let vals = |key: &str| -> Vec<f64> {
                 rows.iter()

@@ -147,17 +147,24 @@ fn validate(q: Question) -> Result<Asked> {
         return Err(Error::bad("temperature", "must be between 0 and 2"));
     }
     let scope = format!(
-        "{:?}|{k}|{:?}|{}|{}|{}|{:?}|{:?}",
+        "{:?}|{k}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}",
         q.filter,
         q.mode,
         q.provider,
         q.max_context_tokens,
         q.max_answer_tokens,
         q.temperature,
-        q.retrieval
+        q.retrieval,
+        q.rerank
     );
     let key = format!("{:?}|{scope}", q.question);
     Ok(Asked { q, k, key, scope })
+}
+
+/// A cache key or scope with the collection's RAG settings: changing its retrieval,
+/// reranker or generator must not serve answers made under the old ones.
+fn with_settings(key: &str, cfg: &RagConfig) -> String {
+    format!("{key}|{}", crate::state::config_label(cfg))
 }
 
 /// Sends a finished answer as token events (whitespace-separated pieces).
@@ -284,9 +291,10 @@ impl Rag {
             return None;
         }
         let c = self.host.engine().ok()?.collection(&a.q.collection).ok()?;
+        let cfg = self.state.config(&c).ok()?;
         let key = Key {
             uid: c.uid(),
-            request: a.key.clone(),
+            request: with_settings(&a.key, &cfg),
         };
         self.answers.get(&key, c.last_lsn())
     }
@@ -304,8 +312,13 @@ impl Rag {
         let threshold = self.cfg.semantic_cache_threshold;
         if a.q.mode != Mode::Review
             && threshold > 0.0
-            && let Some((hit, similarity)) =
-                self.semantic.get(d.c.uid(), &a.scope, lsn, &q, threshold)
+            && let Some((hit, similarity)) = self.semantic.get(
+                d.c.uid(),
+                &with_settings(&a.scope, &d.cfg),
+                lsn,
+                &q,
+                threshold,
+            )
         {
             tracing::debug!(similarity, "semantic cache hit");
             return Ok(Found::Hit(hit, "semantic"));
@@ -317,11 +330,25 @@ impl Rag {
         if mode != Retrieval::Dense {
             crate::ingest::check_text_fields(&d.c)?;
         }
-        let (c, k, filter, qv) = (Arc::clone(&d.c), a.k, a.q.filter.clone(), q.clone());
+        let reranker = match a.q.rerank.as_deref().unwrap_or(&d.cfg.rerank) {
+            "none" => String::new(),
+            r => r.to_owned(),
+        };
+        if !reranker.is_empty() {
+            self.check_reranker(&reranker, d.cfg.policy, "rerank")?;
+        }
+        // With a reranker, more candidates than k are fused, re-scored, then cut to k.
+        let fetch = if reranker.is_empty() {
+            a.k
+        } else {
+            a.k.max(crate::rerank::RERANK_CANDIDATES)
+        };
+        let with_vectors = reranker == crate::rerank::EMBEDDER;
+        let (c, k, filter, qv) = (Arc::clone(&d.c), fetch, a.q.filter.clone(), q.clone());
         let question = a.q.question.clone();
         let hits = blocking(move || {
             let opts = ReadOptions {
-                with_vectors: false,
+                with_vectors,
                 with_payload: true,
             };
             let text = TextSearch {
@@ -343,16 +370,42 @@ impl Rag {
                 .map_err(Error::from)
         })
         .await?;
+        let rescored = match reranker.as_str() {
+            "" => None,
+            crate::rerank::EMBEDDER => {
+                let norm = q
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f32>()
+                    .sqrt()
+                    .max(f32::MIN_POSITIVE);
+                Some(
+                    hits.iter()
+                        .map(|h| {
+                            h.hit.vector.as_deref().map_or(f32::MIN, |v| {
+                                v.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>() / norm
+                            })
+                        })
+                        .collect::<Vec<f32>>(),
+                )
+            }
+            name => Some(self.rerank_remote(name, &a.q.question, &hits, ctx).await?),
+        };
+        let mut hits: Vec<_> = hits.into_iter().enumerate().collect();
+        if let Some(scores) = &rescored {
+            hits.sort_by(|x, y| scores[y.0].total_cmp(&scores[x.0]).then(x.0.cmp(&y.0)));
+            hits.truncate(a.k);
+        }
         let sources = hits
             .into_iter()
-            .map(|h| Source {
+            .map(|(i, h)| Source {
                 payload: h
                     .hit
                     .payload
                     .as_deref()
                     .and_then(|b| serde_json::from_slice(b).ok())
                     .unwrap_or_default(),
-                score: h.hit.score,
+                score: rescored.as_ref().map_or(h.hit.score, |s| s[i]),
                 id: match h.hit.id {
                     PointId::Str(s) => s,
                     PointId::Num(n) => n.to_string(),
@@ -368,6 +421,78 @@ impl Rag {
             question_vector: q,
             sources,
         }))
+    }
+
+    /// Scores `hits` against the question with rerank endpoint `name` (checked against the
+    /// collection's policy already): hosted endpoints get the PII-redacted texts; the call is
+    /// audited and counted.
+    async fn rerank_remote(
+        &self,
+        name: &str,
+        question: &str,
+        hits: &[quiver_storage::collection::HybridHit],
+        ctx: &CallContext,
+    ) -> Result<Vec<f32>> {
+        let r = self
+            .rerankers
+            .get(name)
+            .ok_or_else(|| Error::bad("rerank", format!("unknown reranker {name:?}")))?;
+        let hosted = r.cfg.hosted;
+        let mut redactions = 0u32;
+        let mut prep = |t: &str| -> String {
+            if hosted {
+                let red = self.redactor.redact(t);
+                redactions += red.map.len() as u32;
+                red.text
+            } else {
+                t.to_owned()
+            }
+        };
+        let docs: Vec<String> = hits
+            .iter()
+            .map(|h| {
+                let p: Map<String, Value> = h
+                    .hit
+                    .payload
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or_default();
+                let s = |k: &str| {
+                    p.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                prep(&format!("{}\n{}", s("context"), s("text")))
+            })
+            .collect();
+        let query = prep(question);
+        let started = Instant::now();
+        let result = crate::rerank::remote_scores(r, &query, &docs).await;
+        let latency_us = micros(started.elapsed());
+        metrics::counter!("quiver_rerank_requests_total", "reranker" => name.to_owned(), "status" => if result.is_ok() { "ok" } else { "error" }).increment(1);
+        self.record(AuditRecord {
+            request_id: ctx.request_id.clone(),
+            tenant: ctx.tenant.clone(),
+            collection: ctx.collection.clone(),
+            operation: "rerank".into(),
+            provider: name.to_owned(),
+            model: r.cfg.model.clone(),
+            prompt: query,
+            output: result
+                .as_ref()
+                .map(|s| format!("{} documents scored", s.len()))
+                .unwrap_or_default(),
+            latency_us,
+            error: result
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            redactions,
+            ..Default::default()
+        });
+        result.map_err(Error::from)
     }
 
     /// A cached answer, served again: recorded (an LLM answer at no token cost; a hosted
@@ -529,12 +654,12 @@ impl Rag {
     fn remember(&self, a: &Asked, got: Retrieved, out: &Answered) {
         let key = Key {
             uid: got.uid,
-            request: a.key.clone(),
+            request: with_settings(&a.key, &got.cfg),
         };
         self.answers.put(key, got.lsn, out.clone());
         self.semantic.put(
             got.uid,
-            a.scope.clone(),
+            with_settings(&a.scope, &got.cfg),
             got.lsn,
             got.question_vector,
             out.clone(),

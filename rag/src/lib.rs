@@ -31,6 +31,7 @@ pub mod local;
 pub mod models;
 pub mod pii;
 pub mod prompt;
+pub mod rerank;
 pub mod secret;
 pub mod settings;
 pub mod state;
@@ -64,6 +65,7 @@ pub struct Rag {
     embeddings: EmbeddingCache,
     generators: BTreeMap<String, Arc<dyn Generator>>,
     remote_embedders: BTreeMap<String, Remote>,
+    rerankers: BTreeMap<String, Remote>,
     embedders: Mutex<HashMap<String, Arc<dyn Embedder>>>,
     local: Arc<models::LocalModels>,
     redactor: pii::Redactor,
@@ -91,6 +93,7 @@ pub struct SetupError(pub String);
 pub struct Providers {
     generators: BTreeMap<String, Arc<dyn Generator>>,
     embedders: BTreeMap<String, Remote>,
+    rerankers: BTreeMap<String, Remote>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -124,9 +127,21 @@ impl Providers {
                 .map_err(|e| SetupError(format!("rag.embedders.{name}: {e}")))?;
             embedders.insert(name.clone(), r);
         }
+        let mut rerankers = BTreeMap::new();
+        for (name, p) in &cfg.rerankers {
+            if name == rerank::EMBEDDER || name == "none" {
+                return Err(SetupError(format!(
+                    "rag.rerankers.{name}: the name is reserved"
+                )));
+            }
+            let r = Remote::new(name, p, http.clone())
+                .map_err(|e| SetupError(format!("rag.rerankers.{name}: {e}")))?;
+            rerankers.insert(name.clone(), r);
+        }
         Ok(Providers {
             generators,
             embedders,
+            rerankers,
         })
     }
 }
@@ -175,6 +190,7 @@ impl Rag {
             embeddings: EmbeddingCache::new(cfg.embedding_cache_entries),
             generators: providers.generators,
             remote_embedders: providers.embedders,
+            rerankers: providers.rerankers,
             embedders: Mutex::new(HashMap::new()),
             local: Arc::new(models::LocalModels::new(cfg.models_dir(), cfg.local_price)),
             redactor: pii::Redactor::default(),
@@ -358,6 +374,32 @@ impl Rag {
     }
 
     /// Checks that settings respect their policy and name known providers.
+    /// Checks a reranker name (`""`/`none`, `embedder` or a configured one) against the
+    /// collection's policy.
+    fn check_reranker(&self, name: &str, policy: Policy, field: &str) -> Result<()> {
+        if name.is_empty() || name == "none" || name == rerank::EMBEDDER {
+            return Ok(());
+        }
+        let r = self.rerankers.get(name).ok_or_else(|| {
+            Error::bad(
+                field,
+                format!(
+                    "unknown reranker {name:?} (known: none, embedder{})",
+                    self.rerankers
+                        .keys()
+                        .map(|k| format!(", {k}"))
+                        .collect::<String>()
+                ),
+            )
+        })?;
+        if policy == Policy::LocalOnly && r.cfg.hosted {
+            return Err(Error::Precondition(format!(
+                "policy local_only: reranker {name} is a hosted provider"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_policy(&self, cfg: &RagConfig) -> Result<()> {
         if cfg.policy == Policy::LocalOnly {
             if self.embedder_hosted(&cfg.embedder) {
@@ -373,6 +415,7 @@ impl Rag {
                 )));
             }
         }
+        self.check_reranker(&cfg.rerank, cfg.policy, "config.rerank")?;
         if !self.generator_known(&cfg.generator) {
             return Err(Error::bad(
                 "config.generator",
@@ -399,6 +442,7 @@ impl Rag {
         policy: Option<Policy>,
         generator: Option<String>,
         retrieval: Option<Retrieval>,
+        rerank: Option<String>,
     ) -> Result<RagConfig> {
         let mut cfg = self.config(collection)?;
         if let Some(p) = policy {
@@ -410,6 +454,9 @@ impl Rag {
                 ingest::check_text_fields(engine.collection(collection)?.as_ref())?;
             }
             cfg.retrieval = Some(r);
+        }
+        if let Some(r) = rerank {
+            cfg.rerank = if r == "none" { String::new() } else { r };
         }
         if let Some(g) = generator {
             cfg.generator = g;

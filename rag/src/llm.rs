@@ -240,7 +240,7 @@ impl Remote {
         })
     }
 
-    fn url(&self, default_base: &str, path: &str) -> String {
+    pub(crate) fn url(&self, default_base: &str, path: &str) -> String {
         let base = if self.cfg.base_url.is_empty() {
             default_base
         } else {
@@ -254,7 +254,7 @@ impl Remote {
     }
 
     /// Sends a JSON POST until it gets a 2xx response, retrying what is worth retrying.
-    async fn post(
+    pub(crate) async fn post(
         &self,
         url: &str,
         headers: &[(&str, String)],
@@ -332,7 +332,7 @@ impl Remote {
     }
 
     /// Reads a whole JSON response body.
-    async fn json(&self, resp: reqwest::Response) -> Result<Value, LlmError> {
+    pub(crate) async fn json(&self, resp: reqwest::Response) -> Result<Value, LlmError> {
         let body = tokio::time::timeout(self.timeout(), resp.bytes())
             .await
             .map_err(|_| LlmError::Timeout {
@@ -382,7 +382,7 @@ impl Remote {
         }
     }
 
-    fn bearer(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn bearer(&self) -> Vec<(&'static str, String)> {
         self.key
             .iter()
             .map(|k| ("authorization", format!("Bearer {}", k.expose())))

@@ -21,6 +21,11 @@
 //! base_url = "http://tei.internal:8080/v1"
 //! model = "bge-small-en"
 //! hosted = false                       # runs inside our environment: allowed for local_only
+//!
+//! [rag.rerankers.tei]
+//! base_url = "http://tei-rerank.internal:8080"   # POST {base_url}/rerank
+//! model = "bge-reranker-base"
+//! hosted = false
 //! ```
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,6 +69,8 @@ pub struct Settings {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Embedding endpoints by name.
     pub embedders: BTreeMap<String, ProviderConfig>,
+    /// Rerank endpoints by name (Cohere `/v1/rerank` shape; Jina, Voyage, TEI).
+    pub rerankers: BTreeMap<String, ProviderConfig>,
     /// The in-process model's price (for cost accounting of self-hosted compute; default 0).
     pub local_price: Price,
 }
@@ -161,6 +168,7 @@ impl Default for Settings {
             tenant_budgets: BTreeMap::new(),
             providers: BTreeMap::new(),
             embedders: BTreeMap::new(),
+            rerankers: BTreeMap::new(),
             local_price: Price::default(),
         }
     }

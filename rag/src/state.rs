@@ -33,6 +33,8 @@ struct RagLabel {
     generator: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retrieval: Option<Retrieval>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    rerank: String,
 }
 
 /// A collection's settings as its `rag` label value (the policy as its protocol number, as
@@ -46,6 +48,7 @@ pub fn config_label(c: &RagConfig) -> String {
         },
         generator: c.generator.clone(),
         retrieval: c.retrieval,
+        rerank: c.rerank.clone(),
     })
     .unwrap_or_default()
 }
@@ -150,6 +153,7 @@ impl RagState {
                 policy: policy_of(l.policy),
                 generator: l.generator,
                 retrieval: l.retrieval,
+                rerank: l.rerank,
             });
         }
         let uid = c.uid();

@@ -78,6 +78,9 @@ pub struct Question {
     pub temperature: Option<f32>,
     /// Retrieval for this question (`None`: the collection's).
     pub retrieval: Option<Retrieval>,
+    /// Reranker for this question: `embedder`, a `[rag.rerankers]` name, or `none`
+    /// (`None`: the collection's).
+    pub rerank: Option<String>,
 }
 
 /// A retrieved chunk cited by an answer.
@@ -198,6 +201,8 @@ pub struct RagConfig {
     /// How questions retrieve (`None`: a collection made before text indexing, dense; new
     /// collections are created hybrid unless asked otherwise).
     pub retrieval: Option<Retrieval>,
+    /// Reranker of the fused candidates: `embedder`, a `[rag.rerankers]` name, or empty (none).
+    pub rerank: String,
 }
 
 /// A chat turn as a model saw it.

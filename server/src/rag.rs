@@ -283,7 +283,7 @@ impl RagRpc for RagService {
         };
         let cfg = self
             .rag()?
-            .set_config(&r.collection, policy, r.generator, retrieval)
+            .set_config(&r.collection, policy, r.generator, retrieval, r.rerank)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(conv::to_pb_rag_config(cfg)))

@@ -70,6 +70,9 @@ pub enum RagCmd {
         /// Set how questions retrieve: dense, text (BM25) or hybrid (both, RRF).
         #[arg(long, value_parser = ["dense", "text", "hybrid"])]
         retrieval: Option<String>,
+        /// Set the reranker of fused candidates: embedder, a [rag.rerankers] name, or none.
+        #[arg(long)]
+        rerank: Option<String>,
     },
 }
 
@@ -103,6 +106,9 @@ pub struct IngestDocsArgs {
     /// With --create: how questions retrieve, dense, text (BM25) or hybrid (default: hybrid).
     #[arg(long, value_parser = ["dense", "text", "hybrid"])]
     retrieval: Option<String>,
+    /// With --create: re-score the fused candidates with "embedder" or a [rag.rerankers] name (default: none).
+    #[arg(long)]
+    rerank: Option<String>,
     /// Print the counts as JSON.
     #[arg(long)]
     json: bool,
@@ -146,6 +152,9 @@ pub struct AskArgs {
     /// collection's).
     #[arg(long, value_parser = ["dense", "text", "hybrid"])]
     retrieval: Option<String>,
+    /// Re-score the fused candidates with "embedder", a [rag.rerankers] name, or "none" (default: the collection's).
+    #[arg(long)]
+    rerank: Option<String>,
     /// Chunks retrieved.
     #[arg(long, default_value_t = 5)]
     k: u32,
@@ -189,6 +198,9 @@ pub struct EvalArgs {
     /// Recall and MRR are reported for every mode either way.
     #[arg(long, value_parser = ["dense", "text", "hybrid"])]
     retrieval: Option<String>,
+    /// Reranker of the evaluated answers: "embedder", a [rag.rerankers] name or "none" (default: the collection's); recall and MRR are also reported with and without it.
+    #[arg(long)]
+    rerank: Option<String>,
 }
 
 /// `quiver ingest-docs`: chunk, embed and store documents; prints the counts.
@@ -198,6 +210,7 @@ pub async fn ingest_docs(client: &mut Client, a: IngestDocsArgs) -> Result<()> {
         policy: a.policy.map_or(0, PolicyArg::proto),
         generator: a.generator.unwrap_or_default(),
         retrieval: a.retrieval.unwrap_or_default(),
+        rerank: a.rerank.unwrap_or_default(),
     };
     let r = docs::ingest(
         client,
@@ -246,6 +259,7 @@ pub async fn eval(client: &mut Client, a: EvalArgs) -> Result<()> {
         provider: a.provider,
         max_answer_tokens: a.max_answer_tokens,
         retrieval: a.retrieval.unwrap_or_default(),
+        rerank: a.rerank.unwrap_or_default(),
     };
     let totals = docs::eval(client, &a.collection, &a.questions, &opts).await?;
     println!("{totals}");
@@ -266,6 +280,7 @@ pub async fn ask(client: &mut Client, a: AskArgs, consistency: i32) -> Result<()
         temperature: a.temperature,
         consistency,
         retrieval: a.retrieval.unwrap_or_default(),
+        rerank: a.rerank.unwrap_or_default(),
     };
     if a.stream {
         return docs::ask_stream(client, req, a.json).await;
@@ -355,7 +370,8 @@ pub async fn run(client: &mut Client, cmd: RagCmd) -> Result<()> {
             policy,
             generator,
             retrieval,
-        } => config(client, collection, policy, generator, retrieval).await,
+            rerank,
+        } => config(client, collection, policy, generator, retrieval, rerank).await,
     }
 }
 
@@ -366,8 +382,10 @@ async fn config(
     policy: Option<PolicyArg>,
     generator: Option<String>,
     retrieval: Option<String>,
+    rerank: Option<String>,
 ) -> Result<()> {
-    let cfg = if policy.is_none() && generator.is_none() && retrieval.is_none() {
+    let cfg = if policy.is_none() && generator.is_none() && retrieval.is_none() && rerank.is_none()
+    {
         client
             .rag
             .get_rag_config(pb::GetRagConfigRequest { collection })
@@ -380,6 +398,7 @@ async fn config(
                 policy: policy.map(PolicyArg::proto),
                 generator,
                 retrieval,
+                rerank,
             })
             .await
     }
@@ -391,7 +410,7 @@ async fn config(
     };
     println!(
         "{}",
-        json!({"embedder": cfg.embedder, "policy": policy, "generator": cfg.generator, "retrieval": cfg.retrieval})
+        json!({"embedder": cfg.embedder, "policy": policy, "generator": cfg.generator, "retrieval": cfg.retrieval, "rerank": cfg.rerank})
     );
     Ok(())
 }

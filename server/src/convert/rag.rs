@@ -25,6 +25,7 @@ pub fn question(r: pb::AskRequest) -> ApiResult<rag::Question> {
         max_answer_tokens: r.max_answer_tokens,
         temperature: r.temperature,
         retrieval: retrieval(&r.retrieval, "retrieval")?,
+        rerank: (!r.rerank.is_empty()).then_some(r.rerank),
     })
 }
 
@@ -57,6 +58,11 @@ pub fn rag_config(c: pb::RagConfig) -> ApiResult<rag::RagConfig> {
         embedder: c.embedder,
         generator: c.generator,
         retrieval: retrieval(&c.retrieval, "config.retrieval")?,
+        rerank: if c.rerank == "none" {
+            String::new()
+        } else {
+            c.rerank
+        },
     })
 }
 
@@ -74,6 +80,7 @@ pub fn to_pb_rag_config(c: rag::RagConfig) -> pb::RagConfig {
             .unwrap_or(rag::Retrieval::Dense)
             .name()
             .to_owned(),
+        rerank: c.rerank,
     }
 }
 
