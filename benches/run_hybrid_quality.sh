@@ -10,20 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 k="${1:-5}"
-cache="${QUIVER_BENCH_CACHE:-$HOME/.cache/quiver}"
-py=$(bash scripts/fetch-glove.sh "$cache")
-"$py" benches/rag/make_wiki_qa.py "$cache/wiki"
-"$py" benches/rag/make_kjv_qa.py "$cache/kjv"
-bash scripts/fetch-models.sh
+source benches/rag_sets.sh
 cargo build --release --locked -p quiver-server -p quiver-client --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 out="benches/results/hybrid_quality_$(date +%Y%m%d)"; mkdir -p "$out"
-dir=$(mktemp -d /tmp/quiver-hq.XXXXXX); log="$dir.out"
-"$bin/quiverd" --data-dir "$dir" --listen 127.0.0.1:0 >"$log" 2>"$dir.log" &
-pid=$!; trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir" "$dir.out" "$dir.log"' EXIT
-for _ in $(seq 1 200); do grep -q listening "$log" && break; sleep 0.05; done
-addr="http://$(sed -n 's/^quiverd listening on //p' "$log")"
-q() { "$bin/quiver" --addr "$addr" "$@"; }
+source benches/quiverd.sh
 for emb in builtin local; do
   for set in wiki kjv; do
     echo "$set: ingest ($emb embedder)" >&2

@@ -20,12 +20,7 @@ py=$(bash scripts/fetch-glove.sh "$cache")
 bash scripts/fetch-models.sh
 cargo build --release --locked -p quiver-server -p quiver-client --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
-dir=$(mktemp -d /tmp/quiver-rag.XXXXXX); log="$dir.out"
-"$bin/quiverd" --data-dir "$dir" --listen 127.0.0.1:0 >"$log" 2>"$dir.log" &
-pid=$!; trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir" "$dir.out" "$dir.log"' EXIT
-for _ in $(seq 1 200); do grep -q listening "$log" && break; sleep 0.05; done
-addr="http://$(sed -n 's/^quiverd listening on //p' "$log")"
-q() { "$bin/quiver" --addr "$addr" "$@"; }
+source benches/quiverd.sh
 timed() { local s; s=$(date +%s.%N); "$@" >&2; echo "  $(echo "$(date +%s.%N) - $s" | bc) s" >&2; }
 mkdir -p benches/results
 

@@ -303,14 +303,20 @@ impl Collection {
         if q.text.is_some() || q.sparse.is_some() {
             let parts = self.parts(&snap, allowed.as_ref());
             if let (Some(t), Some(tq)) = (&q.text, &text_query) {
-                lists.push((text_top(&parts, t, tq, cands)?, q.weights.text));
+                lists.push((
+                    text_top(&parts, t, tq, cands, (&params, started))?,
+                    q.weights.text,
+                ));
                 which.push(1);
             }
             if params.expired() {
                 return Err(expired());
             }
             if let Some(s) = &q.sparse {
-                lists.push((sparse_top(&parts, s, cands)?, q.weights.sparse));
+                lists.push((
+                    sparse_top(&parts, s, cands, (&params, started))?,
+                    q.weights.sparse,
+                ));
                 which.push(2);
             }
         }
@@ -411,6 +417,7 @@ fn text_top(
     t: &TextSearch,
     q: &TextQuery,
     n: usize,
+    (params, started): (&SearchParams, std::time::Instant),
 ) -> Result<Vec<(RowKey, f32)>> {
     // Per field: each segment's index, and the statistics over every segment, the filter
     // ignored (as in every engine): a filter narrows which rows are returned, not how a term
@@ -430,6 +437,12 @@ fn text_top(
     }
     let mut top = crate::distance::TopK::new(n);
     for (i, p) in parts.iter().enumerate() {
+        // Past the caller's deadline, stop scoring (within about one segment).
+        if params.expired() {
+            return Err(Error::DeadlineExceeded {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+        }
         let fields: Vec<_> = per_field.iter().map(|(segs, st)| (segs[i].1, st)).collect();
         bm25::score_segment(p.view(), &fields, q, t.bm25, &mut top);
     }
@@ -441,10 +454,20 @@ fn text_top(
 }
 
 /// The dot-product top `n` of a sparse query over `parts`.
-fn sparse_top(parts: &[Part<'_>], s: &SparseSearch, n: usize) -> Result<Vec<(RowKey, f32)>> {
+fn sparse_top(
+    parts: &[Part<'_>],
+    s: &SparseSearch,
+    n: usize,
+    (params, started): (&SearchParams, std::time::Instant),
+) -> Result<Vec<(RowKey, f32)>> {
     debug_assert!(s.vector.indices.len() <= MAX_SPARSE_ENTRIES);
     let mut top = crate::distance::TopK::new(n);
     for p in parts {
+        if params.expired() {
+            return Err(Error::DeadlineExceeded {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+        }
         let idx = p
             .fields()
             .and_then(|f| f.sparse(&s.field))
