@@ -62,6 +62,7 @@ impl FakeLlm {
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/embeddings", post(openai_embeddings))
             .route("/v1/messages", post(anthropic))
+            .route("/v1/rerank", post(rerank))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -288,6 +289,45 @@ async fn openai_embeddings(
         json!({"object": "list", "data": data, "model": "fake-embed",
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
     )
+}
+
+/// Cohere's rerank shape: each document scored by how many of the query's words (of 3+
+/// letters) it holds, results best first.
+async fn rerank(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    record(&inner, "/v1/rerank", &headers, &v);
+    let split = |s: &str| -> Vec<String> {
+        s.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() >= 3)
+            .map(str::to_owned)
+            .collect()
+    };
+    let q = split(v["query"].as_str().unwrap_or_default());
+    let docs: Vec<String> = v["documents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut results: Vec<(usize, f64)> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let dw = split(d);
+            (i, q.iter().filter(|w| dw.contains(w)).count() as f64 / 10.0)
+        })
+        .collect();
+    results.sort_by(|a, b| b.1.total_cmp(&a.1));
+    json_response(json!({
+        "results": results.iter().map(|(i, s)| json!({"index": i, "relevance_score": s})).collect::<Vec<_>>(),
+    }))
 }
 
 async fn anthropic(

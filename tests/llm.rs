@@ -53,6 +53,11 @@ kind = "openai"
 base_url = "{b}/v1"
 model = "fake-embed"
 api_key_env = "FAKE_KEY"
+
+[rag.rerankers.rr]
+base_url = "{b}/v1"
+model = "fake-rerank"
+api_key_env = "FAKE_KEY"
 "#,
             b = fake.base
         ),
@@ -820,4 +825,56 @@ async fn local_models_answer_and_retrieve_without_leaving_the_machine() {
             .contains("The Eiffel Tower is a wrought-iron tower")
     );
     assert_eq!(audit[0]["completion_tokens"], u["completion_tokens"]);
+}
+
+/// A hosted rerank endpoint re-orders the fused candidates by its scores, gets the question and
+/// chunks with PII redacted and the key as a bearer token, is audited, and is refused for a
+/// `local_only` collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_reranker_reorders_redacted_candidates_and_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fake) = generating(dir.path()).await;
+    let q = "Which museum is in the capital of France with card payment?";
+    let a = ask(&server, q, &["--mode", "retrieve-only", "--rerank", "rr"]);
+    let calls = fake.received_at("/rerank");
+    assert_eq!(calls.len(), 1, "one rerank call");
+    let body = &calls[0].body;
+    assert_eq!(body["model"], "fake-rerank");
+    assert_eq!(body["query"], q);
+    let sent = body["documents"].to_string();
+    assert!(
+        !sent.contains("ann.lee@example.com") && !sent.contains("4111 1111"),
+        "{sent}"
+    );
+    let auth = calls[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.clone());
+    assert_eq!(auth, Some(format!("Bearer {KEY}")));
+    // The fake scores the chunk sharing the most question words highest: the card chunk.
+    let first = &a["citations"][0];
+    assert_eq!(first["document_id"], "card", "{a}");
+    let scores: Vec<f64> = a["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    // The scores are the endpoint's: 6 of the question's 8 words (of 3+ letters) / 10.
+    assert!((scores[0] - 0.6).abs() < 1e-6, "{scores:?}");
+    let audit = json_lines(&server.cli(&["audit", "list", "--json"]));
+    let r = audit
+        .iter()
+        .find(|r| r["operation"] == "rerank")
+        .expect("a rerank audit record");
+    assert_eq!(r["provider"], "rr");
+    assert!(!r["prompt"].as_str().unwrap().is_empty());
+    // local_only: a hosted reranker is refused, for the question and as the collection's.
+    ok(&server.cli(&["rag", "config", "docs", "--policy", "local-only"]));
+    let refused = server.cli(&["ask", q, "--collection", "docs", "--rerank", "rr"]);
+    quiver_tests::fails_with(&refused, &["local_only", "reranker rr"]);
+    let refused = server.cli(&["rag", "config", "docs", "--rerank", "rr"]);
+    quiver_tests::fails_with(&refused, &["local_only", "reranker rr"]);
 }
