@@ -29,6 +29,32 @@ use unicode_segmentation::UnicodeSegmentation;
 pub use postings::{Blob, TextIndex};
 pub use sparse::{MAX_SPARSE_ENTRIES, SparseIndex, SparseVector, parse_sparse};
 
+/// A little-endian `u16` at `at`, if in range (the sealed index readers never trust offsets).
+pub(crate) fn le_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+/// A little-endian `u32` at `at`, if in range.
+pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// A little-endian `u64` at `at`, if in range.
+pub(crate) fn le_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// Whether `b` starts with `magic` and format `format` (the sealed index headers).
+pub(crate) fn has_header(b: &[u8], magic: &[u8; 4], format: u32) -> bool {
+    b.get(0..4) == Some(magic.as_slice()) && le_u32(b, 4) == Some(format)
+}
+
 /// Terms longer than this many bytes (after folding) are dropped: they are not words (base64,
 /// hashes, URLs glued together) and would only bloat the dictionary.
 pub const MAX_TERM_BYTES: usize = 64;

@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 use bitpacking::{BitPacker, BitPacker4x};
 
+use super::{has_header, le_u16, le_u32, le_u64};
+
 const MAGIC: &[u8; 4] = b"QTXT";
 const FORMAT: u32 = 1;
 const HEADER: usize = 40;
@@ -136,18 +138,6 @@ enum Inner {
     Sealed(Sealed),
 }
 
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
 impl Default for TextIndex {
     fn default() -> Self {
         TextIndex(Inner::Building(Building::default()))
@@ -204,14 +194,6 @@ impl TextIndex {
         match &self.0 {
             Inner::Building(b) => (b.docs, b.total),
             Inner::Sealed(s) => (s.docs, s.total),
-        }
-    }
-
-    /// Distinct terms.
-    pub fn term_count(&self) -> usize {
-        match &self.0 {
-            Inner::Building(b) => b.terms.len(),
-            Inner::Sealed(s) => s.terms as usize,
         }
     }
 
@@ -314,21 +296,6 @@ impl TextIndex {
     pub fn open(blob: Blob) -> Option<TextIndex> {
         Sealed::open(blob).map(|s| TextIndex(Inner::Sealed(s)))
     }
-
-    /// Bytes held on the heap (the mutable form's lists; a sealed index read from a mapped
-    /// file holds none of its own).
-    pub fn heap_bytes(&self) -> usize {
-        match &self.0 {
-            Inner::Building(b) => {
-                b.lens.capacity() * 4
-                    + b.terms
-                        .iter()
-                        .map(|(k, p)| k.len() + 48 + (p.rows.capacity() + p.tfs.capacity()) * 4)
-                        .sum::<usize>()
-            }
-            Inner::Sealed(_) => 0,
-        }
-    }
 }
 
 fn encode(b: &Building, rows: u32) -> Vec<u8> {
@@ -412,7 +379,7 @@ fn sat16(x: u32) -> u16 {
 impl Sealed {
     fn open(blob: Blob) -> Option<Sealed> {
         let b = blob.as_ref();
-        if b.get(0..4)? != MAGIC || le_u32(b, 4)? != FORMAT {
+        if !has_header(b, MAGIC, FORMAT) {
             return None;
         }
         let rows = le_u32(b, 8)?;

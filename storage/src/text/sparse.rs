@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::postings::Blob;
+use super::{has_header, le_u32, le_u64};
 
 /// The most entries a sparse vector (stored or queried) may have.
 pub const MAX_SPARSE_ENTRIES: usize = 4096;
@@ -166,10 +167,6 @@ impl Default for SparseIndex {
     }
 }
 
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 impl SparseIndex {
     /// An empty, mutable index.
     pub fn new() -> SparseIndex {
@@ -287,12 +284,12 @@ fn encode(b: &Building, rows: u32) -> Vec<u8> {
 impl Sealed {
     fn open(blob: Blob) -> Option<Sealed> {
         let b = blob.as_ref();
-        if b.get(0..4)? != MAGIC || le_u32(b, 4)? != FORMAT {
+        if !has_header(b, MAGIC, FORMAT) {
             return None;
         }
         let rows = le_u32(b, 8)?;
         let dims = le_u32(b, 12)? as usize;
-        let postings = usize::try_from(u64::from_le_bytes(b.get(16..24)?.try_into().ok()?)).ok()?;
+        let postings = usize::try_from(le_u64(b, 16)?).ok()?;
         let rows_at = HEADER.checked_add(dims.checked_mul(DIM_ENTRY)?)?;
         let values_at = rows_at.checked_add(postings.checked_mul(4)?)?;
         if values_at.checked_add(postings.checked_mul(4)?)? != b.len() {
@@ -321,10 +318,7 @@ impl Sealed {
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => {
                     let count = le_u32(b, at + 4)? as usize;
-                    let first = usize::try_from(u64::from_le_bytes(
-                        b.get(at + 8..at + 16)?.try_into().ok()?,
-                    ))
-                    .ok()?;
+                    let first = usize::try_from(le_u64(b, at + 8)?).ok()?;
                     if first.checked_add(count)? > self.postings {
                         return None;
                     }
